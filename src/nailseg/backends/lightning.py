@@ -1,0 +1,330 @@
+"""PyTorch Lightning + segmentation_models_pytorch: the ``lightning`` backend."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+
+from nailseg import __version__
+from nailseg.augment import IMAGENET_MEAN, IMAGENET_STD
+from nailseg.data.discover import find_pairs
+from nailseg.evaluate import Predictor, evaluate_pairs
+from nailseg.experiment import Experiment
+from nailseg.io import append_jsonl, read_jsonl, write_json, write_text
+from nailseg.metrics import scores
+from nailseg.models.torch_models import build_loss, build_smp_model
+from nailseg.pipelines.torch_cpu import build_loader
+from nailseg.runs import RUN_DIR_ENV, RunDir, global_rank, prepare_run, wait_for_split
+
+
+def resolve_precision(exp: Experiment) -> tuple[str, str, bool]:
+    """(accelerator, precision, channels_last): ``auto`` = bf16-mixed + channels_last on a GPU, 32 on a CPU."""
+    accelerator = exp.trainer.accelerator
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    on_gpu = accelerator in ("gpu", "cuda")
+    precision = exp.trainer.precision
+    if precision == "auto":
+        precision = "bf16-mixed" if on_gpu else "32-true"
+    elif precision == "32":
+        precision = "32-true"
+    return accelerator, precision, on_gpu
+
+
+class SegmentationModule(L.LightningModule):
+    """A binary segmentation model, its loss, optimiser and metrics."""
+
+    def __init__(self, config: dict, channels_last: bool = False):
+        super().__init__()
+        self.save_hyperparameters()
+        self.exp = Experiment.model_validate(config)
+        self.model = build_smp_model(self.exp.model)
+        self.loss_fn = build_loss(self.exp.loss)
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.register_buffer("val_counts", torch.zeros(4, dtype=torch.float64), persistent=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.channels_last:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def training_step(self, batch, batch_idx: int):
+        logits = self(batch["image"])
+        loss = self.loss_fn(logits, batch["mask"])
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=batch["image"].shape[0], sync_dist=True)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_counts.zero_()
+
+    def validation_step(self, batch, batch_idx: int):
+        logits = self(batch["image"])
+        target = batch["mask"]
+        loss = self.loss_fn(logits, target)
+        self.log("val_loss", loss, on_epoch=True, batch_size=target.shape[0], sync_dist=True)
+        pred = logits > 0  # sigmoid(logit) > 0.5
+        truth = target > 0.5
+        tp = (pred & truth).sum()
+        fp = (pred & ~truth).sum()
+        fn = (~pred & truth).sum()
+        self.val_counts += torch.stack([tp, fp, fn, pred.numel() - tp - fp - fn]).double()
+
+    def on_validation_epoch_end(self) -> None:
+        counts = self.trainer.strategy.reduce(self.val_counts.clone(), reduce_op="sum")
+        result = scores(*counts.tolist())
+        self.log("val_iou", result["iou"], prog_bar=True, sync_dist=False)
+        self.log("val_dice", result["dice"], prog_bar=False, sync_dist=False)
+
+    def configure_optimizers(self):
+        o = self.exp.optim
+        params = self.model.parameters()
+        if o.name == "adamw":
+            opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        elif o.name == "adam":
+            opt = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+        else:
+            opt = torch.optim.SGD(params, lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
+        if o.scheduler == "none" and o.warmup_epochs == 0:
+            return opt
+        epochs, warm = self.exp.trainer.max_epochs, o.warmup_epochs
+
+        def factor(epoch: int) -> float:
+            if epoch < warm:
+                return (epoch + 1) / (warm + 1)
+            if o.scheduler == "none":
+                return 1.0
+            progress = (epoch - warm) / max(1, epochs - warm)
+            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temporary name and rename, so a kill never leaves a torn file."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        os.replace(tmp, path)
+
+
+class EpochRecorder(Callback):
+    """One ``metrics.jsonl`` line per finished epoch: losses, IoU, Dice, images/s, epoch time."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._t0 = self._train_end = 0.0
+        self._seen = 0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._t0, self._seen, self._train_end = time.perf_counter(), 0, 0.0
+        self._lr = trainer.optimizers[0].param_groups[0]["lr"]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._seen += batch["image"].shape[0] * trainer.world_size
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and not self._train_end:
+            self._train_end = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        now = time.perf_counter()
+        train_time = (self._train_end or now) - self._t0
+        m = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        record = {
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "train_loss": m.get("train_loss_epoch"),
+            "val_loss": m.get("val_loss"),
+            "val_iou": m.get("val_iou"),
+            "val_dice": m.get("val_dice"),
+            "lr": self._lr,
+            "images_per_s": self._seen / train_time if train_time > 0 else None,
+            "epoch_time_s": now - self._t0,
+        }
+        append_jsonl(self.path, record)
+
+
+def _trim_metrics(run: RunDir) -> None:
+    """On resume, drop metric lines of epochs the last checkpoint does not hold."""
+    if not run.last_checkpoint.exists():
+        write_text(run.metrics, "")
+        return
+    ckpt = torch.load(run.last_checkpoint, map_location="cpu", weights_only=False)  # our own file
+    done = int(ckpt["epoch"])
+    kept = [r for r in read_jsonl(run.metrics) if r.get("epoch", -1) <= done]
+    write_text(run.metrics, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _loggers(exp: Experiment, run: RunDir):
+    loggers = []
+    if exp.logging.tensorboard:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(run.path), name="tb", version="", default_hp_metric=False))
+    if exp.logging.wandb.enabled:
+        from nailseg._optional import require
+
+        require("wandb", "wandb", "Weights & Biases logging")
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers.append(WandbLogger(project=exp.logging.wandb.project, name=run.path.name,
+                                   save_dir=str(run.path), offline=exp.logging.wandb.mode == "offline"))
+    return loggers or False
+
+
+def train(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict | None:
+    """Fit the model, then score the best checkpoint on the val split at original resolution.
+
+    Returns the summary on the main process, ``None`` on other DDP ranks.
+    """
+    started = time.time()
+    rank_zero = global_rank() == 0
+    split = prepare_run(exp, run, resume=resume) if rank_zero else wait_for_split(run)
+    pairs = {p.key: p for p in find_pairs(exp.data.root)[0]}
+    train_pairs = [pairs[k] for k in split["train"]]
+    val_pairs = [pairs[k] for k in split["val"]] or train_pairs
+
+    L.seed_everything(exp.trainer.seed, workers=True, verbose=False)
+    accelerator, precision, channels_last = resolve_precision(exp)
+    module = SegmentationModule(exp.to_dict(), channels_last=channels_last)
+    ckpt_path = None
+    if resume and rank_zero:
+        _trim_metrics(run)
+    if resume and run.last_checkpoint.exists():
+        ckpt_path = str(run.last_checkpoint)
+
+    callbacks = [
+        ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor="val_iou", mode="max",
+                        save_last=True, auto_insert_metric_name=False, enable_version_counter=False),
+        EpochRecorder(run.metrics),
+        TQDMProgressBar(refresh_rate=max(1, len(train_pairs) // exp.trainer.batch_size // 20)),
+    ]
+    loggers = _loggers(exp, run)
+    if loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    t = exp.trainer
+    trainer = L.Trainer(
+        accelerator=accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=precision, max_epochs=t.max_epochs, accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val, deterministic=t.deterministic,
+        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
+        logger=loggers, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run.path), log_every_n_steps=1, num_sanity_val_steps=0,
+        enable_model_summary=False,
+    )
+    fit_started = time.perf_counter()
+    previous = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(run.path.resolve())  # DDP workers re-run the CLI: join this run
+    try:
+        trainer.fit(module, train_dataloaders=build_loader(exp, train_pairs, train=True),
+                    val_dataloaders=build_loader(exp, val_pairs, train=False), ckpt_path=ckpt_path)
+    finally:
+        if previous is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous
+    fit_time = time.perf_counter() - fit_started
+    if not trainer.is_global_zero:
+        return None
+    return _finish(exp, run, trainer, module, val_pairs, started, fit_time, precision)
+
+
+def _finish(exp, run, trainer, module, val_pairs, started, fit_time, precision) -> dict:
+    predictor = load_predictor(run, exp)
+    val = evaluate_pairs(predictor, val_pairs, progress=False)
+    write_overlays(predictor, val_pairs[: exp.logging.predictions], run.predictions)
+    records = read_jsonl(run.metrics)
+    speeds = [r["images_per_s"] for r in records if r.get("images_per_s")]
+    summary = {
+        "backend": "lightning",
+        "run": str(run.path),
+        "val_iou": val["iou"],
+        "val_dice": val["dice"],
+        "val_precision": val["precision"],
+        "val_recall": val["recall"],
+        "val_metrics_at": "original resolution, best checkpoint",
+        "best_val_iou_model_resolution": max((r["val_iou"] for r in records if r.get("val_iou") is not None),
+                                             default=None),
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "train_images_per_s": float(np.median(speeds)) if speeds else None,
+        "fit_time_s": fit_time,
+        "wall_time_s": time.time() - started,
+        "precision": precision,
+        "parameters": sum(p.numel() for p in module.model.parameters()),
+        "device": _device_name(trainer),
+        "world_size": trainer.world_size,
+        "versions": _versions(),
+    }
+    write_json(run.summary, summary)
+    return summary
+
+
+def write_overlays(predictor: Predictor, pairs, out: Path) -> None:
+    from nailseg.data.decode import read_image, read_mask
+    from nailseg.evaluate import THRESHOLD
+    from nailseg.visualize import overlay, save_png
+
+    for pair in pairs:
+        image = read_image(pair.image)
+        pred = predictor(image) > THRESHOLD
+        save_png(out / f"{Path(pair.key).with_suffix('').as_posix().replace('/', '__')}.png",
+                 overlay(image, pred, truth=read_mask(pair.mask)))
+
+
+def _device_name(trainer) -> str:
+    if torch.cuda.is_available() and trainer.accelerator.__class__.__name__ == "CUDAAccelerator":
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def _versions() -> dict[str, str]:
+    import segmentation_models_pytorch as smp
+
+    return {"nailseg": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "lightning": L.__version__, "segmentation_models_pytorch": smp.__version__}
+
+
+def load_predictor(run: RunDir, exp: Experiment, *, device: str | None = None) -> Predictor:
+    """A predictor from the run's best checkpoint: RGB image -> probability map at its size."""
+    import cv2
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ckpt = torch.load(run.inference_checkpoint(), map_location="cpu", weights_only=True)
+    model = build_smp_model(exp.model.model_copy(update={"encoder_weights": "none"}))
+    model.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()
+                           if k.startswith("model.")})
+    model.eval().to(device)
+    h, w = exp.data.size_hw
+    mean = np.asarray(IMAGENET_MEAN, np.float32) * 255
+    std = np.asarray(IMAGENET_STD, np.float32) * 255
+
+    @torch.inference_mode()
+    def predict(image: np.ndarray) -> np.ndarray:
+        x = (cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32) - mean) / std
+        tensor = torch.from_numpy(x.transpose(2, 0, 1))[None].to(device)
+        prob = torch.sigmoid(model(tensor))[0, 0].float().cpu().numpy()
+        return cv2.resize(prob, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+
+    return predict

@@ -1,0 +1,238 @@
+"""``nailseg``: one command line over data tools, training, evaluation and prediction.
+
+The CLI is thin: it parses arguments, loads the config, calls one function and prints.
+Frameworks are imported inside the command that needs them, so ``nailseg --help`` and
+``nailseg data ...`` never import torch or TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from nailseg import __version__
+from nailseg.data.decode import MASK_RULE
+from nailseg.errors import NailsegError
+
+EPILOG = """\
+examples:
+  nailseg data synth data/synth --n 200
+  nailseg data check data/synth
+  nailseg train configs/demo-cpu.yaml trainer.max_epochs=3
+  nailseg eval runs/demo-cpu --split test
+  nailseg predict runs/demo-cpu photos/ --out predictions/
+"""
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+def cmd_data_synth(args) -> int:
+    from nailseg.data.synth import SynthConfig, parse_size, synthesize
+
+    width, height = parse_size(args.size)
+    out = synthesize(args.out, SynthConfig(n=args.n, seed=args.seed, width=width, height=height),
+                     progress=not args.quiet)
+    print(f"wrote {args.n} pairs ({width}x{height}) to {out}")
+    return 0
+
+
+def cmd_data_check(args) -> int:
+    from nailseg.data.check import check_dataset
+
+    report = check_dataset(args.root, progress=not args.json)
+    if args.json:
+        print(json.dumps(report.to_json() if args.per_pair else report.summary(), indent=2))
+    else:
+        s = report.summary()
+        print(f"data folder:  {s['root']}")
+        print(f"pairs:        {s['pairs']} ({s['valid_pairs']} valid)")
+        for key, label, unit in (("width", "width", " px"), ("height", "height", " px"),
+                                 ("fg_share", "foreground", "")):
+            if s[key]:
+                v = s[key]
+                fmt = (lambda x: f"{x:.1%}") if key == "fg_share" else (lambda x: f"{x:.0f}{unit}")
+                print(f"{label + ':':13} min {fmt(v['min'])}  median {fmt(v['median'])}  max {fmt(v['max'])}")
+        print(f"problems:     {len(report.problems)}")
+    for line in report.problems:
+        print(f"error: {line}", file=sys.stderr)
+    return 2 if report.problems else 0
+
+
+# ---- training and inference --------------------------------------------------------------------
+
+def cmd_train(args) -> int:
+    from nailseg.backends import get_backend
+    from nailseg.experiment import load_experiment
+    from nailseg.runs import new_run, open_run
+
+    if args.resume:
+        if args.config and not Path(args.config).is_dir():
+            raise NailsegError("--resume takes the run folder; do not also pass a config file")
+        run_path = args.resume
+        run, exp = open_run(run_path)
+        if args.overrides:
+            from nailseg.experiment import experiment_from_dict, parse_overrides, _set_dotted
+
+            raw = exp.to_dict()
+            for key, value in parse_overrides(args.overrides):
+                _set_dotted(raw, key, value)
+            exp = experiment_from_dict(raw, "command line")
+    else:
+        if not args.config:
+            raise NailsegError("nailseg train: give a config file (e.g. configs/demo-cpu.yaml) or --resume RUN_DIR")
+        exp = load_experiment(args.config, args.overrides)
+        run = new_run(exp, args.config)
+    backend = get_backend(exp.backend)
+    summary = backend.train(exp, run, resume=bool(args.resume))
+    if summary is None:  # a non-zero DDP rank: rank 0 reports
+        return 0
+    print(f"val IoU {summary['val_iou']:.4f}  Dice {summary['val_dice']:.4f}  "
+          f"({summary['epochs']} epochs, {summary['wall_time_s']:.0f} s, {summary['device']})")
+    print(run.path)
+    return 0
+
+
+def _run_and_predictor(run_dir: str):
+    from nailseg.backends import get_backend
+    from nailseg.runs import open_run
+
+    run, exp = open_run(run_dir)
+    backend = get_backend(exp.backend)
+    return run, exp, backend.load_predictor(run, exp)
+
+
+def cmd_eval(args) -> int:
+    from nailseg.data.discover import find_pairs
+    from nailseg.data.split import load_split
+    from nailseg.evaluate import evaluate_pairs
+    from nailseg.io import write_json
+
+    run, exp, predictor = _run_and_predictor(args.run)
+    root = args.data or exp.data.root
+    pairs, _ = find_pairs(root)
+    if args.split == "all" or args.data:
+        chosen = pairs
+    else:
+        keys = set(load_split(run.split)[args.split])
+        chosen = [p for p in pairs if p.key in keys]
+    result = evaluate_pairs(predictor, chosen, progress=not args.quiet)
+    result = {"run": str(run.path), "data": str(root), "split": "all" if args.data else args.split,
+              "checkpoint": str(run.inference_checkpoint()), **result}
+    out = Path(args.out) if args.out else run.eval
+    write_json(out, result)
+    print(f"{'split':10} {'images':>6} {'IoU':>7} {'Dice':>7} {'prec.':>7} {'recall':>7}")
+    print(f"{result['split']:10} {result['n_images']:>6} {result['iou']:>7.4f} {result['dice']:>7.4f} "
+          f"{result['precision']:>7.4f} {result['recall']:>7.4f}")
+    m = result["mean_per_image"]
+    print(f"{'per-image mean':17} {m['iou']:>7.4f} {m['dice']:>7.4f} {m['precision']:>7.4f} {m['recall']:>7.4f}")
+    print(out)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from nailseg.evaluate import collect_inputs, predict_files
+
+    files = collect_inputs(args.inputs)
+    _, _, predictor = _run_and_predictor(args.run)
+    written = predict_files(predictor, files, args.out, progress=not args.quiet)
+    print(f"wrote {len(written)} masks and overlays to {args.out}")
+    return 0
+
+
+# ---- parser ----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nailseg",
+        description="Train, evaluate and compare segmentation models for photographs of hands and nails "
+                    "(or any folder of images/ + labels/ or masks/).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"nailseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    data = sub.add_parser("data", help="make, check and inspect data folders",
+                          description="Tools for data folders: ROOT/images/ + ROOT/labels/ (or masks/).")
+    dsub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    synth = dsub.add_parser("synth", help="draw a procedural nails-like data set (Kaggle layout)",
+                            description="Draw hands and fingers with nails of varied shape, colour and count over "
+                                        "cluttered backgrounds; writes OUT/images/*.jpg and OUT/labels/*.png.")
+    synth.add_argument("out", help="output folder (new or empty)")
+    synth.add_argument("--n", type=int, default=200, help="number of pairs (default: 200)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    synth.add_argument("--size", default="384x288", help="WIDTHxHEIGHT of each picture (default: 384x288)")
+    synth.add_argument("--quiet", action="store_true", help="no progress bar")
+    synth.set_defaults(func=cmd_data_synth)
+
+    check = dsub.add_parser(
+        "check", help="find the pairs in a data folder and report sizes, foreground share and problems",
+        description="Decode every image and mask once and report what is there and every problem, one "
+                    "line each (exit code 2 when there is any). Layouts: ROOT/images + ROOT/labels or "
+                    "ROOT/masks, or the same one folder down (the Kaggle archive's nested "
+                    "nails_segmentation/). Images: JPEG/PNG/BMP/TIFF/WebP, RGB, RGBA or grayscale.\n\n"
+                    "Mask rule: " + MASK_RULE,
+    )
+    check.add_argument("root", help="data folder")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument("--per-pair", action="store_true", help="with --json: include every pair's stats")
+    check.set_defaults(func=cmd_data_check)
+
+    train = sub.add_parser(
+        "train", help="train a model from an experiment config",
+        description="Train from a YAML experiment config with dotted overrides, e.g. "
+                    "'nailseg train configs/demo-cpu.yaml trainer.max_epochs=3 model.encoder=resnet18'. "
+                    "The data is checked first; the run folder (config.yaml, split.json, checkpoints, "
+                    "metrics.jsonl, TensorBoard events, summary.json, predictions/) is printed last.",
+    )
+    train.add_argument("config", nargs="?", help="experiment YAML (see configs/)")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or finished run from its last checkpoint")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="score a run at each image's original resolution",
+                        description="Compute IoU, Dice, precision and recall per image and over the set "
+                                    "(pixels summed over all images), at each image's original size; "
+                                    "writes eval.json into the run folder.")
+    ev.add_argument("run", help="run folder")
+    ev.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
+                    help="which part of the run's split to score (default: test)")
+    ev.add_argument("--data", help="score every pair of another data folder instead")
+    ev.add_argument("--out", help="where to write the JSON (default: RUN/eval.json)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="write masks and overlays for images",
+                        description="For each image (files or folders, any size and aspect ratio) write "
+                                    "OUT/<name>_mask.png (0/255) and OUT/<name>_overlay.png.")
+    pr.add_argument("run", help="run folder")
+    pr.add_argument("inputs", nargs="+", help="image files or folders")
+    pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except NailsegError as err:
+        for line in err.lines:
+            print(f"error: {line}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

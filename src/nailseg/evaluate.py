@@ -1,0 +1,85 @@
+"""Evaluation and prediction at each image's original resolution, for every backend.
+
+A backend supplies a *predictor*: a function from an RGB ``uint8`` image (H, W, 3) to a
+foreground probability map (H, W) at that same size. Everything else (reading files,
+metrics, overlays, ``eval.json``) is here, so a Keras run and a Lightning run on the same
+split are scored by the same code, number for number.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from nailseg.data.decode import IMAGE_SUFFIXES, read_image, read_mask
+from nailseg.data.discover import Pair
+from nailseg.errors import DataError
+from nailseg.metrics import aggregate, confusion, counts_scores
+from nailseg.visualize import overlay, save_png
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+THRESHOLD = 0.5
+
+
+def evaluate_pairs(predict: Predictor, pairs: list[Pair], *, progress: bool = True) -> dict:
+    """Score ``predict`` on ``pairs``; returns the ``eval.json`` content."""
+    if not pairs:
+        raise DataError("nothing to evaluate: the chosen split is empty")
+    iterator: Iterable[Pair] = pairs
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(pairs, desc="evaluating", unit="img")
+    per_image, counts = [], []
+    for pair in iterator:
+        image, truth = read_image(pair.image), read_mask(pair.mask)
+        pred = predict(image) > THRESHOLD
+        c = confusion(pred, truth)
+        counts.append(c)
+        per_image.append({"key": pair.key, **counts_scores(c), **c.as_dict()})
+    agg = aggregate(counts)
+    return {**agg["micro"], "mean_per_image": agg["mean_per_image"], "n_images": len(pairs),
+            "threshold": THRESHOLD, "per_image": per_image}
+
+
+def collect_inputs(inputs: list[str]) -> list[Path]:
+    """Expand files and folders (recursively) into a sorted list of image files."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"{path}: no such file or folder")
+    if not files:
+        raise DataError(f"no images found in {', '.join(inputs)}")
+    return files
+
+
+def predict_files(predict: Predictor, files: list[Path], out: str | os.PathLike[str], *,
+                  progress: bool = True) -> list[dict]:
+    """Write ``<stem>_mask.png`` (0/255) and ``<stem>_overlay.png`` for each file."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in files:  # decode everything once first: a bad file fails before any output
+        read_image(f)
+    iterator: Iterable[Path] = files
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(files, desc="predicting", unit="img")
+    written = []
+    for path in iterator:
+        image = read_image(path)
+        mask = predict(image) > THRESHOLD
+        stem = path.stem
+        save_png(out / f"{stem}_mask.png", mask.astype(np.uint8) * 255)
+        save_png(out / f"{stem}_overlay.png", overlay(image, mask))
+        written.append({"file": str(path), "fg_share": float(mask.mean()),
+                        "mask": str(out / f"{stem}_mask.png")})
+    return written

@@ -1,0 +1,216 @@
+"""The typed experiment config: one YAML file drives every backend.
+
+``load_experiment(path, overrides)`` reads the YAML, applies dotted ``key=value``
+overrides, and validates the result. Unknown keys and wrong types fail before anything
+runs, with an error naming the key (and the nearest valid key when it looks like a typo).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from nailseg.augment import AugmentOp, default_train_augment
+from nailseg.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitConfig(_Section):
+    val: float = Field(0.15, ge=0, lt=1)
+    test: float = Field(0.15, ge=0, lt=1)
+
+
+class DataConfig(_Section):
+    root: str = "data/synth"
+    image_size: int | tuple[int, int] = Field(384, description="side, or (height, width)")
+    split: SplitConfig = SplitConfig()
+    seed: int = 42
+    num_workers: int | Literal["auto"] = "auto"
+
+    @field_validator("image_size")
+    @classmethod
+    def _positive_multiple_of_32(cls, v):
+        sides = (v, v) if isinstance(v, int) else v
+        for side in sides:
+            if side < 32 or side % 32:
+                raise ValueError(f"{side} must be a multiple of 32 and at least 32 (encoders downsample by 32)")
+        return v
+
+    @property
+    def size_hw(self) -> tuple[int, int]:
+        return (self.image_size, self.image_size) if isinstance(self.image_size, int) else tuple(self.image_size)
+
+
+class AugmentConfig(_Section):
+    train: list[AugmentOp] = Field(default_factory=default_train_augment)
+    device: Literal["cpu"] = "cpu"
+
+
+class ModelConfig(_Section):
+    family: Literal["smp"] = "smp"
+    arch: str = "Unet"
+    encoder: str = "efficientnet-b4"
+    encoder_weights: str = Field("none", description="none | imagenet (needs internet) | path to a local file")
+    classes: Literal[1] = Field(1, description="binary segmentation: nail vs background")
+
+
+class LossConfig(_Section):
+    name: Literal["dice_bce", "dice", "bce", "focal", "lovasz", "jaccard", "tversky"] = "dice_bce"
+    dice_weight: float = Field(1.0, ge=0)
+    bce_weight: float = Field(1.0, ge=0)
+
+
+class OptimConfig(_Section):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    scheduler: Literal["cosine", "none"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class TrainerConfig(_Section):
+    max_epochs: int = Field(30, ge=1)
+    batch_size: int = Field(8, ge=1)
+    precision: Literal["auto", "32", "32-true", "16-mixed", "bf16-mixed"] = "auto"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
+    devices: int | Literal["auto"] = 1
+    num_nodes: int = Field(1, ge=1)
+    strategy: str = "auto"
+    accumulate_grad_batches: int = Field(1, ge=1)
+    gradient_clip_val: float | None = None
+    seed: int = 42
+    limit_train_batches: int | float | None = None
+    limit_val_batches: int | float | None = None
+    deterministic: bool = False
+
+
+class WandbConfig(_Section):
+    enabled: bool = False
+    project: str = "nailseg"
+    mode: Literal["offline", "online"] = "offline"
+
+
+class LoggingConfig(_Section):
+    tensorboard: bool = True
+    wandb: WandbConfig = WandbConfig()
+    predictions: int = Field(8, ge=0, description="validation overlays written at the end")
+
+
+class RunConfig(_Section):
+    dir: str = "runs"
+    name: str | None = None
+
+
+class Experiment(_Section):
+    """Everything one training run needs. Key names are a public interface."""
+
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    logging: LoggingConfig = LoggingConfig()
+    run: RunConfig = RunConfig()
+
+    @property
+    def backend(self) -> str:
+        """Which backend trains this model family."""
+        return {"smp": "lightning"}[self.model.family]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """``["trainer.max_epochs=3", "model.encoder=resnet18"]`` -> typed pairs (YAML scalars)."""
+    parsed = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. trainer.max_epochs=3")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from err
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += _valid_keys(ann, prefix + name + ".")
+    return keys
+
+
+def _format_errors(err: ValidationError, source: str) -> list[str]:
+    valid = _valid_keys(Experiment)
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+        if e["type"] == "extra_forbidden":
+            hint = difflib.get_close_matches(loc, valid, n=1)
+            msg = f"{source}: unknown key '{loc}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+        else:
+            msg = f"{source}: {loc}: {e['msg']} (got {e.get('input')!r})"
+        lines.append(msg)
+    return lines
+
+
+_UNION_TAGS = {"hflip", "vflip", "affine", "random_resized_crop", "brightness_contrast",
+               "hue_saturation", "gauss_noise", "blur"}
+
+
+def experiment_from_dict(raw: dict[str, Any], source: str = "config") -> Experiment:
+    try:
+        return Experiment.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_experiment(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> Experiment:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections (data:, model:, ...)")
+        raw = loaded
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(raw, key, value)
+    return experiment_from_dict(raw, source)

@@ -1,0 +1,54 @@
+"""The default torch pipeline: decode + albumentations in DataLoader workers."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from nailseg.augment import to_albumentations
+from nailseg.data.decode import read_image, read_mask
+from nailseg.data.discover import Pair
+from nailseg.experiment import Experiment
+
+
+class SegmentationDataset(Dataset):
+    """(image, mask) pairs as float tensors: image (3, H, W) normalised, mask (1, H, W) in {0, 1}."""
+
+    def __init__(self, pairs: list[Pair], transform):
+        self.pairs = pairs
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        pair = self.pairs[index]
+        out = self.transform(image=read_image(pair.image), mask=read_mask(pair.mask).astype(np.uint8))
+        image = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
+        mask = torch.from_numpy(np.ascontiguousarray(out["mask"]))[None].float()
+        return {"image": image, "mask": mask, "index": index}
+
+
+def resolve_workers(setting: int | str) -> int:
+    """``auto``: one worker per spare core (at most 8), none on a single core."""
+    if setting != "auto":
+        return int(setting)
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def build_loader(exp: Experiment, pairs: list[Pair], *, train: bool, sampler=None) -> DataLoader:
+    transform = to_albumentations(exp.augment.train, exp.data.size_hw, train=train)
+    workers = resolve_workers(exp.data.num_workers)
+    return DataLoader(
+        SegmentationDataset(pairs, transform),
+        batch_size=exp.trainer.batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=train and len(pairs) > exp.trainer.batch_size,
+    )
