@@ -50,5 +50,6 @@ def build_loader(exp: Experiment, pairs: list[Pair], *, train: bool, sampler=Non
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),
-        drop_last=train and len(pairs) > exp.trainer.batch_size,
+        # Drop a ragged last batch only when there are several batches (also per DDP rank).
+        drop_last=train and len(pairs) >= 4 * exp.trainer.batch_size,
     )

@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny synthetic data sets, the real nails pairs when present, CLI runners."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nailseg.data.synth import SynthConfig, synthesize
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = Path(os.environ.get("NAILSEG_REAL_DATA", REPO.parent / "shared" / "data" / "nails_segmentation"))
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    """32 synthetic pairs at 96x72: small enough for one-epoch CPU trainings."""
+    root = tmp_path_factory.mktemp("synth") / "data"
+    synthesize(root, SynthConfig(n=32, seed=7, width=96, height=72), progress=False)
+    return root
+
+
+@pytest.fixture
+def real_data() -> Path:
+    if not (REAL_DATA / "images").is_dir():
+        pytest.skip(f"real nails pairs not found at {REAL_DATA}")
+    return REAL_DATA
+
+
+def write_image(path: Path, array: np.ndarray, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **kwargs)
+    return path
+
+
+def make_pair_folder(root: Path, n: int = 3, size=(40, 30), mask_dir: str = "labels",
+                     mask_suffix: str = ".png") -> Path:
+    """A hand-made folder of random images with rectangle masks."""
+    rng = np.random.default_rng(0)
+    w, h = size
+    for i in range(n):
+        write_image(root / "images" / f"img{i}.jpg", rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        mask = np.zeros((h, w), np.uint8)
+        mask[5:15, 5 + i : 20 + i] = 255
+        write_image(root / mask_dir / f"img{i}{mask_suffix}", mask)
+    return root
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600,
+            check: bool = False) -> subprocess.CompletedProcess:
+    """Run the real ``nailseg`` command in a fresh process."""
+    full_env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "nailseg.cli", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"nailseg {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+TINY_TRAIN = [  # overrides that make any smp config train in seconds on a CPU
+    "data.image_size=64", "model.encoder=resnet18", "trainer.batch_size=4", "data.num_workers=0",
+    "logging.predictions=2",
+]
