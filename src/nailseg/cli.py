@@ -70,20 +70,14 @@ def cmd_data_check(args) -> int:
 def cmd_train(args) -> int:
     from nailseg.backends import get_backend
     from nailseg.experiment import load_experiment
-    from nailseg.runs import new_run, open_run
+    from nailseg.runs import new_run, resume_run
 
     if args.resume:
-        if args.config and not Path(args.config).is_dir():
-            raise NailsegError("--resume takes the run folder; do not also pass a config file")
-        run_path = args.resume
-        run, exp = open_run(run_path)
-        if args.overrides:
-            from nailseg.experiment import experiment_from_dict, parse_overrides, _set_dotted
-
-            raw = exp.to_dict()
-            for key, value in parse_overrides(args.overrides):
-                _set_dotted(raw, key, value)
-            exp = experiment_from_dict(raw, "command line")
+        if args.config and "=" in args.config:  # argparse puts the first override in `config`
+            args.overrides, args.config = [args.config, *args.overrides], None
+        if args.config:
+            raise NailsegError("--resume takes the run folder; pass overrides as KEY=VALUE only")
+        run, exp = resume_run(args.resume, args.overrides)
     else:
         if not args.config:
             raise NailsegError("nailseg train: give a config file (e.g. configs/demo-cpu.yaml) or --resume RUN_DIR")

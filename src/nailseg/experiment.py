@@ -130,7 +130,7 @@ class Experiment(_Section):
         return self.model_dump(mode="json")
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node = tree
     parts = dotted.split(".")
     for part in parts[:-1]:
@@ -212,5 +212,5 @@ def load_experiment(path: str | os.PathLike[str] | None, overrides: list[str] | 
             raise ConfigError(f"{path}: the top level must be a mapping of sections (data:, model:, ...)")
         raw = loaded
     for key, value in parse_overrides(overrides or []):
-        _set_dotted(raw, key, value)
+        set_dotted(raw, key, value)
     return experiment_from_dict(raw, source)

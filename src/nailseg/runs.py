@@ -98,6 +98,21 @@ def open_run(path: str | os.PathLike[str]) -> tuple[RunDir, Experiment]:
     return run, experiment_from_dict(raw, str(run.config))
 
 
+def resume_run(path: str | os.PathLike[str], overrides: list[str]) -> tuple[RunDir, Experiment]:
+    """Open a run to continue it; overrides (e.g. more epochs) are saved into its config."""
+    from nailseg.experiment import parse_overrides, set_dotted
+
+    run, exp = open_run(path)
+    if overrides:
+        raw = exp.to_dict()
+        for key, value in parse_overrides(overrides):
+            set_dotted(raw, key, value)
+        exp = experiment_from_dict(raw, "command line")
+        if global_rank() == 0 and RUN_DIR_ENV not in os.environ:
+            write_yaml(run.config, exp.to_dict())
+    return run, exp
+
+
 def new_run(exp: Experiment, config_path: str | os.PathLike[str] | None) -> RunDir:
     """Choose the run folder (``run.dir/run.name``), refusing to overwrite a run."""
     joined = os.environ.get(RUN_DIR_ENV)

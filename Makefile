@@ -1,0 +1,38 @@
+# nailseg: `make demo` sets everything up and trains on synthetic data; `make test` runs the tests.
+# Installs go into .venv with pip (pip, not uv/poetry: torch 2.14.1 comes from this machine's wheels).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+PYTEST_ARGS ?=
+
+.PHONY: demo test install install-torch lint clean help
+
+help:
+	@echo "make demo   - create .venv, install nailseg[torch], draw synthetic data, train, eval, predict"
+	@echo "make test   - install nailseg[torch,dev] and run the test suite"
+	@echo "make lint   - ruff over src/ and tests/"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip "setuptools>=77,<82" wheel
+
+# Re-install when the dependency declarations change.
+$(VENV)/.installed-torch: pyproject.toml | $(BIN)/python
+	$(PIP) install -q -e ".[torch,dev]"
+	touch $@
+
+install-torch install: $(VENV)/.installed-torch
+
+demo: $(VENV)/.installed-torch
+	BIN=$(BIN) bash scripts/demo.sh
+
+test: $(VENV)/.installed-torch
+	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-torch
+	$(BIN)/ruff check src tests
+
+clean:
+	rm -rf $(VENV) runs data/synth data/synth-unseen .pytest_cache
