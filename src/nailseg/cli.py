@@ -65,6 +65,61 @@ def cmd_data_check(args) -> int:
     return 2 if report.problems else 0
 
 
+def _parse_weights(text: str | None):
+    if text is None or text in ("equal", "inverse", "sqrt_inverse"):
+        return text
+    weights = {}
+    for item in text.split(","):
+        group, sep, value = item.rpartition("=")
+        try:
+            weights[group.strip()] = float(value)
+        except ValueError:
+            group = ""
+        if not sep or not group.strip():
+            raise NailsegError(f"--weights {text!r}: use equal, inverse, sqrt_inverse or GROUP=W,GROUP=W")
+    return weights
+
+
+def cmd_data_balance(args) -> int:
+    from nailseg.data.balance import balance_table, make_grouping, plot_balance
+    from nailseg.data.check import check_dataset
+    from nailseg.data.split import make_split
+    from nailseg.experiment import BalanceConfig, load_experiment
+
+    source = Path(args.source)
+    if source.is_file():  # an experiment config: its data, its balance settings, its train split
+        exp = load_experiment(source)
+        root, cfg, seed = exp.data.root, exp.data.balance or BalanceConfig(), exp.trainer.seed
+        fractions = (exp.data.split.val, exp.data.split.test, exp.data.seed)
+    else:
+        root, cfg, seed, fractions = source, BalanceConfig(), args.seed, None
+    updates = {k: v for k, v in {"by": args.by, "bins": args.bins, "binning": args.binning, "csv": args.csv, "column": args.column,
+                                 "weights": _parse_weights(args.weights), "epoch_size": args.epoch_size}.items()
+               if v is not None}
+    cfg = BalanceConfig.model_validate({**cfg.model_dump(), **updates})
+    report = check_dataset(root, progress=not args.json)
+    report.raise_if_problems()
+    fg_share = {s.key: s.fg_share for s in report.stats}
+    keys = sorted(fg_share)
+    if fractions is not None:
+        keys = make_split(keys, *fractions)["train"]
+    grouping = make_grouping(keys, cfg, fg_share)
+    epoch_size = cfg.epoch_size or len(keys)
+    rows = balance_table(grouping, epoch_size, seed, epochs=10)
+    out = Path(args.out)
+    plot_balance(rows, out, f"{root}: by {cfg.by}, weights {cfg.weights if isinstance(cfg.weights, str) else 'custom'}")
+    if args.json:
+        print(json.dumps({"root": str(root), "by": cfg.by, "weights": cfg.weights, "epoch_size": epoch_size,
+                          "simulated_epochs": 10, "groups": rows, "plot": str(out)}, indent=2))
+        return 0
+    print(f"{'group':24} {'files':>6} {'data':>7} {'target':>7} {'observed':>9}")
+    for r in rows:
+        print(f"{r['group']:24} {r['files']:>6} {r['data_share']:>7.1%} {r['target_share']:>7.1%} "
+              f"{r['observed_share']:>9.1%}")
+    print(f"(observed: 10 simulated epochs of {epoch_size} draws; chart: {out})")
+    return 0
+
+
 # ---- training and inference --------------------------------------------------------------------
 
 def cmd_train(args) -> int:
@@ -177,6 +232,27 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.add_argument("--per-pair", action="store_true", help="with --json: include every pair's stats")
     check.set_defaults(func=cmd_data_check)
+
+    bal = dsub.add_parser(
+        "balance", help="show how balanced sampling would draw groups of images",
+        description="Group the images (by foreground-share bins, first sub-folder under images/, "
+                    "or a CSV column), then print each group's files, share of the data, target share and "
+                    "the share observed in a simulated draw of 10 epochs; also writes a bar chart PNG. "
+                    "SOURCE is a data folder (all pairs) or an experiment config (its train split and "
+                    "data.balance settings; flags override them).")
+    bal.add_argument("source", help="data folder or experiment YAML")
+    bal.add_argument("--by", choices=["fg_bins", "folder", "csv"], help="grouping key (default: fg_bins)")
+    bal.add_argument("--bins", type=int, help="fg_bins: number of bins (default: 4)")
+    bal.add_argument("--binning", choices=["log", "uniform", "quantile"],
+                     help="fg_bins: log-spaced (default), equal-width or equal-count bins")
+    bal.add_argument("--csv", help="csv: file with one row per image")
+    bal.add_argument("--column", help="csv: column that names the group")
+    bal.add_argument("--weights", help="equal | inverse | sqrt_inverse | GROUP=W,GROUP=W (default: equal)")
+    bal.add_argument("--epoch-size", type=int, help="samples per epoch (default: number of images)")
+    bal.add_argument("--seed", type=int, default=42, help="seed of the simulated draw (default: 42)")
+    bal.add_argument("--out", default="balance.png", help="bar chart PNG (default: balance.png)")
+    bal.add_argument("--json", action="store_true", help="print the table as JSON")
+    bal.set_defaults(func=cmd_data_balance)
 
     train = sub.add_parser(
         "train", help="train a model from an experiment config",

@@ -28,12 +28,26 @@ class SplitConfig(_Section):
     test: float = Field(0.15, ge=0, lt=1)
 
 
+class BalanceConfig(_Section):
+    """Balanced sampling of training images by group (see nailseg.data.balance)."""
+
+    by: Literal["fg_bins", "folder", "csv"] = "fg_bins"
+    bins: int = Field(4, ge=2, description="fg_bins: number of bins")
+    binning: Literal["log", "uniform", "quantile"] = Field("log", description="fg_bins: how bin edges are set")
+    csv: str | None = Field(None, description="csv: the CSV file")
+    column: str | None = Field(None, description="csv: the column that names the group")
+    key_column: str = Field("file", description="csv: the column with the file name")
+    weights: Literal["equal", "inverse", "sqrt_inverse"] | dict[str, float] = "equal"
+    epoch_size: int | None = Field(None, ge=1, description="samples per epoch (default: training set size)")
+
+
 class DataConfig(_Section):
     root: str = "data/synth"
     image_size: int | tuple[int, int] = Field(384, description="side, or (height, width)")
     split: SplitConfig = SplitConfig()
     seed: int = 42
     num_workers: int | Literal["auto"] = "auto"
+    balance: BalanceConfig | None = None
 
     @field_validator("image_size")
     @classmethod

@@ -134,14 +134,19 @@ def new_run(exp: Experiment, config_path: str | os.PathLike[str] | None) -> RunD
     return RunDir(path)
 
 
-def prepare_run(exp: Experiment, run: RunDir, *, resume: bool) -> dict[str, list[str]]:
+def prepare_run(exp: Experiment, run: RunDir, *, resume: bool) -> tuple[dict[str, list[str]], dict[str, float]]:
     """Validate the data (refusing bad input before any compute) and fix the split.
 
     A new run writes ``config.yaml`` and ``split.json``; a resumed run reuses its split.
+    Returns the split and each pair's foreground share (for balanced sampling).
     """
     report = check_dataset(exp.data.root)
     report.raise_if_problems()
-    keys = {s.key for s in report.stats}
+    fg_share = {s.key: s.fg_share for s in report.stats}
+    return _fix_split(exp, run, set(fg_share), resume=resume), fg_share
+
+
+def _fix_split(exp: Experiment, run: RunDir, keys: set[str], *, resume: bool) -> dict[str, list[str]]:
     if resume or run.split.exists():
         split = load_split(run.split)
         missing = sorted(k for part in split.values() for k in part if k not in keys)

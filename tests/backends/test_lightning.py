@@ -163,3 +163,15 @@ def test_short_training_on_real_nails(real_data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "real" / "summary.json").read_text())
     assert 0.0 <= summary["val_iou"] <= 1.0
+
+
+def test_balanced_training_logs_group_shares(synth_data, tmp_path):
+    proc = _train(synth_data, tmp_path, "trainer.max_epochs=2", "run.name=bal",
+                  "data.balance={by: fg_bins, bins: 2, epoch_size: 16}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "bal" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [4, 8]  # 16 draws per epoch in batches of 4
+    for r in records:
+        assert sum(r["group_share"].values()) == pytest.approx(1.0)
+        assert len(r["group_share"]) >= 2
+    assert records[0]["group_share"] != records[1]["group_share"]  # a fresh draw each epoch

@@ -129,8 +129,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class EpochRecorder(Callback):
     """One ``metrics.jsonl`` line per finished epoch: losses, IoU, Dice, images/s, epoch time."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, grouping=None, sampler=None):
         self.path = path
+        self.grouping, self.sampler = grouping, sampler
         self._t0 = self._train_end = 0.0
         self._seen = 0
 
@@ -162,6 +163,8 @@ class EpochRecorder(Callback):
             "images_per_s": self._seen / train_time if train_time > 0 else None,
             "epoch_time_s": now - self._t0,
         }
+        if self.sampler is not None:  # what the balanced sampler really drew this epoch
+            record["group_share"] = self.grouping.shares(self.sampler.full_stream(trainer.current_epoch))
         append_jsonl(self.path, record)
 
 
@@ -200,10 +203,14 @@ def train(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict | None:
     """
     started = time.time()
     rank_zero = global_rank() == 0
-    split = prepare_run(exp, run, resume=resume) if rank_zero else wait_for_split(run)
+    if rank_zero:
+        split, fg_share = prepare_run(exp, run, resume=resume)
+    else:
+        split, fg_share = wait_for_split(run), None
     pairs = {p.key: p for p in find_pairs(exp.data.root)[0]}
     train_pairs = [pairs[k] for k in split["train"]]
     val_pairs = [pairs[k] for k in split["val"]] or train_pairs
+    grouping, sampler = _balanced_sampler(exp, split["train"], fg_share)
 
     L.seed_everything(exp.trainer.seed, workers=True, verbose=False)
     accelerator, precision, channels_last = resolve_precision(exp)
@@ -217,7 +224,7 @@ def train(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict | None:
     callbacks = [
         ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor="val_iou", mode="max",
                         save_last=True, auto_insert_metric_name=False, enable_version_counter=False),
-        EpochRecorder(run.metrics),
+        EpochRecorder(run.metrics, grouping, sampler),
         TQDMProgressBar(refresh_rate=max(1, len(train_pairs) // exp.trainer.batch_size // 20)),
     ]
     loggers = _loggers(exp, run)
@@ -231,13 +238,13 @@ def train(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict | None:
         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
         logger=loggers, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run.path), log_every_n_steps=1, num_sanity_val_steps=0,
-        enable_model_summary=False,
+        enable_model_summary=False, use_distributed_sampler=sampler is None,
     )
     fit_started = time.perf_counter()
     previous = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(run.path.resolve())  # DDP workers re-run the CLI: join this run
     try:
-        trainer.fit(module, train_dataloaders=build_loader(exp, train_pairs, train=True),
+        trainer.fit(module, train_dataloaders=build_loader(exp, train_pairs, train=True, sampler=sampler),
                     val_dataloaders=build_loader(exp, val_pairs, train=False), ckpt_path=ckpt_path)
     finally:
         if previous is None:
@@ -248,6 +255,23 @@ def train(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict | None:
     if not trainer.is_global_zero:
         return None
     return _finish(exp, run, trainer, module, val_pairs, started, fit_time, precision)
+
+
+def _balanced_sampler(exp: Experiment, train_keys: list[str], fg_share: dict[str, float] | None):
+    """The grouping and sampler for ``data.balance`` (``(None, None)`` when it is off)."""
+    cfg = exp.data.balance
+    if cfg is None:
+        return None, None
+    from nailseg.data.balance import make_grouping
+    from nailseg.pipelines.torch_cpu import BalancedSampler
+
+    if fg_share is None and cfg.by == "fg_bins":  # a non-zero DDP rank: measure like rank 0 did
+        from nailseg.data.check import check_dataset
+
+        fg_share = {s.key: s.fg_share for s in check_dataset(exp.data.root, progress=False).stats}
+    grouping = make_grouping(train_keys, cfg, fg_share)
+    epoch_size = cfg.epoch_size or len(train_keys)
+    return grouping, BalancedSampler(grouping.sample_weights(), epoch_size, exp.trainer.seed)
 
 
 def _finish(exp, run, trainer, module, val_pairs, started, fit_time, precision) -> dict:

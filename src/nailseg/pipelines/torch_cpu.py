@@ -53,3 +53,44 @@ def build_loader(exp: Experiment, pairs: list[Pair], *, train: bool, sampler=Non
         # Drop a ragged last batch only when there are several batches (also per DDP rank).
         drop_last=train and len(pairs) >= 4 * exp.trainer.batch_size,
     )
+
+
+class BalancedSampler(torch.utils.data.Sampler[int]):
+    """Draws ``epoch_size`` indices per epoch with replacement, in the grouping's target shares.
+
+    All ranks draw the same seeded stream (see :func:`nailseg.data.balance.draw_epoch`) and
+    each takes a disjoint part of it, so the sampler works unchanged under DDP (Lightning
+    must not wrap it: the backend sets ``use_distributed_sampler=False``).
+    """
+
+    def __init__(self, probabilities: np.ndarray, epoch_size: int, seed: int):
+        self.probabilities = probabilities
+        self.epoch_size = epoch_size
+        self.seed = seed
+        self.epoch = 0
+
+    @staticmethod
+    def _rank_world() -> tuple[int, int]:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        _, world = self._rank_world()
+        return -(-self.epoch_size // world)
+
+    def __iter__(self):
+        from nailseg.data.balance import draw_epoch
+
+        rank, world = self._rank_world()
+        yield from draw_epoch(self.probabilities, self.epoch_size, self.seed, self.epoch, rank, world).tolist()
+
+    def full_stream(self, epoch: int) -> np.ndarray:
+        """What all ranks together draw in ``epoch`` (for logging the observed shares)."""
+        from nailseg.data.balance import draw_epoch
+
+        return draw_epoch(self.probabilities, self.epoch_size, self.seed, epoch)
