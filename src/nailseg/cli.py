@@ -195,6 +195,16 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from nailseg.backends import get_backend
+    from nailseg.runs import open_run
+
+    run, exp = open_run(args.run)
+    out = get_backend(exp.backend).export(run, exp, args.format, Path(args.out) if args.out else None)
+    print(out)
+    return 0
+
+
 # ---- parser ----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,6 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=cmd_predict)
+    exp_ = sub.add_parser("export", help="write a run's model for use without nailseg",
+                          description="hf: a transformers save_pretrained folder (SegFormer runs; default RUN/hf). "
+                                      "state_dict: a plain PyTorch state dict, loadable with weights_only=True "
+                                      "(default RUN/model.pt).")
+    exp_.add_argument("run", help="run folder")
+    exp_.add_argument("--format", required=True, choices=["hf", "state_dict"], help="export format")
+    exp_.add_argument("--out", help="output path")
+    exp_.set_defaults(func=cmd_export)
     return parser
 
 

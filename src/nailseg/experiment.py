@@ -69,11 +69,15 @@ class AugmentConfig(_Section):
 
 
 class ModelConfig(_Section):
-    family: Literal["smp"] = "smp"
+    family: Literal["smp", "segformer"] = "smp"
+    # smp
     arch: str = "Unet"
     encoder: str = "efficientnet-b4"
-    encoder_weights: str = Field("none", description="none | imagenet (needs internet) | path to a local file")
-    classes: Literal[1] = Field(1, description="binary segmentation: nail vs background")
+    encoder_weights: str = Field("none", description="smp: none | imagenet (needs internet) | path to a local file")
+    # segformer
+    variant: Literal["b0", "b1", "b2", "b3", "b4", "b5"] = "b0"
+    pretrained: str = Field("none", description="segformer: none | hub id | local folder (save_pretrained)")
+    classes: int = Field(1, ge=1, le=2, description="1: one logit + sigmoid; 2: softmax over background/nail")
 
 
 class LossConfig(_Section):
@@ -86,8 +90,11 @@ class OptimConfig(_Section):
     name: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
-    scheduler: Literal["cosine", "none"] = "cosine"
+    scheduler: Literal["cosine", "poly", "none"] = "cosine"
+    poly_power: float = Field(1.0, gt=0, description="poly: lr * (1 - progress) ** power (SegFormer's schedule)")
     warmup_epochs: int = Field(0, ge=0)
+    encoder_lr_scale: float | None = Field(
+        None, gt=0, description="encoder lr = lr * scale; default 0.1 for segformer, 1.0 for smp")
 
 
 class TrainerConfig(_Section):
@@ -138,7 +145,7 @@ class Experiment(_Section):
     @property
     def backend(self) -> str:
         """Which backend trains this model family."""
-        return {"smp": "lightning"}[self.model.family]
+        return {"smp": "lightning", "segformer": "lightning"}[self.model.family]
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

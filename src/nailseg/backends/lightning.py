@@ -22,7 +22,7 @@ from nailseg.evaluate import Predictor, evaluate_pairs
 from nailseg.experiment import Experiment
 from nailseg.io import append_jsonl, read_jsonl, write_json, write_text
 from nailseg.metrics import scores
-from nailseg.models.torch_models import build_loss, build_smp_model
+from nailseg.models.torch_models import build_loss, build_model, foreground_probability, without_pretrained
 from nailseg.pipelines.torch_cpu import build_loader
 from nailseg.runs import RUN_DIR_ENV, RunDir, global_rank, prepare_run, wait_for_split
 
@@ -48,8 +48,8 @@ class SegmentationModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.exp = Experiment.model_validate(config)
-        self.model = build_smp_model(self.exp.model)
-        self.loss_fn = build_loss(self.exp.loss)
+        self.model = build_model(self.exp.model)
+        self.loss_fn = build_loss(self.exp.loss, self.exp.model.classes)
         self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -78,7 +78,7 @@ class SegmentationModule(L.LightningModule):
         target = batch["mask"]
         loss = self.loss_fn(logits, target)
         self.log("val_loss", loss, on_epoch=True, batch_size=target.shape[0], sync_dist=True)
-        pred = logits > 0  # sigmoid(logit) > 0.5
+        pred = foreground_probability(logits) > 0.5
         truth = target > 0.5
         tp = (pred & truth).sum()
         fp = (pred & ~truth).sum()
@@ -93,27 +93,37 @@ class SegmentationModule(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.exp.optim
-        params = self.model.parameters()
+        scale = o.encoder_lr_scale
+        if scale is None:
+            scale = 0.1 if self.exp.model.family == "segformer" else 1.0
+        encoder_ids = {id(p) for p in self.model.encoder.parameters()}
+        groups = [
+            {"params": [p for p in self.model.parameters() if id(p) in encoder_ids], "lr": o.lr * scale},
+            {"params": [p for p in self.model.parameters() if id(p) not in encoder_ids], "lr": o.lr},
+        ]
         if o.name == "adamw":
-            opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+            opt = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
         elif o.name == "adam":
-            opt = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+            opt = torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
         else:
-            opt = torch.optim.SGD(params, lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
+            opt = torch.optim.SGD(groups, lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
         if o.scheduler == "none" and o.warmup_epochs == 0:
             return opt
-        epochs, warm = self.exp.trainer.max_epochs, o.warmup_epochs
-
-        def factor(epoch: int) -> float:
-            if epoch < warm:
-                return (epoch + 1) / (warm + 1)
-            if o.scheduler == "none":
-                return 1.0
-            progress = (epoch - warm) / max(1, epochs - warm)
-            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda epoch: lr_factor(epoch, self.exp.trainer.max_epochs, o.warmup_epochs, o.scheduler, o.poly_power))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+def lr_factor(epoch: int, epochs: int, warmup: int, schedule: str, power: float = 1.0) -> float:
+    """Multiplier of the base lr at ``epoch``: linear warm-up, then cosine (to 1%), poly or constant."""
+    if epoch < warmup:
+        return (epoch + 1) / (warmup + 1)
+    progress = min(1.0, (epoch - warmup) / max(1, epochs - warmup))
+    if schedule == "cosine":
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "poly":
+        return max(0.0, 1.0 - progress) ** power
+    return 1.0
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -137,7 +147,7 @@ class EpochRecorder(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._t0, self._seen, self._train_end = time.perf_counter(), 0, 0.0
-        self._lr = trainer.optimizers[0].param_groups[0]["lr"]
+        self._lr = trainer.optimizers[0].param_groups[-1]["lr"]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._seen += batch["image"].shape[0] * trainer.world_size
@@ -159,7 +169,7 @@ class EpochRecorder(Callback):
             "val_loss": m.get("val_loss"),
             "val_iou": m.get("val_iou"),
             "val_dice": m.get("val_dice"),
-            "lr": self._lr,
+            "lr": self._lr,  # the decoder's; the encoder's is lr * optim.encoder_lr_scale
             "images_per_s": self._seen / train_time if train_time > 0 else None,
             "epoch_time_s": now - self._t0,
         }
@@ -301,6 +311,8 @@ def _finish(exp, run, trainer, module, val_pairs, started, fit_time, precision) 
         "world_size": trainer.world_size,
         "versions": _versions(),
     }
+    if exp.model.family == "segformer":
+        summary["hf"] = str(export(run, exp, "hf"))
     write_json(run.summary, summary)
     return summary
 
@@ -326,8 +338,27 @@ def _device_name(trainer) -> str:
 def _versions() -> dict[str, str]:
     import segmentation_models_pytorch as smp
 
-    return {"nailseg": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "lightning": L.__version__, "segmentation_models_pytorch": smp.__version__}
+    versions = {"nailseg": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                "lightning": L.__version__, "segmentation_models_pytorch": smp.__version__}
+    try:
+        import transformers
+
+        versions["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def load_model(run: RunDir, exp: Experiment) -> torch.nn.Module:
+    """The trained network of a run (best checkpoint), on the CPU, in eval mode.
+
+    Checkpoints are read with ``weights_only=True``: only tensors and plain containers.
+    """
+    ckpt = torch.load(run.inference_checkpoint(), map_location="cpu", weights_only=True)
+    model = build_model(without_pretrained(exp.model))
+    model.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()
+                           if k.startswith("model.")})
+    return model.eval()
 
 
 def load_predictor(run: RunDir, exp: Experiment, *, device: str | None = None) -> Predictor:
@@ -335,11 +366,7 @@ def load_predictor(run: RunDir, exp: Experiment, *, device: str | None = None) -
     import cv2
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    ckpt = torch.load(run.inference_checkpoint(), map_location="cpu", weights_only=True)
-    model = build_smp_model(exp.model.model_copy(update={"encoder_weights": "none"}))
-    model.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()
-                           if k.startswith("model.")})
-    model.eval().to(device)
+    model = load_model(run, exp).to(device)
     h, w = exp.data.size_hw
     mean = np.asarray(IMAGENET_MEAN, np.float32) * 255
     std = np.asarray(IMAGENET_STD, np.float32) * 255
@@ -348,7 +375,40 @@ def load_predictor(run: RunDir, exp: Experiment, *, device: str | None = None) -
     def predict(image: np.ndarray) -> np.ndarray:
         x = (cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32) - mean) / std
         tensor = torch.from_numpy(x.transpose(2, 0, 1))[None].to(device)
-        prob = torch.sigmoid(model(tensor))[0, 0].float().cpu().numpy()
+        prob = foreground_probability(model(tensor))[0, 0].float().cpu().numpy()
         return cv2.resize(prob, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
 
     return predict
+
+
+def export(run: RunDir, exp: Experiment, fmt: str, out: Path | None = None) -> Path:
+    """Write the run's model for use without nailseg.
+
+    ``hf`` (SegFormer runs): ``save_pretrained`` folder (config + safetensors + id2label) that
+    ``SegformerForSemanticSegmentation.from_pretrained`` loads. ``state_dict``: a plain state
+    dict (``model.pt``) that loads with ``torch.load(..., weights_only=True)`` into the model
+    the run's config describes.
+    """
+    from nailseg.errors import ConfigError
+
+    model = load_model(run, exp)
+    if fmt == "hf":
+        if exp.model.family != "segformer":
+            raise ConfigError(f"--format hf: only SegFormer runs export to transformers (this run is {exp.model.family})")
+        out = Path(out or run.path / "hf")
+        tmp = out.with_name(f".{out.name}.tmp")
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.hf.save_pretrained(tmp, safe_serialization=True)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+        return out
+    if fmt == "state_dict":
+        out = Path(out or run.path / "model.pt")
+        from nailseg.io import atomic_path
+
+        with atomic_path(out) as tmp:
+            torch.save(model.state_dict(), tmp)
+        return out
+    raise ConfigError(f"--format {fmt}: the lightning backend exports hf or state_dict")

@@ -12,12 +12,29 @@ from nailseg.errors import ConfigError
 from nailseg.experiment import LossConfig, ModelConfig
 
 
-def _online(host: str = "huggingface.co", port: int = 443, timeout: float = 3.0) -> bool:
+def online(host: str = "huggingface.co", port: int = 443, timeout: float = 3.0) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The model of ``cfg.family``: logits (N, classes, H, W) at the input's size."""
+    if cfg.family == "segformer":
+        from nailseg._optional import require
+
+        require("transformers", "hf", "SegFormer (model.family: segformer)")
+        from nailseg.models.segformer import build_segformer
+
+        return build_segformer(cfg)
+    return build_smp_model(cfg)
+
+
+def without_pretrained(cfg: ModelConfig) -> ModelConfig:
+    """The same architecture with no weights to fetch (weights come from a checkpoint)."""
+    return cfg.model_copy(update={"encoder_weights": "none", "pretrained": "none"})
 
 
 def build_smp_model(cfg: ModelConfig) -> nn.Module:
@@ -27,7 +44,7 @@ def build_smp_model(cfg: ModelConfig) -> nn.Module:
     weights = cfg.encoder_weights
     local = weights not in ("none", "") and Path(weights).expanduser().exists()
     hub_weights = None if weights in ("none", "") or local else weights
-    if hub_weights is not None and not _online():
+    if hub_weights is not None and not online():
         raise ConfigError(
             f"model.encoder_weights={weights!r}: cannot download weights (no internet); "
             "use encoder_weights: none, or a path to a local weights file"
@@ -79,9 +96,34 @@ class DiceBCELoss(nn.Module):
         return self.dice_weight * self.dice(logits, target) + self.bce_weight * self.bce(logits, target)
 
 
-def build_loss(cfg: LossConfig) -> nn.Module:
+class MulticlassLoss(nn.Module):
+    """Softmax cross-entropy plus smp's multiclass Dice; targets are class indices (N, 1, H, W)."""
+
+    def __init__(self, cfg: LossConfig):
+        super().__init__()
+        from segmentation_models_pytorch.losses import DiceLoss
+
+        self.dice = DiceLoss(mode="multiclass", from_logits=True)
+        self.ce = nn.CrossEntropyLoss()
+        self.cfg = cfg
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        labels = target[:, 0].long()
+        if self.cfg.name == "dice":
+            return self.dice(logits, labels)
+        if self.cfg.name == "bce":
+            return self.ce(logits, labels)
+        return self.cfg.dice_weight * self.dice(logits, labels) + self.cfg.bce_weight * self.ce(logits, labels)
+
+
+def build_loss(cfg: LossConfig, classes: int = 1) -> nn.Module:
     from segmentation_models_pytorch import losses
 
+    if classes > 1:
+        if cfg.name not in ("dice_bce", "dice", "bce"):
+            raise ConfigError(f"loss.name={cfg.name!r}: with model.classes > 1 use dice_bce, dice or bce "
+                              "(cross-entropy stands in for BCE)")
+        return MulticlassLoss(cfg)
     if cfg.name == "dice_bce":
         return DiceBCELoss(cfg.dice_weight, cfg.bce_weight)
     return {
@@ -92,3 +134,10 @@ def build_loss(cfg: LossConfig) -> nn.Module:
         "jaccard": lambda: losses.JaccardLoss(mode="binary", from_logits=True),
         "tversky": lambda: losses.TverskyLoss(mode="binary", from_logits=True),
     }[cfg.name]()
+
+
+def foreground_probability(logits: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) probability of 'nail': sigmoid of one logit, or 1 - softmax background."""
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits)
+    return 1.0 - torch.softmax(logits.float(), dim=1)[:, :1]
