@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nailseg.augment import AugmentOp, default_train_augment
+from nailseg.augment import ENGINE_OPS, AugmentOp, default_train_augment
 from nailseg.errors import ConfigError
 
 
@@ -65,7 +65,8 @@ class DataConfig(_Section):
 
 class AugmentConfig(_Section):
     train: list[AugmentOp] = Field(default_factory=default_train_augment)
-    device: Literal["cpu"] = "cpu"
+    device: Literal["cpu", "gpu"] = Field(
+        "cpu", description="cpu: albumentations in DataLoader workers; gpu: kornia on the batch's device")
 
 
 class ModelConfig(_Section):
@@ -141,6 +142,26 @@ class Experiment(_Section):
     trainer: TrainerConfig = TrainerConfig()
     logging: LoggingConfig = LoggingConfig()
     run: RunConfig = RunConfig()
+    loader: Literal["torch", "dali"] = Field("torch", description="torch DataLoader, or an NVIDIA DALI pipeline")
+
+    @model_validator(mode="after")
+    def _engines_can_do_the_spec(self):
+        """Refuse, at config time, an augmentation the chosen engine cannot do."""
+        engine = self.augment_engine
+        missing = [op.name for op in self.augment.train if op.name not in ENGINE_OPS[engine]]
+        if missing:
+            raise ValueError(f"augment.train: {', '.join(missing)} cannot run on the {engine} engine")
+        if self.loader == "dali" and self.augment.device == "gpu":
+            raise ValueError("loader: dali already augments on the GPU; use augment.device: cpu with it")
+        if self.loader == "dali" and self.data.balance is not None:
+            raise ValueError("data.balance needs loader: torch (DALI's file readers cannot draw weighted samples)")
+        return self
+
+    @property
+    def augment_engine(self) -> str:
+        if self.loader == "dali":
+            return "dali"
+        return "kornia" if self.augment.device == "gpu" else "albumentations"
 
     @property
     def backend(self) -> str:

@@ -175,3 +175,14 @@ def test_balanced_training_logs_group_shares(synth_data, tmp_path):
         assert sum(r["group_share"].values()) == pytest.approx(1.0)
         assert len(r["group_share"]) >= 2
     assert records[0]["group_share"] != records[1]["group_share"]  # a fresh draw each epoch
+
+
+@pytest.mark.parametrize("switch", ["augment.device=gpu", "loader=dali"])
+def test_one_epoch_with_fast_pipelines_on_cpu(synth_data, tmp_path, switch):
+    """kornia augmentation on CPU tensors, and DALI in CPU mode, inside a real Trainer."""
+    pytest.importorskip("kornia" if "augment" in switch else "nvidia.dali")
+    proc = _train(synth_data, tmp_path, "trainer.max_epochs=1", "run.name=fast", switch)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "fast" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["step"] == 5  # 22 training pairs in batches of 4, the ragged last batch dropped
+    assert 0.0 <= json.loads((tmp_path / "fast" / "summary.json").read_text())["val_iou"] <= 1.0

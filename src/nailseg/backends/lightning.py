@@ -23,7 +23,7 @@ from nailseg.experiment import Experiment
 from nailseg.io import append_jsonl, read_jsonl, write_json, write_text
 from nailseg.metrics import scores
 from nailseg.models.torch_models import build_loss, build_model, foreground_probability, without_pretrained
-from nailseg.pipelines.torch_cpu import build_loader
+from nailseg.pipelines import build_loaders
 from nailseg.runs import RUN_DIR_ENV, RunDir, global_rank, prepare_run, wait_for_split
 
 
@@ -54,11 +54,18 @@ class SegmentationModule(L.LightningModule):
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.register_buffer("val_counts", torch.zeros(4, dtype=torch.float64), persistent=False)
+        self.gpu_augment = None
+        if self.exp.augment.device == "gpu":
+            from nailseg.pipelines.kornia_gpu import GpuAugment
+
+            self.gpu_augment = GpuAugment(self.exp.augment.train, self.exp.data.size_hw)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.model(image)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.gpu_augment is not None:
+            batch["image"], batch["mask"] = self.gpu_augment(batch["image"], batch["mask"], train=self.trainer.training)
         if self.channels_last:
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         return batch
@@ -150,7 +157,7 @@ class EpochRecorder(Callback):
         self._lr = trainer.optimizers[0].param_groups[-1]["lr"]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._seen += batch["image"].shape[0] * trainer.world_size
+        self._seen += batch["image"].shape[0] * trainer.world_size  # approximate when the last batches differ
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking and not self._train_end:
@@ -254,8 +261,8 @@ def train(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict | None:
     previous = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(run.path.resolve())  # DDP workers re-run the CLI: join this run
     try:
-        trainer.fit(module, train_dataloaders=build_loader(exp, train_pairs, train=True, sampler=sampler),
-                    val_dataloaders=build_loader(exp, val_pairs, train=False), ckpt_path=ckpt_path)
+        train_loader, val_loader = build_loaders(exp, train_pairs, val_pairs, sampler=sampler)
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
     finally:
         if previous is None:
             os.environ.pop(RUN_DIR_ENV, None)

@@ -1,4 +1,8 @@
-"""The default torch pipeline: decode + albumentations in DataLoader workers."""
+"""The default torch pipeline: decode + albumentations in DataLoader workers.
+
+With ``augment.device: gpu`` the workers only decode and resize and hand over ``uint8``
+images; the augmentation and normalisation then run on the device (``kornia_gpu``).
+"""
 
 from __future__ import annotations
 
@@ -40,7 +44,10 @@ def resolve_workers(setting: int | str) -> int:
 
 
 def build_loader(exp: Experiment, pairs: list[Pair], *, train: bool, sampler=None) -> DataLoader:
-    transform = to_albumentations(exp.augment.train, exp.data.size_hw, train=train)
+    if exp.augment.device == "gpu":  # resize only; kornia augments and normalises on the device
+        transform = to_albumentations([], exp.data.size_hw, train=False, normalize=False)
+    else:
+        transform = to_albumentations(exp.augment.train, exp.data.size_hw, train=train)
     workers = resolve_workers(exp.data.num_workers)
     return DataLoader(
         SegmentationDataset(pairs, transform),
