@@ -205,6 +205,55 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_bench_loaders(args) -> int:
+    from nailseg.backends import get_backend
+    from nailseg.experiment import load_experiment
+
+    get_backend("lightning")  # torch is needed to deliver batches on the device
+    from nailseg.bench.loaders import PIPELINES, bench_loaders
+    from nailseg.bench.report import write_report
+
+    overrides = [f"data.root={args.data}", f"data.image_size={args.size}", f"trainer.batch_size={args.batch}"]
+    exp = load_experiment(args.config, overrides)
+    pipelines = [p.strip() for p in args.pipelines.split(",") if p.strip()]
+    unknown = [p for p in pipelines if p not in PIPELINES]
+    if unknown:
+        raise NailsegError(f"--pipelines: unknown {', '.join(unknown)} (choose from {', '.join(PIPELINES)})")
+    workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) - 1)
+    results = bench_loaders(exp, pipelines, workers=workers, batches=args.batches, repeats=args.repeats)
+    paths = write_report(args.out, results, title=f"input pipelines: {exp.data.size_hw[0]} px, batch "
+                         f"{exp.trainer.batch_size}, {workers} CPU threads, {results[0]['device']}")
+    print(f"{'pipeline':10} {'images/s':>10} {'min':>9} {'max':>9}")
+    for r in results:
+        print(f"{r['pipeline']:10} {r['images_per_s']:>10.1f} {r['images_per_s_min']:>9.1f} {r['images_per_s_max']:>9.1f}")
+    print(*paths, sep="\n")
+    return 0
+
+
+def cmd_bench_train(args) -> int:
+    from nailseg.backends import get_backend
+    from nailseg.experiment import load_experiment
+
+    exp = load_experiment(args.config, args.overrides)
+    get_backend(exp.backend)
+    from nailseg.bench.report import write_report
+    from nailseg.bench.train import bench_train
+
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    allowed = {"32", "32-true", "bf16-mixed", "16-mixed"}
+    if not set(precisions) <= allowed:
+        raise NailsegError(f"--precision: use some of {', '.join(sorted(allowed))}")
+    results = bench_train(exp, precisions, batches=args.batches, repeats=args.repeats)
+    paths = write_report(args.out, results, title=f"training images/s: {results[0]['model']}, "
+                         f"{exp.data.size_hw[0]} px, batch {exp.trainer.batch_size}, {results[0]['device']}")
+    print(f"{'what':42} {'precision':>10} {'images/s':>9} {'of limit':>9}")
+    for r in results:
+        share = f"{r['percent_of_limit']:.0f}%" if "percent_of_limit" in r else ""
+        print(f"{r['pipeline']:42} {r['precision']:>10} {r['images_per_s']:>9.1f} {share:>9}")
+    print(*paths, sep="\n")
+    return 0
+
+
 # ---- parser ----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -296,6 +345,36 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=cmd_predict)
+    bench = sub.add_parser("bench", help="measure input pipelines and training throughput (JSON + PNG)",
+                           description="Benchmarks write bench.json (a list of results, each with the method) "
+                                       "and bench.png (bars with the min-max spread over repeats) into --out.")
+    bsub = bench.add_subparsers(dest="bench_command", metavar="BENCH_COMMAND", required=True)
+    bl = bsub.add_parser("loaders", help="time input pipelines, batches delivered on the device",
+                         description="Time each pipeline (cpu: DataLoader + albumentations; kornia: DataLoader "
+                                     "decode + resize, kornia on the device; dali: NVIDIA DALI) in one run, "
+                                     "with the augmentation spec of --config (default: the built-in spec).")
+    bl.add_argument("--data", required=True, help="data folder")
+    bl.add_argument("--config", help="experiment YAML whose augment.train is used")
+    bl.add_argument("--size", type=int, default=384, help="image side in pixels (default: 384)")
+    bl.add_argument("--batch", type=int, default=64, help="batch size (default: 64)")
+    bl.add_argument("--workers", type=int, help="CPU threads / DataLoader workers (default: cores - 1)")
+    bl.add_argument("--pipelines", default="cpu,kornia,dali", help="comma-separated (default: cpu,kornia,dali)")
+    bl.add_argument("--batches", type=int, default=20, help="timed batches per repeat (default: 20)")
+    bl.add_argument("--repeats", type=int, default=3, help="timed repeats (default: 3)")
+    bl.add_argument("--out", default="bench/loaders", help="output folder (default: bench/loaders)")
+    bl.set_defaults(func=cmd_bench_loaders)
+    bt = bsub.add_parser("train", help="training images/s with the configured loader vs the model's limit",
+                         description="For each precision: training steps fed by the configured loader, and the "
+                                     "same steps on one batch already in device memory (the model's limit); "
+                                     "prints the loader's share of the limit.")
+    bt.add_argument("config", help="experiment YAML")
+    bt.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
+    bt.add_argument("--precision", default="32-true", help="comma-separated: 32-true, bf16-mixed, 16-mixed")
+    bt.add_argument("--batches", type=int, default=10, help="timed steps per repeat (default: 10)")
+    bt.add_argument("--repeats", type=int, default=3, help="timed repeats (default: 3)")
+    bt.add_argument("--out", default="bench/train", help="output folder (default: bench/train)")
+    bt.set_defaults(func=cmd_bench_train)
+
     exp_ = sub.add_parser("export", help="write a run's model for use without nailseg",
                           description="hf: a transformers save_pretrained folder (SegFormer runs; default RUN/hf). "
                                       "state_dict: a plain PyTorch state dict, loadable with weights_only=True "

@@ -1,0 +1,1 @@
+"""Benchmarks: ``nailseg bench loaders`` and ``nailseg bench train`` (JSON + PNG, never timed asserts)."""
