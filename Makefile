@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make demo   - create .venv, install nailseg[torch], draw synthetic data, train, eval, predict"
-	@echo "make test   - install nailseg[torch,hf,dev] and run the test suite"
+	@echo "make test   - install nailseg[torch,hf,gpuaug,dali,dev] and run the test suite"
 	@echo "make lint   - ruff over src/ and tests/"
 
 $(BIN)/python:
@@ -20,7 +20,7 @@ $(BIN)/python:
 
 # Re-install when the dependency declarations change. The demo needs the Lightning backend;
 # the tests need every backend that runs on a CPU.
-TEST_EXTRAS := torch,hf,dev
+TEST_EXTRAS := torch,hf,gpuaug,dali,dev
 
 $(VENV)/.installed-torch: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e ".[torch]"
