@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make demo   - create .venv, install nailseg[torch], draw synthetic data, train, eval, predict"
-	@echo "make test   - install nailseg[torch,hf,gpuaug,dali,dev] and run the test suite"
+	@echo "make test   - install nailseg[torch,hf,gpuaug,dali,tf,dev] and run the test suite"
 	@echo "make lint   - ruff over src/ and tests/"
 
 $(BIN)/python:
@@ -20,7 +20,7 @@ $(BIN)/python:
 
 # Re-install when the dependency declarations change. The demo needs the Lightning backend;
 # the tests need every backend that runs on a CPU.
-TEST_EXTRAS := torch,hf,gpuaug,dali,dev
+TEST_EXTRAS := torch,hf,gpuaug,dali,tf,dev
 
 $(VENV)/.installed-torch: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e ".[torch]"
@@ -35,8 +35,10 @@ install: $(VENV)/.installed-test
 demo: $(VENV)/.installed-torch
 	BIN=$(BIN) bash scripts/demo.sh
 
+# Two pytest processes: TensorFlow and torch must not share one (see tests/tf/conftest.py).
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not gpu and not tf" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "tf and not gpu" tests/tf $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests

@@ -19,13 +19,15 @@ REAL_DATA = Path(os.environ.get("NAILSEG_REAL_DATA", REPO.parent / "shared" / "d
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
-def pytest_collection_modifyitems(config, items):
-    try:
-        import torch
+def _has_gpu() -> bool:
+    """Without importing a framework: the TensorFlow tests run in a process that must not load torch."""
+    import shutil
 
-        has_gpu = torch.cuda.is_available()
-    except ImportError:
-        has_gpu = False
+    return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
+
+
+def pytest_collection_modifyitems(config, items):
+    has_gpu = _has_gpu()
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "gpu" in item.keywords and not has_gpu:

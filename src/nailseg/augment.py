@@ -84,7 +84,8 @@ GEOMETRIC = {"hflip", "vflip", "affine", "random_resized_crop"}
 ALL_OPS = frozenset({"hflip", "vflip", "affine", "random_resized_crop", "brightness_contrast", "hue_saturation",
                      "gauss_noise", "blur"})
 # What each engine can translate; a config asking an engine for anything else is refused.
-ENGINE_OPS: dict[str, frozenset[str]] = {"albumentations": ALL_OPS, "kornia": ALL_OPS, "dali": ALL_OPS}
+ENGINE_OPS: dict[str, frozenset[str]] = {"albumentations": ALL_OPS, "kornia": ALL_OPS, "dali": ALL_OPS,
+                                         "tf": ALL_OPS}
 
 
 def default_train_augment() -> list[AugmentOp]:

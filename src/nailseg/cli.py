@@ -378,9 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp_ = sub.add_parser("export", help="write a run's model for use without nailseg",
                           description="hf: a transformers save_pretrained folder (SegFormer runs; default RUN/hf). "
                                       "state_dict: a plain PyTorch state dict, loadable with weights_only=True "
-                                      "(default RUN/model.pt).")
+                                      "(default RUN/model.pt). savedmodel: a TensorFlow SavedModel folder (Keras "
+                                      "runs; default RUN/savedmodel). keras: a .keras file (default RUN/model.keras).")
     exp_.add_argument("run", help="run folder")
-    exp_.add_argument("--format", required=True, choices=["hf", "state_dict"], help="export format")
+    exp_.add_argument("--format", required=True, choices=["hf", "state_dict", "savedmodel", "keras"],
+                      help="hf / state_dict (Lightning runs), savedmodel / keras (Keras runs)")
     exp_.add_argument("--out", help="output path")
     exp_.set_defaults(func=cmd_export)
     return parser

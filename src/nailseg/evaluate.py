@@ -83,3 +83,13 @@ def predict_files(predict: Predictor, files: list[Path], out: str | os.PathLike[
         written.append({"file": str(path), "fg_share": float(mask.mean()),
                         "mask": str(out / f"{stem}_mask.png")})
     return written
+
+
+def write_overlays(predict: Predictor, pairs: list[Pair], out: str | os.PathLike[str]) -> None:
+    """Validation overlays: the prediction filled, the truth outlined (one PNG per pair)."""
+    out = Path(out)
+    for pair in pairs:
+        image = read_image(pair.image)
+        pred = predict(image) > THRESHOLD
+        name = Path(pair.key).with_suffix("").as_posix().replace("/", "__")
+        save_png(out / f"{name}.png", overlay(image, pred, truth=read_mask(pair.mask)))

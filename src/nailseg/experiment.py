@@ -67,14 +67,17 @@ class AugmentConfig(_Section):
     train: list[AugmentOp] = Field(default_factory=default_train_augment)
     device: Literal["cpu", "gpu"] = Field(
         "cpu", description="cpu: albumentations in DataLoader workers; gpu: kornia on the batch's device")
+    engine: Literal["auto", "albumentations", "tf"] = Field(
+        "auto", description="keras backend: albumentations in tf.numpy_function, or tf.image stateless ops")
 
 
 class ModelConfig(_Section):
-    family: Literal["smp", "segformer"] = "smp"
+    family: Literal["smp", "segformer", "sm"] = Field(
+        "smp", description="smp: segmentation_models_pytorch; segformer: transformers; sm: segmentation_models (Keras)")
     # smp
     arch: str = "Unet"
-    encoder: str = "efficientnet-b4"
-    encoder_weights: str = Field("none", description="smp: none | imagenet (needs internet) | path to a local file")
+    encoder: str = Field("efficientnet-b4", description="smp encoder, or sm backbone (e.g. efficientnetb4)")
+    encoder_weights: str = Field("none", description="smp/sm: none | imagenet (needs internet) | path to a local file")
     # segformer
     variant: Literal["b0", "b1", "b2", "b3", "b4", "b5"] = "b0"
     pretrained: str = Field("none", description="segformer: none | hub id | local folder (save_pretrained)")
@@ -101,7 +104,8 @@ class OptimConfig(_Section):
 class TrainerConfig(_Section):
     max_epochs: int = Field(30, ge=1)
     batch_size: int = Field(8, ge=1)
-    precision: Literal["auto", "32", "32-true", "16-mixed", "bf16-mixed"] = "auto"
+    precision: Literal["auto", "32", "32-true", "16-mixed", "bf16-mixed", "mixed_float16", "float32"] = Field(
+        "auto", description="auto: bf16-mixed + channels_last (Lightning) / mixed_float16 (Keras) on a GPU, 32 on a CPU")
     accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
     devices: int | Literal["auto"] = 1
     num_nodes: int = Field(1, ge=1)
@@ -142,7 +146,8 @@ class Experiment(_Section):
     trainer: TrainerConfig = TrainerConfig()
     logging: LoggingConfig = LoggingConfig()
     run: RunConfig = RunConfig()
-    loader: Literal["torch", "dali"] = Field("torch", description="torch DataLoader, or an NVIDIA DALI pipeline")
+    loader: Literal["default", "dali"] = Field(
+        "default", description="default: torch DataLoader (Lightning) or tf.data (Keras); dali: NVIDIA DALI")
 
     @model_validator(mode="after")
     def _engines_can_do_the_spec(self):
@@ -154,11 +159,17 @@ class Experiment(_Section):
         if self.loader == "dali" and self.augment.device == "gpu":
             raise ValueError("loader: dali already augments on the GPU; use augment.device: cpu with it")
         if self.loader == "dali" and self.data.balance is not None:
-            raise ValueError("data.balance needs loader: torch (DALI's file readers cannot draw weighted samples)")
+            raise ValueError("data.balance needs loader: default (DALI's file readers cannot draw weighted samples)")
+        if self.model.family == "sm" and (self.loader != "default" or self.augment.device != "cpu"):
+            raise ValueError("model.family: sm (Keras) reads data with tf.data: use loader: default, augment.device: cpu")
+        if self.model.family != "sm" and self.augment.engine == "tf":
+            raise ValueError("augment.engine: tf is the Keras backend's; torch backends use augment.device")
         return self
 
     @property
     def augment_engine(self) -> str:
+        if self.model.family == "sm":
+            return "tf" if self.augment.engine == "tf" else "albumentations"
         if self.loader == "dali":
             return "dali"
         return "kornia" if self.augment.device == "gpu" else "albumentations"
@@ -166,7 +177,7 @@ class Experiment(_Section):
     @property
     def backend(self) -> str:
         """Which backend trains this model family."""
-        return {"smp": "lightning", "segformer": "lightning"}[self.model.family]
+        return {"smp": "lightning", "segformer": "lightning", "sm": "keras"}[self.model.family]
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

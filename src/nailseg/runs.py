@@ -63,7 +63,9 @@ class RunDir:
 
     def inference_checkpoint(self) -> Path:
         """The best checkpoint when there is one, else the last."""
-        for path in (self.best_checkpoint, self.last_checkpoint):
+        candidates = (self.best_checkpoint, self.last_checkpoint,  # Lightning
+                      self.checkpoints / "best.weights.h5", self.checkpoints / "last.weights.h5")  # Keras
+        for path in candidates:
             if path.exists():
                 return path
         raise ConfigError(f"{self.path}: no checkpoint in {self.checkpoints} (did training finish an epoch?)")

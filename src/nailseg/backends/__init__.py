@@ -13,8 +13,10 @@ from nailseg.errors import MissingDependencyError
 _BACKENDS = {
     # backend name -> (module, the extra that provides its dependencies, what it is)
     "lightning": ("nailseg.backends.lightning", "torch", "The PyTorch Lightning backend"),
+    "keras": ("nailseg.backends.keras", "tf", "The Keras backend (model.family: sm)"),
 }
-_REQUIRED = {"lightning": ("torch", "lightning", "segmentation_models_pytorch")}
+_REQUIRED = {"lightning": ("torch", "lightning", "segmentation_models_pytorch"),
+             "keras": ("tensorflow", "tf_keras", "segmentation_models")}
 
 
 def get_backend(name: str) -> ModuleType:

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from nailseg import __version__
 from nailseg.augment import IMAGENET_MEAN, IMAGENET_STD
 from nailseg.data.discover import find_pairs
-from nailseg.evaluate import Predictor, evaluate_pairs
+from nailseg.evaluate import Predictor, evaluate_pairs, write_overlays
 from nailseg.experiment import Experiment
 from nailseg.io import append_jsonl, read_jsonl, write_json, write_text
 from nailseg.metrics import scores
@@ -36,8 +36,8 @@ def resolve_precision(exp: Experiment) -> tuple[str, str, bool]:
     precision = exp.trainer.precision
     if precision == "auto":
         precision = "bf16-mixed" if on_gpu else "32-true"
-    elif precision == "32":
-        precision = "32-true"
+    else:  # the Keras spellings mean the same here
+        precision = {"32": "32-true", "float32": "32-true", "mixed_float16": "16-mixed"}.get(precision, precision)
     return accelerator, precision, on_gpu
 
 
@@ -322,18 +322,6 @@ def _finish(exp, run, trainer, module, val_pairs, started, fit_time, precision) 
         summary["hf"] = str(export(run, exp, "hf"))
     write_json(run.summary, summary)
     return summary
-
-
-def write_overlays(predictor: Predictor, pairs, out: Path) -> None:
-    from nailseg.data.decode import read_image, read_mask
-    from nailseg.evaluate import THRESHOLD
-    from nailseg.visualize import overlay, save_png
-
-    for pair in pairs:
-        image = read_image(pair.image)
-        pred = predictor(image) > THRESHOLD
-        save_png(out / f"{Path(pair.key).with_suffix('').as_posix().replace('/', '__')}.png",
-                 overlay(image, pred, truth=read_mask(pair.mask)))
 
 
 def _device_name(trainer) -> str:

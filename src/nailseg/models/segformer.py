@@ -83,7 +83,7 @@ def build_segformer(cfg: ModelConfig) -> SegformerSegmenter:
                 source, local_files_only=True, **kwargs))
         except OSError:
             pass
-        from nailseg.models.torch_models import online
+        from nailseg._net import online
 
         if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or not online():
             raise ConfigError(

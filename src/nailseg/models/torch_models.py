@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from nailseg._net import online
 from nailseg.errors import ConfigError
 from nailseg.experiment import LossConfig, ModelConfig
-
-
-def online(host: str = "huggingface.co", port: int = 443, timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

@@ -1,0 +1,309 @@
+"""tf.keras + segmentation_models + tf.data: the ``keras`` backend.
+
+It shares everything framework-free with the Lightning backend (data check, split file,
+augmentation spec, metrics, run folder, evaluation at original resolution), so a Keras run
+and a Lightning run on the same split are comparable number for number. TensorFlow is never
+imported together with torch in one process (importing TensorFlow before torch loads triton
+crashes); this module imports no torch.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # CUDA probing on CPU-only machines is not an error
+
+import json  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import segmentation_models as sm  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+from nailseg import __version__  # noqa: E402
+from nailseg.augment import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from nailseg.data.discover import find_pairs  # noqa: E402
+from nailseg.errors import ConfigError  # noqa: E402
+from nailseg.evaluate import Predictor, evaluate_pairs, write_overlays  # noqa: E402
+from nailseg.experiment import Experiment  # noqa: E402
+from nailseg.io import append_jsonl, atomic_path, read_jsonl, write_json, write_text  # noqa: E402
+from nailseg.metrics import scores  # noqa: E402
+from nailseg.models.keras_models import build_sm_loss, build_sm_model  # noqa: E402
+from nailseg.pipelines.tfdata import GroupCounter, build_dataset  # noqa: E402
+from nailseg.runs import RunDir, prepare_run  # noqa: E402
+
+BEST, LAST = "best.weights.h5", "last.weights.h5"
+
+
+def resolve_policy(exp: Experiment) -> str:
+    """``auto``: mixed_float16 on a GPU (with loss scaling), float32 on a CPU."""
+    p = exp.trainer.precision
+    if p == "auto":
+        return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+    return {"32": "float32", "32-true": "float32", "16-mixed": "mixed_float16", "bf16-mixed": "mixed_bfloat16",
+            "float32": "float32", "mixed_float16": "mixed_float16"}[p]
+
+
+class ConfusionCounts(keras.metrics.Metric):
+    """tp, fp, fn, tn over the epoch, so val IoU/Dice are micro scores like the Lightning backend's."""
+
+    def __init__(self, name: str = "iou_micro", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.counts = self.add_weight(name="counts", shape=(4,), initializer="zeros", dtype=tf.float64)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        pred = tf.cast(y_pred, tf.float32) > 0.5
+        truth = tf.cast(y_true, tf.float32) > 0.5
+        tp = tf.reduce_sum(tf.cast(pred & truth, tf.float64))
+        fp = tf.reduce_sum(tf.cast(pred & ~truth, tf.float64))
+        fn = tf.reduce_sum(tf.cast(~pred & truth, tf.float64))
+        tn = tf.cast(tf.size(pred), tf.float64) - tp - fp - fn
+        self.counts.assign_add(tf.stack([tp, fp, fn, tn]))
+
+    def result(self):
+        tp, fp, fn = self.counts[0], self.counts[1], self.counts[2]
+        return tf.math.divide_no_nan(tp, tp + fp + fn)  # IoU; the callback reads all four counts
+
+    def reset_state(self):
+        self.counts.assign(tf.zeros(4, tf.float64))
+
+
+class RunRecorder(keras.callbacks.Callback):
+    """Per epoch: atomic last/best weights, and one ``metrics.jsonl`` line with the Lightning keys."""
+
+    def __init__(self, run: RunDir, steps_per_epoch: int, batch_size: int, counter: GroupCounter | None):
+        super().__init__()
+        self.run, self.steps, self.batch_size, self.counter = run, steps_per_epoch, batch_size, counter
+        self.best = -1.0
+        self._t0 = self._train_end = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0, self._train_end = time.perf_counter(), 0.0
+        self._lr = float(keras.backend.get_value(self.model.optimizer.learning_rate))
+
+    def on_test_begin(self, logs=None):
+        if not self._train_end:
+            self._train_end = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        now = time.perf_counter()
+        # Validation runs after training in each epoch and resets the metrics first, so at this
+        # point the confusion counts are the validation set's.
+        confusion = _find_confusion(self.model)
+        val_scores = scores(*confusion.counts.numpy().tolist()) if "val_loss" in logs else {}
+        train_time = (self._train_end or now) - self._t0
+        record = {
+            "epoch": epoch, "step": (epoch + 1) * self.steps,
+            "train_loss": logs.get("loss"), "val_loss": logs.get("val_loss"),
+            "val_iou": val_scores.get("iou"), "val_dice": val_scores.get("dice"),
+            "lr": self._lr, "images_per_s": self.steps * self.batch_size / train_time if train_time > 0 else None,
+            "epoch_time_s": now - self._t0,
+        }
+        if self.counter is not None:
+            record["group_share"] = self.counter.take_shares()
+        self.run.checkpoints.mkdir(parents=True, exist_ok=True)
+        _save_weights(self.model, self.run.checkpoints / LAST)
+        if record["val_iou"] is not None and record["val_iou"] > self.best:
+            self.best = record["val_iou"]
+            _save_weights(self.model, self.run.checkpoints / BEST)
+        append_jsonl(self.run.metrics, record)
+
+
+def _find_confusion(model) -> ConfusionCounts:
+    stack = list(model.metrics)
+    while stack:
+        m = stack.pop()
+        if isinstance(m, ConfusionCounts):
+            return m
+        stack.extend(getattr(m, "metrics", []) if m is not model else [])
+    raise RuntimeError("the model was compiled without ConfusionCounts")
+
+
+def _save_weights(model, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        h5 = tmp.with_suffix(".weights.h5")  # Keras picks the format from the suffix
+        model.save_weights(str(h5))
+        os.replace(h5, tmp)
+
+
+def _dedupe_metrics(run: RunDir) -> None:
+    """Keep the last line of each epoch: an epoch re-run after a kill replaces its earlier line."""
+    by_epoch = {}
+    for r in read_jsonl(run.metrics):
+        by_epoch[r["epoch"]] = r
+    write_text(run.metrics, "".join(json.dumps(by_epoch[e]) + "\n" for e in sorted(by_epoch)))
+
+
+def _strategy(exp: Experiment):
+    devices = exp.trainer.devices
+    if devices == "auto" or (isinstance(devices, int) and devices > 1):
+        gpus = tf.config.list_physical_devices("GPU")
+        if len(gpus) > 1:
+            names = [f"/gpu:{i}" for i in range(len(gpus) if devices == "auto" else devices)]
+            return tf.distribute.MirroredStrategy(names)
+    return tf.distribute.get_strategy()
+
+
+def train(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict:
+    started = time.time()
+    split, fg_share = prepare_run(exp, run, resume=resume)
+    pairs = {p.key: p for p in find_pairs(exp.data.root)[0]}
+    train_pairs = [pairs[k] for k in split["train"]]
+    val_pairs = [pairs[k] for k in split["val"]] or train_pairs
+    t = exp.trainer
+    keras.utils.set_random_seed(t.seed)
+    policy = resolve_policy(exp)
+    keras.mixed_precision.set_global_policy(policy)
+    grouping = counter = None
+    epoch_size = len(train_pairs)
+    if exp.data.balance is not None:
+        from nailseg.data.balance import make_grouping
+
+        grouping = make_grouping(split["train"], exp.data.balance, fg_share)
+        counter = GroupCounter(grouping.names)
+        epoch_size = exp.data.balance.epoch_size or len(train_pairs)
+    drop = len(train_pairs) >= 4 * t.batch_size
+    steps = epoch_size // t.batch_size if drop else -(-epoch_size // t.batch_size)
+    engine = exp.augment_engine
+    train_ds = build_dataset(train_pairs, exp.augment.train, exp.data.size_hw, batch_size=t.batch_size, train=True,
+                             seed=t.seed, engine=engine, grouping=grouping, counter=counter, drop_remainder=drop)
+    if grouping is None:
+        train_ds = train_ds.repeat()  # steps_per_epoch sets the epoch, as with balancing
+    val_ds = build_dataset(val_pairs, [], exp.data.size_hw, batch_size=t.batch_size, train=False, seed=t.seed,
+                           engine=engine)
+    if isinstance(t.limit_train_batches, int):
+        steps = min(steps, t.limit_train_batches)
+    with _strategy(exp).scope():
+        model = build_sm_model(exp.model, exp.data.size_hw)
+        opt = _optimizer(exp, steps)
+        if policy == "mixed_float16":
+            opt = keras.mixed_precision.LossScaleOptimizer(opt)
+        model.compile(optimizer=opt, loss=build_sm_loss(exp.loss),
+                      metrics=[sm.metrics.IOUScore(threshold=0.5), sm.metrics.FScore(threshold=0.5),
+                               ConfusionCounts()])
+    if resume:
+        _dedupe_metrics(run)
+    callbacks = [RunRecorder(run, steps, t.batch_size, counter)]
+    if exp.logging.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.path / "tb"), update_freq="epoch"))
+    if exp.logging.wandb.enabled:
+        from nailseg._optional import require
+
+        wandb = require("wandb", "wandb", "Weights & Biases logging")
+        from wandb.integration.keras import WandbMetricsLogger
+
+        wandb.init(project=exp.logging.wandb.project, name=run.path.name, dir=str(run.path),
+                   mode=exp.logging.wandb.mode, config=exp.to_dict(), resume="allow")
+        callbacks.append(WandbMetricsLogger())
+    # Last, so that an epoch's metrics line is written before its backup: a kill in between re-runs
+    # the epoch and its line is replaced (see _dedupe_metrics), never lost.
+    callbacks.append(keras.callbacks.BackupAndRestore(str(run.checkpoints / "backup"), delete_checkpoint=False))
+    fit_started = time.perf_counter()
+    model.fit(train_ds, validation_data=val_ds, epochs=t.max_epochs, steps_per_epoch=steps, callbacks=callbacks,
+              verbose=1 if sys.stdout.isatty() else 2)
+    fit_time = time.perf_counter() - fit_started
+    _dedupe_metrics(run)
+    return _finish(exp, run, model, val_pairs, started, fit_time, policy)
+
+
+def _optimizer(exp: Experiment, steps: int):
+    o = exp.optim
+    lr = o.lr
+    if o.scheduler == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(o.lr, decay_steps=max(1, steps * exp.trainer.max_epochs),
+                                                    alpha=0.01)
+    elif o.scheduler == "poly":
+        lr = keras.optimizers.schedules.PolynomialDecay(o.lr, max(1, steps * exp.trainer.max_epochs), 0.0,
+                                                        power=o.poly_power)
+    if o.name == "adamw":
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=o.weight_decay)
+    if o.name == "adam":
+        return keras.optimizers.Adam(learning_rate=lr)
+    return keras.optimizers.SGD(learning_rate=lr, momentum=0.9)
+
+
+def _finish(exp, run, model, val_pairs, started, fit_time, policy) -> dict:
+    predictor = load_predictor(run, exp)
+    val = evaluate_pairs(predictor, val_pairs, progress=False)
+    write_overlays(predictor, val_pairs[: exp.logging.predictions], run.predictions)
+    records = read_jsonl(run.metrics)
+    speeds = [r["images_per_s"] for r in records if r.get("images_per_s")]
+    summary = {
+        "backend": "keras", "run": str(run.path), "val_iou": val["iou"], "val_dice": val["dice"],
+        "val_precision": val["precision"], "val_recall": val["recall"],
+        "val_metrics_at": "original resolution, best checkpoint",
+        "best_val_iou_model_resolution": max((r["val_iou"] for r in records if r.get("val_iou") is not None),
+                                             default=None),
+        "epochs": len(records), "global_step": records[-1]["step"] if records else 0,
+        "train_images_per_s": float(np.median(speeds)) if speeds else None, "fit_time_s": fit_time,
+        "wall_time_s": time.time() - started, "precision": policy, "parameters": int(model.count_params()),
+        "device": _device_name(), "world_size": 1,
+        "versions": {"nailseg": __version__, "python": platform.python_version(), "tensorflow": tf.__version__,
+                     "tf_keras": keras.__version__, "segmentation_models": sm.__version__},
+    }
+    write_json(run.summary, summary)
+    return summary
+
+
+def _device_name() -> str:
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def load_model(run: RunDir, exp: Experiment):
+    keras.mixed_precision.set_global_policy("float32")
+    model = build_sm_model(exp.model.model_copy(update={"encoder_weights": "none"}), exp.data.size_hw)
+    path = run.inference_checkpoint()
+    with atomic_path(run.checkpoints / ".load.weights.h5") as tmp:  # h5 loading wants the suffix
+        h5 = tmp.with_suffix(".weights.h5")
+        shutil.copyfile(path, h5)
+        model.load_weights(str(h5))
+        h5.unlink()
+    return model
+
+
+def load_predictor(run: RunDir, exp: Experiment) -> Predictor:
+    import cv2
+
+    model = load_model(run, exp)
+    h, w = exp.data.size_hw
+    mean = np.asarray(IMAGENET_MEAN, np.float32) * 255
+    std = np.asarray(IMAGENET_STD, np.float32) * 255
+
+    def predict(image: np.ndarray) -> np.ndarray:
+        x = (cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32) - mean) / std
+        prob = np.asarray(model(x[None], training=False))[0, ..., 0].astype(np.float32)
+        return cv2.resize(prob, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+
+    return predict
+
+
+def export(run: RunDir, exp: Experiment, fmt: str, out: Path | None = None) -> Path:
+    """``savedmodel``: a TensorFlow SavedModel folder (serving signature); ``keras``: a ``.keras`` file."""
+    model = load_model(run, exp)
+    if fmt == "savedmodel":
+        out = Path(out or run.path / "savedmodel")
+        tmp = out.with_name(f".{out.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tf.saved_model.save(model, str(tmp))
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+        return out
+    if fmt == "keras":
+        out = Path(out or run.path / "model.keras")
+        with atomic_path(out) as tmp:
+            k = tmp.with_suffix(".keras")
+            model.save(str(k))
+            os.replace(k, tmp)
+        return out
+    raise ConfigError(f"--format {fmt}: the keras backend exports savedmodel or keras")
