@@ -230,6 +230,30 @@ def cmd_bench_loaders(args) -> int:
     return 0
 
 
+def cmd_bench_tfdata(args) -> int:
+    from nailseg.backends import get_backend
+    from nailseg.experiment import load_experiment
+
+    get_backend("keras")
+    from nailseg.bench.report import write_report
+    from nailseg.bench.tfdata import ENGINES, bench_tfdata
+
+    exp = load_experiment(args.config, [f"data.root={args.data}", f"data.image_size={args.size}",
+                                        f"trainer.batch_size={args.batch}"])
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown:
+        raise NailsegError(f"--engines: unknown {', '.join(unknown)} (choose from {', '.join(ENGINES)})")
+    results = bench_tfdata(exp, engines, batches=args.batches, repeats=args.repeats)
+    paths = write_report(args.out, results, title=f"tf.data engines: {exp.data.size_hw[0]} px, batch "
+                         f"{exp.trainer.batch_size}, CPU")
+    print(f"{'engine':16} {'images/s':>10} {'min':>9} {'max':>9}")
+    for r in results:
+        print(f"{r['pipeline']:16} {r['images_per_s']:>10.1f} {r['images_per_s_min']:>9.1f} {r['images_per_s_max']:>9.1f}")
+    print(*paths, sep="\n")
+    return 0
+
+
 def cmd_bench_train(args) -> int:
     from nailseg.backends import get_backend
     from nailseg.experiment import load_experiment
@@ -363,6 +387,18 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--repeats", type=int, default=3, help="timed repeats (default: 3)")
     bl.add_argument("--out", default="bench/loaders", help="output folder (default: bench/loaders)")
     bl.set_defaults(func=cmd_bench_loaders)
+    btf = bsub.add_parser("tfdata", help="time the Keras tf.data pipeline's augmentation engines",
+                          description="Time tf.data batches with albumentations (tf.numpy_function), with the "
+                                      "tf.image engine, and with decode + resize only (needs nailseg[tf]).")
+    btf.add_argument("--data", required=True, help="data folder")
+    btf.add_argument("--config", help="experiment YAML whose augment.train is used")
+    btf.add_argument("--size", type=int, default=384, help="image side in pixels (default: 384)")
+    btf.add_argument("--batch", type=int, default=16, help="batch size (default: 16)")
+    btf.add_argument("--engines", default="decode-only,albumentations,tf", help="comma-separated")
+    btf.add_argument("--batches", type=int, default=10, help="timed batches per repeat (default: 10)")
+    btf.add_argument("--repeats", type=int, default=3, help="timed repeats (default: 3)")
+    btf.add_argument("--out", default="bench/tfdata", help="output folder (default: bench/tfdata)")
+    btf.set_defaults(func=cmd_bench_tfdata)
     bt = bsub.add_parser("train", help="training images/s with the configured loader vs the model's limit",
                          description="For each precision: training steps fed by the configured loader, and the "
                                      "same steps on one batch already in device memory (the model's limit); "

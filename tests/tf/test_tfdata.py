@@ -84,3 +84,16 @@ def test_mixed_precision_model_outputs_float32(tf):
         assert out.dtype == tf.float32 and out.shape == (1, 64, 64, 1)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_bench_tfdata_writes_json_and_png(tf, synth_data, tmp_path):
+    import json
+
+    from nailseg.cli import main
+
+    assert main(["bench", "tfdata", "--data", str(synth_data), "--size", "64", "--batch", "4", "--batches", "2",
+                 "--repeats", "1", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["pipeline"] for r in results] == ["decode-only", "albumentations", "tf"]
+    assert all(r["images_per_s"] > 0 for r in results)
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
