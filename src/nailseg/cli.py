@@ -120,6 +120,32 @@ def cmd_data_balance(args) -> int:
     return 0
 
 
+def cmd_data_coco(args) -> int:
+    from nailseg.data.coco import image_ids, to_coco, write_coco
+    from nailseg.data.discover import find_pairs
+    from nailseg.data.split import load_split
+
+    pairs, _ = find_pairs(args.root)
+    ids = image_ids(pairs)
+    out = Path(args.out)
+    if args.split:
+        split = load_split(args.split)
+        by_key = {p.key: p for p in pairs}
+        missing = [k for part in split.values() for k in part if k not in by_key]
+        if missing:
+            raise NailsegError([f"{args.split}: '{k}' is not in {args.root}" for k in missing[:20]])
+        targets = {name: [by_key[k] for k in keys] for name, keys in split.items()}
+    else:
+        targets = {None: pairs}
+    for name, chosen in targets.items():
+        coco, report = to_coco(chosen, ids, min_area=args.min_area, fmt=args.format, progress=not args.quiet)
+        path = out.with_name(f"{out.stem}_{name}{out.suffix}") if name else out
+        write_coco(path, coco)
+        print(f"{path}: {report.images} images, {report.instances} instances, "
+              f"{report.dropped_small} regions below {args.min_area} px dropped, {report.with_holes} with holes")
+    return 0
+
+
 # ---- training and inference --------------------------------------------------------------------
 
 def cmd_train(args) -> int:
@@ -336,6 +362,20 @@ def build_parser() -> argparse.ArgumentParser:
     bal.add_argument("--out", default="balance.png", help="bar chart PNG (default: balance.png)")
     bal.add_argument("--json", action="store_true", help="print the table as JSON")
     bal.set_defaults(func=cmd_data_balance)
+
+    coco = dsub.add_parser(
+        "coco", help="turn binary masks into COCO instance annotations (one per connected nail region)",
+        description="Each 4-connected foreground region of a mask becomes one 'nail' instance, with its exact "
+                    "RLE (holes stay holes; --format polygon writes polygons, RLE for regions with holes), "
+                    "bounding box and area. Image ids are stable (sorted file names of the whole folder). "
+                    "With --split, writes OUT_train.json, OUT_val.json and OUT_test.json.")
+    coco.add_argument("root", help="data folder")
+    coco.add_argument("--out", required=True, help="output JSON (e.g. coco.json)")
+    coco.add_argument("--split", help="a run's split.json: write one file per split")
+    coco.add_argument("--min-area", type=int, default=4, help="drop regions smaller than this (pixels, default: 4)")
+    coco.add_argument("--format", choices=["rle", "polygon"], default="rle", help="segmentation format (default: rle)")
+    coco.add_argument("--quiet", action="store_true", help="no progress bar")
+    coco.set_defaults(func=cmd_data_coco)
 
     train = sub.add_parser(
         "train", help="train a model from an experiment config",
