@@ -184,6 +184,7 @@ def _run_and_predictor(run_dir: str):
 
 
 def cmd_eval(args) -> int:
+    from nailseg.backends import get_backend
     from nailseg.data.discover import find_pairs
     from nailseg.data.split import load_split
     from nailseg.evaluate import evaluate_pairs
@@ -198,6 +199,9 @@ def cmd_eval(args) -> int:
         keys = set(load_split(run.split)[args.split])
         chosen = [p for p in pairs if p.key in keys]
     result = evaluate_pairs(predictor, chosen, progress=not args.quiet)
+    backend = get_backend(exp.backend)
+    if hasattr(backend, "evaluate_instances"):  # instance models: COCO bbox/segm mAP as well
+        result = {**backend.evaluate_instances(run, exp, chosen, pairs), **result}
     result = {"run": str(run.path), "data": str(root), "split": "all" if args.data else args.split,
               "checkpoint": str(run.inference_checkpoint()), **result}
     out = Path(args.out) if args.out else run.eval
@@ -207,16 +211,28 @@ def cmd_eval(args) -> int:
           f"{result['precision']:>7.4f} {result['recall']:>7.4f}")
     m = result["mean_per_image"]
     print(f"{'per-image mean':17} {m['iou']:>7.4f} {m['dice']:>7.4f} {m['precision']:>7.4f} {m['recall']:>7.4f}")
+    if "segm_mAP" in result:
+        print(f"COCO mAP  segm {result['segm_mAP']:.4f} (@50 {result['segm_mAP_50']:.4f}, @75 {result['segm_mAP_75']:.4f})"
+              f"  bbox {result['bbox_mAP']:.4f} (@50 {result['bbox_mAP_50']:.4f}, @75 {result['bbox_mAP_75']:.4f})")
     print(out)
     return 0
 
 
 def cmd_predict(args) -> int:
-    from nailseg.evaluate import collect_inputs, predict_files
+    from nailseg.backends import get_backend
+    from nailseg.evaluate import collect_inputs, predict_files, predict_instance_files
+    from nailseg.runs import open_run
 
     files = collect_inputs(args.inputs)
-    _, _, predictor = _run_and_predictor(args.run)
-    written = predict_files(predictor, files, args.out, progress=not args.quiet)
+    run, exp = open_run(args.run)
+    backend = get_backend(exp.backend)
+    if hasattr(backend, "load_instance_predictor"):
+        written = predict_instance_files(backend.load_instance_predictor(run, exp), files, args.out,
+                                         progress=not args.quiet)
+        for w in written:
+            print(f"{w['file']}: {w['instances']} instances")
+    else:
+        written = predict_files(backend.load_predictor(run, exp), files, args.out, progress=not args.quiet)
     print(f"wrote {len(written)} masks and overlays to {args.out}")
     return 0
 

@@ -93,3 +93,36 @@ def write_overlays(predict: Predictor, pairs: list[Pair], out: str | os.PathLike
         pred = predict(image) > THRESHOLD
         name = Path(pair.key).with_suffix("").as_posix().replace("/", "__")
         save_png(out / f"{name}.png", overlay(image, pred, truth=read_mask(pair.mask)))
+
+
+InstancePredictor = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]
+
+
+def predict_instance_files(predict: InstancePredictor, files: list[Path], out: str | os.PathLike[str], *,
+                           score_threshold: float = 0.5, progress: bool = True) -> list[dict]:
+    """Per image: the union mask, an overlay with one colour per instance, and the instance count
+    (all counts also in ``OUT/instances.json``)."""
+    from nailseg.io import write_json
+    from nailseg.visualize import instance_overlay
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in files:  # a bad file fails before any output
+        read_image(f)
+    iterator: Iterable[Path] = files
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(files, desc="predicting", unit="img")
+    written = []
+    for path in iterator:
+        image = read_image(path)
+        masks, scores = predict(image)
+        keep = masks[scores >= score_threshold]
+        union = keep.any(axis=0) if len(keep) else np.zeros(image.shape[:2], bool)
+        save_png(out / f"{path.stem}_mask.png", union.astype(np.uint8) * 255)
+        save_png(out / f"{path.stem}_overlay.png", instance_overlay(image, keep))
+        written.append({"file": str(path), "instances": int(len(keep)),
+                        "scores": [float(x) for x in scores[scores >= score_threshold]]})
+    write_json(out / "instances.json", written)
+    return written

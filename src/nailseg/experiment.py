@@ -72,8 +72,9 @@ class AugmentConfig(_Section):
 
 
 class ModelConfig(_Section):
-    family: Literal["smp", "segformer", "sm"] = Field(
-        "smp", description="smp: segmentation_models_pytorch; segformer: transformers; sm: segmentation_models (Keras)")
+    family: Literal["smp", "segformer", "sm", "maskrcnn"] = Field(
+        "smp", description="smp: segmentation_models_pytorch; segformer: transformers; sm: segmentation_models "
+                           "(Keras); maskrcnn: MMDetection Mask R-CNN (instance segmentation)")
     # smp
     arch: str = "Unet"
     encoder: str = Field("efficientnet-b4", description="smp encoder, or sm backbone (e.g. efficientnetb4)")
@@ -82,6 +83,9 @@ class ModelConfig(_Section):
     variant: Literal["b0", "b1", "b2", "b3", "b4", "b5"] = "b0"
     pretrained: str = Field("none", description="segformer: none | hub id | local folder (save_pretrained)")
     classes: int = Field(1, ge=1, le=2, description="1: one logit + sigmoid; 2: softmax over background/nail")
+    # maskrcnn
+    load_from: str = Field("none", description="maskrcnn: none | a local mmdet checkpoint | a URL (needs internet)")
+    min_area: int = Field(4, ge=0, description="maskrcnn: mask regions below this many pixels are not instances")
 
 
 class LossConfig(_Section):
@@ -162,6 +166,12 @@ class Experiment(_Section):
             raise ValueError("data.balance needs loader: default (DALI's file readers cannot draw weighted samples)")
         if self.model.family == "sm" and (self.loader != "default" or self.augment.device != "cpu"):
             raise ValueError("model.family: sm (Keras) reads data with tf.data: use loader: default, augment.device: cpu")
+        if self.model.family == "maskrcnn":
+            unsupported = [op.name for op in self.augment.train if op.name not in ("hflip", "vflip")]
+            if unsupported or self.loader != "default" or self.augment.device != "cpu" or self.data.balance:
+                raise ValueError("model.family: maskrcnn trains through MMDetection's own pipeline: augment.train "
+                                 "may hold hflip and vflip only, with loader: default, augment.device: cpu and "
+                                 f"no data.balance (got {', '.join(unsupported) or 'other settings'})")
         if self.model.family != "sm" and self.augment.engine == "tf":
             raise ValueError("augment.engine: tf is the Keras backend's; torch backends use augment.device")
         return self
@@ -177,7 +187,7 @@ class Experiment(_Section):
     @property
     def backend(self) -> str:
         """Which backend trains this model family."""
-        return {"smp": "lightning", "segformer": "lightning", "sm": "keras"}[self.model.family]
+        return {"smp": "lightning", "segformer": "lightning", "sm": "keras", "maskrcnn": "mmdet"}[self.model.family]
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -64,7 +64,8 @@ class RunDir:
     def inference_checkpoint(self) -> Path:
         """The best checkpoint when there is one, else the last."""
         candidates = (self.best_checkpoint, self.last_checkpoint,  # Lightning
-                      self.checkpoints / "best.weights.h5", self.checkpoints / "last.weights.h5")  # Keras
+                      self.checkpoints / "best.weights.h5", self.checkpoints / "last.weights.h5",  # Keras
+                      self.checkpoints / "best.pth", self.checkpoints / "last.pth")  # MMDetection
         for path in candidates:
             if path.exists():
                 return path

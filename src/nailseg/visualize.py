@@ -24,6 +24,24 @@ def overlay(image: np.ndarray, mask: np.ndarray, colour=PRED_COLOUR, alpha: floa
     return out
 
 
+def instance_overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """One colour per instance (golden-angle hues, so neighbours differ), outlined, with its number."""
+    out = image.astype(np.float32).copy()
+    for i, m in enumerate(masks):
+        hue = int((i * 137.508) % 180)
+        colour = cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+        out[m] = out[m] * (1 - alpha) + colour * alpha
+    out = out.astype(np.uint8)
+    for i, m in enumerate(masks):
+        contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, (255, 255, 255), 1, cv2.LINE_AA)
+        ys, xs = np.nonzero(m)
+        if len(xs):
+            cv2.putText(out, str(i + 1), (int(xs.mean()), int(ys.mean())), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                        (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
 def save_png(path, rgb_or_gray: np.ndarray) -> None:
     """Write a PNG atomically (RGB arrays are converted to OpenCV's BGR)."""
     from nailseg.io import atomic_path

@@ -14,9 +14,11 @@ _BACKENDS = {
     # backend name -> (module, the extra that provides its dependencies, what it is)
     "lightning": ("nailseg.backends.lightning", "torch", "The PyTorch Lightning backend"),
     "keras": ("nailseg.backends.keras", "tf", "The Keras backend (model.family: sm)"),
+    "mmdet": ("nailseg.backends.mmdet", "mmdet", "The MMDetection backend (model.family: maskrcnn)"),
 }
 _REQUIRED = {"lightning": ("torch", "lightning", "segmentation_models_pytorch"),
-             "keras": ("tensorflow", "tf_keras", "segmentation_models")}
+             "keras": ("tensorflow", "tf_keras", "segmentation_models"),
+             "mmdet": ("torch", "mmengine", "mmcv", "mmdet", "pycocotools")}
 
 
 def get_backend(name: str) -> ModuleType:

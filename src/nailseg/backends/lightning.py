@@ -16,6 +16,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
 from nailseg import __version__
+from nailseg._tensorboard import use_tensorboard_without_tensorflow
 from nailseg.augment import IMAGENET_MEAN, IMAGENET_STD
 from nailseg.data.discover import find_pairs
 from nailseg.evaluate import Predictor, evaluate_pairs, write_overlays
@@ -26,6 +27,8 @@ from nailseg.models.torch_models import build_loss, build_model, foreground_prob
 from nailseg.pipelines import build_loaders
 from nailseg.runs import RUN_DIR_ENV, RunDir, global_rank, prepare_run, wait_for_split
 
+
+use_tensorboard_without_tensorflow()
 
 def resolve_precision(exp: Experiment) -> tuple[str, str, bool]:
     """(accelerator, precision, channels_last): ``auto`` = bf16-mixed + channels_last on a GPU, 32 on a CPU."""

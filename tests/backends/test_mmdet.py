@@ -1,0 +1,78 @@
+"""Mask R-CNN through MMDetection, end to end through the real CLI on tiny synthetic data."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, run_cli
+
+pytest.importorskip("mmdet")
+pytest.importorskip("mmcv.ops")
+
+CONFIG = str(REPO / "configs" / "mmdet-cpu.yaml")
+
+
+@pytest.fixture(scope="module")
+def mmdet_run(synth_data, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("mruns")
+    proc = run_cli("train", CONFIG, f"data.root={synth_data}", f"run.dir={runs}", "run.name=m",
+                   "trainer.max_epochs=1", "trainer.limit_train_batches=2", "logging.predictions=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert Path(proc.stdout.strip().splitlines()[-1]) == runs / "m"
+    return runs / "m"
+
+
+@pytest.mark.slow
+def test_run_folder(mmdet_run):
+    names = {p.name for p in mmdet_run.iterdir()}
+    assert {"config.yaml", "split.json", "coco", "mmdet_config.py", "mmdet_config.json", "metrics.jsonl",
+            "summary.json", "checkpoints", "predictions"} <= names
+    assert "num_classes=1" in (mmdet_run / "mmdet_config.py").read_text().replace(" ", "")
+    assert list((mmdet_run / "mmdet").rglob("events.out.tfevents.*"))  # TensorBoard through mmengine
+    summary = json.loads((mmdet_run / "summary.json").read_text())
+    for key in ("val_segm_map", "val_bbox_map", "val_iou", "val_dice"):
+        assert 0.0 <= summary[key] <= 1.0, key
+    import torch
+
+    state = torch.load(mmdet_run / "checkpoints" / "best.pth", weights_only=True)  # plain state dict
+    assert any(k.startswith("roi_head.mask_head") for k in state)
+
+
+@pytest.mark.slow
+def test_eval_and_predict(mmdet_run, synth_data, tmp_path):
+    ev = run_cli("eval", str(mmdet_run), "--split", "val", "--quiet")
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    result = json.loads((mmdet_run / "eval.json").read_text())
+    for key in ("segm_mAP", "segm_mAP_50", "segm_mAP_75", "bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "iou", "dice"):
+        assert key in result, key
+    image = sorted((synth_data / "images").iterdir())[0]
+    pr = run_cli("predict", str(mmdet_run), str(image), "--out", str(tmp_path / "p"), "--quiet")
+    assert pr.returncode == 0, pr.stderr[-3000:]
+    counts = json.loads((tmp_path / "p" / "instances.json").read_text())
+    assert counts[0]["instances"] >= 0 and (tmp_path / "p" / f"{image.stem}_overlay.png").exists()
+
+
+@pytest.mark.slow
+def test_resume_extends_the_run(mmdet_run):
+    proc = run_cli("train", "--resume", str(mmdet_run), "trainer.max_epochs=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed" in proc.stderr.lower() + proc.stdout.lower()
+    epochs = [json.loads(x)["epoch"] for x in (mmdet_run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1]
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_torchrun_two_processes_on_cpu(synth_data, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    proc = subprocess.run([str(torchrun), "--nproc_per_node=2", "-m", "nailseg.cli", "train", CONFIG,
+                           f"data.root={synth_data}", f"run.dir={tmp_path}", "run.name=ddp", "trainer.max_epochs=1",
+                           "trainer.limit_train_batches=2", "logging.predictions=0"],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["world_size"] == 2
