@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make demo   - create .venv, install nailseg[torch], draw synthetic data, train, eval, predict"
-	@echo "make test   - install nailseg[torch,hf,gpuaug,dali,tf,dev] and run the test suite"
+	@echo "make test   - install nailseg[torch,hf,gpuaug,dali,tf,mmdet,dev] and run the test suite"
 	@echo "make lint   - ruff over src/ and tests/"
 
 $(BIN)/python:
@@ -19,15 +19,17 @@ $(BIN)/python:
 	$(PIP) install -q --upgrade pip "setuptools>=77,<82" wheel
 
 # Re-install when the dependency declarations change. The demo needs the Lightning backend;
-# the tests need every backend that runs on a CPU.
+# the tests need every backend that runs on a CPU (mmdet through scripts/install-mmdet.sh,
+# which takes mmcv from ../shared/wheels when present and builds it otherwise).
 TEST_EXTRAS := torch,hf,gpuaug,dali,tf,dev
 
 $(VENV)/.installed-torch: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e ".[torch]"
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-test: pyproject.toml scripts/install-mmdet.sh | $(BIN)/python
 	$(PIP) install -q -e ".[$(TEST_EXTRAS)]"
+	PIP="$(PIP)" bash scripts/install-mmdet.sh
 	touch $@ $(VENV)/.installed-torch
 
 install: $(VENV)/.installed-test
