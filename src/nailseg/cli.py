@@ -93,9 +93,9 @@ def cmd_data_balance(args) -> int:
         fractions = (exp.data.split.val, exp.data.split.test, exp.data.seed)
     else:
         root, cfg, seed, fractions = source, BalanceConfig(), args.seed, None
-    updates = {k: v for k, v in {"by": args.by, "bins": args.bins, "binning": args.binning, "csv": args.csv, "column": args.column,
-                                 "weights": _parse_weights(args.weights), "epoch_size": args.epoch_size}.items()
-               if v is not None}
+    flags = {"by": args.by, "bins": args.bins, "binning": args.binning, "csv": args.csv, "column": args.column,
+             "weights": _parse_weights(args.weights), "epoch_size": args.epoch_size}
+    updates = {k: v for k, v in flags.items() if v is not None}
     cfg = BalanceConfig.model_validate({**cfg.model_dump(), **updates})
     report = check_dataset(root, progress=not args.json)
     report.raise_if_problems()
@@ -247,6 +247,21 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _choices(text: str, allowed, flag: str) -> list[str]:
+    chosen = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [x for x in chosen if x not in allowed]
+    if unknown:
+        raise NailsegError(f"{flag}: unknown {', '.join(unknown)} (choose from {', '.join(allowed)})")
+    return chosen
+
+
+def _print_rates(results: list[dict], label: str, paths) -> None:
+    print(f"{label:16} {'images/s':>10} {'min':>9} {'max':>9}")
+    for r in results:
+        print(f"{r['pipeline']:16} {r['images_per_s']:>10.1f} {r['images_per_s_min']:>9.1f} {r['images_per_s_max']:>9.1f}")
+    print(*paths, sep="\n")
+
+
 def cmd_bench_loaders(args) -> int:
     from nailseg.backends import get_backend
     from nailseg.experiment import load_experiment
@@ -257,18 +272,12 @@ def cmd_bench_loaders(args) -> int:
 
     overrides = [f"data.root={args.data}", f"data.image_size={args.size}", f"trainer.batch_size={args.batch}"]
     exp = load_experiment(args.config, overrides)
-    pipelines = [p.strip() for p in args.pipelines.split(",") if p.strip()]
-    unknown = [p for p in pipelines if p not in PIPELINES]
-    if unknown:
-        raise NailsegError(f"--pipelines: unknown {', '.join(unknown)} (choose from {', '.join(PIPELINES)})")
+    pipelines = _choices(args.pipelines, PIPELINES, "--pipelines")
     workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) - 1)
     results = bench_loaders(exp, pipelines, workers=workers, batches=args.batches, repeats=args.repeats)
     paths = write_report(args.out, results, title=f"input pipelines: {exp.data.size_hw[0]} px, batch "
                          f"{exp.trainer.batch_size}, {workers} CPU threads, {results[0]['device']}")
-    print(f"{'pipeline':10} {'images/s':>10} {'min':>9} {'max':>9}")
-    for r in results:
-        print(f"{r['pipeline']:10} {r['images_per_s']:>10.1f} {r['images_per_s_min']:>9.1f} {r['images_per_s_max']:>9.1f}")
-    print(*paths, sep="\n")
+    _print_rates(results, "pipeline", paths)
     return 0
 
 
@@ -282,17 +291,11 @@ def cmd_bench_tfdata(args) -> int:
 
     exp = load_experiment(args.config, [f"data.root={args.data}", f"data.image_size={args.size}",
                                         f"trainer.batch_size={args.batch}"])
-    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    unknown = [e for e in engines if e not in ENGINES]
-    if unknown:
-        raise NailsegError(f"--engines: unknown {', '.join(unknown)} (choose from {', '.join(ENGINES)})")
+    engines = _choices(args.engines, ENGINES, "--engines")
     results = bench_tfdata(exp, engines, batches=args.batches, repeats=args.repeats)
     paths = write_report(args.out, results, title=f"tf.data engines: {exp.data.size_hw[0]} px, batch "
                          f"{exp.trainer.batch_size}, CPU")
-    print(f"{'engine':16} {'images/s':>10} {'min':>9} {'max':>9}")
-    for r in results:
-        print(f"{r['pipeline']:16} {r['images_per_s']:>10.1f} {r['images_per_s_min']:>9.1f} {r['images_per_s_max']:>9.1f}")
-    print(*paths, sep="\n")
+    _print_rates(results, "engine", paths)
     return 0
 
 
@@ -305,10 +308,7 @@ def cmd_bench_train(args) -> int:
     from nailseg.bench.report import write_report
     from nailseg.bench.train import bench_train
 
-    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
-    allowed = {"32", "32-true", "bf16-mixed", "16-mixed"}
-    if not set(precisions) <= allowed:
-        raise NailsegError(f"--precision: use some of {', '.join(sorted(allowed))}")
+    precisions = _choices(args.precision, ("32", "32-true", "bf16-mixed", "16-mixed"), "--precision")
     results = bench_train(exp, precisions, batches=args.batches, repeats=args.repeats)
     paths = write_report(args.out, results, title=f"training images/s: {results[0]['model']}, "
                          f"{exp.data.size_hw[0]} px, batch {exp.trainer.batch_size}, {results[0]['device']}")

@@ -61,21 +61,45 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
     return files
 
 
-def predict_files(predict: Predictor, files: list[Path], out: str | os.PathLike[str], *,
-                  progress: bool = True) -> list[dict]:
-    """Write ``<stem>_mask.png`` (0/255) and ``<stem>_overlay.png`` for each file."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for f in files:  # decode everything once first: a bad file fails before any output
+def _checked_images(files: list[Path], out: Path, progress: bool):
+    """Decode every file once first (a bad file fails before any output), then yield (path, image)."""
+    for f in files:
         read_image(f)
+    Path(out).mkdir(parents=True, exist_ok=True)
     iterator: Iterable[Path] = files
     if progress:
         from tqdm import tqdm
 
         iterator = tqdm(files, desc="predicting", unit="img")
-    written = []
     for path in iterator:
-        image = read_image(path)
+        yield path, read_image(path)
+
+
+def semantic_summary(predict: Predictor, val_pairs: list[Pair], run, exp) -> dict:
+    """What every backend's ``summary.json`` shares: val metrics at original resolution (and the
+    overlays), plus figures read back from ``metrics.jsonl``."""
+    from nailseg.io import read_jsonl
+
+    val = evaluate_pairs(predict, val_pairs, progress=False)
+    write_overlays(predict, val_pairs[: exp.logging.predictions], run.predictions)
+    records = read_jsonl(run.metrics)
+    speeds = [r["images_per_s"] for r in records if r.get("images_per_s")]
+    ious = [r["val_iou"] for r in records if r.get("val_iou") is not None]
+    return {
+        "run": str(run.path), "val_iou": val["iou"], "val_dice": val["dice"], "val_precision": val["precision"],
+        "val_recall": val["recall"], "val_metrics_at": "original resolution, best checkpoint",
+        "best_val_iou_model_resolution": max(ious, default=None),
+        "train_images_per_s": float(np.median(speeds)) if speeds else None,
+        "epochs_recorded": len(records), "last_step": records[-1]["step"] if records else 0,
+    }
+
+
+def predict_files(predict: Predictor, files: list[Path], out: str | os.PathLike[str], *,
+                  progress: bool = True) -> list[dict]:
+    """Write ``<stem>_mask.png`` (0/255) and ``<stem>_overlay.png`` for each file."""
+    out = Path(out)
+    written = []
+    for path, image in _checked_images(files, out, progress):
         mask = predict(image) > THRESHOLD
         stem = path.stem
         save_png(out / f"{stem}_mask.png", mask.astype(np.uint8) * 255)
@@ -106,17 +130,8 @@ def predict_instance_files(predict: InstancePredictor, files: list[Path], out: s
     from nailseg.visualize import instance_overlay
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for f in files:  # a bad file fails before any output
-        read_image(f)
-    iterator: Iterable[Path] = files
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(files, desc="predicting", unit="img")
     written = []
-    for path in iterator:
-        image = read_image(path)
+    for path, image in _checked_images(files, out, progress):
         masks, scores = predict(image)
         keep = masks[scores >= score_threshold]
         union = keep.any(axis=0) if len(keep) else np.zeros(image.shape[:2], bool)

@@ -165,3 +165,14 @@ def _fix_split(exp: Experiment, run: RunDir, keys: set[str], *, resume: bool) ->
     save_split(run.split, split, seed=exp.data.seed, val=exp.data.split.val, test=exp.data.split.test,
                data_root=resolved["data"]["root"])
     return split
+
+
+def dedupe_metrics(run: RunDir) -> None:
+    """Keep the last line of each epoch in ``metrics.jsonl``: an epoch re-run after a kill
+    replaces the line its first attempt wrote."""
+    import json
+
+    from nailseg.io import read_jsonl, write_text
+
+    by_epoch = {r["epoch"]: r for r in read_jsonl(run.metrics)}
+    write_text(run.metrics, "".join(json.dumps(by_epoch[e]) + "\n" for e in sorted(by_epoch)))

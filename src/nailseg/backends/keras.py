@@ -15,7 +15,6 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # CUDA probing on CPU-only machines is not an error
 
-import json  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
@@ -31,13 +30,13 @@ from nailseg import __version__  # noqa: E402
 from nailseg.augment import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from nailseg.data.discover import find_pairs  # noqa: E402
 from nailseg.errors import ConfigError  # noqa: E402
-from nailseg.evaluate import Predictor, evaluate_pairs, write_overlays  # noqa: E402
+from nailseg.evaluate import Predictor, semantic_summary  # noqa: E402
 from nailseg.experiment import Experiment  # noqa: E402
-from nailseg.io import append_jsonl, atomic_path, read_jsonl, write_json, write_text  # noqa: E402
+from nailseg.io import append_jsonl, atomic_path, write_json  # noqa: E402
 from nailseg.metrics import scores  # noqa: E402
 from nailseg.models.keras_models import build_sm_loss, build_sm_model  # noqa: E402
 from nailseg.pipelines.tfdata import GroupCounter, build_dataset  # noqa: E402
-from nailseg.runs import RunDir, prepare_run  # noqa: E402
+from nailseg.runs import RunDir, dedupe_metrics, prepare_run  # noqa: E402
 
 BEST, LAST = "best.weights.h5", "last.weights.h5"
 
@@ -134,14 +133,6 @@ def _save_weights(model, path: Path) -> None:
         os.replace(h5, tmp)
 
 
-def _dedupe_metrics(run: RunDir) -> None:
-    """Keep the last line of each epoch: an epoch re-run after a kill replaces its earlier line."""
-    by_epoch = {}
-    for r in read_jsonl(run.metrics):
-        by_epoch[r["epoch"]] = r
-    write_text(run.metrics, "".join(json.dumps(by_epoch[e]) + "\n" for e in sorted(by_epoch)))
-
-
 def _strategy(exp: Experiment):
     devices = exp.trainer.devices
     if devices == "auto" or (isinstance(devices, int) and devices > 1):
@@ -190,7 +181,7 @@ def train(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict:
                       metrics=[sm.metrics.IOUScore(threshold=0.5), sm.metrics.FScore(threshold=0.5),
                                ConfusionCounts()])
     if resume:
-        _dedupe_metrics(run)
+        dedupe_metrics(run)
     callbacks = [RunRecorder(run, steps, t.batch_size, counter)]
     if exp.logging.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.path / "tb"), update_freq="epoch"))
@@ -210,7 +201,7 @@ def train(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict:
     model.fit(train_ds, validation_data=val_ds, epochs=t.max_epochs, steps_per_epoch=steps, callbacks=callbacks,
               verbose=1 if sys.stdout.isatty() else 2)
     fit_time = time.perf_counter() - fit_started
-    _dedupe_metrics(run)
+    dedupe_metrics(run)
     return _finish(exp, run, model, val_pairs, started, fit_time, policy)
 
 
@@ -231,21 +222,11 @@ def _optimizer(exp: Experiment, steps: int):
 
 
 def _finish(exp, run, model, val_pairs, started, fit_time, policy) -> dict:
-    predictor = load_predictor(run, exp)
-    val = evaluate_pairs(predictor, val_pairs, progress=False)
-    write_overlays(predictor, val_pairs[: exp.logging.predictions], run.predictions)
-    records = read_jsonl(run.metrics)
-    speeds = [r["images_per_s"] for r in records if r.get("images_per_s")]
+    common = semantic_summary(load_predictor(run, exp), val_pairs, run, exp)
     summary = {
-        "backend": "keras", "run": str(run.path), "val_iou": val["iou"], "val_dice": val["dice"],
-        "val_precision": val["precision"], "val_recall": val["recall"],
-        "val_metrics_at": "original resolution, best checkpoint",
-        "best_val_iou_model_resolution": max((r["val_iou"] for r in records if r.get("val_iou") is not None),
-                                             default=None),
-        "epochs": len(records), "global_step": records[-1]["step"] if records else 0,
-        "train_images_per_s": float(np.median(speeds)) if speeds else None, "fit_time_s": fit_time,
-        "wall_time_s": time.time() - started, "precision": policy, "parameters": int(model.count_params()),
-        "device": _device_name(), "world_size": 1,
+        "backend": "keras", **common, "epochs": common["epochs_recorded"], "global_step": common["last_step"],
+        "fit_time_s": fit_time, "wall_time_s": time.time() - started, "precision": policy,
+        "parameters": int(model.count_params()), "device": _device_name(), "world_size": 1,
         "versions": {"nailseg": __version__, "python": platform.python_version(), "tensorflow": tf.__version__,
                      "tf_keras": keras.__version__, "segmentation_models": sm.__version__},
     }

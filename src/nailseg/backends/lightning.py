@@ -19,7 +19,7 @@ from nailseg import __version__
 from nailseg._tensorboard import use_tensorboard_without_tensorflow
 from nailseg.augment import IMAGENET_MEAN, IMAGENET_STD
 from nailseg.data.discover import find_pairs
-from nailseg.evaluate import Predictor, evaluate_pairs, write_overlays
+from nailseg.evaluate import Predictor, semantic_summary
 from nailseg.experiment import Experiment
 from nailseg.io import append_jsonl, read_jsonl, write_json, write_text
 from nailseg.metrics import scores
@@ -295,31 +295,12 @@ def _balanced_sampler(exp: Experiment, train_keys: list[str], fg_share: dict[str
 
 
 def _finish(exp, run, trainer, module, val_pairs, started, fit_time, precision) -> dict:
-    predictor = load_predictor(run, exp)
-    val = evaluate_pairs(predictor, val_pairs, progress=False)
-    write_overlays(predictor, val_pairs[: exp.logging.predictions], run.predictions)
-    records = read_jsonl(run.metrics)
-    speeds = [r["images_per_s"] for r in records if r.get("images_per_s")]
+    common = semantic_summary(load_predictor(run, exp), val_pairs, run, exp)
     summary = {
-        "backend": "lightning",
-        "run": str(run.path),
-        "val_iou": val["iou"],
-        "val_dice": val["dice"],
-        "val_precision": val["precision"],
-        "val_recall": val["recall"],
-        "val_metrics_at": "original resolution, best checkpoint",
-        "best_val_iou_model_resolution": max((r["val_iou"] for r in records if r.get("val_iou") is not None),
-                                             default=None),
-        "epochs": trainer.current_epoch,
-        "global_step": trainer.global_step,
-        "train_images_per_s": float(np.median(speeds)) if speeds else None,
-        "fit_time_s": fit_time,
-        "wall_time_s": time.time() - started,
-        "precision": precision,
-        "parameters": sum(p.numel() for p in module.model.parameters()),
-        "device": _device_name(trainer),
-        "world_size": trainer.world_size,
-        "versions": _versions(),
+        "backend": "lightning", **common, "epochs": trainer.current_epoch, "global_step": trainer.global_step,
+        "fit_time_s": fit_time, "wall_time_s": time.time() - started, "precision": precision,
+        "parameters": sum(p.numel() for p in module.model.parameters()), "device": _device_name(trainer),
+        "world_size": trainer.world_size, "versions": _versions(),
     }
     if exp.model.family == "segformer":
         summary["hf"] = str(export(run, exp, "hf"))

@@ -30,7 +30,7 @@ from nailseg.evaluate import Predictor, evaluate_pairs, write_overlays
 from nailseg.experiment import Experiment
 from nailseg.io import append_jsonl, atomic_path, read_jsonl, write_json, write_text
 from nailseg.models.mmdet_config import build_mmdet_config
-from nailseg.runs import RunDir, global_rank, prepare_run, wait_for_split
+from nailseg.runs import RunDir, dedupe_metrics, global_rank, prepare_run, wait_for_split
 
 use_tensorboard_without_tensorflow()
 SCORE_THRESHOLD = 0.5  # instances kept for overlays, counts and the union mask
@@ -118,11 +118,6 @@ def _recorder_hook(run: RunDir, iters_per_epoch: int, batch_size: int):
     return RunRecorder()
 
 
-def _dedupe_metrics(run: RunDir) -> None:
-    by_epoch = {r["epoch"]: r for r in read_jsonl(run.metrics)}
-    write_text(run.metrics, "".join(json.dumps(by_epoch[e]) + "\n" for e in sorted(by_epoch)))
-
-
 def train(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict | None:
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
@@ -158,7 +153,7 @@ def train(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict | None:
         write_text(run.path / "mmdet_config.py", cfg.pretty_text)
         write_json(run.path / "mmdet_config.json", cfg_dict)
         if resume:
-            _dedupe_metrics(run)
+            dedupe_metrics(run)
     runner = Runner.from_cfg(cfg)
     runner.register_hook(_recorder_hook(run, iters_per_epoch, exp.trainer.batch_size), priority="LOW")
     fit_started = time.perf_counter()
@@ -167,7 +162,7 @@ def train(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict | None:
     fit_time = time.perf_counter() - fit_started
     if runner.rank != 0:
         return None
-    _dedupe_metrics(run)
+    dedupe_metrics(run)
     _export_weights(run)
     return _finish(exp, run, split, pairs, started, fit_time, on_gpu)
 
