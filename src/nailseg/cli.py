@@ -22,8 +22,9 @@ examples:
   nailseg data synth data/synth --n 200
   nailseg data check data/synth
   nailseg train configs/demo-cpu.yaml trainer.max_epochs=3
-  nailseg eval runs/demo-cpu --split test
-  nailseg predict runs/demo-cpu photos/ --out predictions/
+  nailseg eval runs/RUN --split test
+  nailseg predict runs/RUN photos/ --out predictions/
+  nailseg bench loaders --data data/synth --size 384 --batch 64
 """
 
 
