@@ -71,7 +71,7 @@ def _write_coco_splits(exp: Experiment, run: RunDir, split: dict, pairs: list[Pa
     for name in ("train", "val", "test"):
         chosen = [by_key[k] for k in split[name]] or [by_key[k] for k in split["train"]]
         coco, _ = to_coco(chosen, ids, min_area=exp.model.min_area)
-        files[name] = run.path / "coco" / f"{name}.json"
+        files[name] = (run.path / "coco" / f"{name}.json").resolve()  # mmdet joins relative paths to data_root
         if global_rank() == 0:
             write_coco(files[name], coco)
     return files
@@ -134,8 +134,8 @@ def train(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict | None:
     if isinstance(exp.trainer.limit_train_batches, int):
         iters_per_epoch = min(iters_per_epoch, exp.trainer.limit_train_batches)
     on_gpu = torch.cuda.is_available() and exp.trainer.accelerator != "cpu"
-    images_dir = Path(str(pairs[0].image)[: -len(pairs[0].key)])  # keys are relative to images/
-    cfg_dict = build_mmdet_config(exp, work_dir=run.path / "mmdet", images_dir=images_dir, ann_files=ann_files,
+    images_dir = Path(str(pairs[0].image)[: -len(pairs[0].key)]).resolve()  # keys are relative to images/
+    cfg_dict = build_mmdet_config(exp, work_dir=(run.path / "mmdet").resolve(), images_dir=images_dir, ann_files=ann_files,
                                   iters_per_epoch=iters_per_epoch, on_gpu=on_gpu, launcher=_launcher())
     if resume:
         if not (run.path / "mmdet" / "last_checkpoint").exists():
