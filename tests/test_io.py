@@ -20,3 +20,17 @@ def test_jsonl_drops_a_cut_line(tmp_path):
     with open(path, "a") as fh:
         fh.write('{"epoch": 1, "val')
     assert read_jsonl(path) == [{"epoch": 0}]
+
+
+def test_atomic_dir_replaces_only_on_success(tmp_path):
+    from nailseg.io import atomic_dir
+
+    target = tmp_path / "export"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("one")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("killed")
+    assert (target / "a.txt").read_text() == "one"
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]

@@ -32,7 +32,7 @@ from nailseg.data.discover import find_pairs  # noqa: E402
 from nailseg.errors import ConfigError  # noqa: E402
 from nailseg.evaluate import Predictor, semantic_summary  # noqa: E402
 from nailseg.experiment import Experiment  # noqa: E402
-from nailseg.io import append_jsonl, atomic_path, write_json  # noqa: E402
+from nailseg.io import append_jsonl, atomic_dir, atomic_path, write_json  # noqa: E402
 from nailseg.metrics import scores  # noqa: E402
 from nailseg.models.keras_models import build_sm_loss, build_sm_model  # noqa: E402
 from nailseg.pipelines.tfdata import GroupCounter, build_dataset  # noqa: E402
@@ -274,11 +274,8 @@ def export(run: RunDir, exp: Experiment, fmt: str, out: Path | None = None) -> P
     model = load_model(run, exp)
     if fmt == "savedmodel":
         out = Path(out or run.path / "savedmodel")
-        tmp = out.with_name(f".{out.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tf.saved_model.save(model, str(tmp))
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
+        with atomic_dir(out) as tmp:
+            tf.saved_model.save(model, str(tmp))
         return out
     if fmt == "keras":
         out = Path(out or run.path / "model.keras")

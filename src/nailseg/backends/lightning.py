@@ -375,13 +375,10 @@ def export(run: RunDir, exp: Experiment, fmt: str, out: Path | None = None) -> P
         if exp.model.family != "segformer":
             raise ConfigError(f"--format hf: only SegFormer runs export to transformers (this run is {exp.model.family})")
         out = Path(out or run.path / "hf")
-        tmp = out.with_name(f".{out.name}.tmp")
-        import shutil
+        from nailseg.io import atomic_dir
 
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.hf.save_pretrained(tmp, safe_serialization=True)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
+        with atomic_dir(out) as tmp:
+            model.hf.save_pretrained(tmp, safe_serialization=True)
         return out
     if fmt == "state_dict":
         out = Path(out or run.path / "model.pt")
