@@ -16,7 +16,6 @@ os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # CUDA probing on CPU-only machines is not an error
 
 import platform  # noqa: E402
-import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -244,12 +243,7 @@ def _device_name() -> str:
 def load_model(run: RunDir, exp: Experiment):
     keras.mixed_precision.set_global_policy("float32")
     model = build_sm_model(exp.model.model_copy(update={"encoder_weights": "none"}), exp.data.size_hw)
-    path = run.inference_checkpoint()
-    with atomic_path(run.checkpoints / ".load.weights.h5") as tmp:  # h5 loading wants the suffix
-        h5 = tmp.with_suffix(".weights.h5")
-        shutil.copyfile(path, h5)
-        model.load_weights(str(h5))
-        h5.unlink()
+    model.load_weights(str(run.inference_checkpoint()))  # best/last.weights.h5: the suffix Keras needs
     return model
 
 
