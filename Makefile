@@ -37,10 +37,10 @@ install: $(VENV)/.installed-test
 demo: $(VENV)/.installed-torch
 	BIN=$(BIN) bash scripts/demo.sh
 
-# Two pytest processes: TensorFlow and torch must not share one (see tests/tf/conftest.py).
+# Two pytest processes: TensorFlow and torch must not share one (see tests/stacks/keras/conftest.py).
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m "not gpu and not tf" $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -m "tf and not gpu" tests/tf $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "tf and not gpu" tests/stacks/keras $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests

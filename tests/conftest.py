@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nailseg.data.synth import SynthConfig, synthesize
+from nailseg.core.data.synth import SynthConfig, synthesize
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("NAILSEG_REAL_DATA", REPO.parent / "shared" / "data" / "nails_segmentation"))

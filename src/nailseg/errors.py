@@ -15,7 +15,8 @@ class NailsegError(Exception):
     exit_code = 2
 
     def __init__(self, message: str | Iterable[str]):
-        self.lines = [message] if isinstance(message, str) else list(message)
+        # One problem, one line: control characters (a newline in a file name) are escaped.
+        self.lines = [quote_name(line) for line in ([message] if isinstance(message, str) else list(message))]
         super().__init__("\n".join(self.lines))
 
 
@@ -36,3 +37,11 @@ class MissingDependencyError(NailsegError):
             f"pip install 'nailseg[{extra}]'"
         )
         self.module, self.extra = module, extra
+
+
+def quote_name(value) -> str:
+    """A path or name safe to print on one line: control characters (a newline in a file name)
+    are escaped, everything else (accents, spaces) is kept as it is."""
+    import re
+
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], str(value))

@@ -1,1 +1,0 @@
-"""Benchmarks: ``nailseg bench loaders`` and ``nailseg bench train`` (JSON + PNG, never timed asserts)."""

@@ -1,0 +1,68 @@
+"""``nailseg``: one command line over data tools, training, evaluation, prediction and benchmarks.
+
+The CLI is thin: each verb group lives in its own module (``data``, ``train``, ``bench``,
+``compare``) that parses, loads the config, calls one function and prints. Frameworks are
+imported inside the command that needs them, so ``nailseg --help`` and ``nailseg data ...``
+never import torch or TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from nailseg import __version__
+from nailseg.errors import NailsegError
+
+EPILOG = """\
+examples:
+  nailseg data synth data/synth --n 200
+  nailseg data check data/synth
+  nailseg train configs/demo-cpu.yaml trainer.max_epochs=3
+  nailseg eval runs/RUN --split test
+  nailseg predict runs/RUN photos/ --out predictions/
+  nailseg compare configs/demo-cpu.yaml configs/keras-cpu.yaml --folds 5 --out compare/
+  nailseg bench loaders --data data/synth --size 384 --batch 64
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nailseg.cli import bench, data, train
+
+    parser = argparse.ArgumentParser(
+        prog="nailseg",
+        description="Train, evaluate and compare segmentation models for photographs of hands and nails "
+                    "(or any folder of images/ + labels/ or masks/). Exit codes: 0 done, 2 refused input "
+                    "(one 'error:' line per problem), 130 interrupted.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"nailseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    data.add_parser(sub)
+    train.add_parser(sub)
+
+    bench.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except NailsegError as err:
+        for line in err.lines:
+            print(f"error: {line}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("error: out of memory (lower data.image_size or trainer.batch_size)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from nailseg.cli import main
+
+sys.exit(main())

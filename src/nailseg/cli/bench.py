@@ -1,0 +1,134 @@
+"""``nailseg bench loaders | train | tfdata``: throughput benchmarks (JSON + PNG)."""
+
+from __future__ import annotations
+
+import os
+
+from nailseg.cli.common import choices, output_folder, positive
+
+
+def _print_rates(results: list[dict], label: str, paths) -> None:
+    print(f"{label:16} {'images/s':>10} {'min':>9} {'max':>9}")
+    for r in results:
+        print(f"{r['pipeline']:16} {r['images_per_s']:>10.1f} {r['images_per_s_min']:>9.1f} {r['images_per_s_max']:>9.1f}")
+    print(*paths, sep="\n")
+
+
+def _experiment(args, shorthands: dict):
+    """CONFIG + KEY=VALUE like ``train``; the flags (``--data --size --batch``) are shorthands for overrides."""
+    from nailseg.config import load_experiment
+    from nailseg.errors import NailsegError
+
+    config, overrides = args.config, list(args.overrides)
+    if config and "=" in config and not os.path.exists(config):
+        config, overrides = None, [config, *overrides]
+    flags = [f"{key}={value}" for key, value in shorthands.items() if value is not None]
+    if config is None and not any(o.startswith("data.root=") for o in overrides + flags):
+        raise NailsegError("nailseg bench: give a config (CONFIG [KEY=VALUE ...]) or --data DIR")
+    return load_experiment(config, overrides + flags)
+
+
+def cmd_bench_loaders(args) -> int:
+    from nailseg.stacks import load_stack
+
+    exp = _experiment(args, {"data.root": args.data, "data.image_size": args.size, "trainer.batch_size": args.batch})
+    out = output_folder(args.out)
+    load_stack("lightning")  # torch is needed to deliver batches on the device
+    from nailseg.core.benchmark import write_report
+    from nailseg.stacks.lightning.bench_loaders import PIPELINES, bench_loaders
+
+    pipelines = choices(args.pipelines, PIPELINES, "--pipelines")
+    workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) - 1)
+    results = bench_loaders(exp, pipelines, workers=workers, batches=args.batches, repeats=args.repeats)
+    paths = write_report(out, results, title=f"input pipelines: {exp.data.size_hw[0]} px, batch "
+                         f"{exp.trainer.batch_size}, {workers} CPU threads, {results[0]['device']}")
+    _print_rates(results, "pipeline", paths)
+    return 0
+
+
+def cmd_bench_tfdata(args) -> int:
+    from nailseg.stacks import load_stack
+
+    exp = _experiment(args, {"data.root": args.data, "data.image_size": args.size, "trainer.batch_size": args.batch,
+                             "model.family": "sm", "model.encoder": "resnet18"})
+    out = output_folder(args.out)
+    load_stack("keras")
+    from nailseg.core.benchmark import write_report
+    from nailseg.stacks.keras.bench import ENGINES, bench_tfdata
+
+    engines = choices(args.engines, ENGINES, "--engines")
+    results = bench_tfdata(exp, engines, batches=args.batches, repeats=args.repeats)
+    paths = write_report(out, results, title=f"tf.data engines: {exp.data.size_hw[0]} px, batch "
+                         f"{exp.trainer.batch_size}, CPU")
+    _print_rates(results, "engine", paths)
+    return 0
+
+
+def cmd_bench_train(args) -> int:
+    from nailseg.stacks import load_stack
+
+    exp = _experiment(args, {"data.root": args.data, "data.image_size": args.size, "trainer.batch_size": args.batch})
+    out = output_folder(args.out)
+    load_stack(exp.stack)
+    from nailseg.core.benchmark import write_report
+    from nailseg.stacks.lightning.bench_train import bench_train
+
+    precisions = choices(args.precision, ("32", "32-true", "bf16-mixed", "16-mixed"), "--precision")
+    results = bench_train(exp, precisions, batches=args.batches, repeats=args.repeats)
+    paths = write_report(out, results, title=f"training images/s: {results[0]['model']}, "
+                         f"{exp.data.size_hw[0]} px, batch {exp.trainer.batch_size}, {results[0]['device']}")
+    print(f"{'what':42} {'precision':>10} {'images/s':>9} {'of limit':>9}")
+    for r in results:
+        share = f"{r['percent_of_limit']:.0f}%" if "percent_of_limit" in r else ""
+        print(f"{r['pipeline']:42} {r['precision']:>10} {r['images_per_s']:>9.1f} {share:>9}")
+    print(*paths, sep="\n")
+    return 0
+
+
+def _config_args(parser) -> None:
+    parser.add_argument("config", nargs="?", help="experiment YAML (optional: the flags below can stand in)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, as with train")
+    parser.add_argument("--data", help="data folder (shorthand for data.root=DIR)")
+
+
+def add_parser(sub) -> None:
+    bench = sub.add_parser("bench", help="measure input pipelines and training throughput (JSON + PNG)",
+                           description="Benchmarks write bench.json (a list of results, each with the method) "
+                                       "and bench.png (bars with the min-max spread over repeats) into --out.")
+    bsub = bench.add_subparsers(dest="bench_command", metavar="BENCH_COMMAND", required=True)
+    bl = bsub.add_parser("loaders", help="time input pipelines, batches delivered on the device",
+                         description="Time each pipeline (cpu: DataLoader + albumentations; kornia: DataLoader "
+                                     "decode + resize, kornia on the device; dali: NVIDIA DALI) in one run, "
+                                     "with the augmentation spec of CONFIG (default: the built-in spec).")
+    _config_args(bl)
+    bl.add_argument("--size", type=positive, help="image side in pixels (shorthand for data.image_size)")
+    bl.add_argument("--batch", type=positive, default=64, help="batch size (default: 64)")
+    bl.add_argument("--workers", type=int, help="CPU threads / DataLoader workers (default: cores - 1)")
+    bl.add_argument("--pipelines", default="cpu,kornia,dali", help="comma-separated (default: cpu,kornia,dali)")
+    bl.add_argument("--batches", type=positive, default=20, help="timed batches per repeat (default: 20)")
+    bl.add_argument("--repeats", type=positive, default=3, help="timed repeats (default: 3)")
+    bl.add_argument("--out", default="bench/loaders", help="output folder (default: bench/loaders)")
+    bl.set_defaults(func=cmd_bench_loaders)
+    btf = bsub.add_parser("tfdata", help="time the Keras tf.data pipeline's augmentation engines",
+                          description="Time tf.data batches with albumentations (tf.numpy_function), with the "
+                                      "tf.image engine, and with decode + resize only (needs nailseg[tf]).")
+    _config_args(btf)
+    btf.add_argument("--size", type=positive, help="image side in pixels (shorthand for data.image_size)")
+    btf.add_argument("--batch", type=positive, default=16, help="batch size (default: 16)")
+    btf.add_argument("--engines", default="decode-only,albumentations,tf", help="comma-separated")
+    btf.add_argument("--batches", type=positive, default=10, help="timed batches per repeat (default: 10)")
+    btf.add_argument("--repeats", type=positive, default=3, help="timed repeats (default: 3)")
+    btf.add_argument("--out", default="bench/tfdata", help="output folder (default: bench/tfdata)")
+    btf.set_defaults(func=cmd_bench_tfdata)
+    bt = bsub.add_parser("train", help="training images/s with the configured pipeline vs the model's limit",
+                         description="For each precision: training steps fed by the configured pipeline, and the "
+                                     "same steps on one batch already in device memory (the model's limit); "
+                                     "prints the pipeline's share of the limit.")
+    _config_args(bt)
+    bt.add_argument("--size", type=positive, help="image side in pixels (shorthand for data.image_size)")
+    bt.add_argument("--batch", type=positive, help="batch size (shorthand for trainer.batch_size)")
+    bt.add_argument("--precision", default="32-true", help="comma-separated: 32-true, bf16-mixed, 16-mixed")
+    bt.add_argument("--batches", type=positive, default=10, help="timed steps per repeat (default: 10)")
+    bt.add_argument("--repeats", type=positive, default=3, help="timed repeats (default: 3)")
+    bt.add_argument("--out", default="bench/train", help="output folder (default: bench/train)")
+    bt.set_defaults(func=cmd_bench_train)

@@ -1,0 +1,46 @@
+"""Helpers the verb modules share: output-path checks and comma-separated choices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nailseg.errors import NailsegError
+
+
+def output_folder(path: str, flag: str = "--out") -> Path:
+    """A folder to write into: refuse a path that is an existing file."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise NailsegError(f"{flag} {path}: exists and is a file; give a folder")
+    return out
+
+
+def output_file(path: str, flag: str = "--out") -> Path:
+    """A file to (over)write atomically: refuse a path that is an existing folder."""
+    out = Path(path)
+    if out.is_dir():
+        raise NailsegError(f"{flag} {path}: is a folder; give a file name")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise NailsegError(f"{flag} {path}: {out.parent} is a file, not a folder")
+    return out
+
+
+def choices(text: str, allowed, flag: str) -> list[str]:
+    chosen = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [x for x in chosen if x not in allowed]
+    if unknown or not chosen:
+        raise NailsegError(f"{flag}: unknown {', '.join(unknown) or 'empty list'} (choose from {', '.join(allowed)})")
+    return chosen
+
+
+def positive(value: str) -> int:
+    """argparse type: a whole number >= 1 (a clear usage error otherwise)."""
+    import argparse
+
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return number

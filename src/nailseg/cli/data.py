@@ -1,0 +1,162 @@
+"""``nailseg data synth | check | balance | coco``: tools for data folders (framework-free)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from nailseg.cli.common import output_file, output_folder, positive
+from nailseg.core.data.decode import MASK_RULE
+from nailseg.errors import NailsegError, quote_name
+
+
+def cmd_data_synth(args) -> int:
+    from nailseg.core.data.synth import SynthConfig, parse_size, synthesize
+
+    output_folder(args.out, "out")
+    width, height = parse_size(args.size)
+    out = synthesize(args.out, SynthConfig(n=args.n, seed=args.seed, width=width, height=height),
+                     progress=not args.quiet)
+    print(f"wrote {args.n} pairs ({width}x{height}) to {out}")
+    return 0
+
+
+def cmd_data_check(args) -> int:
+    from nailseg.core.data.check import check_dataset
+
+    report = check_dataset(args.root, progress=not args.json)
+    if args.json:
+        print(json.dumps(report.to_json() if args.per_pair else report.summary(), indent=2))
+    else:
+        s = report.summary()
+        print(f"data folder:  {s['root']}")
+        print(f"pairs:        {s['pairs']} ({s['valid_pairs']} valid)")
+        for key, label, unit in (("width", "width", " px"), ("height", "height", " px"),
+                                 ("fg_share", "foreground", "")):
+            if s[key]:
+                v = s[key]
+                fmt = (lambda x: f"{x:.1%}") if key == "fg_share" else (lambda x: f"{x:.0f}{unit}")
+                print(f"{label + ':':13} min {fmt(v['min'])}  median {fmt(v['median'])}  max {fmt(v['max'])}")
+        print(f"problems:     {len(report.problems)}")
+        print(f"warnings:     {len(report.warnings)}")
+    for line in report.warnings:
+        print(f"warning: {quote_name(line)}", file=sys.stderr)
+    for line in report.problems:
+        print(f"error: {quote_name(line)}", file=sys.stderr)
+    return 2 if report.problems else 0
+
+
+def cmd_data_balance(args) -> int:
+    from nailseg.core.data.balance import balance_report, parse_weights, plot_balance
+
+    out = output_file(args.out) if args.out else None
+    flags = {"by": args.by, "bins": args.bins, "binning": args.binning, "csv": args.csv, "column": args.column,
+             "weights": parse_weights(args.weights), "epoch_size": args.epoch_size}
+    report = balance_report(args.source, {k: v for k, v in flags.items() if v is not None}, seed=args.seed,
+                            progress=not args.json)
+    rows = report["groups"]
+    if out is not None:
+        weights = report["weights"] if isinstance(report["weights"], str) else "custom"
+        plot_balance(rows, out, f"{report['root']}: by {report['by']}, weights {weights}")
+        report["plot"] = str(out)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{'group':24} {'files':>6} {'data':>7} {'target':>7} {'observed':>9}")
+    for r in rows:
+        print(f"{r['group']:24} {r['files']:>6} {r['data_share']:>7.1%} {r['target_share']:>7.1%} "
+              f"{r['observed_share']:>9.1%}")
+    print(f"(observed: {report['simulated_epochs']} simulated epochs of {report['epoch_size']} draws"
+          + (f"; chart: {out})" if out else "; --out FILE.png writes a chart)"))
+    return 0
+
+
+def cmd_data_coco(args) -> int:
+    from nailseg.core.data.coco import image_ids, to_coco, write_coco
+    from nailseg.core.data.discover import find_pairs
+    from nailseg.core.data.split import load_split
+
+    out = output_file(args.out)
+    pairs, _ = find_pairs(args.root)
+    ids = image_ids(pairs)
+    if args.split:
+        split = load_split(args.split)
+        by_key = {p.key: p for p in pairs}
+        missing = [k for part in split.values() for k in part if k not in by_key]
+        if missing:
+            raise NailsegError([f"{args.split}: {quote_name(k)} is not in {args.root}" for k in missing[:20]])
+        targets = {name: [by_key[k] for k in keys] for name, keys in split.items()}
+    else:
+        targets = {None: pairs}
+    for name, chosen in targets.items():
+        coco, report = to_coco(chosen, ids, min_area=args.min_area, fmt=args.format, progress=not args.quiet)
+        path = out.with_name(f"{out.stem}_{name}{out.suffix}") if name else out
+        write_coco(path, coco)
+        print(f"{path}: {report.images} images, {report.instances} instances, "
+              f"{report.dropped_small} regions below {args.min_area} px dropped, {report.with_holes} with holes")
+    return 0
+
+
+def add_parser(sub) -> None:
+    data = sub.add_parser("data", help="make, check and inspect data folders",
+                          description="Tools for data folders: ROOT/images/ + ROOT/labels/ (or masks/).")
+    dsub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    synth = dsub.add_parser("synth", help="draw a procedural nails-like data set (Kaggle layout)",
+                            description="Draw hands and fingers with nails of varied shape, colour and count over "
+                                        "cluttered backgrounds; writes OUT/images/*.jpg and OUT/labels/*.png.")
+    synth.add_argument("out", help="output folder (new or empty)")
+    synth.add_argument("--n", type=positive, default=200, help="number of pairs (default: 200)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    synth.add_argument("--size", default="384x288", help="WIDTHxHEIGHT of each picture (default: 384x288)")
+    synth.add_argument("--quiet", action="store_true", help="no progress bar")
+    synth.set_defaults(func=cmd_data_synth)
+
+    check = dsub.add_parser(
+        "check", help="find the pairs in a data folder and report sizes, foreground share and problems",
+        description="Decode every image and mask once and report what is there and every problem, one "
+                    "line each (exit code 2 when there is any). Layouts: ROOT/images + ROOT/labels or "
+                    "ROOT/masks, or the same one folder down (the Kaggle archive's nested "
+                    "nails_segmentation/). Images: JPEG/PNG/BMP/TIFF/WebP, RGB, RGBA or grayscale. "
+                    "Warnings (exit 0): masks that are all empty, or whose values do not fit the mask rule.\n\n"
+                    "Mask rule: " + MASK_RULE,
+    )
+    check.add_argument("root", help="data folder")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument("--per-pair", action="store_true", help="with --json: include every pair's stats")
+    check.set_defaults(func=cmd_data_check)
+
+    bal = dsub.add_parser(
+        "balance", help="show how balanced sampling would draw groups of images",
+        description="Group the images (by foreground-share bins, first sub-folder under images/, "
+                    "or a CSV column), then print each group's files, share of the data, target share and "
+                    "the share observed in a simulated draw of 10 epochs; --out also writes a bar chart PNG. "
+                    "SOURCE is a data folder (all pairs) or an experiment config (its train split and "
+                    "data.balance settings; flags override them).")
+    bal.add_argument("source", help="data folder or experiment YAML")
+    bal.add_argument("--by", choices=["fg_bins", "folder", "csv"], help="grouping key (default: fg_bins)")
+    bal.add_argument("--bins", type=int, help="fg_bins: number of bins (default: 4, at least 2)")
+    bal.add_argument("--binning", choices=["log", "uniform", "quantile"],
+                     help="fg_bins: log-spaced (default), equal-width or equal-count bins")
+    bal.add_argument("--csv", help="csv: file with one row per image")
+    bal.add_argument("--column", help="csv: column that names the group")
+    bal.add_argument("--weights", help="equal | inverse | sqrt_inverse | GROUP=W,GROUP=W (default: equal)")
+    bal.add_argument("--epoch-size", type=int, help="samples per epoch (default: number of images)")
+    bal.add_argument("--seed", type=int, default=42, help="seed of the simulated draw (default: 42)")
+    bal.add_argument("--out", help="bar chart PNG to write (default: none)")
+    bal.add_argument("--json", action="store_true", help="print the table as JSON")
+    bal.set_defaults(func=cmd_data_balance)
+
+    coco = dsub.add_parser(
+        "coco", help="turn binary masks into COCO instance annotations (one per connected nail region)",
+        description="Each 4-connected foreground region of a mask becomes one 'nail' instance, with its exact "
+                    "RLE (holes stay holes; --format polygon writes polygons, RLE for regions with holes), "
+                    "bounding box and area. Image ids are stable (sorted file names of the whole folder). "
+                    "With --split, writes OUT_train.json, OUT_val.json and OUT_test.json.")
+    coco.add_argument("root", help="data folder")
+    coco.add_argument("--out", required=True, help="output JSON (e.g. coco.json)")
+    coco.add_argument("--split", help="a run's split.json: write one file per split")
+    coco.add_argument("--min-area", type=int, default=4, help="drop regions smaller than this (pixels, default: 4)")
+    coco.add_argument("--format", choices=["rle", "polygon"], default="rle", help="segmentation format (default: rle)")
+    coco.add_argument("--quiet", action="store_true", help="no progress bar")
+    coco.set_defaults(func=cmd_data_coco)

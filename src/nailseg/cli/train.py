@@ -1,0 +1,153 @@
+"""``nailseg train | eval | predict | export``: the run lifecycle, on whichever stack the config names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nailseg.cli.common import output_file, output_folder
+from nailseg.errors import NailsegError
+
+
+def cmd_train(args) -> int:
+    from nailseg.config import load_experiment
+    from nailseg.core.runs import choose_run_dir, resume_run
+    from nailseg.engine import run_training
+
+    if args.resume:
+        if args.config and "=" in args.config:  # argparse puts the first override in `config`
+            args.overrides, args.config = [args.config, *args.overrides], None
+        if args.config:
+            raise NailsegError("--resume takes the run folder; pass overrides as KEY=VALUE only")
+        run, exp = resume_run(args.resume, args.overrides)
+    else:
+        if not args.config:
+            raise NailsegError("nailseg train: give a config file (e.g. configs/demo-cpu.yaml) or --resume RUN_DIR")
+        exp = load_experiment(args.config, args.overrides)
+        run = choose_run_dir(exp, args.config)
+    summary = run_training(exp, run, resume=bool(args.resume))
+    if summary is None:  # a non-zero DDP rank: rank 0 reports
+        return 0
+    print(f"val IoU {summary['val_iou']:.4f}  Dice {summary['val_dice']:.4f}  "
+          f"({summary['epochs']} epochs, {summary['wall_time_s']:.0f} s, {summary['device']})")
+    print(run.path)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from nailseg.core.data.discover import find_pairs
+    from nailseg.core.data.split import load_split
+    from nailseg.core.evaluate import evaluate_pairs
+    from nailseg.core.io import write_json
+    from nailseg.engine import has_capability, open_for_inference
+
+    out = output_file(args.out) if args.out else None
+    run, exp, stack = open_for_inference(args.run)
+    root = args.data or exp.data.root
+    pairs, _ = find_pairs(root)
+    if args.split == "all" or args.data:
+        chosen = pairs
+    else:
+        keys = set(load_split(run.split)[args.split])
+        chosen = [p for p in pairs if p.key in keys]
+    result = evaluate_pairs(stack.load_predictor(run, exp), chosen, progress=not args.quiet)
+    if has_capability(exp, "instances"):  # instance models: COCO bbox/segm mAP as well
+        result = {**stack.evaluate_instances(run, exp, chosen, pairs), **result}
+    result = {"run": str(run.path), "data": str(root), "split": "all" if args.data else args.split,
+              "checkpoint": str(run.inference_checkpoint()), **result}
+    out = out or run.eval
+    write_json(out, result)
+    print(f"{'split':10} {'images':>6} {'IoU':>7} {'Dice':>7} {'prec.':>7} {'recall':>7}")
+    print(f"{result['split']:10} {result['n_images']:>6} {result['iou']:>7.4f} {result['dice']:>7.4f} "
+          f"{result['precision']:>7.4f} {result['recall']:>7.4f}")
+    m = result["mean_per_image"]
+    print(f"{'per-image mean':17} {m['iou']:>7.4f} {m['dice']:>7.4f} {m['precision']:>7.4f} {m['recall']:>7.4f}")
+    if "segm_mAP" in result:
+        print(f"COCO mAP  segm {result['segm_mAP']:.4f} (@50 {result['segm_mAP_50']:.4f}, @75 {result['segm_mAP_75']:.4f})"
+              f"  bbox {result['bbox_mAP']:.4f} (@50 {result['bbox_mAP_50']:.4f}, @75 {result['bbox_mAP_75']:.4f})")
+    print(out)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from nailseg.core.evaluate import collect_inputs, predict_files, predict_instance_files
+    from nailseg.engine import has_capability, open_for_inference
+
+    out = output_folder(args.out)
+    inputs = collect_inputs(args.inputs)
+    run, exp, stack = open_for_inference(args.run)
+    if has_capability(exp, "instances"):
+        result = predict_instance_files(stack.load_instance_predictor(run, exp), inputs, out, progress=not args.quiet)
+        for w in result.written:
+            print(f"{w['file']}: {w['instances']} instances")
+    else:
+        result = predict_files(stack.load_predictor(run, exp), inputs, out, progress=not args.quiet)
+    print(f"wrote {len(result.written)} masks and overlays to {out}")
+    if result.failed:
+        raise NailsegError([*result.failed, f"{len(result.failed)} of {len(inputs.files)} inputs could not be read"])
+    return 0
+
+
+def cmd_export(args) -> int:
+    from nailseg.engine import open_for_inference
+
+    run, exp, stack = open_for_inference(args.run)
+    out = None
+    if args.out:
+        out = Path(args.out)
+        if out.exists() and out.is_dir() != (args.format in ("hf", "savedmodel")) and not (
+                args.format == "state_dict" and exp.stack == "mmdet"):
+            raise NailsegError(f"--out {args.out}: exists and is a {'folder' if out.is_dir() else 'file'}; "
+                               f"--format {args.format} writes a {'folder' if args.format in ('hf', 'savedmodel') else 'file'}")
+    print(stack.export(run, exp, args.format, out))
+    return 0
+
+
+def add_parser(sub) -> None:
+    train = sub.add_parser(
+        "train", help="train a model from an experiment config",
+        description="Train from a YAML experiment config with dotted overrides, e.g. "
+                    "'nailseg train configs/demo-cpu.yaml trainer.max_epochs=3 model.encoder=resnet18'. "
+                    "The config and the data are checked first (nothing is written for a refused run); the run "
+                    "folder (config.yaml, split.json, checkpoints, metrics.jsonl, TensorBoard events, "
+                    "summary.json, predictions/) is printed last. One process at a time may train a run folder.",
+    )
+    train.add_argument("config", nargs="?", help="experiment YAML (see configs/)")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue a killed or finished run from its last checkpoint (overrides that change "
+                            "the model are refused)")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="score a run at each image's original resolution",
+                        description="Compute IoU, Dice, precision and recall per image and over the set "
+                                    "(pixels summed over all images), at each image's original size; "
+                                    "writes eval.json into the run folder.")
+    ev.add_argument("run", help="run folder")
+    ev.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
+                    help="which part of the run's split to score (default: test)")
+    ev.add_argument("--data", help="score every pair of another data folder instead")
+    ev.add_argument("--out", help="where to write the JSON (default: RUN/eval.json)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="write masks and overlays for images",
+                        description="For each image (files or folders, any size and aspect ratio) write "
+                                    "OUT/<path>_mask.png (0/255) and OUT/<path>_overlay.png, keeping each "
+                                    "input's folders below the folder it was found in. Unreadable files are "
+                                    "named at the end (exit code 2); the others are still predicted.")
+    pr.add_argument("run", help="run folder")
+    pr.add_argument("inputs", nargs="+", help="image files or folders")
+    pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.set_defaults(func=cmd_predict)
+
+    exp_ = sub.add_parser("export", help="write a run's model for use without nailseg",
+                          description="hf: a transformers save_pretrained folder (SegFormer runs; default RUN/hf). "
+                                      "state_dict: a plain PyTorch state dict, loadable with weights_only=True "
+                                      "(default RUN/model.pt). savedmodel: a TensorFlow SavedModel folder (Keras "
+                                      "runs; default RUN/savedmodel). keras: a .keras file (default RUN/model.keras).")
+    exp_.add_argument("run", help="run folder")
+    exp_.add_argument("--format", required=True, choices=["hf", "state_dict", "savedmodel", "keras"],
+                      help="hf / state_dict (Lightning runs), savedmodel / keras (Keras runs), state_dict (mmdet)")
+    exp_.add_argument("--out", help="output path")
+    exp_.set_defaults(func=cmd_export)

@@ -1,0 +1,428 @@
+"""The typed experiment config: one YAML file drives every backend.
+
+``load_experiment(path, overrides)`` reads the YAML, applies dotted ``key=value``
+overrides, and validates the result. Unknown keys and wrong types fail before anything
+runs, with an error naming the key (and the nearest valid key when it looks like a typo).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from nailseg.core.augment import ENGINE_OPS, AugmentOp, default_train_augment
+from nailseg.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitConfig(_Section):
+    val: float = Field(0.15, ge=0, lt=1)
+    test: float = Field(0.15, ge=0, lt=1)
+
+
+class BalanceConfig(_Section):
+    """Balanced sampling of training images by group (see nailseg.core.data.balance)."""
+
+    by: Literal["fg_bins", "folder", "csv"] = "fg_bins"
+    bins: int = Field(4, ge=2, description="fg_bins: number of bins")
+    binning: Literal["log", "uniform", "quantile"] = Field("log", description="fg_bins: how bin edges are set")
+    csv: str | None = Field(None, description="csv: the CSV file")
+    column: str | None = Field(None, description="csv: the column that names the group")
+    key_column: str = Field("file", description="csv: the column with the file name")
+    weights: Literal["equal", "inverse", "sqrt_inverse"] | dict[str, float] = "equal"
+    epoch_size: int | None = Field(None, ge=1, description="samples per epoch (default: training set size)")
+
+
+MAX_IMAGE_SIDE = 4096  # a side beyond this is a typo, not a training size (and would exhaust memory)
+PIPELINES = ("auto", "albumentations", "kornia", "dali", "tf", "mmdet")
+
+
+class DataConfig(_Section):
+    root: str = "data/synth"
+    image_size: int | tuple[int, int] = Field(384, description="side, or (height, width)")
+    split: SplitConfig = SplitConfig()
+    seed: int = 42
+    num_workers: int | Literal["auto"] = "auto"
+    balance: BalanceConfig | None = None
+    pipeline: Literal["auto", "albumentations", "kornia", "dali", "tf", "mmdet"] = Field(
+        "auto", description="auto: the stack's default; albumentations: CPU workers (DataLoader or tf.data); "
+                            "kornia: augmentation on the GPU; dali: NVIDIA DALI; tf: tf.image ops (Keras); "
+                            "mmdet: MMDetection's own pipeline (Mask R-CNN)")
+
+    @field_validator("root")
+    @classmethod
+    def _root_named(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("is empty: name the data folder (images/ + labels/ or masks/)")
+        return v
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers_not_negative(cls, v):
+        if isinstance(v, int) and v < 0:
+            raise ValueError("must be auto or a whole number >= 0")
+        return v
+
+    @field_validator("image_size")
+    @classmethod
+    def _positive_multiple_of_32(cls, v):
+        sides = (v, v) if isinstance(v, int) else v
+        for side in sides:
+            if side < 32 or side % 32 or side > MAX_IMAGE_SIDE:
+                raise ValueError(f"{side} must be a multiple of 32 from 32 to {MAX_IMAGE_SIDE} "
+                                 "(encoders downsample by 32)")
+        return v
+
+    @property
+    def size_hw(self) -> tuple[int, int]:
+        return (self.image_size, self.image_size) if isinstance(self.image_size, int) else tuple(self.image_size)
+
+
+class AugmentConfig(_Section):
+    train: list[AugmentOp] = Field(default_factory=default_train_augment)
+
+
+class _ModelBase(_Section):
+    def describe(self) -> dict[str, str]:
+        """family / arch / encoder for tables (``nailseg compare``), whatever the family calls them."""
+        return {"family": self.family, "arch": getattr(self, "arch", self.family),
+                "encoder": getattr(self, "encoder", "")}
+
+
+class SmpModel(_ModelBase):
+    """segmentation_models_pytorch: any architecture with any encoder (Lightning stack)."""
+
+    family: Literal["smp"] = "smp"
+    arch: str = "Unet"
+    encoder: str = "efficientnet-b4"
+    encoder_weights: str = Field("none", description="none | imagenet (needs internet) | path to a local file")
+    classes: int = Field(1, ge=1, le=2, description="1: one logit + sigmoid; 2: softmax over background/nail")
+    init_from: str = Field("none", description="none | a run folder (its best weights) | a weights file: "
+                                               "fine-tune from another run, e.g. one on synthetic nails")
+
+
+class SegformerModel(_ModelBase):
+    """transformers SegFormer inside Lightning."""
+
+    family: Literal["segformer"]
+    variant: Literal["b0", "b1", "b2", "b3", "b4", "b5"] = "b0"
+    pretrained: str = Field("none", description="none | hub id | local folder (save_pretrained)")
+    classes: int = Field(1, ge=1, le=2, description="1: one logit + sigmoid; 2: softmax over background/nail")
+    init_from: str = Field("none", description="none | a run folder | a weights file (see smp)")
+
+    def describe(self) -> dict[str, str]:
+        return {"family": "segformer", "arch": "SegFormer", "encoder": f"mit-{self.variant}"}
+
+
+class SmModel(_ModelBase):
+    """segmentation_models on tf.keras (Keras stack)."""
+
+    family: Literal["sm"]
+    arch: str = "Unet"
+    encoder: str = Field("efficientnetb4", description="sm backbone, e.g. resnet18, efficientnetb4")
+    encoder_weights: str = Field("none", description="none | imagenet (needs internet) | path to a local .h5 file")
+
+
+class MaskrcnnModel(_ModelBase):
+    """MMDetection Mask R-CNN (instance segmentation)."""
+
+    family: Literal["maskrcnn"]
+    encoder: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
+    load_from: str = Field("none", description="none | a local mmdet checkpoint | a URL (needs internet)")
+    min_area: int = Field(4, ge=0, description="mask regions below this many pixels are not instances")
+
+    def describe(self) -> dict[str, str]:
+        return {"family": "maskrcnn", "arch": "MaskRCNN", "encoder": self.encoder}
+
+
+ModelConfig = Annotated[Union[SmpModel, SegformerModel, SmModel, MaskrcnnModel], Field(discriminator="family")]
+MODEL_CLASSES = {"smp": SmpModel, "segformer": SegformerModel, "sm": SmModel, "maskrcnn": MaskrcnnModel}
+
+
+class LossConfig(_Section):
+    name: Literal["dice_bce", "dice", "bce", "focal", "lovasz", "jaccard", "tversky"] = "dice_bce"
+    dice_weight: float = Field(1.0, ge=0)
+    bce_weight: float = Field(1.0, ge=0)
+
+
+class OptimConfig(_Section):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    scheduler: Literal["cosine", "poly", "none"] = "cosine"
+    poly_power: float = Field(1.0, gt=0, description="poly: lr * (1 - progress) ** power (SegFormer's schedule)")
+    warmup_epochs: int = Field(0, ge=0)
+    encoder_lr_scale: float | None = Field(
+        None, gt=0, description="encoder lr = lr * scale; default 0.1 for segformer, 1.0 for smp")
+
+
+class TrainerConfig(_Section):
+    max_epochs: int = Field(30, ge=1)
+    batch_size: int = Field(8, ge=1)
+    precision: Literal["auto", "32", "32-true", "16-mixed", "bf16-mixed", "mixed_float16", "float32"] = Field(
+        "auto", description="auto: bf16-mixed + channels_last (Lightning) / mixed_float16 (Keras) on a GPU, 32 on a CPU")
+    accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
+    devices: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
+    num_nodes: int = Field(1, ge=1)
+    strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "ddp_notebook", "fsdp",
+                      "deepspeed", "single_device"] = "auto"
+    accumulate_grad_batches: int = Field(1, ge=1)
+    gradient_clip_val: float | None = None
+    seed: int = 42
+    limit_train_batches: int | float | None = None
+    limit_val_batches: int | float | None = None
+    deterministic: bool = False
+
+
+class WandbConfig(_Section):
+    enabled: bool = False
+    project: str = "nailseg"
+    mode: Literal["offline", "online"] = "offline"
+
+
+class LoggingConfig(_Section):
+    tensorboard: bool = True
+    wandb: WandbConfig = WandbConfig()
+    predictions: int = Field(8, ge=0, description="validation overlays written at the end")
+
+
+class RunConfig(_Section):
+    dir: str = "runs"
+    name: str | None = None
+
+
+class Experiment(_Section):
+    """Everything one training run needs. Key names are a public interface."""
+
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = SmpModel()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    logging: LoggingConfig = LoggingConfig()
+    run: RunConfig = RunConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_family(cls, raw):
+        if isinstance(raw, dict) and isinstance(raw.get("model"), dict) and "family" not in raw["model"]:
+            raw = {**raw, "model": {**raw["model"], "family": "smp"}}
+        return raw
+
+    @model_validator(mode="after")
+    def _stack_can_do_it(self):
+        """Refuse, at config time, what the chosen stack or pipeline cannot do."""
+        spec = self.stack_spec
+        if self.data.pipeline != "auto" and self.data.pipeline not in spec.pipelines:
+            raise ValueError(f"data.pipeline: {self.data.pipeline} is not a pipeline of the {spec.name} stack "
+                             f"(model.family {self.model.family}); it supports auto, {', '.join(spec.pipelines)}")
+        pipeline = self.pipeline
+        missing = [op.name for op in self.augment.train if op.name not in ENGINE_OPS[pipeline]]
+        if missing:
+            raise ValueError(f"augment.train: {', '.join(missing)} cannot run on the {pipeline} pipeline "
+                             f"(it has {', '.join(sorted(ENGINE_OPS[pipeline]))})")
+        if self.data.balance is not None and pipeline in ("dali", "mmdet"):
+            raise ValueError(f"data.balance: the {pipeline} pipeline cannot draw weighted samples "
+                             f"(use data.pipeline: {spec.pipelines[0]})")
+        for key in spec.optim_unsupported:
+            value = getattr(self.optim, key)
+            if value is not None and value != 1.0:
+                raise ValueError(f"optim.{key}: the {spec.name} stack cannot honour it (got {value}); remove it")
+        return self
+
+    @property
+    def stack_spec(self):
+        from nailseg.stacks import spec_for_family
+
+        return spec_for_family(self.model.family)
+
+    @property
+    def stack(self) -> str:
+        """Which stack trains this model family."""
+        return self.stack_spec.name
+
+    @property
+    def pipeline(self) -> str:
+        """``data.pipeline`` with ``auto`` resolved to the stack's default."""
+        return self.stack_spec.pipelines[0] if self.data.pipeline == "auto" else self.data.pipeline
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# Keys that an earlier release had and one key now replaces: refused with one line naming it.
+REPLACED_KEYS = {
+    ("loader",): "data.pipeline",
+    ("augment", "device"): "data.pipeline",
+    ("augment", "engine"): "data.pipeline",
+}
+PREVIEW_CHARS = 80
+MAX_CONFIG_NODES = 20_000  # a real config has a few hundred; YAML alias bombs expand to billions
+
+
+def preview(value: Any, limit: int = PREVIEW_CHARS) -> str:
+    """A short repr for error messages: never expands a huge (or alias-bombed) value."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxdict, r.maxlist, r.maxtuple, r.maxstring, r.maxother = 3, 6, 6, 6, limit, limit
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def clip(text: str, limit: int = PREVIEW_CHARS) -> str:
+    """A plain string cut to ``limit`` characters for an error message."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_expansion(tree: Any, source: str, budget: int = MAX_CONFIG_NODES) -> None:
+    """Refuse a loaded YAML tree whose expansion (aliases followed) exceeds ``budget`` nodes.
+
+    PyYAML shares aliased nodes, so loading is cheap, but anything that walks the tree
+    (validation, printing) pays for every expanded copy: count before walking, with a budget.
+    """
+    seen = 0
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > budget:
+            raise ConfigError(f"{source}: expands to more than {budget} values (YAML aliases nested too deep?)")
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+
+
+def safe_yaml(text: str, source: str) -> Any:
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML ({preview(str(err).splitlines()[0] if str(err) else err, 120)})") from None
+    check_expansion(loaded, source)
+    return loaded
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {clip(dotted)}: '{clip(part)}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """``["trainer.max_epochs=3", "model.encoder=resnet18"]`` -> typed pairs (YAML scalars)."""
+    parsed = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {preview(item)}: expected key=value, e.g. trainer.max_epochs=3")
+        value = safe_yaml(raw, f"override {clip(key.strip())}") if raw != "" else ""
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += _valid_keys(ann, prefix + name + ".")
+    for family_cls in MODEL_CLASSES.values() if model is Experiment else ():
+        keys += [f"model.{k}" for k in family_cls.model_fields if f"model.{k}" not in keys]
+    return keys
+
+
+def _format_errors(err: ValidationError, source: str) -> list[str]:
+    valid = _valid_keys(Experiment)
+    lines = []
+    for e in err.errors():
+        parts = [p for p in e["loc"] if not (isinstance(p, str) and p in _UNION_TAGS)]
+        family = next((p for p in e["loc"] if isinstance(p, str) and p in MODEL_CLASSES), None)
+        loc = ".".join(str(p) for p in parts)
+        if e["type"] == "extra_forbidden":
+            if family is not None and loc.startswith("model."):
+                keys = ", ".join(MODEL_CLASSES[family].model_fields)
+                msg = f"{source}: unknown key '{clip(loc)}' for model.family {family} (its keys: {keys})"
+            else:
+                hint = difflib.get_close_matches(loc, valid, n=1)
+                msg = f"{source}: unknown key '{clip(loc)}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+        elif e["type"] == "union_tag_invalid" and loc == "model":
+            msg = f"{source}: model.family: must be one of {', '.join(MODEL_CLASSES)} (got {preview(e.get('input'))})"
+        else:
+            msg = f"{source}: {loc or 'config'}: {preview(e['msg'], 200)} (got {preview(e.get('input'))})"
+        lines.append(msg)
+    return lines
+
+
+_UNION_TAGS = {"hflip", "vflip", "affine", "random_resized_crop", "brightness_contrast",
+               "hue_saturation", "gauss_noise", "blur", *MODEL_CLASSES}
+
+
+def _refuse_replaced_keys(raw: dict[str, Any], source: str) -> None:
+    for path, new in REPLACED_KEYS.items():
+        node: Any = raw
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and path[-1] in node:
+            raise ConfigError(f"{source}: '{'.'.join(path)}' was replaced by '{new}' "
+                              f"(auto, albumentations, kornia, dali, tf or mmdet)")
+
+
+def experiment_from_dict(raw: dict[str, Any], source: str = "config") -> Experiment:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections (data:, model:, ...)")
+    check_expansion(raw, source)
+    _refuse_replaced_keys(raw, source)
+    try:
+        return Experiment.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML config file; every way it can be unreadable is one ``ConfigError`` naming it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a YAML config file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file (is it a YAML config?)") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
+    loaded = safe_yaml(text, str(path))
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (data:, model:, ...)")
+    return loaded
+
+
+def load_experiment(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> Experiment:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    raw: dict[str, Any] = read_config_file(path) if path is not None else {}
+    source = str(path) if path is not None else "defaults"
+    for key, value in parse_overrides(overrides or []):
+        set_dotted(raw, key, value)
+    return experiment_from_dict(raw, source)

@@ -1,0 +1,148 @@
+"""One backend-neutral augmentation spec, translated per engine.
+
+A config lists augmentations by name with engine-neutral parameters::
+
+    augment:
+      train:
+        - {name: hflip, p: 0.5}
+        - {name: affine, rotate: 15, scale: [0.9, 1.1], translate: 0.05, p: 0.5}
+        - {name: brightness_contrast, brightness: 0.2, contrast: 0.2, p: 0.5}
+
+The resize to ``data.image_size`` (or a ``random_resized_crop`` to it) and the
+normalisation are added by the pipeline, the same way for training and validation, so
+the spec only says what varies. Geometric augmentations move image and mask together
+(masks with nearest-neighbour resampling, so they stay binary); colour augmentations
+touch the image only. This module imports no deep-learning framework; the albumentations
+translation imports albumentations lazily.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class _Aug(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    p: float = Field(0.5, ge=0.0, le=1.0, description="probability of applying it")
+
+
+class HFlip(_Aug):
+    name: Literal["hflip"]
+
+
+class VFlip(_Aug):
+    name: Literal["vflip"]
+
+
+class Affine(_Aug):
+    name: Literal["affine"]
+    rotate: float = Field(15.0, ge=0, le=180, description="max rotation, degrees (+/-)")
+    scale: tuple[float, float] = (0.9, 1.1)
+    translate: float = Field(0.05, ge=0, le=0.5, description="max shift, fraction of size")
+
+
+class RandomResizedCrop(_Aug):
+    name: Literal["random_resized_crop"]
+    scale: tuple[float, float] = (0.5, 1.0)
+    ratio: tuple[float, float] = (0.75, 1.3333)
+    p: float = Field(1.0, ge=0.0, le=1.0)
+
+
+class BrightnessContrast(_Aug):
+    name: Literal["brightness_contrast"]
+    brightness: float = Field(0.2, ge=0, le=1)
+    contrast: float = Field(0.2, ge=0, le=1)
+
+
+class HueSaturation(_Aug):
+    name: Literal["hue_saturation"]
+    hue: float = Field(0.05, ge=0, le=0.5, description="max hue shift, fraction of the colour wheel")
+    saturation: float = Field(0.2, ge=0, le=1)
+
+
+class GaussNoise(_Aug):
+    name: Literal["gauss_noise"]
+    std: tuple[float, float] = Field((0.01, 0.05), description="noise std range, fraction of 255")
+
+
+class Blur(_Aug):
+    name: Literal["blur"]
+    sigma: tuple[float, float] = (0.1, 1.5)
+
+
+AugmentOp = Annotated[
+    Union[HFlip, VFlip, Affine, RandomResizedCrop, BrightnessContrast, HueSaturation, GaussNoise, Blur],
+    Field(discriminator="name"),
+]
+GEOMETRIC = {"hflip", "vflip", "affine", "random_resized_crop"}
+ALL_OPS = frozenset({"hflip", "vflip", "affine", "random_resized_crop", "brightness_contrast", "hue_saturation",
+                     "gauss_noise", "blur"})
+# What each engine can translate; a config asking an engine for anything else is refused.
+# MMDetection's pipeline is generated with RandomFlip only (``stacks/mmdet/config.py``).
+ENGINE_OPS: dict[str, frozenset[str]] = {"albumentations": ALL_OPS, "kornia": ALL_OPS, "dali": ALL_OPS,
+                                         "tf": ALL_OPS, "mmdet": frozenset({"hflip", "vflip"})}
+
+
+def default_train_augment() -> list[AugmentOp]:
+    return [HFlip(name="hflip"), Affine(name="affine"), BrightnessContrast(name="brightness_contrast")]
+
+
+def to_albumentations(
+    ops: list[AugmentOp], size: tuple[int, int], *, normalize: bool = True, train: bool = True
+):
+    """Build an ``albumentations.Compose`` for (image, mask) at ``size`` = (height, width).
+
+    Training: the spec's ops in order, with the resize to ``size`` placed first (or the
+    spec's ``random_resized_crop`` in its place). Evaluation: the resize only.
+    """
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import albumentations as A
+    import cv2
+
+    h, w = size
+    ops = list(ops) if train else []
+    steps = []
+    if not any(op.name == "random_resized_crop" for op in ops):
+        steps.append(A.Resize(h, w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST))
+    for op in ops:
+        steps.append(_albu_op(A, cv2, op, h, w))
+    if normalize:
+        steps.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0))
+    return A.Compose(steps)
+
+
+def _albu_op(A, cv2, op: AugmentOp, h: int, w: int):
+    if op.name == "hflip":
+        return A.HorizontalFlip(p=op.p)
+    if op.name == "vflip":
+        return A.VerticalFlip(p=op.p)
+    if op.name == "affine":
+        return A.Affine(
+            rotate=(-op.rotate, op.rotate), scale=op.scale,
+            translate_percent=(-op.translate, op.translate), interpolation=cv2.INTER_LINEAR,
+            mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT, fill=0,
+            fill_mask=0, p=op.p,
+        )
+    if op.name == "random_resized_crop":  # when skipped (p < 1), the image is resized instead
+        return A.OneOf([
+            A.RandomResizedCrop(size=(h, w), scale=op.scale, ratio=op.ratio,
+                                mask_interpolation=cv2.INTER_NEAREST, p=op.p),
+            A.Resize(h, w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
+                     p=1.0 - op.p),
+        ], p=1.0)
+    if op.name == "brightness_contrast":
+        return A.RandomBrightnessContrast(brightness_limit=op.brightness, contrast_limit=op.contrast, p=op.p)
+    if op.name == "hue_saturation":
+        return A.HueSaturationValue(hue_shift_limit=op.hue * 180, sat_shift_limit=op.saturation * 255,
+                                    val_shift_limit=0, p=op.p)
+    if op.name == "gauss_noise":
+        return A.GaussNoise(std_range=op.std, p=op.p)
+    if op.name == "blur":
+        return A.GaussianBlur(sigma_limit=op.sigma, blur_limit=0, p=op.p)
+    raise ValueError(f"augmentation {op.name!r} has no albumentations translation")  # pragma: no cover

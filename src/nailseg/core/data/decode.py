@@ -1,0 +1,159 @@
+"""Decoding images and masks with Pillow, which notices truncated and corrupt files.
+
+OpenCV's ``imread`` decodes a truncated JPEG with only a warning and returns a grey
+bottom half; Pillow raises, so bad files are caught before training rather than learned.
+EXIF orientation is ignored on purpose: images and masks are used as stored, so a mask
+always lines up with its image pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from struct import error as struct_error
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from nailseg.errors import DataError, quote_name
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+# The largest picture nailseg decodes: 120 megapixels (a 12000x10000 photo) is 360 MB as RGB. The
+# header is checked against it before decoding, so a file whose header claims 60000x60000 (a
+# decompression bomb) is refused in milliseconds with its name, never decoded. Pillow's own guard
+# stays on above this as a second line.
+MAX_PIXELS = 120_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+MASK_RULE = (
+    "A mask pixel is foreground when its value is above half of the largest value the "
+    "mask's type can hold (> 127 for 8-bit, > 32767 for 16-bit), taking the brightest "
+    "channel of colour masks; a mask whose values are all 0 or 1 is read as a 0/1 label "
+    "mask (1 = foreground). Lossy JPEG masks and 0/1 PNG masks therefore both work."
+)
+
+
+def _open(path: Path) -> Image.Image:
+    """Open and fully decode ``path``; raise :class:`DataError` naming it on any problem."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as err:
+        raise DataError(f"{quote_name(path)}: cannot read file ({err.strerror})") from err
+    if size == 0:
+        raise DataError(f"{quote_name(path)}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = Image.open(path)
+            check_pixels(path, img.size)
+            img.load()
+    except DataError:
+        raise
+    except UnidentifiedImageError as err:
+        raise DataError(f"{quote_name(path)}: not an image file Pillow can decode") from err
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{quote_name(path)}: image too large to decode safely ({err})") from err
+    except (OSError, SyntaxError, ValueError, EOFError, struct_error, IndexError, TypeError, MemoryError) as err:
+        raise DataError(f"{quote_name(path)}: corrupt or truncated image ({str(err)[:160]})") from err
+    return img
+
+
+def check_pixels(path, size: tuple[int, int]) -> None:
+    """Refuse, from the header alone, a picture above :data:`MAX_PIXELS` (or with a zero side)."""
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise DataError(f"{quote_name(path)}: image header says {w}x{h} pixels")
+    if w * h > MAX_PIXELS:
+        raise DataError(f"{quote_name(path)}: image header says {w}x{h} pixels, above the limit of "
+                        f"{MAX_PIXELS // 1_000_000} megapixels (a decompression bomb, or far too large)")
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Return the image as an RGB ``uint8`` array of shape (H, W, 3).
+
+    Grayscale is repeated to three channels, alpha is dropped, and 16-bit images are
+    scaled to 8 bits.
+    """
+    path = Path(path)
+    img = _open(path)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img).astype(np.float32)
+        peak = 65535.0 if arr.max() > 255 else 255.0
+        arr = np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def mask_rule_warning(arr: np.ndarray, max_value: float, path) -> str | None:
+    """A warning when a mask has non-zero values but the rule reads it as all background
+    (e.g. labels 0..3, or a 16-bit mask holding 0/255): almost surely not what the user meant."""
+    if arr.ndim == 3:
+        arr = arr.max(axis=2)
+    top = int(arr.max()) if arr.size else 0
+    if 1 < top <= max_value / 2:
+        return (f"{quote_name(path)}: mask values go up to {top} but the mask rule needs > {int(max_value // 2)} "
+                "for foreground: read as all background")
+    return None
+
+
+def mask_to_binary(arr: np.ndarray, max_value: float) -> np.ndarray:
+    """Apply :data:`MASK_RULE` to a decoded mask array; returns ``bool`` (H, W)."""
+    if arr.ndim == 3:
+        arr = arr.max(axis=2)
+    top = arr.max() if arr.size else 0
+    if top <= 1:
+        return arr >= 1
+    return arr > max_value / 2
+
+
+def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
+    """Return the mask as a ``bool`` array (H, W) following :data:`MASK_RULE`."""
+    return read_mask_checked(path)[0]
+
+
+def read_mask_checked(path: str | os.PathLike[str]) -> tuple[np.ndarray, str | None]:
+    """The mask (as :func:`read_mask`) and a warning when its values do not fit the mask rule."""
+    path = Path(path)
+    img = _open(path)
+    if img.mode == "P":  # palette masks: the index is the label
+        arr = np.asarray(img)
+        max_value = 255.0
+    elif img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img)
+        max_value = 65535.0
+    elif img.mode == "1":
+        arr = np.asarray(img, dtype=np.uint8)
+        max_value = 1.0
+    else:
+        if img.mode in ("RGBA", "LA"):
+            img = img.convert("RGB" if img.mode == "RGBA" else "L")
+        elif img.mode not in ("L", "RGB"):
+            img = img.convert("RGB")
+        arr = np.asarray(img)
+        max_value = 255.0
+    return mask_to_binary(arr, max_value), mask_rule_warning(arr, max_value, path)
+
+
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(width, height) from the header only, without decoding; a bad header is a ``DataError``."""
+    try:
+        if os.path.getsize(path) == 0:
+            raise DataError(f"{quote_name(path)}: empty file (0 bytes)")
+    except OSError as err:
+        raise DataError(f"{quote_name(path)}: cannot read file ({err.strerror})") from err
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                return img.size
+    except UnidentifiedImageError as err:
+        raise DataError(f"{quote_name(path)}: not an image file Pillow can decode") from err
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{quote_name(path)}: image too large to decode safely ({err})") from err
+    except (OSError, SyntaxError, ValueError, EOFError, struct_error) as err:
+        raise DataError(f"{quote_name(path)}: corrupt or truncated image (unreadable header: {str(err)[:160]})") from err

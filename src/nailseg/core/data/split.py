@@ -1,0 +1,66 @@
+"""The seeded train/val/test split, written once per run as ``split.json``.
+
+The split depends only on the sorted pair keys, the fractions and the seed, so every
+backend (Lightning, Keras, MMDetection) that reads the same ``split.json`` trains and
+evaluates on exactly the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from nailseg.errors import DataError
+from nailseg.core.io import write_json
+
+SPLITS = ("train", "val", "test")
+
+
+def make_split(keys: list[str], val: float, test: float, seed: int) -> dict[str, list[str]]:
+    """Shuffle the sorted keys with ``seed`` and cut them into train/val/test.
+
+    Val and test each get at least one file when their fraction is above zero and there
+    are at least three files, so a tiny data set still has something to validate on.
+    """
+    if val < 0 or test < 0 or val + test >= 1:
+        raise DataError(f"split fractions val={val} test={test} must be >= 0 and sum below 1")
+    ordered = sorted(keys)
+    n = len(ordered)
+    perm = np.random.default_rng(seed).permutation(n)
+    shuffled = [ordered[i] for i in perm]
+
+    def count(frac: float) -> int:
+        if frac <= 0:
+            return 0
+        return max(1, math.floor(frac * n + 0.5)) if n >= 3 else 0
+
+    n_val, n_test = count(val), count(test)
+    if n - n_val - n_test < 1:
+        raise DataError(f"only {n} pairs: too few to split into train/val/test")
+    return {
+        "val": sorted(shuffled[:n_val]),
+        "test": sorted(shuffled[n_val : n_val + n_test]),
+        "train": sorted(shuffled[n_val + n_test :]),
+    }
+
+
+def save_split(path: str | os.PathLike[str], split: dict[str, list[str]], **meta) -> None:
+    write_json(path, {**meta, **{name: split[name] for name in SPLITS}})
+
+
+def load_split(path: str | os.PathLike[str]) -> dict[str, list[str]]:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: split file not found") from err
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from err
+    missing = [name for name in SPLITS if name not in data]
+    if missing:
+        raise DataError(f"{path}: split file lacks {', '.join(missing)}")
+    return {name: list(data[name]) for name in SPLITS}

@@ -1,0 +1,188 @@
+"""Evaluation and prediction at each image's original resolution, for every backend.
+
+A backend supplies a *predictor*: a function from an RGB ``uint8`` image (H, W, 3) to a
+foreground probability map (H, W) at that same size. Everything else (reading files,
+metrics, overlays, ``eval.json``) is here, so a Keras run and a Lightning run on the same
+split are scored by the same code, number for number.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nailseg.core.data.decode import IMAGE_SUFFIXES, read_image, read_mask
+from nailseg.core.data.discover import Pair
+from nailseg.errors import DataError, quote_name
+from nailseg.core.metrics import aggregate, confusion, counts_scores
+from nailseg.core.visualize import overlay, save_png
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+THRESHOLD = 0.5
+
+
+def evaluate_pairs(predict: Predictor, pairs: list[Pair], *, progress: bool = True) -> dict:
+    """Score ``predict`` on ``pairs``; returns the ``eval.json`` content."""
+    if not pairs:
+        raise DataError("nothing to evaluate: the chosen split is empty")
+    iterator: Iterable[Pair] = pairs
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(pairs, desc="evaluating", unit="img")
+    per_image, counts = [], []
+    for pair in iterator:
+        image, truth = read_image(pair.image), read_mask(pair.mask)
+        if image.shape[:2] != truth.shape:
+            raise DataError(f"{quote_name(pair.mask)}: mask is {truth.shape[1]}x{truth.shape[0]} but its image "
+                            f"{quote_name(pair.image.name)} is {image.shape[1]}x{image.shape[0]} (must be the same size)")
+        pred = predict(image) > THRESHOLD
+        c = confusion(pred, truth)
+        counts.append(c)
+        per_image.append({"key": pair.key, **counts_scores(c), **c.as_dict()})
+    agg = aggregate(counts)
+    return {**agg["micro"], "mean_per_image": agg["mean_per_image"], "n_images": len(pairs),
+            "threshold": THRESHOLD, "per_image": per_image}
+
+
+@dataclass
+class Inputs:
+    """Images to predict, each with the name its outputs get under ``--out`` (no two alike)."""
+
+    files: list[Path]
+    names: list[str]
+
+
+@dataclass
+class PredictResult:
+    written: list[dict] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def collect_inputs(inputs: list[str]) -> Inputs:
+    """Expand files and folders (recursively) into images and unique output names.
+
+    A folder's images keep their path below it (``a/x.jpg`` -> ``a/x``); a clash (``dir1/x.jpg``
+    and ``dir2/x.jpg``, or ``x.jpg`` and ``x.png``) is resolved by prefixing the input folder's
+    name, then the suffix, then a counter, so no two outputs are ever written to one path.
+    """
+    found: list[tuple[Path, Path, Path]] = []  # (file, relative name, the input it came from)
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found += [(p, p.relative_to(path), path) for p in sorted(path.rglob("*"))
+                      if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+        elif path.is_file():
+            found.append((path, Path(path.name), path.parent))
+        else:
+            raise DataError(f"{quote_name(path)}: no such file or folder")
+    if not found:
+        raise DataError(f"no images found in {', '.join(quote_name(i) for i in inputs)}")
+    seen_files: set[Path] = set()
+    files, names, used = [], [], set()
+    for file, rel, origin in found:
+        if file.resolve() in seen_files:
+            continue
+        seen_files.add(file.resolve())
+        base = rel.with_suffix("")
+        for candidate in (base, Path(origin.resolve().name) / base,
+                          Path(origin.resolve().name) / rel.with_name(rel.name.replace(".", "_"))):
+            if candidate.as_posix() not in used:
+                name = candidate.as_posix()
+                break
+        else:
+            n = 2
+            while f"{base.as_posix()}-{n}" in used:
+                n += 1
+            name = f"{base.as_posix()}-{n}"
+        used.add(name)
+        files.append(file)
+        names.append(name)
+    return Inputs(files, names)
+
+
+def _readable_images(inputs: Inputs, progress: bool, failed: list[str], desc: str = "predicting"):
+    """Yield (path, output name, image) for every readable input; unreadable ones go to ``failed``."""
+    iterator: Iterable = zip(inputs.files, inputs.names)
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(list(iterator), desc=desc, unit="img")
+    for path, name in iterator:
+        try:
+            image = read_image(path)
+        except DataError as err:
+            failed.extend(err.lines)
+            continue
+        yield path, name, image
+
+
+def semantic_summary(predict: Predictor, val_pairs: list[Pair], run, exp) -> dict:
+    """What every backend's ``summary.json`` shares: val metrics at original resolution (and the
+    overlays), plus figures read back from ``metrics.jsonl``."""
+    from nailseg.core.io import read_jsonl
+
+    val = evaluate_pairs(predict, val_pairs, progress=False)
+    write_overlays(predict, val_pairs[: exp.logging.predictions], run.predictions)
+    records = read_jsonl(run.metrics)
+    speeds = [r["images_per_s"] for r in records if r.get("images_per_s")]
+    ious = [r["val_iou"] for r in records if r.get("val_iou") is not None]
+    return {
+        "run": str(run.path), "val_iou": val["iou"], "val_dice": val["dice"], "val_precision": val["precision"],
+        "val_recall": val["recall"], "val_metrics_at": "original resolution, best checkpoint",
+        "best_val_iou_model_resolution": max(ious, default=None),
+        "train_images_per_s": float(np.median(speeds)) if speeds else None,
+        "epochs_recorded": len(records), "last_step": records[-1]["step"] if records else 0,
+    }
+
+
+def predict_files(predict: Predictor, inputs: Inputs, out: str | os.PathLike[str], *,
+                  progress: bool = True) -> PredictResult:
+    """Write ``<name>_mask.png`` (0/255) and ``<name>_overlay.png`` for each readable input."""
+    out = Path(out)
+    result = PredictResult()
+    for path, name, image in _readable_images(inputs, progress, result.failed):
+        mask = predict(image) > THRESHOLD
+        save_png(out / f"{name}_mask.png", mask.astype(np.uint8) * 255)
+        save_png(out / f"{name}_overlay.png", overlay(image, mask))
+        result.written.append({"file": str(path), "fg_share": float(mask.mean()), "mask": str(out / f"{name}_mask.png")})
+    return result
+
+
+def write_overlays(predict: Predictor, pairs: list[Pair], out: str | os.PathLike[str]) -> None:
+    """Validation overlays: the prediction filled, the truth outlined (one PNG per pair)."""
+    out = Path(out)
+    for pair in pairs:
+        image = read_image(pair.image)
+        pred = predict(image) > THRESHOLD
+        name = Path(pair.key).with_suffix("").as_posix().replace("/", "__")
+        save_png(out / f"{name}.png", overlay(image, pred, truth=read_mask(pair.mask)))
+
+
+InstancePredictor = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]
+
+
+def predict_instance_files(predict: InstancePredictor, inputs: Inputs, out: str | os.PathLike[str], *,
+                           score_threshold: float = 0.5, progress: bool = True) -> PredictResult:
+    """Per image: the union mask, an overlay with one colour per instance, and the instance count
+    (all counts also in ``OUT/instances.json``)."""
+    from nailseg.core.io import write_json
+    from nailseg.core.visualize import instance_overlay
+
+    out = Path(out)
+    result = PredictResult()
+    for path, name, image in _readable_images(inputs, progress, result.failed):
+        masks, scores = predict(image)
+        keep = masks[scores >= score_threshold]
+        union = keep.any(axis=0) if len(keep) else np.zeros(image.shape[:2], bool)
+        save_png(out / f"{name}_mask.png", union.astype(np.uint8) * 255)
+        save_png(out / f"{name}_overlay.png", instance_overlay(image, keep))
+        result.written.append({"file": str(path), "instances": int(len(keep)),
+                               "scores": [float(x) for x in scores[scores >= score_threshold]]})
+    if result.written:
+        write_json(out / "instances.json", result.written)
+    return result

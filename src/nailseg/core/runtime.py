@@ -1,0 +1,130 @@
+"""Runtime rules every stack follows, written once: precision, device and rank, workers,
+``drop_last``, the learning-rate schedule and where weights come from.
+
+Framework-free: a stack passes in what only its framework can tell (is there a GPU?), so
+the same YAML resolves to the same choices on Lightning, Keras and MMDetection.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+# The Keras spellings and Lightning's mean the same thing on every stack.
+_PRECISION_ALIASES = {"32": "32-true", "float32": "32-true", "mixed_float16": "16-mixed"}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What ``trainer.precision`` resolves to on one machine."""
+
+    name: str              # Lightning spelling: 32-true, 16-mixed, bf16-mixed
+    channels_last: bool    # memory format for convolutions (tensor cores want NHWC)
+    on_gpu: bool
+
+    @property
+    def keras_policy(self) -> str:
+        return {"32-true": "float32", "16-mixed": "mixed_float16", "bf16-mixed": "mixed_bfloat16"}[self.name]
+
+    @property
+    def amp(self) -> bool:
+        return self.name != "32-true"
+
+
+def resolve_accelerator(setting: str, has_gpu: bool) -> str:
+    if setting == "auto":
+        return "gpu" if has_gpu else "cpu"
+    return "gpu" if setting == "cuda" else setting
+
+
+def resolve_precision(setting: str, accelerator: str, *, keras: bool = False) -> Precision:
+    """``auto``: mixed precision on a GPU (bf16 + channels_last for torch, float16 with loss
+    scaling for Keras, whose kernels prefer it), full 32-bit on a CPU (bf16 is slow there)."""
+    on_gpu = accelerator == "gpu"
+    if setting == "auto":
+        name = ("16-mixed" if keras else "bf16-mixed") if on_gpu else "32-true"
+    else:
+        name = _PRECISION_ALIASES.get(setting, setting)
+    return Precision(name=name, channels_last=on_gpu and name != "32-true" and not keras, on_gpu=on_gpu)
+
+
+def global_rank() -> int:
+    """This process's rank from the launcher's environment (0 when not distributed)."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
+def world_size() -> int:
+    for var in ("WORLD_SIZE", "SLURM_NTASKS"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 1
+
+
+def resolve_workers(setting: int | str) -> int:
+    """``auto``: one loader worker per spare core (at most 8), none on a single core."""
+    if setting != "auto":
+        return int(setting)
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def drop_last(n_items: int, batch_size: int) -> bool:
+    """Drop a ragged last training batch only when there are several batches (per rank)."""
+    return n_items >= 4 * batch_size
+
+
+def lr_factor(epoch: int, epochs: int, warmup: int, schedule: str, power: float = 1.0) -> float:
+    """Multiplier of the base lr during ``epoch``: linear warm-up, then cosine (to 1%), poly or constant.
+
+    Every stack feeds this to its own scheduler (torch ``LambdaLR``, a Keras piecewise-constant
+    schedule, mmengine's param schedulers), so one YAML gives one schedule.
+    """
+    if epoch < warmup:
+        return (epoch + 1) / (warmup + 1)
+    progress = min(1.0, (epoch - warmup) / max(1, epochs - warmup))
+    if schedule == "cosine":
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "poly":
+        return max(0.0, 1.0 - progress) ** power
+    return 1.0
+
+
+def encoder_lr_scale(scale: float | None, family: str) -> float:
+    """Default: 0.1 for SegFormer's pretrained-style encoder, 1.0 otherwise."""
+    if scale is not None:
+        return scale
+    return 0.1 if family == "segformer" else 1.0
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    kind: Literal["none", "hub", "file"]
+    value: str = ""
+
+
+def resolve_weights(setting: str | None, key: str, *, check_online: str | tuple[str, ...] | None = None) -> WeightsSource:
+    """``none`` | a local file or folder | a hub name. A hub name fails fast when offline,
+    naming ``key``, instead of hanging in download retries."""
+    from nailseg.errors import ConfigError
+
+    if setting in (None, "", "none"):
+        return WeightsSource("none")
+    path = Path(setting).expanduser()
+    if path.exists():
+        return WeightsSource("file", str(path))
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("NAILSEG_OFFLINE") == "1":
+        raise ConfigError(f"{key}={setting!r}: not a local file, and downloads are switched off "
+                          "(HF_HUB_OFFLINE=1); use none or a path to a local weights file")
+    if check_online is not None:
+        from nailseg.core.net import online
+
+        hosts = (check_online,) if isinstance(check_online, str) else check_online
+        if not any(online(h) for h in hosts):
+            raise ConfigError(f"{key}={setting!r}: not a local file, and weights cannot be downloaded "
+                              "(no internet); use none or a path to a local weights file")
+    return WeightsSource("hub", setting)

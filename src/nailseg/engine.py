@@ -1,0 +1,217 @@
+"""One training engine for every stack.
+
+:func:`run_training` does the same steps for Lightning, Keras and MMDetection: check the
+stack can run the config, validate the data once, create and lock the run folder, fix the
+split, hand the stack a :class:`TrainContext`, then score the best checkpoint with the
+shared evaluation and write ``summary.json``. A stack supplies only what differs, through
+the :class:`Stack` protocol: its fit loop, its predictor and its export formats.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from nailseg.config import Experiment
+from nailseg.core.data.discover import Pair
+from nailseg.core.evaluate import Predictor, semantic_summary
+from nailseg.core.io import append_jsonl, write_json, write_yaml
+from nailseg.core.runs import (RUN_DIR_ENV, PreparedData, RunDir, RunLock, check_data, create_run_dir,
+                               dedupe_metrics, fix_split, load_fg_share, pairs_of, resolved_config, save_fg_share,
+                               wait_for_split)
+from nailseg.core.runtime import drop_last, global_rank
+from nailseg.errors import ConfigError
+from nailseg.stacks import StackSpec, load_stack
+
+
+@dataclass
+class FitResult:
+    """What a stack's fit loop reports; the engine adds the shared evaluation."""
+
+    epochs: int
+    global_step: int
+    fit_time_s: float
+    precision: str
+    parameters: int
+    device: str
+    world_size: int = 1
+    versions: dict[str, str] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainContext:
+    """Everything a stack's fit loop needs, prepared once by the engine."""
+
+    exp: Experiment
+    run: RunDir
+    resume: bool
+    data: PreparedData
+    rank: int = 0
+
+    @property
+    def train_pairs(self) -> list[Pair]:
+        return self.data.pairs["train"]
+
+    @property
+    def val_pairs(self) -> list[Pair]:
+        """Validation pairs; the training pairs when the split has no validation part."""
+        return self.data.pairs["val"] or self.data.pairs["train"]
+
+    @property
+    def drop_last(self) -> bool:
+        return drop_last(len(self.train_pairs), self.exp.trainer.batch_size)
+
+    def grouping(self):
+        """The balanced-sampling grouping of the training keys, or ``None`` when ``data.balance`` is off."""
+        cfg = self.exp.data.balance
+        if cfg is None:
+            return None
+        from nailseg.core.data.balance import make_grouping
+
+        return make_grouping(self.data.split["train"], cfg, self.data.fg_share)
+
+    @property
+    def epoch_size(self) -> int:
+        cfg = self.exp.data.balance
+        return (cfg.epoch_size if cfg is not None and cfg.epoch_size else None) or len(self.train_pairs)
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        """One ``metrics.jsonl`` line per finished epoch (rank 0 only). Every stack writes the
+        same keys: epoch, step, train_loss, val_loss, val_iou, val_dice, lr, images_per_s, epoch_time_s."""
+        if self.rank == 0:
+            append_jsonl(self.run.metrics, record)
+
+
+@runtime_checkable
+class Stack(Protocol):
+    """What a stack implements (``stacks/<name>/stack.py`` exposes one as ``STACK``)."""
+
+    spec: StackSpec
+
+    def preflight(self, exp: Experiment) -> None:
+        """Refuse, before any file is written, what this machine or framework cannot run
+        (unknown encoder, an accelerator that is not there)."""
+
+    def resumable(self, run: RunDir) -> Path | None:
+        """The verified checkpoint a resume continues from, or ``None`` when there is none.
+        Raises ``ConfigError`` naming the file when it is corrupt or unsafe to load."""
+
+    def fit(self, ctx: TrainContext) -> FitResult | None:
+        """Train; ``None`` on non-zero ranks."""
+
+    def load_predictor(self, run: RunDir, exp: Experiment) -> Predictor:
+        """RGB uint8 image -> foreground probability map at the image's size."""
+
+    def export(self, run: RunDir, exp: Experiment, fmt: str, out: Path | None) -> Path:
+        """Write the model in one of ``spec.exports``."""
+
+
+class InstanceStack(Stack, Protocol):
+    """A stack with the ``instances`` capability (per-instance masks and COCO mAP)."""
+
+    def load_instance_predictor(self, run: RunDir, exp: Experiment) -> Callable[[np.ndarray], tuple]:
+        ...
+
+    def evaluate_instances(self, run: RunDir, exp: Experiment, chosen: list[Pair], all_pairs: list[Pair]) -> dict:
+        ...
+
+
+def stack_for(exp: Experiment) -> Stack:
+    return load_stack(exp.stack)
+
+
+def has_capability(exp: Experiment, capability: str) -> bool:
+    return capability in exp.stack_spec.capabilities
+
+
+def run_training(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict | None:
+    """Train ``exp`` into ``run`` on its stack; returns the summary (``None`` on non-zero ranks).
+
+    Order matters for a refused run leaving nothing behind: the stack's preflight and the
+    data check run before the run folder is created.
+    """
+    started = time.time()
+    stack = stack_for(exp)
+    rank = global_rank()
+    if rank != 0 or os.environ.get(RUN_DIR_ENV):  # a DDP worker joins the run rank 0 prepared
+        split = wait_for_split(run)
+        data = PreparedData(split, pairs_of(exp, split), load_fg_share(run))
+        ctx = TrainContext(exp, run, resume, data, rank=rank)
+        result = stack.fit(ctx)
+        return None if result is None else _finish(stack, ctx, result, started)
+
+    stack.preflight(exp)
+    if resume:
+        if stack.resumable(run) is None:
+            raise ConfigError(f"{run.path}: no checkpoint to resume from (training never finished an epoch); "
+                              f"start a new run instead")
+    report = check_data(exp)
+    if not resume:
+        create_run_dir(run)
+    with RunLock(run):
+        fg_share = {s.key: s.fg_share for s in report.stats}
+        split = fix_split(exp, run, set(fg_share), resume=resume)
+        if resume:  # only now, with the checkpoint verified and the lock held, is the config changed
+            write_yaml(run.config, resolved_config(exp, run))
+            dedupe_metrics(run)
+        if exp.data.balance is not None and exp.data.balance.by == "fg_bins":
+            save_fg_share(run, fg_share)  # DDP ranks read it instead of decoding the set again
+        ctx = TrainContext(exp, run, resume, PreparedData(split, pairs_of(exp, split), fg_share), rank=0)
+        previous = os.environ.get(RUN_DIR_ENV)
+        os.environ[RUN_DIR_ENV] = str(run.path.resolve())  # DDP workers re-run the CLI: join this run
+        try:
+            result = stack.fit(ctx)
+        finally:
+            if previous is None:
+                os.environ.pop(RUN_DIR_ENV, None)
+            else:
+                os.environ[RUN_DIR_ENV] = previous
+        if result is None:
+            return None
+        return _finish(stack, ctx, result, started)
+
+
+def _finish(stack: Stack, ctx: TrainContext, result: FitResult, started: float) -> dict | None:
+    if ctx.rank != 0:
+        return None
+    run, exp = ctx.run, ctx.exp
+    dedupe_metrics(run)
+    common = semantic_summary(stack.load_predictor(run, exp), ctx.val_pairs, run, exp)
+    summary: dict[str, Any] = {
+        "stack": stack.spec.name, "backend": stack.spec.name, "pipeline": exp.pipeline, **exp.model.describe(),
+        **common, "epochs": result.epochs, "global_step": result.global_step, "fit_time_s": result.fit_time_s,
+        "wall_time_s": time.time() - started, "precision": result.precision, "parameters": result.parameters,
+        "device": result.device, "world_size": result.world_size, "peak_memory_mb": peak_memory_mb(),
+        "versions": result.versions,
+    }
+    if "instances" in stack.spec.capabilities:
+        coco = stack.evaluate_instances(run, exp, ctx.val_pairs, [p for part in ctx.data.pairs.values() for p in part])
+        summary.update({f"val_{k.lower()}": v for k, v in coco.items() if k.endswith(("mAP", "mAP_50", "mAP_75"))})
+        summary["val_metrics_at"] += "; IoU/Dice of the union of instances scoring >= 0.5"
+    summary.update(result.extras)
+    write_json(run.summary, summary)
+    return summary
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (and its finished children), in MiB."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024.0
+
+
+def open_for_inference(run_dir: str | os.PathLike[str]):
+    """(run, exp, stack) of a finished run folder."""
+    from nailseg.core.runs import open_run
+
+    run, exp = open_run(run_dir)
+    return run, exp, stack_for(exp)

@@ -1,1 +1,0 @@
-"""Model builders, one module per framework (imported lazily by the backends)."""

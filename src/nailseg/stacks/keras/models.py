@@ -1,0 +1,68 @@
+"""segmentation_models (Keras) models and losses built from the typed config.
+
+``SM_FRAMEWORK=tf.keras`` and ``TF_USE_LEGACY_KERAS=1`` must be set before TensorFlow is
+imported (``nailseg.stacks.keras.stack`` does it): segmentation_models 1.0.1 needs Keras 2's API,
+which TensorFlow 2.21 provides through the tf-keras package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nailseg.config import LossConfig, SmModel
+from nailseg.core.runtime import resolve_weights
+from nailseg.errors import ConfigError
+
+
+def _arch(cfg: SmModel):
+    import segmentation_models as sm
+
+    archs = {"unet": sm.Unet, "fpn": sm.FPN, "linknet": sm.Linknet, "pspnet": sm.PSPNet}
+    arch = archs.get(cfg.arch.lower())
+    if arch is None:
+        raise ConfigError(f"model.arch={cfg.arch!r}: segmentation_models has {', '.join(sorted(archs))}")
+    if cfg.encoder not in sm.Backbones.models_names():
+        raise ConfigError(f"model.encoder={cfg.encoder!r}: not a segmentation_models backbone "
+                          f"(e.g. {', '.join(sm.Backbones.models_names()[:6])}, efficientnetb4)")
+    return arch
+
+
+def check_sm_model(cfg: SmModel) -> None:
+    """Refuse an unknown architecture or backbone before a run folder is written."""
+    _arch(cfg)
+
+
+def build_sm_model(cfg: SmModel, size: tuple[int, int]):
+    """An sm model (Unet, FPN, Linknet, PSPNet) with a float32 sigmoid head (safe under mixed precision)."""
+    import tf_keras as keras
+
+    arch = _arch(cfg)
+    source = resolve_weights(cfg.encoder_weights, "model.encoder_weights",
+                             check_online=("storage.googleapis.com", "github.com"))
+    local = source.kind == "file"
+    weights = source.value
+    base = arch(cfg.encoder, input_shape=(size[0], size[1], 3), classes=1, activation="linear",
+                encoder_weights=weights if source.kind == "hub" else None)
+    # The head's activation follows the mixed-precision policy unless forced to float32: without
+    # this the loss goes NaN under mixed_float16.
+    out = keras.layers.Activation("sigmoid", dtype="float32", name="probability")(base.output)
+    model = keras.Model(base.input, out, name=f"{cfg.arch}_{cfg.encoder}")
+    if local:
+        try:
+            model.load_weights(str(Path(weights).expanduser()), by_name=True, skip_mismatch=True)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"model.encoder_weights: {weights}: cannot load ({err})") from None
+    return model
+
+
+def build_sm_loss(cfg: LossConfig):
+    import segmentation_models as sm
+
+    dice = sm.losses.DiceLoss()
+    if cfg.name == "dice_bce":
+        return cfg.dice_weight * dice + cfg.bce_weight * sm.losses.BinaryCELoss()
+    table = {"dice": lambda: dice, "bce": sm.losses.BinaryCELoss, "focal": sm.losses.BinaryFocalLoss,
+             "jaccard": sm.losses.JaccardLoss}
+    if cfg.name not in table:
+        raise ConfigError(f"loss.name={cfg.name!r}: the Keras backend has {', '.join(['dice_bce', *table])}")
+    return table[cfg.name]()

@@ -1,0 +1,295 @@
+"""tf.keras + segmentation_models + tf.data: the ``keras`` backend.
+
+It shares everything framework-free with the Lightning backend (data check, split file,
+augmentation spec, metrics, run folder, evaluation at original resolution), so a Keras run
+and a Lightning run on the same split are comparable number for number. TensorFlow is never
+imported together with torch in one process (importing TensorFlow before torch loads triton
+crashes); this module imports no torch.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # CUDA probing on CPU-only machines is not an error
+
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import segmentation_models as sm  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+from nailseg import __version__  # noqa: E402
+from nailseg.config import Experiment  # noqa: E402
+from nailseg.core.augment import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from nailseg.core.evaluate import Predictor  # noqa: E402
+from nailseg.core.io import atomic_dir, atomic_path, read_jsonl  # noqa: E402
+from nailseg.core.metrics import scores  # noqa: E402
+from nailseg.core.runs import RunDir  # noqa: E402
+from nailseg.core.runtime import lr_factor, resolve_accelerator, resolve_precision  # noqa: E402
+from nailseg.engine import FitResult, TrainContext  # noqa: E402
+from nailseg.errors import ConfigError  # noqa: E402
+from nailseg.stacks import STACKS  # noqa: E402
+from nailseg.stacks.keras.models import build_sm_loss, build_sm_model, check_sm_model  # noqa: E402
+from nailseg.stacks.keras.tfdata import GroupCounter, build_dataset  # noqa: E402
+
+BEST, LAST = "best.weights.h5", "last.weights.h5"
+
+
+def _has_gpu() -> bool:
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def resolve_policy(exp: Experiment) -> str:
+    """``auto``: mixed_float16 on a GPU (with loss scaling), float32 on a CPU (core.runtime's rule)."""
+    accelerator = resolve_accelerator(exp.trainer.accelerator, _has_gpu())
+    return resolve_precision(exp.trainer.precision, accelerator, keras=True).keras_policy
+
+
+class ConfusionCounts(keras.metrics.Metric):
+    """tp, fp, fn, tn over the epoch, so val IoU/Dice are micro scores like the Lightning backend's."""
+
+    def __init__(self, name: str = "iou_micro", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.counts = self.add_weight(name="counts", shape=(4,), initializer="zeros", dtype=tf.float64)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        pred = tf.cast(y_pred, tf.float32) > 0.5
+        truth = tf.cast(y_true, tf.float32) > 0.5
+        tp = tf.reduce_sum(tf.cast(pred & truth, tf.float64))
+        fp = tf.reduce_sum(tf.cast(pred & ~truth, tf.float64))
+        fn = tf.reduce_sum(tf.cast(~pred & truth, tf.float64))
+        tn = tf.cast(tf.size(pred), tf.float64) - tp - fp - fn
+        self.counts.assign_add(tf.stack([tp, fp, fn, tn]))
+
+    def result(self):
+        tp, fp, fn = self.counts[0], self.counts[1], self.counts[2]
+        return tf.math.divide_no_nan(tp, tp + fp + fn)  # IoU; the callback reads all four counts
+
+    def reset_state(self):
+        self.counts.assign(tf.zeros(4, tf.float64))
+
+
+class RunRecorder(keras.callbacks.Callback):
+    """Per epoch: atomic last/best weights, and one ``metrics.jsonl`` line with the Lightning keys."""
+
+    def __init__(self, ctx: TrainContext, steps_per_epoch: int, lr_at_epoch, counter: GroupCounter | None):
+        super().__init__()
+        self.ctx, self.run, self.steps, self.counter = ctx, ctx.run, steps_per_epoch, counter
+        self.batch_size, self.lr_at_epoch = ctx.exp.trainer.batch_size, lr_at_epoch
+        self.best = max((r["val_iou"] for r in read_jsonl(ctx.run.metrics) if r.get("val_iou") is not None),
+                        default=-1.0)  # on resume, best.weights.h5 is only replaced by a better epoch
+        self._t0 = self._train_end = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0, self._train_end = time.perf_counter(), 0.0
+        self._lr = self.lr_at_epoch(epoch)
+
+    def on_test_begin(self, logs=None):
+        if not self._train_end:
+            self._train_end = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        now = time.perf_counter()
+        # Validation runs after training in each epoch and resets the metrics first, so at this
+        # point the confusion counts are the validation set's.
+        confusion = _find_confusion(self.model)
+        val_scores = scores(*confusion.counts.numpy().tolist()) if "val_loss" in logs else {}
+        train_time = (self._train_end or now) - self._t0
+        record = {
+            "epoch": epoch, "step": (epoch + 1) * self.steps,
+            "train_loss": logs.get("loss"), "val_loss": logs.get("val_loss"),
+            "val_iou": val_scores.get("iou"), "val_dice": val_scores.get("dice"),
+            "lr": self._lr, "images_per_s": self.steps * self.batch_size / train_time if train_time > 0 else None,
+            "epoch_time_s": now - self._t0,
+        }
+        if self.counter is not None:
+            record["group_share"] = self.counter.take_shares()
+        self.run.checkpoints.mkdir(parents=True, exist_ok=True)
+        _save_weights(self.model, self.run.checkpoints / LAST)
+        if record["val_iou"] is not None and record["val_iou"] > self.best:
+            self.best = record["val_iou"]
+            _save_weights(self.model, self.run.checkpoints / BEST)
+        self.ctx.log_epoch(record)
+
+
+def _find_confusion(model) -> ConfusionCounts:
+    stack = list(model.metrics)
+    while stack:
+        m = stack.pop()
+        if isinstance(m, ConfusionCounts):
+            return m
+        stack.extend(getattr(m, "metrics", []) if m is not model else [])
+    raise RuntimeError("the model was compiled without ConfusionCounts")
+
+
+def _save_weights(model, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        h5 = tmp.with_suffix(".weights.h5")  # Keras picks the format from the suffix
+        model.save_weights(str(h5))
+        os.replace(h5, tmp)
+
+
+def _strategy(exp: Experiment):
+    devices = exp.trainer.devices
+    if devices == "auto" or (isinstance(devices, int) and devices > 1):
+        gpus = tf.config.list_physical_devices("GPU")
+        if len(gpus) > 1:
+            names = [f"/gpu:{i}" for i in range(len(gpus) if devices == "auto" else devices)]
+            return tf.distribute.MirroredStrategy(names)
+    return tf.distribute.get_strategy()
+
+
+def piecewise_schedule(exp: Experiment, steps: int):
+    """The shared per-epoch schedule (``core.runtime.lr_factor``) as Keras's own piecewise-constant
+    schedule: the lr is constant within an epoch, as with Lightning's epoch-interval ``LambdaLR``."""
+    o, epochs = exp.optim, exp.trainer.max_epochs
+    values = [o.lr * lr_factor(e, epochs, o.warmup_epochs, o.scheduler, o.poly_power) for e in range(epochs)]
+    if epochs == 1:
+        return keras.optimizers.schedules.PiecewiseConstantDecay([steps * 10], values * 2), values
+    return keras.optimizers.schedules.PiecewiseConstantDecay([steps * e for e in range(1, epochs)], values), values
+
+
+def _optimizer(exp: Experiment, schedule):
+    o = exp.optim
+    if o.name == "adamw":
+        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=o.weight_decay)
+    if o.name == "adam":  # Keras applies weight decay decoupled; torch's Adam adds it to the gradient (L2)
+        return keras.optimizers.Adam(learning_rate=schedule, weight_decay=o.weight_decay or None)
+    return keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, weight_decay=o.weight_decay or None)
+
+
+class KerasStack:
+    spec = STACKS["keras"]
+
+    def preflight(self, exp: Experiment) -> None:
+        if exp.trainer.accelerator in ("gpu", "cuda") and not _has_gpu():
+            raise ConfigError(f"trainer.accelerator={exp.trainer.accelerator}: TensorFlow sees no GPU on this machine")
+        check_sm_model(exp.model)
+
+    def resumable(self, run: RunDir) -> Path | None:
+        backup = run.checkpoints / "backup"
+        return backup if backup.is_dir() and any(backup.iterdir()) else None
+
+    def fit(self, ctx: TrainContext) -> FitResult:
+        exp, run = ctx.exp, ctx.run
+        t = exp.trainer
+        keras.utils.set_random_seed(t.seed)
+        policy = resolve_policy(exp)
+        keras.mixed_precision.set_global_policy(policy)
+        grouping = ctx.grouping()
+        counter = GroupCounter(grouping.names) if grouping is not None else None
+        drop = ctx.drop_last
+        steps = ctx.epoch_size // t.batch_size if drop else -(-ctx.epoch_size // t.batch_size)
+        engine = "tf" if exp.pipeline == "tf" else "albumentations"
+        train_ds = build_dataset(ctx.train_pairs, exp.augment.train, exp.data.size_hw, batch_size=t.batch_size,
+                                 train=True, seed=t.seed, engine=engine, grouping=grouping, counter=counter,
+                                 drop_remainder=drop)
+        if grouping is None:
+            train_ds = train_ds.repeat()  # steps_per_epoch sets the epoch, as with balancing
+        val_ds = build_dataset(ctx.val_pairs, [], exp.data.size_hw, batch_size=t.batch_size, train=False,
+                               seed=t.seed, engine=engine)
+        if isinstance(t.limit_train_batches, int):
+            steps = min(steps, t.limit_train_batches)
+        schedule, per_epoch = piecewise_schedule(exp, steps)
+        with _strategy(exp).scope():
+            model = build_sm_model(exp.model, exp.data.size_hw)
+            opt = _optimizer(exp, schedule)
+            if policy == "mixed_float16":
+                opt = keras.mixed_precision.LossScaleOptimizer(opt)
+            model.compile(optimizer=opt, loss=build_sm_loss(exp.loss),
+                          metrics=[sm.metrics.IOUScore(threshold=0.5), sm.metrics.FScore(threshold=0.5),
+                                   ConfusionCounts()])
+        callbacks = [RunRecorder(ctx, steps, lambda e: per_epoch[min(e, len(per_epoch) - 1)], counter)]
+        if exp.logging.tensorboard:
+            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.path / "tb"), update_freq="epoch"))
+        if exp.logging.wandb.enabled:
+            from nailseg.core.optional import require
+
+            wandb = require("wandb", "wandb", "Weights & Biases logging")
+            from wandb.integration.keras import WandbMetricsLogger
+
+            wandb.init(project=exp.logging.wandb.project, name=run.path.name, dir=str(run.path),
+                       mode=exp.logging.wandb.mode, config=exp.to_dict(), resume="allow")
+            callbacks.append(WandbMetricsLogger())
+        # Last, so that an epoch's metrics line is written before its backup: a kill in between re-runs
+        # the epoch and its line is replaced (the engine keeps the last line per epoch), never lost.
+        callbacks.append(keras.callbacks.BackupAndRestore(str(run.checkpoints / "backup"), delete_checkpoint=False))
+        fit_started = time.perf_counter()
+        history = model.fit(train_ds, validation_data=val_ds, epochs=t.max_epochs, steps_per_epoch=steps,
+                            callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+        fit_time = time.perf_counter() - fit_started
+        records = read_jsonl(run.metrics)
+        return FitResult(
+            epochs=len(records), global_step=records[-1]["step"] if records else 0, fit_time_s=fit_time,
+            precision=policy, parameters=int(model.count_params()), device=_device_name(), world_size=1,
+            versions={"nailseg": __version__, "python": platform.python_version(), "tensorflow": tf.__version__,
+                      "tf_keras": keras.__version__, "segmentation_models": sm.__version__},
+            extras={"keras_epochs_run": len(history.epoch)})
+
+    def load_model(self, run: RunDir, exp: Experiment):
+        keras.mixed_precision.set_global_policy("float32")
+        model = build_sm_model(exp.model.model_copy(update={"encoder_weights": "none"}), exp.data.size_hw)
+        candidates = [p for p in (run.checkpoints / BEST, run.checkpoints / LAST) if p.exists()]
+        if not candidates:
+            raise ConfigError(f"{run.path}: no checkpoint in {run.checkpoints} (did training finish an epoch?)")
+        errors = []
+        for path in candidates:  # .weights.h5 holds arrays only: loading it runs no code
+            try:
+                model.load_weights(str(path))
+            except (OSError, ValueError, KeyError) as err:
+                errors.append(f"{path}: corrupt or truncated weights file ({str(err).splitlines()[0][:120]})")
+                continue
+            if errors:
+                print(f"warning: {errors[0]}; using {path.name} instead", file=sys.stderr)
+            return model
+        raise ConfigError(errors)
+
+    def load_predictor(self, run: RunDir, exp: Experiment) -> Predictor:
+        import cv2
+
+        model = self.load_model(run, exp)
+        h, w = exp.data.size_hw
+        mean = np.asarray(IMAGENET_MEAN, np.float32) * 255
+        std = np.asarray(IMAGENET_STD, np.float32) * 255
+
+        def predict(image: np.ndarray) -> np.ndarray:
+            x = (cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32) - mean) / std
+            prob = np.asarray(model(x[None], training=False))[0, ..., 0].astype(np.float32)
+            return cv2.resize(prob, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+
+        return predict
+
+    def export(self, run: RunDir, exp: Experiment, fmt: str, out: Path | None = None) -> Path:
+        """``savedmodel``: a TensorFlow SavedModel folder (serving signature); ``keras``: a ``.keras`` file."""
+        if fmt not in self.spec.exports:
+            raise ConfigError(f"--format {fmt}: the keras stack exports {', '.join(self.spec.exports)}")
+        model = self.load_model(run, exp)
+        if fmt == "savedmodel":
+            out = Path(out or run.path / "savedmodel")
+            with atomic_dir(out) as tmp:
+                tf.saved_model.save(model, str(tmp))
+            return out
+        out = Path(out or run.path / "model.keras")
+        with atomic_path(out) as tmp:
+            k = tmp.with_suffix(".keras")
+            model.save(str(k))
+            os.replace(k, tmp)
+        return out
+
+
+def _device_name() -> str:
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+STACK = KerasStack()

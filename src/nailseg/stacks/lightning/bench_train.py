@@ -1,0 +1,90 @@
+"""``nailseg bench train``: training throughput with the configured loader against the model's limit.
+
+The limit is the same training step fed from one batch already in device memory; the ratio
+says how much of the model's speed the input pipeline lets through, per precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+
+import torch
+
+from nailseg.core.benchmark import environment, summarize, time_repeats
+from nailseg.core.data.discover import find_pairs
+from nailseg.config import Experiment
+
+
+def _precision_context(precision: str, device: torch.device):
+    if precision in ("bf16-mixed", "bf16"):
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision in ("16-mixed", "16"):
+        return lambda: torch.autocast(device.type, dtype=torch.float16)
+    return contextlib.nullcontext
+
+
+def bench_train(exp: Experiment, precisions: list[str], *, batches: int, repeats: int, warmup: int = 3) -> list[dict]:
+    from nailseg.stacks.lightning.models import build_loss, build_model, without_pretrained
+    from nailseg.stacks.lightning.loaders import build_loaders
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    pairs, _ = find_pairs(exp.data.root)
+    if len(pairs) < exp.trainer.batch_size:
+        pairs = list(itertools.islice(itertools.cycle(pairs), exp.trainer.batch_size))
+    env = environment()
+    results = []
+    for precision in precisions:
+        torch.manual_seed(0)
+        model = build_model(without_pretrained(exp.model)).to(device).train()
+        channels_last = device.type == "cuda" and precision != "32-true" and precision != "32"
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        loss_fn = build_loss(exp.loss, exp.model.classes)
+        opt = torch.optim.AdamW(model.parameters(), lr=exp.optim.lr)
+        scaler = torch.amp.GradScaler(enabled=precision in ("16-mixed", "16"))
+        autocast = _precision_context(precision, device)
+        gpu_augment = None
+        if exp.pipeline == "kornia":
+            from nailseg.stacks.lightning.loaders.kornia import GpuAugment
+
+            gpu_augment = GpuAugment(exp.augment.train, exp.data.size_hw).to(device)
+
+        def train_step(image, mask):
+            if gpu_augment is not None:
+                image, mask = gpu_augment(image, mask, train=True)
+            if channels_last:
+                image = image.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                loss = loss_fn(model(image), mask)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            return image.shape[0]
+
+        train_loader, _ = build_loaders(exp, pairs, pairs[:1])
+        stream = itertools.chain.from_iterable(iter(train_loader) for _ in itertools.count())
+
+        def from_loader():
+            b = next(stream)
+            return train_step(b["image"].to(device, non_blocking=True), b["mask"].to(device, non_blocking=True))
+
+        resident = next(iter(train_loader))
+        image0, mask0 = resident["image"].to(device), resident["mask"].to(device)
+        limit = time_repeats(lambda: train_step(image0, mask0), warmup=warmup, batches=batches, repeats=repeats,
+                             sync=sync)
+        fed = time_repeats(from_loader, warmup=warmup, batches=batches, repeats=repeats, sync=sync)
+        d = exp.model.describe()
+        common = dict(precision=precision, channels_last=channels_last, data_pipeline=exp.pipeline,
+                      model=f"{d['family']}:{d['arch']}/{d['encoder']}",
+                      batch_size=exp.trainer.batch_size, image_size=list(exp.data.size_hw),
+                      parameters=sum(p.numel() for p in model.parameters()),
+                      method=f"training steps (forward, loss, backward, AdamW step); median of {repeats} repeats "
+                             f"of {batches} steps after {warmup} warm-up steps", **env)
+        lim = summarize("model limit (batch in device memory)", limit, label=f"limit {precision}", **common)
+        res = summarize(f"{exp.pipeline} pipeline", fed, label=f"loader {precision}", **common)
+        res["percent_of_limit"] = 100.0 * res["images_per_s"] / lim["images_per_s"]
+        results += [lim, res]
+    return results

@@ -1,0 +1,62 @@
+"""Lightning callbacks and plugins: kill-safe checkpoints and the per-epoch metrics line."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temporary name and rename, so a kill never leaves a torn file."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        os.replace(tmp, path)
+
+
+class EpochRecorder(Callback):
+    """One ``metrics.jsonl`` line per finished epoch, through the engine's ``TrainContext.log_epoch``."""
+
+    def __init__(self, log_epoch, grouping=None, sampler=None):
+        self.log_epoch = log_epoch
+        self.grouping, self.sampler = grouping, sampler
+        self._t0 = self._train_end = 0.0
+        self._seen = 0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._t0, self._seen, self._train_end = time.perf_counter(), 0, 0.0
+        self._lr = trainer.optimizers[0].param_groups[-1]["lr"]  # the decoder's (last group)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._seen += batch["image"].shape[0] * trainer.world_size  # approximate when the last batches differ
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and not self._train_end:
+            self._train_end = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        now = time.perf_counter()
+        train_time = (self._train_end or now) - self._t0
+        m = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        record = {
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "train_loss": m.get("train_loss_epoch"),
+            "val_loss": m.get("val_loss"),
+            "val_iou": m.get("val_iou"),
+            "val_dice": m.get("val_dice"),
+            "lr": self._lr,
+            "images_per_s": self._seen / train_time if train_time > 0 else None,
+            "epoch_time_s": now - self._t0,
+        }
+        if self.sampler is not None:  # what the balanced sampler really drew this epoch
+            record["group_share"] = self.grouping.shares(self.sampler.full_stream(trainer.current_epoch))
+        self.log_epoch(record)

@@ -1,0 +1,35 @@
+"""Loading torch checkpoints without running code a file carries.
+
+``torch.load(weights_only=True)`` unpickles tensors, plain containers and an allow-list of
+types only; a pickled object whose ``__reduce__`` would run code is refused. Every load of
+a file from a run folder or a user goes through :func:`safe_load`, which turns a refused,
+truncated or corrupt file into one ``ConfigError`` naming it.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from nailseg.errors import ConfigError
+
+
+def safe_load(path: str | Path, what: str = "checkpoint", map_location="cpu"):
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        if "weights_only" in str(err) or "Unsupported global" in str(err) or "GLOBAL" in str(err):
+            raise ConfigError(f"{path}: refused to load this {what}: it holds Python objects that could run code, "
+                              "not only tensors (loaded with weights_only=True)") from None
+        raise ConfigError(f"{path}: corrupt {what} ({first})") from None
+    except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError, KeyError, AttributeError,
+            IndexError, TypeError) as err:
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{path}: corrupt or truncated {what} ({first})") from None

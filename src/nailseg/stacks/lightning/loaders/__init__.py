@@ -1,0 +1,28 @@
+"""Input pipelines of the Lightning stack, one module per ``data.pipeline`` value.
+
+- ``dataloader``: DataLoader workers decode + albumentations (``albumentations``), or decode +
+  resize only for ``kornia``;
+- ``kornia``: the spec as a kornia ``AugmentationSequential`` on the batch's device;
+- ``dali``: an NVIDIA DALI pipeline that reads, decodes and augments.
+"""
+
+from __future__ import annotations
+
+from nailseg.core.runtime import drop_last as drop_rule
+
+
+def build_loaders(exp, train_pairs, val_pairs, *, sampler=None, drop_last: bool | None = None):
+    """(train, val) iterables of ``{"image", "mask"}`` batches for ``exp.pipeline``."""
+    if drop_last is None:
+        drop_last = drop_rule(len(train_pairs), exp.trainer.batch_size)
+    if exp.pipeline == "dali":
+        from nailseg.stacks.lightning.loaders.dali import DaliLoader
+
+        common = dict(ops=exp.augment.train, size=exp.data.size_hw, batch_size=exp.trainer.batch_size,
+                      seed=exp.trainer.seed)
+        return (DaliLoader(train_pairs, train=True, drop_last=drop_last, **common),
+                DaliLoader(val_pairs, train=False, drop_last=False, **common))
+    from nailseg.stacks.lightning.loaders.dataloader import build_loader
+
+    return (build_loader(exp, train_pairs, train=True, sampler=sampler, drop_last=drop_last),
+            build_loader(exp, val_pairs, train=False))

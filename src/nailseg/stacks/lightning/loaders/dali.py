@@ -1,0 +1,188 @@
+"""NVIDIA DALI: reading, decoding and augmenting in one pipeline, on the GPU when there is one.
+
+Two file readers (images, masks) with identical seeds, sharding and shuffling stay aligned
+sample for sample. Decoding runs on the GPU (``mixed``: nvJPEG, hardware-assisted for
+baseline JPEGs) when a GPU is there, and on the CPU (``device_id=None``) when not. Every
+geometric draw (flip, affine, random resized crop) is made once per sample and applied to
+image and mask (nearest neighbour for masks); colour augmentations touch the image only.
+The spec is the same one albumentations and kornia translate.
+
+:class:`DaliLoader` plugs the pipeline into Lightning as a plain iterable with a correct
+``__len__``; it drains an epoch that Lightning stopped early (DALI ignores a reset before the
+end of an epoch), resets cleanly for the next one, keeps or drops the last partial batch as
+configured, and shards by rank under DDP.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from nailseg.core.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentOp
+from nailseg.core.data.discover import Pair
+
+
+def _dali():
+    from nailseg.core.optional import require
+
+    require("nvidia.dali", "dali", "The DALI loader (loader: dali)")
+    import nvidia.dali.fn as fn
+    import nvidia.dali.math as dmath
+    import nvidia.dali.types as types
+
+    return fn, dmath, types
+
+
+def _coin(fn, p: float):
+    return fn.cast(fn.random.coin_flip(probability=p), dtype=_dali()[2].FLOAT)
+
+
+def _uniform(fn, lo: float, hi: float):
+    """A per-sample draw from [lo, hi); a constant when the range is a single value."""
+    if hi <= lo:
+        return fn.random.uniform(range=[lo, lo + 1e-6])
+    return fn.random.uniform(range=[lo, hi])
+
+
+def build_pipeline(image_files: list[str], mask_files: list[str], ops: list[AugmentOp], size: tuple[int, int], *,
+                   batch_size: int, train: bool, seed: int, shard_id: int, num_shards: int,
+                   device_id: int | None, num_threads: int):
+    """The DALI pipeline: (image float CHW normalised, mask float 1HW in {0, 1})."""
+    fn, dmath, types = _dali()
+    from nvidia.dali import pipeline_def
+
+    h, w = size
+    ops = list(ops) if train else []
+    gpu = device_id is not None
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
+                  prefetch_queue_depth=2, exec_dynamic=True)
+    def pipeline():
+        reader_args = dict(shard_id=shard_id, num_shards=num_shards, shuffle_after_epoch=train,
+                           pad_last_batch=True, seed=seed)
+        raw_image, _ = fn.readers.file(files=image_files, name="images", **reader_args)
+        raw_mask, _ = fn.readers.file(files=mask_files, name="masks", **reader_args)
+        decoder = "mixed" if gpu else "cpu"
+        image = fn.decoders.image(raw_image, device=decoder, output_type=types.RGB)
+        mask = fn.decoders.image(raw_mask, device=decoder, output_type=types.GRAY)
+        # The mask rule: a 0/1 mask keeps its ones, an 8-bit mask is foreground above 127.
+        peak = fn.reductions.max(mask)
+        threshold = 0.5 + 127.0 * fn.cast(peak > 1, dtype=types.FLOAT)
+        mask = fn.cast(fn.cast(mask, dtype=types.FLOAT) > threshold, dtype=types.UINT8)
+
+        crop = next((op for op in ops if op.name == "random_resized_crop"), None)
+        resize_args = dict(resize_x=w, resize_y=h)
+        if crop is not None:  # crop window drawn once, used for image and mask
+            c = _coin(fn, crop.p)
+            area = _uniform(fn, *crop.scale)
+            ratio = dmath.exp(_uniform(fn, math.log(crop.ratio[0]), math.log(crop.ratio[1])))
+            cw = dmath.min(dmath.sqrt(area * ratio), 1.0)
+            ch = dmath.min(dmath.sqrt(area / ratio), 1.0)
+            cw, ch = 1.0 - c * (1.0 - cw), 1.0 - c * (1.0 - ch)
+            x0 = _uniform(fn, 0.0, 1.0) * (1.0 - cw)
+            y0 = _uniform(fn, 0.0, 1.0) * (1.0 - ch)
+            resize_args.update(roi_start=fn.stack(y0, x0), roi_end=fn.stack(y0 + ch, x0 + cw), roi_relative=True)
+        image = fn.resize(image, interp_type=types.INTERP_LINEAR, antialias=False, **resize_args)
+        mask = fn.resize(mask, interp_type=types.INTERP_NN, **resize_args)
+
+        for op in ops:
+            if op.name == "hflip":
+                c = fn.random.coin_flip(probability=op.p)
+                image, mask = fn.flip(image, horizontal=c), fn.flip(mask, horizontal=c)
+            elif op.name == "vflip":
+                c = fn.random.coin_flip(probability=op.p)
+                image, mask = fn.flip(image, vertical=c, horizontal=0), fn.flip(mask, vertical=c, horizontal=0)
+            elif op.name == "affine":
+                c = _coin(fn, op.p)
+                angle = _uniform(fn, -op.rotate, op.rotate) * c
+                s = 1.0 + (_uniform(fn, *op.scale) - 1.0) * c
+                tx = _uniform(fn, -op.translate, op.translate) * c * w
+                ty = _uniform(fn, -op.translate, op.translate) * c * h
+                centre = [w / 2.0 + 0.5, h / 2.0 + 0.5]  # matches OpenCV's grid (albumentations) exactly
+                matrix = fn.transforms.combine(
+                    fn.transforms.scale(scale=fn.stack(s, s), center=centre),
+                    fn.transforms.rotation(angle=angle, center=centre),
+                    fn.transforms.translation(offset=fn.stack(tx, ty)),
+                )
+                image = fn.warp_affine(image, matrix=matrix, fill_value=0, inverse_map=False,
+                                       interp_type=types.INTERP_LINEAR)
+                mask = fn.warp_affine(mask, matrix=matrix, fill_value=0, inverse_map=False,
+                                      interp_type=types.INTERP_NN)
+            elif op.name == "brightness_contrast":
+                c = _coin(fn, op.p)
+                image = fn.brightness_contrast(image, brightness_shift=_uniform(fn, -op.brightness, op.brightness) * c,
+                                               contrast=1.0 + _uniform(fn, -op.contrast, op.contrast) * c)
+            elif op.name == "hue_saturation":
+                c = _coin(fn, op.p)
+                image = fn.hsv(image, hue=_uniform(fn, -op.hue, op.hue) * 360.0 * c,
+                               saturation=1.0 + _uniform(fn, -op.saturation, op.saturation) * c)
+            elif op.name == "gauss_noise":
+                c = _coin(fn, op.p)
+                image = fn.noise.gaussian(image, stddev=_uniform(fn, *op.std) * 255.0 * c)
+            elif op.name == "blur":
+                c = _coin(fn, op.p)
+                sigma = dmath.max(_uniform(fn, *op.sigma) * c, 0.01)
+                image = fn.gaussian_blur(image, sigma=sigma, window_size=2 * math.ceil(3 * op.sigma[1]) + 1)
+        image = fn.crop_mirror_normalize(image, dtype=types.FLOAT, output_layout="CHW",
+                                         mean=[m * 255 for m in IMAGENET_MEAN], std=[s * 255 for s in IMAGENET_STD])
+        mask = fn.crop_mirror_normalize(mask, dtype=types.FLOAT, output_layout="CHW", mean=[0.0], std=[1.0])
+        return image, mask
+
+    return pipeline()
+
+
+def _rank_world() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class DaliLoader:
+    """A DALI pipeline as an iterable of ``{"image", "mask"}`` batches for Lightning."""
+
+    def __init__(self, pairs: list[Pair], ops: list[AugmentOp], size: tuple[int, int], *, batch_size: int,
+                 train: bool, seed: int, drop_last: bool, num_threads: int | None = None,
+                 device: str | None = None):
+        self.image_files = [str(p.image) for p in pairs]
+        self.mask_files = [str(p.mask) for p in pairs]
+        self.ops, self.size, self.batch_size = ops, size, batch_size
+        self.train, self.seed, self.drop_last = train, seed, drop_last
+        self.num_threads = num_threads or max(1, min(8, (os.cpu_count() or 2) - 1))
+        self.device = device or ("gpu" if torch.cuda.is_available() else "cpu")
+        self._iterator = None
+        self._finished_epoch = True
+
+    def _shard_size(self) -> int:
+        _, world = _rank_world()
+        return math.ceil(len(self.image_files) / world)  # readers pad shards to equal size
+
+    def __len__(self) -> int:
+        n = self._shard_size()
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def _build(self):
+        from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+        rank, world = _rank_world()
+        device_id = (torch.cuda.current_device() if self.device == "gpu" else None)
+        pipe = build_pipeline(self.image_files, self.mask_files, self.ops, self.size, batch_size=self.batch_size,
+                              train=self.train, seed=self.seed, shard_id=rank, num_shards=world,
+                              device_id=device_id, num_threads=self.num_threads)
+        policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
+        return DALIGenericIterator(pipe, ["image", "mask"], reader_name="images", last_batch_policy=policy,
+                                   auto_reset=True)
+
+    def __iter__(self):
+        if self._iterator is None:
+            self._iterator = self._build()
+        elif not self._finished_epoch:  # Lightning stopped early: DALI needs the epoch drained
+            for _ in self._iterator:
+                pass
+        self._finished_epoch = False
+        for batch in self._iterator:
+            yield {"image": batch[0]["image"], "mask": batch[0]["mask"]}
+        self._finished_epoch = True

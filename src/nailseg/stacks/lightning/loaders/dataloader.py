@@ -1,0 +1,95 @@
+"""The default torch pipeline: decode + albumentations in DataLoader workers.
+
+With ``data.pipeline: kornia`` the workers only decode and resize and hand over ``uint8``
+images; the augmentation and normalisation then run on the device (``kornia_gpu``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from nailseg.core.augment import to_albumentations
+from nailseg.core.data.decode import read_image, read_mask
+from nailseg.core.data.discover import Pair
+from nailseg.config import Experiment
+from nailseg.core.runtime import resolve_workers
+
+
+class SegmentationDataset(Dataset):
+    """(image, mask) pairs as float tensors: image (3, H, W) normalised, mask (1, H, W) in {0, 1}."""
+
+    def __init__(self, pairs: list[Pair], transform):
+        self.pairs = pairs
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        pair = self.pairs[index]
+        out = self.transform(image=read_image(pair.image), mask=read_mask(pair.mask).astype(np.uint8))
+        image = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
+        mask = torch.from_numpy(np.ascontiguousarray(out["mask"]))[None].float()
+        return {"image": image, "mask": mask, "index": index}
+
+
+def build_loader(exp: Experiment, pairs: list[Pair], *, train: bool, sampler=None,
+                 drop_last: bool = False) -> DataLoader:
+    if exp.pipeline == "kornia":  # resize only; kornia augments and normalises on the device
+        transform = to_albumentations([], exp.data.size_hw, train=False, normalize=False)
+    else:
+        transform = to_albumentations(exp.augment.train, exp.data.size_hw, train=train)
+    workers = resolve_workers(exp.data.num_workers)
+    return DataLoader(
+        SegmentationDataset(pairs, transform),
+        batch_size=exp.trainer.batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=train and drop_last,
+    )
+
+
+class BalancedSampler(torch.utils.data.Sampler[int]):
+    """Draws ``epoch_size`` indices per epoch with replacement, in the grouping's target shares.
+
+    All ranks draw the same seeded stream (see :func:`nailseg.core.data.balance.draw_epoch`) and
+    each takes a disjoint part of it, so the sampler works unchanged under DDP (Lightning
+    must not wrap it: the backend sets ``use_distributed_sampler=False``).
+    """
+
+    def __init__(self, probabilities: np.ndarray, epoch_size: int, seed: int):
+        self.probabilities = probabilities
+        self.epoch_size = epoch_size
+        self.seed = seed
+        self.epoch = 0
+
+    @staticmethod
+    def _rank_world() -> tuple[int, int]:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        _, world = self._rank_world()
+        return -(-self.epoch_size // world)
+
+    def __iter__(self):
+        from nailseg.core.data.balance import draw_epoch
+
+        rank, world = self._rank_world()
+        yield from draw_epoch(self.probabilities, self.epoch_size, self.seed, self.epoch, rank, world).tolist()
+
+    def full_stream(self, epoch: int) -> np.ndarray:
+        """What all ranks together draw in ``epoch`` (for logging the observed shares)."""
+        from nailseg.core.data.balance import draw_epoch
+
+        return draw_epoch(self.probabilities, self.epoch_size, self.seed, epoch)

@@ -1,0 +1,67 @@
+"""The augmentation spec as a kornia ``AugmentationSequential``, run where the batch is.
+
+With ``augment.device: gpu`` the DataLoader workers only decode and resize (and send
+``uint8`` tensors, a quarter of the bytes of float32); the LightningModule runs this module
+in ``on_after_batch_transfer`` on the device, training batches only. Image and mask go
+through one sequential, so every geometric draw is shared; masks are resampled with nearest
+neighbour (kornia's default for ``DataKey.MASK``) and stay binary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from nailseg.core.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentOp
+
+
+def _kornia_op(K, op: AugmentOp, size: tuple[int, int]):
+    if op.name == "hflip":
+        return K.RandomHorizontalFlip(p=op.p)
+    if op.name == "vflip":
+        return K.RandomVerticalFlip(p=op.p)
+    if op.name == "affine":
+        return K.RandomAffine(degrees=op.rotate, translate=(op.translate, op.translate), scale=op.scale,
+                              padding_mode="zeros", p=op.p)
+    if op.name == "random_resized_crop":
+        return K.RandomResizedCrop(size=size, scale=op.scale, ratio=op.ratio, p=op.p)
+    if op.name == "brightness_contrast":
+        # albumentations: brightness adds beta * 255, contrast scales around the mean
+        return K.ColorJiggle(brightness=op.brightness, contrast=op.contrast, p=op.p)
+    if op.name == "hue_saturation":
+        return K.ColorJiggle(hue=op.hue, saturation=op.saturation, p=op.p)
+    if op.name == "gauss_noise":
+        # kornia draws with one std: the middle of the spec's range
+        return K.RandomGaussianNoise(mean=0.0, std=sum(op.std) / 2, p=op.p)
+    if op.name == "blur":
+        kernel = 2 * math.ceil(3 * op.sigma[1]) + 1
+        return K.RandomGaussianBlur(kernel_size=(kernel, kernel), sigma=op.sigma, p=op.p)
+    raise ValueError(f"augmentation {op.name!r} has no kornia translation")  # pragma: no cover
+
+
+class GpuAugment(nn.Module):
+    """uint8 (N, 3, H, W) image + (N, 1, H, W) mask -> augmented, normalised float image + binary mask."""
+
+    def __init__(self, ops: list[AugmentOp], size: tuple[int, int]):
+        super().__init__()
+        from nailseg.core.optional import require
+
+        require("kornia", "gpuaug", "GPU augmentation (augment.device: gpu)")
+        import kornia.augmentation as K
+
+        self.sequential = K.AugmentationSequential(*[_kornia_op(K, op, size) for op in ops],
+                                                   data_keys=["input", "mask"]) if ops else None
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @torch.no_grad()
+    def forward(self, image: torch.Tensor, mask: torch.Tensor, *, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        x = image.float() / 255.0
+        m = mask.float()
+        if train and self.sequential is not None:
+            x, m = self.sequential(x, m)
+            x = x.clamp_(0.0, 1.0)
+            m = (m > 0.5).float()
+        return (x - self.mean) / self.std, m

@@ -1,0 +1,92 @@
+"""The LightningModule: a segmentation network, its loss, optimiser, schedule and metrics."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from nailseg.config import Experiment
+from nailseg.core.metrics import scores
+from nailseg.core.runtime import encoder_lr_scale, lr_factor
+from nailseg.stacks.lightning.models import build_loss, build_model, foreground_probability, init_from
+
+
+class SegmentationModule(L.LightningModule):
+    """A binary segmentation model, its loss, optimiser and metrics."""
+
+    def __init__(self, config: dict, channels_last: bool = False, initialise: bool = True):
+        super().__init__()
+        self.save_hyperparameters()
+        self.exp = Experiment.model_validate(config)
+        self.model = build_model(self.exp.model)
+        if initialise:
+            init_from(self.model, self.exp.model)
+        self.loss_fn = build_loss(self.exp.loss, self.exp.model.classes)
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.register_buffer("val_counts", torch.zeros(4, dtype=torch.float64), persistent=False)
+        self.gpu_augment = None
+        if self.exp.pipeline == "kornia":
+            from nailseg.stacks.lightning.loaders.kornia import GpuAugment
+
+            self.gpu_augment = GpuAugment(self.exp.augment.train, self.exp.data.size_hw)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.gpu_augment is not None:
+            batch["image"], batch["mask"] = self.gpu_augment(batch["image"], batch["mask"], train=self.trainer.training)
+        if self.channels_last:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def training_step(self, batch, batch_idx: int):
+        logits = self(batch["image"])
+        loss = self.loss_fn(logits, batch["mask"])
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=batch["image"].shape[0], sync_dist=True)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_counts.zero_()
+
+    def validation_step(self, batch, batch_idx: int):
+        logits = self(batch["image"])
+        target = batch["mask"]
+        loss = self.loss_fn(logits, target)
+        self.log("val_loss", loss, on_epoch=True, batch_size=target.shape[0], sync_dist=True)
+        pred = foreground_probability(logits) > 0.5
+        truth = target > 0.5
+        tp = (pred & truth).sum()
+        fp = (pred & ~truth).sum()
+        fn = (~pred & truth).sum()
+        self.val_counts += torch.stack([tp, fp, fn, pred.numel() - tp - fp - fn]).double()
+
+    def on_validation_epoch_end(self) -> None:
+        counts = self.trainer.strategy.reduce(self.val_counts.clone(), reduce_op="sum")
+        result = scores(*counts.tolist())
+        self.log("val_iou", result["iou"], prog_bar=True, sync_dist=False)
+        self.log("val_dice", result["dice"], prog_bar=False, sync_dist=False)
+
+    def configure_optimizers(self):
+        o = self.exp.optim
+        scale = encoder_lr_scale(o.encoder_lr_scale, self.exp.model.family)
+        encoder_ids = {id(p) for p in self.model.encoder.parameters()}
+        groups = [  # the decoder/head group last: its lr is the one metrics.jsonl records
+            {"params": [p for p in self.model.parameters() if id(p) in encoder_ids], "lr": o.lr * scale},
+            {"params": [p for p in self.model.parameters() if id(p) not in encoder_ids], "lr": o.lr},
+        ]
+        if o.name == "adamw":
+            opt = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+        elif o.name == "adam":
+            opt = torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
+        else:
+            opt = torch.optim.SGD(groups, lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
+        if o.scheduler == "none" and o.warmup_epochs == 0:
+            return opt
+        epochs = self.exp.trainer.max_epochs
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda epoch: lr_factor(epoch, epochs, o.warmup_epochs, o.scheduler, o.poly_power))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

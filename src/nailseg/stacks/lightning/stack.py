@@ -1,0 +1,227 @@
+"""PyTorch Lightning + segmentation_models_pytorch (and transformers SegFormer): the ``lightning`` stack."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+
+from nailseg import __version__
+from nailseg.config import Experiment
+from nailseg.core.augment import IMAGENET_MEAN, IMAGENET_STD
+from nailseg.core.evaluate import Predictor
+from nailseg.core.runs import RunDir
+from nailseg.core.runtime import resolve_accelerator, resolve_precision
+from nailseg.engine import FitResult, TrainContext
+from nailseg.errors import ConfigError
+from nailseg.stacks import STACKS
+from nailseg.stacks.lightning.callbacks import AtomicCheckpointIO, EpochRecorder
+from nailseg.stacks.lightning.checkpoints import safe_load
+from nailseg.stacks.lightning.loaders import build_loaders
+from nailseg.stacks.lightning.models import build_model, check_model_exists, foreground_probability, without_pretrained
+from nailseg.stacks.lightning.module import SegmentationModule
+from nailseg.stacks.lightning.tensorboard import use_tensorboard_without_tensorflow
+
+use_tensorboard_without_tensorflow()
+
+
+def _loggers(exp: Experiment, run: RunDir):
+    loggers = []
+    if exp.logging.tensorboard:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(run.path), name="tb", version="", default_hp_metric=False))
+    if exp.logging.wandb.enabled:
+        from nailseg.core.optional import require
+
+        require("wandb", "wandb", "Weights & Biases logging")
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers.append(WandbLogger(project=exp.logging.wandb.project, name=run.path.name,
+                                   save_dir=str(run.path), offline=exp.logging.wandb.mode == "offline"))
+    return loggers or False
+
+
+def _balanced_sampler(ctx: TrainContext):
+    """The grouping and sampler for ``data.balance`` (``(None, None)`` when it is off)."""
+    grouping = ctx.grouping()
+    if grouping is None:
+        return None, None
+    from nailseg.stacks.lightning.loaders.dataloader import BalancedSampler
+
+    return grouping, BalancedSampler(grouping.sample_weights(), ctx.epoch_size, ctx.exp.trainer.seed)
+
+
+class LightningStack:
+    spec = STACKS["lightning"]
+
+    def preflight(self, exp: Experiment) -> None:
+        t = exp.trainer
+        if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"trainer.accelerator={t.accelerator}: no CUDA GPU on this machine (use auto or cpu)")
+        accelerator = resolve_accelerator(t.accelerator, torch.cuda.is_available())
+        if isinstance(t.devices, int) and accelerator == "gpu" and t.devices > torch.cuda.device_count():
+            raise ConfigError(f"trainer.devices={t.devices}: this machine has {torch.cuda.device_count()} GPU(s)")
+        if exp.pipeline == "dali":
+            from nailseg.core.optional import require
+
+            require("nvidia.dali", "dali", "The DALI pipeline (data.pipeline: dali)")
+        if exp.pipeline == "kornia":
+            from nailseg.core.optional import require
+
+            require("kornia", "gpuaug", "GPU augmentation (data.pipeline: kornia)")
+        check_model_exists(exp.model)
+
+    def resumable(self, run: RunDir) -> Path | None:
+        if not run.last_checkpoint.exists():
+            return None
+        ckpt = safe_load(run.last_checkpoint, "checkpoint")
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "epoch" not in ckpt:
+            raise ConfigError(f"{run.last_checkpoint}: not a Lightning checkpoint (no state_dict/epoch)")
+        return run.last_checkpoint
+
+    def fit(self, ctx: TrainContext) -> FitResult | None:
+        exp, run = ctx.exp, ctx.run
+        grouping, sampler = _balanced_sampler(ctx)
+        L.seed_everything(exp.trainer.seed, workers=True, verbose=False)
+        accelerator = resolve_accelerator(exp.trainer.accelerator, torch.cuda.is_available())
+        precision = resolve_precision(exp.trainer.precision, accelerator)
+        ckpt_path = str(run.last_checkpoint) if ctx.resume and run.last_checkpoint.exists() else None
+        module = SegmentationModule(exp.to_dict(), channels_last=precision.channels_last, initialise=ckpt_path is None)
+        callbacks = [
+            ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor="val_iou", mode="max",
+                            save_last=True, auto_insert_metric_name=False, enable_version_counter=False),
+            EpochRecorder(ctx.log_epoch, grouping, sampler),
+        ]
+        if sys.stderr.isatty():
+            callbacks.append(TQDMProgressBar(refresh_rate=max(1, len(ctx.train_pairs) // exp.trainer.batch_size // 20)))
+        loggers = _loggers(exp, run)
+        if loggers:
+            callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+        t = exp.trainer
+        trainer = L.Trainer(
+            accelerator=accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+            precision=precision.name, max_epochs=t.max_epochs, accumulate_grad_batches=t.accumulate_grad_batches,
+            gradient_clip_val=t.gradient_clip_val, deterministic=t.deterministic,
+            limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
+            logger=loggers, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+            default_root_dir=str(run.path), log_every_n_steps=1, num_sanity_val_steps=0,
+            enable_model_summary=False, enable_progress_bar=sys.stderr.isatty(),
+            use_distributed_sampler=sampler is None,
+        )
+        fit_started = time.perf_counter()
+        train_loader, val_loader = build_loaders(exp, ctx.train_pairs, ctx.val_pairs, sampler=sampler,
+                                                 drop_last=ctx.drop_last)
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path,
+                    weights_only=True)
+        fit_time = time.perf_counter() - fit_started
+        if not trainer.is_global_zero:
+            return None
+        extras = {}
+        if exp.model.family == "segformer":
+            extras["hf"] = str(self.export(run, exp, "hf"))
+        return FitResult(epochs=trainer.current_epoch, global_step=trainer.global_step, fit_time_s=fit_time,
+                         precision=precision.name, parameters=sum(p.numel() for p in module.model.parameters()),
+                         device=_device_name(trainer), world_size=trainer.world_size, versions=_versions(),
+                         extras=extras)
+
+    def load_model(self, run: RunDir, exp: Experiment) -> torch.nn.Module:
+        """The trained network of a run (best checkpoint, else last), on the CPU, in eval mode.
+
+        Checkpoints are read with ``weights_only=True``; a corrupt best checkpoint falls back to
+        the last one with a warning.
+        """
+        candidates = [p for p in (run.best_checkpoint, run.last_checkpoint) if p.exists()]
+        if not candidates:
+            raise ConfigError(f"{run.path}: no checkpoint in {run.checkpoints} (did training finish an epoch?)")
+        errors = []
+        for path in candidates:
+            try:
+                ckpt = safe_load(path, "checkpoint")
+                state = ckpt["state_dict"] if isinstance(ckpt, dict) and "state_dict" in ckpt else None
+                if state is None:
+                    raise ConfigError(f"{path}: not a Lightning checkpoint (no state_dict)")
+                model = build_model(without_pretrained(exp.model))
+                try:
+                    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()
+                                           if k.startswith("model.")})
+                except RuntimeError as err:
+                    raise ConfigError(f"{path}: does not fit the model in config.yaml "
+                                      f"({str(err).splitlines()[0][:120]})") from None
+            except ConfigError as err:
+                errors.append(err)
+                continue
+            if errors:
+                print(f"warning: {errors[0].lines[0]}; using {path.name} instead", file=sys.stderr)
+            return model.eval()
+        raise ConfigError([line for err in errors for line in err.lines])
+
+    def load_predictor(self, run: RunDir, exp: Experiment, *, device: str | None = None) -> Predictor:
+        """A predictor from the run's best checkpoint: RGB image -> probability map at its size."""
+        import cv2
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = self.load_model(run, exp).to(device)
+        h, w = exp.data.size_hw
+        mean = np.asarray(IMAGENET_MEAN, np.float32) * 255
+        std = np.asarray(IMAGENET_STD, np.float32) * 255
+
+        @torch.inference_mode()
+        def predict(image: np.ndarray) -> np.ndarray:
+            x = (cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32) - mean) / std
+            tensor = torch.from_numpy(x.transpose(2, 0, 1))[None].to(device)
+            prob = foreground_probability(model(tensor))[0, 0].float().cpu().numpy()
+            return cv2.resize(prob, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+
+        return predict
+
+    def export(self, run: RunDir, exp: Experiment, fmt: str, out: Path | None = None) -> Path:
+        """``hf`` (SegFormer runs): a ``save_pretrained`` folder that
+        ``SegformerForSemanticSegmentation.from_pretrained`` loads. ``state_dict``: a plain state
+        dict (``model.pt``) that loads with ``torch.load(..., weights_only=True)``."""
+        from nailseg.core.io import atomic_dir, atomic_path
+
+        if fmt == "hf" and exp.model.family != "segformer":
+            raise ConfigError(f"--format hf: only SegFormer runs export to transformers (this run is {exp.model.family})")
+        if fmt not in self.spec.exports:
+            raise ConfigError(f"--format {fmt}: the lightning stack exports {', '.join(self.spec.exports)}")
+        model = self.load_model(run, exp)
+        if fmt == "hf":
+            out = Path(out or run.path / "hf")
+            with atomic_dir(out) as tmp:
+                model.hf.save_pretrained(tmp, safe_serialization=True)
+            return out
+        out = Path(out or run.path / "model.pt")
+        with atomic_path(out) as tmp:
+            torch.save(model.state_dict(), tmp)
+        return out
+
+
+def _device_name(trainer) -> str:
+    if torch.cuda.is_available() and trainer.accelerator.__class__.__name__ == "CUDAAccelerator":
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def _versions() -> dict[str, str]:
+    import segmentation_models_pytorch as smp
+
+    versions = {"nailseg": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                "lightning": L.__version__, "segmentation_models_pytorch": smp.__version__}
+    try:
+        import transformers
+
+        versions["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+STACK = LightningStack()

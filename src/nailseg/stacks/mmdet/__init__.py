@@ -1,0 +1,1 @@
+"""The MMDetection stack: Mask R-CNN through mmengine's Runner, on COCO instances made from the masks."""

@@ -1,0 +1,174 @@
+"""The MMDetection Mask R-CNN config, generated from the typed experiment config.
+
+The config is built as plain dicts from validated fields; nothing from the user is ever
+executed. It is written into the run folder as ``mmdet_config.py`` (to read, or to use with
+MMDetection's own tools) and ``mmdet_config.json`` (what nailseg loads back).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nailseg.core.augment import IMAGENET_MEAN, IMAGENET_STD
+from nailseg.core.runtime import encoder_lr_scale, resolve_workers
+from nailseg.config import Experiment
+
+DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+
+
+def model_config(depth: int) -> dict:
+    in_channels = [64, 128, 256, 512] if depth < 50 else [256, 512, 1024, 2048]
+    return dict(
+        type="MaskRCNN",
+        data_preprocessor=dict(type="DetDataPreprocessor", mean=[m * 255 for m in IMAGENET_MEAN],
+                               std=[s * 255 for s in IMAGENET_STD], bgr_to_rgb=True, pad_mask=True,
+                               pad_size_divisor=32),
+        # init_cfg=None: nothing is downloaded; trained from scratch, so no frozen stages or frozen BN.
+        backbone=dict(type="ResNet", depth=depth, num_stages=4, out_indices=(0, 1, 2, 3), frozen_stages=-1,
+                      norm_cfg=dict(type="BN", requires_grad=True), norm_eval=False, style="pytorch", init_cfg=None),
+        neck=dict(type="FPN", in_channels=in_channels, out_channels=256, num_outs=5),
+        rpn_head=dict(
+            type="RPNHead", in_channels=256, feat_channels=256,
+            anchor_generator=dict(type="AnchorGenerator", scales=[8], ratios=[0.5, 1.0, 2.0], strides=[4, 8, 16, 32, 64]),
+            bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[1.0] * 4),
+            loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=True, loss_weight=1.0),
+            loss_bbox=dict(type="L1Loss", loss_weight=1.0)),
+        roi_head=dict(
+            type="StandardRoIHead",
+            bbox_roi_extractor=dict(type="SingleRoIExtractor", roi_layer=dict(type="RoIAlign", output_size=7, sampling_ratio=0),
+                                    out_channels=256, featmap_strides=[4, 8, 16, 32]),
+            bbox_head=dict(type="Shared2FCBBoxHead", in_channels=256, fc_out_channels=1024, roi_feat_size=7, num_classes=1,
+                           bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[0.1, 0.1, 0.2, 0.2]),
+                           reg_class_agnostic=False,
+                           loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
+                           loss_bbox=dict(type="L1Loss", loss_weight=1.0)),
+            mask_roi_extractor=dict(type="SingleRoIExtractor", roi_layer=dict(type="RoIAlign", output_size=14, sampling_ratio=0),
+                                    out_channels=256, featmap_strides=[4, 8, 16, 32]),
+            mask_head=dict(type="FCNMaskHead", num_convs=4, in_channels=256, conv_out_channels=256, num_classes=1,
+                           loss_mask=dict(type="CrossEntropyLoss", use_mask=True, loss_weight=1.0))),
+        train_cfg=dict(
+            rpn=dict(assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3,
+                                   match_low_quality=True, ignore_iof_thr=-1),
+                     sampler=dict(type="RandomSampler", num=256, pos_fraction=0.5, neg_pos_ub=-1, add_gt_as_proposals=False),
+                     allowed_border=-1, pos_weight=-1, debug=False),
+            rpn_proposal=dict(nms_pre=2000, max_per_img=1000, nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
+            rcnn=dict(assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.5,
+                                    match_low_quality=True, ignore_iof_thr=-1),
+                      sampler=dict(type="RandomSampler", num=512, pos_fraction=0.25, neg_pos_ub=-1, add_gt_as_proposals=True),
+                      mask_size=28, pos_weight=-1, debug=False)),
+        test_cfg=dict(
+            rpn=dict(nms_pre=1000, max_per_img=1000, nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
+            rcnn=dict(score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_per_img=100, mask_thr_binary=0.5)),
+    )
+
+
+def _optimizer(exp: Experiment) -> dict:
+    """``optim.name`` as mmengine's wrappers of the torch optimizers, with the same arguments as Lightning."""
+    o = exp.optim
+    if o.name == "sgd":
+        return dict(type="SGD", lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
+    return dict(type="AdamW" if o.name == "adamw" else "Adam", lr=o.lr, weight_decay=o.weight_decay)
+
+
+def param_schedulers(exp: Experiment, iters_per_epoch: int) -> list[dict]:
+    """The shared schedule (``core.runtime.lr_factor``) with mmengine's own schedulers, per iteration:
+    a linear warm-up over ``optim.warmup_epochs``, then cosine (to 1%), poly or constant.
+
+    Mask R-CNN from scratch diverged to NaN within a few iterations without any warm-up, so with
+    ``warmup_epochs: 0`` a short warm-up (a fifth of the run, at most 100 iterations) is kept.
+    """
+    o = exp.optim
+    max_iters = max(1, exp.trainer.max_epochs * iters_per_epoch)
+    if o.warmup_epochs:
+        warmup, start = min(max_iters, o.warmup_epochs * iters_per_epoch), 1.0 / (o.warmup_epochs + 1)
+    else:
+        warmup, start = min(100, max(1, max_iters // 5)), 0.001
+    schedulers = [dict(type="LinearLR", start_factor=start, by_epoch=False, begin=0, end=warmup)]
+    rest = max_iters - warmup
+    if rest <= 0 or o.scheduler == "none":
+        schedulers.append(dict(type="ConstantLR", factor=1.0, by_epoch=False, begin=warmup, end=max_iters + 1))
+    elif o.scheduler == "cosine":
+        schedulers.append(dict(type="CosineAnnealingLR", T_max=rest, eta_min=o.lr * 0.01, by_epoch=False,
+                               begin=warmup, end=max_iters))
+    else:
+        schedulers.append(dict(type="PolyLR", power=o.poly_power, eta_min=0.0, by_epoch=False,
+                               begin=warmup, end=max_iters))
+    return schedulers
+
+
+def build_mmdet_config(exp: Experiment, *, work_dir: Path, images_dir: Path, ann_files: dict[str, Path],
+                       iters_per_epoch: int, on_gpu: bool, launcher: str) -> dict:
+    h, w = exp.data.size_hw
+    scale = (max(h, w), min(h, w))
+    flips = [op for op in exp.augment.train if op.name in ("hflip", "vflip")]
+    train_pipeline = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
+                      dict(type="Resize", scale=scale, keep_ratio=True)]
+    for op in flips:
+        train_pipeline.append(dict(type="RandomFlip", prob=op.p,
+                                   direction="horizontal" if op.name == "hflip" else "vertical"))
+    train_pipeline.append(dict(type="PackDetInputs"))
+    meta = ("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")
+    # The test pipeline needs the Resize, or the mask head fails on a missing scale_factor.
+    test_pipeline = [dict(type="LoadImageFromFile"), dict(type="Resize", scale=scale, keep_ratio=True),
+                     dict(type="PackDetInputs", meta_keys=meta)]
+    val_pipeline = [dict(type="LoadImageFromFile"), dict(type="Resize", scale=scale, keep_ratio=True),
+                    dict(type="LoadAnnotations", with_bbox=True, with_mask=True), dict(type="PackDetInputs", meta_keys=meta)]
+
+    def dataset(split: str, pipeline: list, test_mode: bool) -> dict:
+        return dict(type="CocoDataset", metainfo=dict(classes=("nail",), palette=[(220, 20, 60)]),
+                    data_root=str(images_dir), ann_file=str(ann_files[split]), data_prefix=dict(img=""),
+                    filter_cfg=dict(filter_empty_gt=not test_mode, min_size=0), pipeline=pipeline, test_mode=test_mode)
+
+    t, o = exp.trainer, exp.optim
+    workers = resolve_workers(exp.data.num_workers)
+    max_iters = max(1, t.max_epochs * iters_per_epoch)
+    evaluator = lambda split: dict(type="CocoMetric", ann_file=str(ann_files[split]), metric=["bbox", "segm"],  # noqa: E731
+                                   format_only=False, backend_args=None)
+    load_from = None if exp.model.load_from in ("", "none") else exp.model.load_from
+    precision_amp = on_gpu and t.precision in ("auto", "16-mixed", "mixed_float16", "bf16-mixed")
+    return dict(
+        default_scope="mmdet",
+        model=model_config(DEPTHS[exp.model.encoder]),
+        train_dataloader=dict(batch_size=t.batch_size, num_workers=workers, persistent_workers=workers > 0,
+                              # InfiniteSampler: DefaultSampler with an iteration loop sleeps 2 s at every epoch end
+                              sampler=dict(type="InfiniteSampler", shuffle=True),
+                              batch_sampler=dict(type="AspectRatioBatchSampler"),
+                              dataset=dataset("train", train_pipeline, False)),
+        val_dataloader=dict(batch_size=1, num_workers=workers, persistent_workers=workers > 0, drop_last=False,
+                            sampler=dict(type="DefaultSampler", shuffle=False), dataset=dataset("val", val_pipeline, True)),
+        test_dataloader=dict(batch_size=1, num_workers=workers, persistent_workers=workers > 0, drop_last=False,
+                             sampler=dict(type="DefaultSampler", shuffle=False), dataset=dataset("test", test_pipeline, True)),
+        val_evaluator=evaluator("val"),
+        test_evaluator=evaluator("test"),
+        train_cfg=dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=iters_per_epoch),
+        val_cfg=dict(type="ValLoop"),
+        test_cfg=dict(type="TestLoop"),
+        # From scratch, lr 0.01 without warm-up diverged to NaN within a few iterations: warm up and clip.
+        optim_wrapper=dict(type="AmpOptimWrapper" if precision_amp else "OptimWrapper",
+                           optimizer=_optimizer(exp),
+                           paramwise_cfg=dict(custom_keys={"backbone": dict(lr_mult=encoder_lr_scale(
+                               o.encoder_lr_scale, exp.model.family))}),
+                           clip_grad=dict(max_norm=t.gradient_clip_val or 10.0, norm_type=2)),
+        param_scheduler=param_schedulers(exp, iters_per_epoch),
+        default_hooks=dict(
+            timer=dict(type="IterTimerHook"),
+            logger=dict(type="LoggerHook", interval=max(1, min(50, iters_per_epoch))),
+            param_scheduler=dict(type="ParamSchedulerHook"),
+            checkpoint=dict(type="CheckpointHook", interval=iters_per_epoch, by_epoch=False, max_keep_ckpts=2,
+                            save_best="coco/segm_mAP", rule="greater"),
+            sampler_seed=dict(type="DistSamplerSeedHook"),
+            visualization=dict(type="DetVisualizationHook"),
+        ),
+        env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+                     dist_cfg=dict(backend="nccl" if on_gpu else "gloo")),
+        vis_backends=[dict(type="LocalVisBackend"), dict(type="TensorboardVisBackend")],
+        visualizer=dict(type="DetLocalVisualizer", name="visualizer",
+                        vis_backends=[dict(type="LocalVisBackend"), dict(type="TensorboardVisBackend")]),
+        log_processor=dict(type="LogProcessor", window_size=max(1, min(50, iters_per_epoch)), by_epoch=False),
+        log_level="INFO",
+        load_from=load_from,
+        resume=False,
+        launcher=launcher,
+        work_dir=str(work_dir),
+        randomness=dict(seed=t.seed),
+    )

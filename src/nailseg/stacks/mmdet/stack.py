@@ -1,0 +1,374 @@
+"""MMDetection Mask R-CNN through mmengine's Runner: the ``mmdet`` backend (instance segmentation).
+
+Same data folder, check and split as the semantic backends. The split's masks become COCO
+instance files (``nailseg.core.data.coco``) in the run folder; the mmdet config is generated from
+the typed config (``models/mmdet_config.py``). Besides COCO bbox/segm mAP, the union of the
+predicted instances is scored against the mask with the shared metrics, so instance and
+semantic models can be compared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nailseg import __version__
+from nailseg.config import Experiment
+from nailseg.core.data.coco import image_ids, to_coco, write_coco
+from nailseg.core.data.decode import read_image
+from nailseg.core.data.discover import Pair
+from nailseg.core.evaluate import Predictor
+from nailseg.core.io import atomic_path, read_jsonl, write_json, write_text
+from nailseg.core.runs import RunDir
+from nailseg.core.runtime import global_rank, resolve_accelerator, world_size
+from nailseg.engine import FitResult, TrainContext
+from nailseg.errors import ConfigError
+from nailseg.stacks import STACKS
+from nailseg.stacks.lightning.checkpoints import safe_load
+from nailseg.stacks.lightning.tensorboard import use_tensorboard_without_tensorflow
+from nailseg.stacks.mmdet.config import DEPTHS, build_mmdet_config, model_config
+
+use_tensorboard_without_tensorflow()
+SCORE_THRESHOLD = 0.5  # instances kept for overlays, counts and the union mask
+
+
+def _launcher() -> str:
+    return "pytorch" if world_size() > 1 else "none"
+
+
+def _mmengine_safe_globals() -> list:
+    """The few non-tensor types an mmengine checkpoint holds (the message hub's history buffers
+    and the numpy arrays inside them): allow-listed for ``weights_only=True``, nothing else."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    multiarray = getattr(np, "_core", np.core).multiarray
+    scalar_dtypes = {type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)}
+    return [HistoryBuffer, multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *scalar_dtypes]
+
+
+@contextlib.contextmanager
+def mmengine_safe_loading():
+    """mmengine calls ``torch.load`` itself (resume, load_from); inside this block every such call
+    uses ``weights_only=True`` with the mmengine allow-list, so a planted pickle cannot run code."""
+    original = torch.load
+
+    def load(f, *args, **kwargs):
+        kwargs["weights_only"] = True
+        with torch.serialization.safe_globals(_mmengine_safe_globals()):
+            return original(f, *args, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
+def load_mmengine_checkpoint(path: Path) -> dict:
+    """An mmengine checkpoint, read safely; corrupt or unsafe files are one ``ConfigError`` naming them."""
+    with torch.serialization.safe_globals(_mmengine_safe_globals()):
+        ckpt = safe_load(path, "mmengine checkpoint")
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ConfigError(f"{path}: not an mmengine checkpoint (no state_dict)")
+    return ckpt
+
+
+def _write_coco_splits(exp: Experiment, run: RunDir, split_pairs: dict[str, list[Pair]]) -> dict[str, Path]:
+    ids = image_ids([p for part in split_pairs.values() for p in part])
+    files = {}
+    for name in ("train", "val", "test"):
+        chosen = split_pairs[name] or split_pairs["train"]
+        coco, _ = to_coco(chosen, ids, min_area=exp.model.min_area)
+        files[name] = (run.path / "coco" / f"{name}.json").resolve()  # mmdet joins relative paths to data_root
+        if global_rank() == 0:
+            write_coco(files[name], coco)
+    return files
+
+
+def _recorder_hook(log_epoch, iters_per_epoch: int, batch_size: int):
+    from mmengine.hooks import Hook
+
+    class RunRecorder(Hook):
+        """One ``metrics.jsonl`` line per validation round (an 'epoch' of the iteration loop)."""
+
+        priority = "LOW"
+
+        def __init__(self):
+            self.losses: list[float] = []
+            self.t0 = time.perf_counter()
+            self.train_time = 0.0
+
+        def before_train_iter(self, runner, batch_idx, data_batch=None):
+            self._iter_start = time.perf_counter()
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            self.train_time += time.perf_counter() - self._iter_start
+            if outputs and "loss" in outputs:
+                self.losses.append(float(outputs["loss"]))
+
+        def after_val_epoch(self, runner, metrics=None):
+            if runner.rank != 0:
+                return
+            metrics = metrics or {}
+            now = time.perf_counter()
+            iters = max(1, len(self.losses))
+            log_epoch({
+                "epoch": runner.iter // iters_per_epoch - 1, "step": runner.iter,
+                "train_loss": float(np.mean(self.losses)) if self.losses else None,
+                "val_segm_map": metrics.get("coco/segm_mAP"), "val_bbox_map": metrics.get("coco/bbox_mAP"),
+                "val_segm_map_50": metrics.get("coco/segm_mAP_50"), "val_bbox_map_50": metrics.get("coco/bbox_mAP_50"),
+                "lr": max(float(x) for x in runner.optim_wrapper.get_lr()["lr"]),  # the head's (unscaled) lr
+                "images_per_s": iters * batch_size * runner.world_size / self.train_time if self.train_time else None,
+                "epoch_time_s": now - self.t0,
+            })
+            self.losses, self.t0, self.train_time = [], now, 0.0
+
+    return RunRecorder()
+
+
+class MmdetStack:
+    spec = STACKS["mmdet"]
+
+    def preflight(self, exp: Experiment) -> None:
+        if exp.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"trainer.accelerator={exp.trainer.accelerator}: no CUDA GPU on this machine")
+
+    def resumable(self, run: RunDir) -> Path | None:
+        marker = run.path / "mmdet" / "last_checkpoint"
+        if not marker.exists():
+            return None
+        last = Path(marker.read_text(encoding="utf-8").strip())
+        if not _inside(last, run.path / "mmdet") or not last.exists():
+            raise ConfigError(f"{marker}: names {last}, which is not a checkpoint inside this run's mmdet/ folder")
+        load_mmengine_checkpoint(last)  # verify: corrupt or unsafe files are refused here, with the name
+        return last
+
+    def fit(self, ctx: TrainContext) -> FitResult | None:
+        from mmdet.utils import register_all_modules
+        from mmengine.config import Config
+        from mmengine.runner import Runner
+
+        register_all_modules(init_default_scope=True)
+        exp, run = ctx.exp, ctx.run
+        ann_files = _write_coco_splits(exp, run, ctx.data.pairs)
+        world = world_size()
+        iters_per_epoch = max(1, math.ceil(len(ctx.train_pairs) / (exp.trainer.batch_size * world)))
+        if isinstance(exp.trainer.limit_train_batches, int):
+            iters_per_epoch = min(iters_per_epoch, exp.trainer.limit_train_batches)
+        on_gpu = resolve_accelerator(exp.trainer.accelerator, torch.cuda.is_available()) == "gpu"
+        first = ctx.train_pairs[0]
+        images_dir = Path(str(first.image)[: -len(first.key)]).resolve()  # keys are relative to images/
+        cfg_dict = build_mmdet_config(exp, work_dir=(run.path / "mmdet").resolve(), images_dir=images_dir,
+                                      ann_files=ann_files, iters_per_epoch=iters_per_epoch, on_gpu=on_gpu,
+                                      launcher=_launcher())
+        if ctx.resume:
+            cfg_dict["resume"] = True
+        if cfg_dict["launcher"] == "pytorch" and not on_gpu:
+            # mmengine's torchrun launcher assumes CUDA; on CPUs join a gloo group first (mmengine then
+            # skips its own init) and build DDP without device ids.
+            if not torch.distributed.is_initialized():
+                torch.distributed.init_process_group("gloo")
+            cfg_dict["model_wrapper_cfg"] = dict(type="MMDistributedDataParallel", device_ids=None,
+                                                 broadcast_buffers=False)
+        cfg = Config(cfg_dict)
+        if ctx.rank == 0:
+            write_text(run.path / "mmdet_config.py", cfg.pretty_text)
+            write_json(run.path / "mmdet_config.json", cfg_dict)
+        runner = Runner.from_cfg(cfg)
+        runner.register_hook(_recorder_hook(ctx.log_epoch, iters_per_epoch, exp.trainer.batch_size), priority="LOW")
+        fit_started = time.perf_counter()
+        with mmengine_safe_loading():
+            runner.train()
+        fit_time = time.perf_counter() - fit_started
+        if runner.rank != 0:
+            return None
+        _export_weights(run)
+        import mmcv
+        import mmdet
+        import mmengine
+
+        records = read_jsonl(run.metrics)
+        return FitResult(
+            epochs=len(records), global_step=records[-1]["step"] if records else 0, fit_time_s=fit_time,
+            precision="amp" if on_gpu else "32-true",
+            parameters=sum(p.numel() for p in runner.model.parameters()),
+            device=torch.cuda.get_device_name(0) if on_gpu else f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
+            world_size=world,
+            versions={"nailseg": __version__, "torch": torch.__version__, "mmdet": mmdet.__version__,
+                      "mmcv": mmcv.__version__, "mmengine": mmengine.__version__, "python": platform.python_version()})
+
+    def load_instance_predictor(self, run: RunDir, exp: Experiment):
+        return load_instance_predictor(run, exp)
+
+    def load_predictor(self, run: RunDir, exp: Experiment) -> Predictor:
+        return union_predictor(load_instance_predictor(run, exp))
+
+    def evaluate_instances(self, run: RunDir, exp: Experiment, chosen: list[Pair], all_pairs: list[Pair]) -> dict:
+        return evaluate_coco(load_instance_predictor(run, exp), chosen, all_pairs, exp.model.min_area)
+
+    def export(self, run: RunDir, exp: Experiment, fmt: str, out: Path | None = None) -> Path:
+        """``state_dict``: the plain inference weights (loadable with weights_only=True) plus the mmdet config."""
+        if fmt not in self.spec.exports:
+            raise ConfigError(f"--format {fmt}: the mmdet stack exports state_dict (plain PyTorch weights); "
+                              "Mask R-CNN has no ONNX/TFLite export here")
+        out = Path(out or run.path / "export")
+        out.mkdir(parents=True, exist_ok=True)
+        model = load_model(run, exp, device="cpu")
+        with atomic_path(out / "model.pth") as tmp:
+            torch.save(model.state_dict(), tmp)
+        write_text(out / "mmdet_config.py", (run.path / "mmdet_config.py").read_text())
+        return out
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
+
+
+def _export_weights(run: RunDir) -> None:
+    """Plain state dicts for inference (``checkpoints/best.pth``, ``last.pth``): they load with weights_only=True."""
+    work = run.path / "mmdet"
+    last = (work / "last_checkpoint").read_text().strip()
+    best = sorted(work.glob("best_coco_segm_mAP_iter_*.pth"))
+    run.checkpoints.mkdir(parents=True, exist_ok=True)
+    for name, source in (("last.pth", Path(last)), ("best.pth", best[-1] if best else Path(last))):
+        state = load_mmengine_checkpoint(source)["state_dict"]
+        with atomic_path(run.checkpoints / name) as tmp:
+            torch.save(state, tmp)
+
+
+def load_model(run: RunDir, exp: Experiment, device: str | None = None):
+    from mmdet.apis import init_detector
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    register_all_modules(init_default_scope=True)
+    config_path = run.path / "mmdet_config.json"
+    if not config_path.exists():
+        raise ConfigError(f"{run.path}: no mmdet_config.json (did training start?)")
+    try:
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{config_path}: not valid JSON ({err})") from None
+    # The model is rebuilt from the typed config, never from the file: only data settings are read from it.
+    raw["model"] = model_config(DEPTHS[exp.model.encoder])
+    cfg = Config(_restore_tuples(raw))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "checkpoint is None, use COCO classes": ours are set next
+        with mmengine_safe_loading():
+            model = init_detector(cfg, checkpoint=None, device=device)
+    model.dataset_meta = {"classes": ("nail",), "palette": [(220, 20, 60)]}
+    candidates = [p for p in (run.checkpoints / "best.pth", run.checkpoints / "last.pth") if p.exists()]
+    if not candidates:
+        raise ConfigError(f"{run.path}: no exported weights in {run.checkpoints} (did training finish?)")
+    errors = []
+    for weights in candidates:
+        try:
+            state = safe_load(weights, "weights file", map_location=device)
+            if not isinstance(state, dict):
+                raise ConfigError(f"{weights}: not a state dict")
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as err:
+                raise ConfigError(f"{weights}: does not fit the model ({str(err).splitlines()[0][:120]})") from None
+        except ConfigError as err:
+            errors += err.lines
+            continue
+        if errors:
+            print(f"warning: {errors[0]}; using {weights.name} instead", file=sys.stderr)
+        return model.eval()
+    raise ConfigError(errors)
+
+
+def _restore_tuples(obj, key: str | None = None):
+    """JSON turned the config's tuples into lists; mmcv insists on tuples for these keys."""
+    if isinstance(obj, dict):
+        return {k: _restore_tuples(v, k) for k, v in obj.items()}
+    if isinstance(obj, list):
+        items = [_restore_tuples(v) for v in obj]
+        return tuple(items) if key in ("scale", "out_indices", "meta_keys", "classes") else items
+    return obj
+
+
+def load_instance_predictor(run: RunDir, exp: Experiment):
+    """RGB image -> (masks bool (K, H, W), scores (K,)) at the image's own size."""
+    from mmdet.apis import inference_detector
+
+    model = load_model(run, exp)
+
+    def predict(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        result = inference_detector(model, np.ascontiguousarray(image[..., ::-1]))  # mmdet reads BGR
+        inst = result.pred_instances
+        masks = inst.masks.cpu().numpy().astype(bool) if len(inst) else np.zeros((0, *image.shape[:2]), bool)
+        return masks, inst.scores.cpu().numpy()
+
+    return predict
+
+
+def union_predictor(instances) -> Predictor:
+    def predict(image: np.ndarray) -> np.ndarray:
+        masks, scores = instances(image)
+        keep = masks[scores >= SCORE_THRESHOLD]
+        return keep.any(axis=0).astype(np.float32) if len(keep) else np.zeros(image.shape[:2], np.float32)
+
+    return predict
+
+
+def evaluate_coco(instances, chosen: list[Pair], all_pairs: list[Pair], min_area: int) -> dict:
+    """COCO bbox and segm mAP (all, @50, @75) of the instance predictor on ``chosen``."""
+    import contextlib as _ctx
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from nailseg.core.data.coco import encode_rle
+
+    ids = image_ids(all_pairs)
+    gt_dict, _ = to_coco(chosen, ids, min_area=min_area)
+    results = []
+    for pair in chosen:
+        masks, scores = instances(read_image(pair.image))
+        for m, s in zip(masks, scores):
+            if not m.any():
+                continue
+            ys, xs = np.nonzero(m)
+            results.append({"image_id": ids[pair.key], "category_id": 1, "segmentation": encode_rle(m),
+                            "bbox": [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
+                                     float(ys.max() - ys.min() + 1)], "score": float(s)})
+    out = {}
+    with _ctx.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = gt_dict
+        gt.createIndex()
+        for kind in ("bbox", "segm"):
+            if not results or not gt_dict["annotations"]:
+                out.update({f"{kind}_mAP": 0.0, f"{kind}_mAP_50": 0.0, f"{kind}_mAP_75": 0.0})
+                continue
+            dt = gt.loadRes(results)
+            ev = COCOeval(gt, dt, kind)
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+            out.update({f"{kind}_mAP": max(0.0, float(ev.stats[0])), f"{kind}_mAP_50": max(0.0, float(ev.stats[1])),
+                        f"{kind}_mAP_75": max(0.0, float(ev.stats[2]))})
+    out["instances_predicted"] = len(results)
+    out["instances_true"] = len(gt_dict["annotations"])
+    return out
+
+
+STACK = MmdetStack()

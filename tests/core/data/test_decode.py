@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from nailseg.core.data.decode import read_image, read_mask
+from nailseg.errors import DataError
+from tests.conftest import write_image
+
+
+@pytest.fixture
+def square():
+    mask = np.zeros((20, 30), np.uint8)
+    mask[4:12, 6:20] = 1
+    return mask
+
+
+def test_mask_zero_one_png(tmp_path, square):
+    path = write_image(tmp_path / "m.png", square)
+    assert np.array_equal(read_mask(path), square.astype(bool))
+
+
+def test_mask_zero_255_png_and_rgb(tmp_path, square):
+    assert np.array_equal(read_mask(write_image(tmp_path / "a.png", square * 255)), square.astype(bool))
+    rgb = np.repeat(square[..., None] * 255, 3, axis=2)
+    assert np.array_equal(read_mask(write_image(tmp_path / "b.png", rgb)), square.astype(bool))
+
+
+def test_mask_lossy_jpeg_is_thresholded(tmp_path, square):
+    yy, xx = np.mgrid[:150, :230]
+    big = (((yy - 70) / 45.0) ** 2 + ((xx - 101) / 63.0) ** 2 < 1).astype(np.uint8) * 255
+    path = write_image(tmp_path / "m.jpg", np.repeat(big[..., None], 3, axis=2), quality=60)
+    raw = np.asarray(Image.open(path))
+    assert len(np.unique(raw)) > 2  # the JPEG really is lossy
+    got = read_mask(path)
+    assert got.dtype == bool
+    assert (got != big.astype(bool)).mean() < 0.01
+
+
+def test_mask_sixteen_bit(tmp_path, square):
+    path = tmp_path / "m16.png"
+    Image.fromarray((square.astype(np.uint16) * 65535)).save(path)
+    assert np.array_equal(read_mask(path), square.astype(bool))
+    # a 16-bit mask whose foreground is 200 (below half of 65535) is background
+    Image.fromarray((square.astype(np.uint16) * 200)).save(path)
+    assert not read_mask(path).any()
+
+
+def test_image_modes_become_rgb(tmp_path):
+    gray = np.full((10, 12), 77, np.uint8)
+    assert read_image(write_image(tmp_path / "g.png", gray)).shape == (10, 12, 3)
+    rgba = np.zeros((10, 12, 4), np.uint8)
+    rgba[..., 0] = 200
+    img = read_image(write_image(tmp_path / "rgba.png", rgba))
+    assert img.shape == (10, 12, 3) and img[0, 0, 0] == 200
+
+
+def test_truncated_jpeg_is_refused(tmp_path):
+    path = write_image(tmp_path / "t.jpg", np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="t.jpg: corrupt or truncated"):
+        read_image(path)
+
+
+def test_zero_byte_and_not_an_image(tmp_path):
+    (tmp_path / "z.png").write_bytes(b"")
+    with pytest.raises(DataError, match="z.png: empty file"):
+        read_mask(tmp_path / "z.png")
+    (tmp_path / "x.jpg").write_text("hello, not a picture")
+    with pytest.raises(DataError, match="x.jpg: not an image"):
+        read_image(tmp_path / "x.jpg")

@@ -1,0 +1,90 @@
+"""The Keras backend end to end through the real CLI (subprocesses: TensorFlow stays out of pytest)."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, run_cli
+
+CONFIG = str(REPO / "configs" / "keras-cpu.yaml")
+TINY = ["data.image_size=64", "trainer.batch_size=4", "logging.predictions=2"]
+
+
+@pytest.fixture(scope="module")
+def keras_run(synth_data, tmp_path_factory):
+    pytest.importorskip("segmentation_models")
+    runs = tmp_path_factory.mktemp("kruns")
+    proc = run_cli("train", CONFIG, f"data.root={synth_data}", f"run.dir={runs}", "run.name=k",
+                   "trainer.max_epochs=2", *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert Path(proc.stdout.strip().splitlines()[-1]) == runs / "k"
+    return runs / "k"
+
+
+def test_run_folder_matches_lightning_keys(keras_run):
+    assert {p.name for p in keras_run.iterdir()} >= {"config.yaml", "split.json", "checkpoints", "metrics.jsonl",
+                                                     "summary.json", "tb", "predictions"}
+    assert list((keras_run / "tb").rglob("events.out.tfevents.*"))
+    records = [json.loads(x) for x in (keras_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+    for key in ("train_loss", "val_loss", "val_iou", "val_dice", "images_per_s", "epoch_time_s", "lr", "step"):
+        assert all(r[key] is not None for r in records), key
+    summary = json.loads((keras_run / "summary.json").read_text())
+    assert summary["backend"] == "keras" and summary["precision"] == "float32"
+    assert 0 <= summary["val_iou"] <= 1 and 0 <= summary["val_dice"] <= 1
+    assert (keras_run / "checkpoints" / "best.weights.h5").exists()
+
+
+def test_eval_predict_export(keras_run, tmp_path):
+    ev = run_cli("eval", str(keras_run), "--split", "test", "--quiet")
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    result = json.loads((keras_run / "eval.json").read_text())
+    assert all(r["tp"] + r["fp"] + r["fn"] + r["tn"] == 96 * 72 for r in result["per_image"])  # original size
+    ex = run_cli("export", str(keras_run), "--format", "savedmodel", "--out", str(tmp_path / "sm"))
+    assert ex.returncode == 0, ex.stderr[-2000:]
+    assert (tmp_path / "sm" / "saved_model.pb").exists()
+
+
+def test_predict_files(keras_run, synth_data, tmp_path):
+    image = sorted((synth_data / "images").iterdir())[0]
+    pr = run_cli("predict", str(keras_run), str(image), "--out", str(tmp_path / "p"), "--quiet")
+    assert pr.returncode == 0, pr.stderr[-2000:]
+    assert (tmp_path / "p" / f"{image.stem}_mask.png").exists()
+
+
+@pytest.mark.slow
+def test_tf_engine_and_balance(synth_data, tmp_path):
+    pytest.importorskip("segmentation_models")
+    proc = run_cli("train", CONFIG, f"data.root={synth_data}", f"run.dir={tmp_path}", "run.name=t",
+                   "trainer.max_epochs=2", "data.pipeline=tf", "data.balance={by: fg_bins, bins: 2, epoch_size: 16}",
+                   *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(x) for x in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [4, 8]
+    assert all(abs(sum(r["group_share"].values()) - 1) < 1e-9 for r in records)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill(synth_data, tmp_path):
+    pytest.importorskip("segmentation_models")
+    args = [sys.executable, "-m", "nailseg.cli", "train", CONFIG, f"data.root={synth_data}", f"run.dir={tmp_path}",
+            "run.name=killed", "trainer.max_epochs=6", *TINY]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 2 <= len(metrics.read_text().splitlines()) < 6
+    resumed = run_cli("train", "--resume", str(tmp_path / "killed"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    first_epoch_run = next(line for line in resumed.stdout.splitlines() if line.startswith("Epoch "))
+    assert first_epoch_run != "Epoch 1/6"  # continued, not restarted
+    epochs = [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()]
+    assert epochs == list(range(6))

@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from nailseg.core.data.balance import make_grouping  # noqa: E402
+from nailseg.core.data.discover import find_pairs  # noqa: E402
+from nailseg.config import BalanceConfig, load_experiment  # noqa: E402
+from nailseg.stacks.lightning.loaders.dataloader import BalancedSampler, build_loader  # noqa: E402
+from tests.conftest import REPO  # noqa: E402
+from tests.core.data.test_balance import KEYS, assert_shares_hold  # noqa: E402
+
+
+def test_loader_batches_are_aligned(synth_data):
+    exp = load_experiment(REPO / "configs" / "demo-cpu.yaml",
+                          [f"data.root={synth_data}", "data.image_size=64", "trainer.batch_size=4", "data.num_workers=0"])
+    pairs, _ = find_pairs(synth_data)
+    batch = next(iter(build_loader(exp, pairs, train=True)))
+    assert batch["image"].shape == (4, 3, 64, 64) and batch["image"].dtype == torch.float32
+    assert batch["mask"].shape == (4, 1, 64, 64)
+    assert set(torch.unique(batch["mask"]).tolist()) <= {0.0, 1.0}
+
+
+def test_balanced_sampler_long_run():
+    grouping = make_grouping(KEYS, BalanceConfig(by="folder"))
+    sampler = BalancedSampler(grouping.sample_weights(), epoch_size=75, seed=0)
+
+    def draw(epoch):
+        sampler.set_epoch(epoch)
+        return np.array(list(sampler))
+
+    assert len(sampler) == 75
+    assert_shares_hold(draw, grouping.groups, grouping.target, 40, 75)
+    sampler.set_epoch(3)
+    assert np.array_equal(np.array(list(sampler)), sampler.full_stream(3))

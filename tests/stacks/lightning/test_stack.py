@@ -1,0 +1,209 @@
+"""End to end through the real CLI on tiny synthetic data: train, eval, predict, resume, DDP."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import REPO, TINY_TRAIN, run_cli
+
+pytest.importorskip("lightning")
+pytest.importorskip("segmentation_models_pytorch")
+
+CONFIG = str(REPO / "configs" / "demo-cpu.yaml")
+
+
+def _train(data: Path, runs: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_cli("train", CONFIG, f"data.root={data}", f"run.dir={runs}", *TINY_TRAIN, *extra)
+
+
+@pytest.fixture(scope="module")
+def trained_run(synth_data, tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("runs")
+    proc = _train(synth_data, runs, "trainer.max_epochs=2", "run.name=tiny")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = Path(proc.stdout.strip().splitlines()[-1])  # the last line is the run folder
+    assert run == runs / "tiny"
+    return run
+
+
+def test_run_folder_complete(trained_run):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {"config.yaml", "split.json", "checkpoints", "metrics.jsonl", "summary.json", "tb",
+            "predictions"} <= names
+    assert {p.name for p in (trained_run / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
+    assert list((trained_run / "tb").glob("events.out.tfevents.*"))
+    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+    for r in records:
+        for key in ("train_loss", "val_loss", "val_iou", "val_dice", "images_per_s", "epoch_time_s"):
+            assert r[key] is not None and np.isfinite(r[key]), key
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert 0.0 <= summary["val_iou"] <= 1.0 and 0.0 <= summary["val_dice"] <= 1.0
+    assert summary["precision"] == "32-true" and summary["epochs"] == 2
+    assert summary["versions"]["torch"]
+    config = yaml.safe_load((trained_run / "config.yaml").read_text())
+    assert config["data"]["image_size"] == 64 and Path(config["data"]["root"]).is_absolute()
+    assert len(list((trained_run / "predictions").glob("*.png"))) == 2
+
+
+def test_split_is_deterministic(trained_run, synth_data, tmp_path):
+    from nailseg.core.data.split import make_split
+
+    split = json.loads((trained_run / "split.json").read_text())
+    keys = sorted(split["train"] + split["val"] + split["test"])
+    again = make_split(keys, 0.15, 0.15, seed=42)
+    assert again == {k: split[k] for k in ("train", "val", "test")}
+
+
+def test_eval_at_original_resolution(trained_run):
+    proc = run_cli("eval", str(trained_run), "--split", "test", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((trained_run / "eval.json").read_text())
+    assert {"iou", "dice", "precision", "recall", "per_image", "mean_per_image"} <= set(result)
+    split = json.loads((trained_run / "split.json").read_text())
+    assert [r["key"] for r in result["per_image"]] == split["test"]
+    # counts are at the images' own size (96x72), not the model's 64x64
+    assert all(r["tp"] + r["fp"] + r["fn"] + r["tn"] == 96 * 72 for r in result["per_image"])
+
+
+def test_predict_any_size(trained_run, tmp_path):
+    from tests.conftest import write_image
+
+    rng = np.random.default_rng(1)
+    write_image(tmp_path / "in" / "wide.png", rng.integers(0, 255, (50, 170, 3), dtype=np.uint8))
+    write_image(tmp_path / "in" / "sub" / "tall.jpg", rng.integers(0, 255, (130, 41, 3), dtype=np.uint8))
+    proc = run_cli("predict", str(trained_run), str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    from PIL import Image
+
+    assert Image.open(tmp_path / "out" / "wide_mask.png").size == (170, 50)
+    assert Image.open(tmp_path / "out" / "sub" / "tall_overlay.png").size == (41, 130)  # folders are kept
+    assert set(np.unique(np.asarray(Image.open(tmp_path / "out" / "sub" / "tall_mask.png")))) <= {0, 255}
+
+
+def test_predict_never_writes_two_outputs_to_one_path(trained_run, tmp_path):
+    from tests.conftest import write_image
+
+    rng = np.random.default_rng(2)
+    for folder in ("dir1", "dir2"):
+        write_image(tmp_path / folder / "x.jpg", rng.integers(0, 255, (40, 60, 3), dtype=np.uint8))
+    write_image(tmp_path / "dir1" / "x.png", rng.integers(0, 255, (40, 60, 3), dtype=np.uint8))
+    proc = run_cli("predict", str(trained_run), str(tmp_path / "dir1"), str(tmp_path / "dir2"),
+                   "--out", str(tmp_path / "out"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    masks = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*_mask.png"))
+    assert len(masks) == 3 and len(set(masks)) == 3, masks
+    assert "wrote 3 masks" in proc.stdout
+
+
+def test_predict_bad_files_among_good_ones(trained_run, tmp_path):
+    from tests.conftest import write_image
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(b"")
+    (tmp_path / "in" / "b.png").write_bytes(b"\x89PNG not really")
+    write_image(tmp_path / "in" / "good.jpg", np.full((30, 40, 3), 128, np.uint8))
+    proc = run_cli("predict", str(trained_run), str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "a.jpg: empty file" in proc.stderr and "b.png: not an image" in proc.stderr
+    assert (tmp_path / "out" / "good_mask.png").exists()
+    assert not list((tmp_path / "out").glob("a_*")) and not list((tmp_path / "out").glob("b_*"))
+
+
+def test_train_refuses_bad_data_like_check(synth_data, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(synth_data, bad)
+    victim = sorted((bad / "images").iterdir())[3]
+    victim.write_bytes(victim.read_bytes()[:200])
+    check = run_cli("data", "check", str(bad))
+    train = _train(bad, tmp_path / "runs", "trainer.max_epochs=1")
+    assert check.returncode == train.returncode == 2
+    assert check.stderr.strip() == train.stderr.strip()
+    assert victim.name in train.stderr and "Traceback" not in train.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_config_error_before_anything_runs(synth_data, tmp_path):
+    proc = _train(synth_data, tmp_path / "runs", "trainer.max_epoch=1")
+    assert proc.returncode == 2 and "unknown key 'trainer.max_epoch'" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_loses_no_epoch(synth_data, tmp_path):
+    runs = tmp_path / "runs"
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    args = [sys.executable, "-m", "nailseg.cli", "train", CONFIG, f"data.root={synth_data}", f"run.dir={runs}",
+            *TINY_TRAIN, "trainer.max_epochs=6", "run.name=killed"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = runs / "killed" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(metrics.read_text().splitlines())
+    assert 2 <= done_before < 6
+    resumed = run_cli("train", "--resume", str(runs / "killed"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    epochs = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
+    assert epochs == list(range(6))  # every epoch once: none lost, none repeated
+    assert json.loads((runs / "killed" / "summary.json").read_text())["epochs"] == 6
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_ddp_two_processes_on_cpu(synth_data, tmp_path):
+    proc = _train(synth_data, tmp_path / "runs", "trainer.max_epochs=1", "trainer.devices=2",
+                  "trainer.strategy=ddp", "trainer.accelerator=cpu", "run.name=ddp")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Starting with 2 processes" in proc.stderr + proc.stdout
+    summary = json.loads((tmp_path / "runs" / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert len((tmp_path / "runs" / "ddp" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_short_training_on_real_nails(real_data, tmp_path):
+    proc = run_cli("train", CONFIG, f"data.root={real_data}", f"run.dir={tmp_path}", "run.name=real",
+                   "data.image_size=128", "model.encoder=resnet18", "trainer.max_epochs=2",
+                   "trainer.batch_size=8", "data.num_workers=0", "logging.predictions=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "real" / "summary.json").read_text())
+    assert 0.0 <= summary["val_iou"] <= 1.0
+
+
+def test_balanced_training_logs_group_shares(synth_data, tmp_path):
+    proc = _train(synth_data, tmp_path, "trainer.max_epochs=2", "run.name=bal",
+                  "data.balance={by: fg_bins, bins: 2, epoch_size: 16}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "bal" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [4, 8]  # 16 draws per epoch in batches of 4
+    for r in records:
+        assert sum(r["group_share"].values()) == pytest.approx(1.0)
+        assert len(r["group_share"]) >= 2
+    assert records[0]["group_share"] != records[1]["group_share"]  # a fresh draw each epoch
+
+
+@pytest.mark.parametrize("switch", ["data.pipeline=kornia", "data.pipeline=dali"])
+def test_one_epoch_with_fast_pipelines_on_cpu(synth_data, tmp_path, switch):
+    """kornia augmentation on CPU tensors, and DALI in CPU mode, inside a real Trainer."""
+    pytest.importorskip("kornia" if "augment" in switch else "nvidia.dali")
+    proc = _train(synth_data, tmp_path, "trainer.max_epochs=1", "run.name=fast", switch)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "fast" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["step"] == 5  # 22 training pairs in batches of 4, the ragged last batch dropped
+    assert 0.0 <= json.loads((tmp_path / "fast" / "summary.json").read_text())["val_iou"] <= 1.0
