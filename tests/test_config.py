@@ -53,3 +53,51 @@ def test_bad_files(tmp_path):
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_experiment(tmp_path / "list.yaml")
+
+
+@pytest.mark.parametrize("override", ["loader=dali", "augment.device=gpu", "augment.engine=tf"])
+def test_replaced_keys_name_data_pipeline(override):
+    with pytest.raises(ConfigError) as info:
+        load_experiment(REPO / "configs" / "demo-cpu.yaml", [override])
+    assert len(info.value.lines) == 1 and "replaced by 'data.pipeline'" in info.value.lines[0]
+
+
+def test_model_keys_belong_to_their_family():
+    with pytest.raises(ConfigError) as info:
+        load_experiment(None, ["model.family=segformer", "model.encoder=resnet18"])
+    line = info.value.lines[0]
+    assert "unknown key 'model.encoder' for model.family segformer" in line and "variant" in line
+    exp = load_experiment(None, ["model.family=sm", "model.encoder=resnet18"])
+    assert exp.stack == "keras" and exp.pipeline == "albumentations"
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    (["data.pipeline=tf"], "data.pipeline: tf is not a pipeline of the lightning stack"),
+    (["model.family=sm", "data.pipeline=kornia"], "it supports auto, albumentations, tf"),
+    (["model.family=maskrcnn", "augment.train=[{name: affine}]"], "affine cannot run on the mmdet pipeline"),
+    (["data.pipeline=dali", "data.balance={by: fg_bins}"], "cannot draw weighted samples"),
+    (["model.family=sm", "optim.encoder_lr_scale=0.1"], "optim.encoder_lr_scale: the keras stack cannot honour it"),
+])
+def test_stack_refuses_what_it_cannot_do(overrides, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_experiment(None, overrides)
+    assert fragment in str(info.value)
+
+
+def test_engine_ops_refusal_fires_for_every_engine(monkeypatch):
+    """ENGINE_OPS is what the validator reads: an engine that lacks an op refuses it."""
+    from nailseg.core import augment
+
+    monkeypatch.setitem(augment.ENGINE_OPS, "kornia", frozenset({"hflip"}))
+    with pytest.raises(ConfigError, match="blur cannot run on the kornia pipeline"):
+        load_experiment(None, ["data.pipeline=kornia", "augment.train=[{name: blur}]"])
+    assert load_experiment(None, ["data.pipeline=kornia", "augment.train=[{name: hflip}]"]).pipeline == "kornia"
+
+
+def test_every_optim_key_has_one_meaning():
+    from nailseg.core.runtime import lr_factor
+
+    warm = [lr_factor(e, 10, 2, "cosine") for e in range(10)]
+    assert warm[0] < warm[1] < warm[2] == 1.0 and warm[-1] < 0.1
+    assert [lr_factor(e, 4, 0, "none") for e in range(4)] == [1.0] * 4
+    assert lr_factor(3, 4, 0, "poly", 1.0) == pytest.approx(0.25)

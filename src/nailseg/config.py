@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -26,6 +27,15 @@ class _Section(BaseModel):
 class SplitConfig(_Section):
     val: float = Field(0.15, ge=0, lt=1)
     test: float = Field(0.15, ge=0, lt=1)
+    folds: int | None = Field(None, ge=2, description="k-fold cross-validation: the number of folds (val = one "
+                                                      "fold, no test split; val/test fractions are then unused)")
+    fold: int = Field(0, ge=0, description="with folds: which fold is the validation split (0-based)")
+
+    @model_validator(mode="after")
+    def _fold_in_range(self):
+        if self.folds is not None and self.fold >= self.folds:
+            raise ValueError(f"fold {self.fold} is out of range for {self.folds} folds (0 to {self.folds - 1})")
+        return self
 
 
 class BalanceConfig(_Section):
@@ -353,9 +363,14 @@ def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
 
 def _format_errors(err: ValidationError, source: str) -> list[str]:
     valid = _valid_keys(Experiment)
-    lines = []
+    lines, seen = [], set()
     for e in err.errors():
-        parts = [p for p in e["loc"] if not (isinstance(p, str) and p in _UNION_TAGS)]
+        parts = [p for p in e["loc"] if not (isinstance(p, str) and (p in _UNION_TAGS or _TYPE_TAG.match(p)))]
+        key = ".".join(str(p) for p in parts)
+        if e["type"] != "extra_forbidden":  # a union gives one error per member: report the key once
+            if key in seen:
+                continue
+            seen.add(key)
         family = next((p for p in e["loc"] if isinstance(p, str) and p in MODEL_CLASSES), None)
         loc = ".".join(str(p) for p in parts)
         if e["type"] == "extra_forbidden":
@@ -373,6 +388,7 @@ def _format_errors(err: ValidationError, source: str) -> list[str]:
     return lines
 
 
+_TYPE_TAG = re.compile(r"^(constrained-|literal\[|function-|tuple\[|list\[|dict\[|int$|float$|str$|bool$|none$)")
 _UNION_TAGS = {"hflip", "vflip", "affine", "random_resized_crop", "brightness_contrast",
                "hue_saturation", "gauss_noise", "blur", *MODEL_CLASSES}
 

@@ -106,8 +106,9 @@ class Stack(Protocol):
     def fit(self, ctx: TrainContext) -> FitResult | None:
         """Train; ``None`` on non-zero ranks."""
 
-    def load_predictor(self, run: RunDir, exp: Experiment) -> Predictor:
-        """RGB uint8 image -> foreground probability map at the image's size."""
+    def load_predictor(self, run: RunDir, exp: Experiment, checkpoint: str = "best") -> Predictor:
+        """RGB uint8 image -> foreground probability map at the image's size, from the best
+        checkpoint (falling back to the last) or, with ``checkpoint="last"``, the last one."""
 
     def export(self, run: RunDir, exp: Experiment, fmt: str, out: Path | None) -> Path:
         """Write the model in one of ``spec.exports``."""
@@ -116,10 +117,12 @@ class Stack(Protocol):
 class InstanceStack(Stack, Protocol):
     """A stack with the ``instances`` capability (per-instance masks and COCO mAP)."""
 
-    def load_instance_predictor(self, run: RunDir, exp: Experiment) -> Callable[[np.ndarray], tuple]:
+    def load_instance_predictor(self, run: RunDir, exp: Experiment,
+                                checkpoint: str = "best") -> Callable[[np.ndarray], tuple]:
         ...
 
-    def evaluate_instances(self, run: RunDir, exp: Experiment, chosen: list[Pair], all_pairs: list[Pair]) -> dict:
+    def evaluate_instances(self, run: RunDir, exp: Experiment, chosen: list[Pair], all_pairs: list[Pair],
+                           checkpoint: str = "best") -> dict:
         ...
 
 

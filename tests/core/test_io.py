@@ -34,3 +34,32 @@ def test_atomic_dir_replaces_only_on_success(tmp_path):
             raise RuntimeError("killed")
     assert (target / "a.txt").read_text() == "one"
     assert [p.name for p in tmp_path.iterdir()] == ["export"]
+
+
+def test_written_files_respect_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"a": 1})
+        from nailseg.core.io import atomic_dir
+
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "x").write_text("1")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def test_stale_temp_files_of_dead_writers_are_cleaned(tmp_path):
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".summary.json.{dead.pid}.abc123.tmp"
+    stale.write_text("half")
+    other = tmp_path / ".notours.tmp"
+    other.write_text("keep")
+    write_json(tmp_path / "summary.json", {"ok": True})
+    assert not stale.exists() and other.exists()

@@ -28,7 +28,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nailseg.cli import bench, data, train
+    from nailseg.cli import bench, compare, data, train
 
     parser = argparse.ArgumentParser(
         prog="nailseg",
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     data.add_parser(sub)
     train.add_parser(sub)
-
+    compare.add_parser(sub)
     bench.add_parser(sub)
     return parser
 

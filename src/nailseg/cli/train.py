@@ -49,11 +49,13 @@ def cmd_eval(args) -> int:
     else:
         keys = set(load_split(run.split)[args.split])
         chosen = [p for p in pairs if p.key in keys]
-    result = evaluate_pairs(stack.load_predictor(run, exp), chosen, progress=not args.quiet)
+    overlays = output_folder(args.overlays, "--overlays") if args.overlays else None
+    result = evaluate_pairs(stack.load_predictor(run, exp, args.checkpoint), chosen, progress=not args.quiet,
+                            overlays=overlays)
     if has_capability(exp, "instances"):  # instance models: COCO bbox/segm mAP as well
-        result = {**stack.evaluate_instances(run, exp, chosen, pairs), **result}
+        result = {**stack.evaluate_instances(run, exp, chosen, pairs, args.checkpoint), **result}
     result = {"run": str(run.path), "data": str(root), "split": "all" if args.data else args.split,
-              "checkpoint": str(run.inference_checkpoint()), **result}
+              "checkpoint": args.checkpoint, **result}
     out = out or run.eval
     write_json(out, result)
     print(f"{'split':10} {'images':>6} {'IoU':>7} {'Dice':>7} {'prec.':>7} {'recall':>7}")
@@ -127,6 +129,11 @@ def add_parser(sub) -> None:
                     help="which part of the run's split to score (default: test)")
     ev.add_argument("--data", help="score every pair of another data folder instead")
     ev.add_argument("--out", help="where to write the JSON (default: RUN/eval.json)")
+    ev.add_argument("--checkpoint", choices=["best", "last"], default="best",
+                    help="best (default; falls back to last) or last")
+    ev.add_argument("--overlays", metavar="DIR",
+                    help="write one picture per image: true positives green, false positives red, false "
+                         "negatives blue, the image's IoU in a corner")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_eval)
 

@@ -25,7 +25,8 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 THRESHOLD = 0.5
 
 
-def evaluate_pairs(predict: Predictor, pairs: list[Pair], *, progress: bool = True) -> dict:
+def evaluate_pairs(predict: Predictor, pairs: list[Pair], *, progress: bool = True,
+                   overlays: Path | None = None) -> dict:
     """Score ``predict`` on ``pairs``; returns the ``eval.json`` content."""
     if not pairs:
         raise DataError("nothing to evaluate: the chosen split is empty")
@@ -44,6 +45,11 @@ def evaluate_pairs(predict: Predictor, pairs: list[Pair], *, progress: bool = Tr
         c = confusion(pred, truth)
         counts.append(c)
         per_image.append({"key": pair.key, **counts_scores(c), **c.as_dict()})
+        if overlays is not None:
+            from nailseg.core.visualize import error_overlay
+
+            name = Path(pair.key).with_suffix("").as_posix().replace("/", "__")
+            save_png(Path(overlays) / f"{name}.png", error_overlay(image, pred, truth, per_image[-1]["iou"]))
     agg = aggregate(counts)
     return {**agg["micro"], "mean_per_image": agg["mean_per_image"], "n_images": len(pairs),
             "threshold": THRESHOLD, "per_image": per_image}

@@ -17,7 +17,7 @@ from pathlib import Path
 from nailseg.config import Experiment, experiment_from_dict, parse_overrides, read_config_file, set_dotted
 from nailseg.core.data.check import check_dataset
 from nailseg.core.data.discover import Pair, find_pairs
-from nailseg.core.data.split import load_split, make_split, save_split
+from nailseg.core.data.split import load_split, save_split, split_for
 from nailseg.core.io import read_jsonl, write_json, write_text, write_yaml
 from nailseg.core.runtime import global_rank
 from nailseg.errors import ConfigError, DataError
@@ -226,11 +226,11 @@ def fix_split(exp: Experiment, run: RunDir, keys: set[str], *, resume: bool) -> 
         if missing:
             raise DataError([f"{run.split}: '{k}' is in the split but not in {exp.data.root}" for k in missing[:20]])
         return split
-    split = make_split(sorted(keys), exp.data.split.val, exp.data.split.test, exp.data.seed)
+    split = split_for(sorted(keys), exp.data.split, exp.data.seed)
     resolved = resolved_config(exp, run)
     write_yaml(run.config, resolved)
     save_split(run.split, split, seed=exp.data.seed, val=exp.data.split.val, test=exp.data.split.test,
-               data_root=resolved["data"]["root"])
+               folds=exp.data.split.folds, fold=exp.data.split.fold, data_root=resolved["data"]["root"])
     return split
 
 

@@ -24,6 +24,25 @@ def overlay(image: np.ndarray, mask: np.ndarray, colour=PRED_COLOUR, alpha: floa
     return out
 
 
+ERROR_COLOURS = {"tp": (40, 200, 70), "fp": (235, 50, 50), "fn": (50, 110, 255)}  # RGB
+
+
+def error_overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, iou: float, alpha: float = 0.55) -> np.ndarray:
+    """Truth against prediction: true positives green, false positives red, false negatives blue,
+    and the image's IoU in the top-left corner. Shows at a glance what a model mistakes for a nail."""
+    out = image.astype(np.float32).copy()
+    pred, truth = pred.astype(bool), truth.astype(bool)
+    for key, region in (("tp", pred & truth), ("fp", pred & ~truth), ("fn", ~pred & truth)):
+        out[region] = out[region] * (1 - alpha) + np.asarray(ERROR_COLOURS[key], np.float32) * alpha
+    out = out.astype(np.uint8)
+    text = f"IoU {iou:.3f}"
+    scale = max(0.4, min(image.shape[:2]) / 500)
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    cv2.rectangle(out, (0, 0), (w + 8, h + base + 8), (0, 0, 0), -1)
+    cv2.putText(out, text, (4, h + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
 def instance_overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """One colour per instance (golden-angle hues, so neighbours differ), outlined, with its number."""
     out = image.astype(np.float32).copy()

@@ -20,7 +20,7 @@ def keras_run(synth_data, tmp_path_factory):
     pytest.importorskip("segmentation_models")
     runs = tmp_path_factory.mktemp("kruns")
     proc = run_cli("train", CONFIG, f"data.root={synth_data}", f"run.dir={runs}", "run.name=k",
-                   "trainer.max_epochs=2", *TINY)
+                   "trainer.max_epochs=2", "optim.warmup_epochs=2", "optim.lr=0.003", *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert Path(proc.stdout.strip().splitlines()[-1]) == runs / "k"
     return runs / "k"
@@ -32,6 +32,8 @@ def test_run_folder_matches_lightning_keys(keras_run):
     assert list((keras_run / "tb").rglob("events.out.tfevents.*"))
     records = [json.loads(x) for x in (keras_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1]
+    # optim.warmup_epochs=2 means on Keras what it means on Lightning (tests/stacks/lightning)
+    assert [r["lr"] for r in records] == pytest.approx([0.001, 0.002])
     for key in ("train_loss", "val_loss", "val_iou", "val_dice", "images_per_s", "epoch_time_s", "lr", "step"):
         assert all(r[key] is not None for r in records), key
     summary = json.loads((keras_run / "summary.json").read_text())

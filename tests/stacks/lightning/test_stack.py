@@ -27,7 +27,8 @@ def _train(data: Path, runs: Path, *extra: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def trained_run(synth_data, tmp_path_factory) -> Path:
     runs = tmp_path_factory.mktemp("runs")
-    proc = _train(synth_data, runs, "trainer.max_epochs=2", "run.name=tiny")
+    proc = _train(synth_data, runs, "trainer.max_epochs=2", "run.name=tiny", "optim.warmup_epochs=2",
+                  "optim.lr=0.003")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = Path(proc.stdout.strip().splitlines()[-1])  # the last line is the run folder
     assert run == runs / "tiny"
@@ -42,12 +43,16 @@ def test_run_folder_complete(trained_run):
     assert list((trained_run / "tb").glob("events.out.tfevents.*"))
     records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1]
+    # optim.warmup_epochs=2: the shared schedule's warm-up, the same numbers as the Keras stack's
+    assert [r["lr"] for r in records] == pytest.approx([0.001, 0.002])
     for r in records:
         for key in ("train_loss", "val_loss", "val_iou", "val_dice", "images_per_s", "epoch_time_s"):
             assert r[key] is not None and np.isfinite(r[key]), key
     summary = json.loads((trained_run / "summary.json").read_text())
     assert 0.0 <= summary["val_iou"] <= 1.0 and 0.0 <= summary["val_dice"] <= 1.0
     assert summary["precision"] == "32-true" and summary["epochs"] == 2
+    assert summary["stack"] == "lightning" and summary["pipeline"] == "albumentations"
+    assert summary["arch"] == "Unet" and summary["encoder"] == "resnet18" and summary["peak_memory_mb"] > 0
     assert summary["versions"]["torch"]
     config = yaml.safe_load((trained_run / "config.yaml").read_text())
     assert config["data"]["image_size"] == 64 and Path(config["data"]["root"]).is_absolute()

@@ -244,14 +244,14 @@ def balance_report(source: str | os.PathLike[str], updates: dict, *, seed: int, 
 
     from nailseg.config import BalanceConfig, load_experiment
     from nailseg.core.data.check import check_dataset
-    from nailseg.core.data.split import make_split
+    from nailseg.core.data.split import split_for
 
     source = Path(source)
     fractions = None
     if source.is_file():  # an experiment config: its data, its balance settings, its train split
         exp = load_experiment(source)
         root, cfg, seed = exp.data.root, exp.data.balance or BalanceConfig(), exp.trainer.seed
-        fractions = (exp.data.split.val, exp.data.split.test, exp.data.seed)
+        fractions = (exp.data.split, exp.data.seed)
     else:
         root, cfg = source, BalanceConfig()
     try:
@@ -264,7 +264,7 @@ def balance_report(source: str | os.PathLike[str], updates: dict, *, seed: int, 
     fg_share = {s.key: s.fg_share for s in report.stats}
     keys = sorted(fg_share)
     if fractions is not None:
-        keys = make_split(keys, *fractions)["train"]
+        keys = split_for(keys, *fractions)["train"]
     grouping = make_grouping(keys, cfg, fg_share)
     epoch_size = cfg.epoch_size or len(keys)
     return {"root": str(root), "by": cfg.by, "weights": cfg.weights, "epoch_size": epoch_size,

@@ -55,7 +55,8 @@ def _open(path: Path) -> Image.Image:
     except UnidentifiedImageError as err:
         raise DataError(f"{quote_name(path)}: not an image file Pillow can decode") from err
     except Image.DecompressionBombError as err:
-        raise DataError(f"{quote_name(path)}: image too large to decode safely ({err})") from err
+        raise DataError(f"{quote_name(path)}: image header claims more pixels than the limit of "
+                        f"{MAX_PIXELS // 1_000_000} megapixels (a decompression bomb, or far too large)") from err
     except (OSError, SyntaxError, ValueError, EOFError, struct_error, IndexError, TypeError, MemoryError) as err:
         raise DataError(f"{quote_name(path)}: corrupt or truncated image ({str(err)[:160]})") from err
     return img
@@ -154,6 +155,7 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     except UnidentifiedImageError as err:
         raise DataError(f"{quote_name(path)}: not an image file Pillow can decode") from err
     except Image.DecompressionBombError as err:
-        raise DataError(f"{quote_name(path)}: image too large to decode safely ({err})") from err
+        raise DataError(f"{quote_name(path)}: image header claims more pixels than the limit of "
+                        f"{MAX_PIXELS // 1_000_000} megapixels (a decompression bomb, or far too large)") from err
     except (OSError, SyntaxError, ValueError, EOFError, struct_error) as err:
         raise DataError(f"{quote_name(path)}: corrupt or truncated image (unreadable header: {str(err)[:160]})") from err

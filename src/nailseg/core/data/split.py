@@ -48,6 +48,25 @@ def make_split(keys: list[str], val: float, test: float, seed: int) -> dict[str,
     }
 
 
+def make_fold_split(keys: list[str], folds: int, fold: int, seed: int) -> dict[str, list[str]]:
+    """K-fold cross-validation: the sorted keys shuffled with ``seed`` and dealt into ``folds``
+    folds; fold ``fold`` is the validation split, the rest is training, and there is no test split.
+    The same keys, folds and seed give the same folds for every config and every stack."""
+    ordered = sorted(keys)
+    if len(ordered) < folds:
+        raise DataError(f"only {len(ordered)} pairs: too few for {folds} folds")
+    perm = np.random.default_rng(seed).permutation(len(ordered))
+    val = sorted(ordered[i] for i in perm[fold::folds])
+    return {"val": val, "test": [], "train": sorted(set(ordered) - set(val))}
+
+
+def split_for(keys: list[str], cfg, seed: int) -> dict[str, list[str]]:
+    """The split a ``data.split`` config asks for (fractions, or one fold of k)."""
+    if cfg.folds:
+        return make_fold_split(keys, cfg.folds, cfg.fold, seed)
+    return make_split(keys, cfg.val, cfg.test, seed)
+
+
 def save_split(path: str | os.PathLike[str], split: dict[str, list[str]], **meta) -> None:
     write_json(path, {**meta, **{name: split[name] for name in SPLITS}})
 

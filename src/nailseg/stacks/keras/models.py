@@ -28,8 +28,9 @@ def _arch(cfg: SmModel):
 
 
 def check_sm_model(cfg: SmModel) -> None:
-    """Refuse an unknown architecture or backbone before a run folder is written."""
+    """Refuse an unknown architecture or backbone, or unreachable weights, before a run folder is written."""
     _arch(cfg)
+    resolve_weights(cfg.encoder_weights, "model.encoder_weights", check_online=("storage.googleapis.com", "github.com"))
 
 
 def build_sm_model(cfg: SmModel, size: tuple[int, int]):

@@ -234,10 +234,11 @@ class KerasStack:
                       "tf_keras": keras.__version__, "segmentation_models": sm.__version__},
             extras={"keras_epochs_run": len(history.epoch)})
 
-    def load_model(self, run: RunDir, exp: Experiment):
+    def load_model(self, run: RunDir, exp: Experiment, checkpoint: str = "best"):
         keras.mixed_precision.set_global_policy("float32")
         model = build_sm_model(exp.model.model_copy(update={"encoder_weights": "none"}), exp.data.size_hw)
-        candidates = [p for p in (run.checkpoints / BEST, run.checkpoints / LAST) if p.exists()]
+        names = (BEST, LAST) if checkpoint == "best" else (LAST,)
+        candidates = [run.checkpoints / n for n in names if (run.checkpoints / n).exists()]
         if not candidates:
             raise ConfigError(f"{run.path}: no checkpoint in {run.checkpoints} (did training finish an epoch?)")
         errors = []
@@ -252,10 +253,10 @@ class KerasStack:
             return model
         raise ConfigError(errors)
 
-    def load_predictor(self, run: RunDir, exp: Experiment) -> Predictor:
+    def load_predictor(self, run: RunDir, exp: Experiment, checkpoint: str = "best") -> Predictor:
         import cv2
 
-        model = self.load_model(run, exp)
+        model = self.load_model(run, exp, checkpoint)
         h, w = exp.data.size_hw
         mean = np.asarray(IMAGENET_MEAN, np.float32) * 255
         std = np.asarray(IMAGENET_STD, np.float32) * 255

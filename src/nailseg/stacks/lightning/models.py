@@ -48,6 +48,7 @@ def check_model_exists(cfg: ModelConfig) -> None:
         hint = difflib.get_close_matches(cfg.encoder, encoders, n=3)
         raise ConfigError(f"model.encoder={cfg.encoder!r}: not an smp encoder"
                           + (f" (did you mean {', '.join(hint)}?)" if hint else ""))
+    resolve_weights(cfg.encoder_weights, "model.encoder_weights", check_online="huggingface.co")
 
 
 def build_smp_model(cfg: SmpModel) -> nn.Module:
@@ -68,11 +69,11 @@ def build_smp_model(cfg: SmpModel) -> nn.Module:
     return model
 
 
-def init_from(model: nn.Module, cfg: ModelConfig) -> None:
-    """``model.init_from``: start from another run's best weights (a run folder) or a weights file."""
+def init_source(cfg: ModelConfig) -> Path | None:
+    """The weights file ``model.init_from`` names (a run folder's best checkpoint), or ``None``."""
     source = getattr(cfg, "init_from", "none")
     if source in ("", "none"):
-        return
+        return None
     path = Path(source).expanduser()
     if path.is_dir():
         from nailseg.core.runs import RunDir
@@ -84,7 +85,21 @@ def init_from(model: nn.Module, cfg: ModelConfig) -> None:
         path = candidates[0]
     elif not path.exists():
         raise ConfigError(f"model.init_from={source!r}: no such run folder or weights file")
-    load_weights_file(model, path, "model.init_from")
+    return path
+
+
+def verify_init_source(cfg: ModelConfig) -> None:
+    """Read ``model.init_from`` safely before any run folder exists (corrupt or unsafe: refused)."""
+    path = init_source(cfg)
+    if path is not None:
+        safe_load(path, "weights file")
+
+
+def init_from(model: nn.Module, cfg: ModelConfig) -> None:
+    """``model.init_from``: start from another run's best weights (a run folder) or a weights file."""
+    path = init_source(cfg)
+    if path is not None:
+        load_weights_file(model, path, "model.init_from")
 
 
 def load_weights_file(model: nn.Module, path: Path, key: str = "model.encoder_weights") -> None:

@@ -25,7 +25,8 @@ from nailseg.stacks import STACKS
 from nailseg.stacks.lightning.callbacks import AtomicCheckpointIO, EpochRecorder
 from nailseg.stacks.lightning.checkpoints import safe_load
 from nailseg.stacks.lightning.loaders import build_loaders
-from nailseg.stacks.lightning.models import build_model, check_model_exists, foreground_probability, without_pretrained
+from nailseg.stacks.lightning.models import (build_model, check_model_exists, foreground_probability, verify_init_source,
+                                             without_pretrained)
 from nailseg.stacks.lightning.module import SegmentationModule
 from nailseg.stacks.lightning.tensorboard import use_tensorboard_without_tensorflow
 
@@ -78,6 +79,7 @@ class LightningStack:
 
             require("kornia", "gpuaug", "GPU augmentation (data.pipeline: kornia)")
         check_model_exists(exp.model)
+        verify_init_source(exp.model)
 
     def resumable(self, run: RunDir) -> Path | None:
         if not run.last_checkpoint.exists():
@@ -132,13 +134,12 @@ class LightningStack:
                          device=_device_name(trainer), world_size=trainer.world_size, versions=_versions(),
                          extras=extras)
 
-    def load_model(self, run: RunDir, exp: Experiment) -> torch.nn.Module:
-        """The trained network of a run (best checkpoint, else last), on the CPU, in eval mode.
-
-        Checkpoints are read with ``weights_only=True``; a corrupt best checkpoint falls back to
-        the last one with a warning.
-        """
-        candidates = [p for p in (run.best_checkpoint, run.last_checkpoint) if p.exists()]
+    def load_model(self, run: RunDir, exp: Experiment, checkpoint: str = "best") -> torch.nn.Module:
+        """The trained network of a run (best checkpoint, else last; or the last one only), on the
+        CPU, in eval mode. Checkpoints are read with ``weights_only=True``; a corrupt best
+        checkpoint falls back to the last one with a warning."""
+        order = (run.best_checkpoint, run.last_checkpoint) if checkpoint == "best" else (run.last_checkpoint,)
+        candidates = [p for p in order if p.exists()]
         if not candidates:
             raise ConfigError(f"{run.path}: no checkpoint in {run.checkpoints} (did training finish an epoch?)")
         errors = []
@@ -163,12 +164,13 @@ class LightningStack:
             return model.eval()
         raise ConfigError([line for err in errors for line in err.lines])
 
-    def load_predictor(self, run: RunDir, exp: Experiment, *, device: str | None = None) -> Predictor:
-        """A predictor from the run's best checkpoint: RGB image -> probability map at its size."""
+    def load_predictor(self, run: RunDir, exp: Experiment, checkpoint: str = "best", *,
+                       device: str | None = None) -> Predictor:
+        """A predictor from the run's best (or last) checkpoint: RGB image -> probability map at its size."""
         import cv2
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = self.load_model(run, exp).to(device)
+        model = self.load_model(run, exp, checkpoint).to(device)
         h, w = exp.data.size_hw
         mean = np.asarray(IMAGENET_MEAN, np.float32) * 255
         std = np.asarray(IMAGENET_STD, np.float32) * 255

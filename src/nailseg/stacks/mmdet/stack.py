@@ -206,14 +206,15 @@ class MmdetStack:
             versions={"nailseg": __version__, "torch": torch.__version__, "mmdet": mmdet.__version__,
                       "mmcv": mmcv.__version__, "mmengine": mmengine.__version__, "python": platform.python_version()})
 
-    def load_instance_predictor(self, run: RunDir, exp: Experiment):
-        return load_instance_predictor(run, exp)
+    def load_instance_predictor(self, run: RunDir, exp: Experiment, checkpoint: str = "best"):
+        return load_instance_predictor(run, exp, checkpoint)
 
-    def load_predictor(self, run: RunDir, exp: Experiment) -> Predictor:
-        return union_predictor(load_instance_predictor(run, exp))
+    def load_predictor(self, run: RunDir, exp: Experiment, checkpoint: str = "best") -> Predictor:
+        return union_predictor(load_instance_predictor(run, exp, checkpoint))
 
-    def evaluate_instances(self, run: RunDir, exp: Experiment, chosen: list[Pair], all_pairs: list[Pair]) -> dict:
-        return evaluate_coco(load_instance_predictor(run, exp), chosen, all_pairs, exp.model.min_area)
+    def evaluate_instances(self, run: RunDir, exp: Experiment, chosen: list[Pair], all_pairs: list[Pair],
+                           checkpoint: str = "best") -> dict:
+        return evaluate_coco(load_instance_predictor(run, exp, checkpoint), chosen, all_pairs, exp.model.min_area)
 
     def export(self, run: RunDir, exp: Experiment, fmt: str, out: Path | None = None) -> Path:
         """``state_dict``: the plain inference weights (loadable with weights_only=True) plus the mmdet config."""
@@ -248,7 +249,7 @@ def _export_weights(run: RunDir) -> None:
             torch.save(state, tmp)
 
 
-def load_model(run: RunDir, exp: Experiment, device: str | None = None):
+def load_model(run: RunDir, exp: Experiment, device: str | None = None, checkpoint: str = "best"):
     from mmdet.apis import init_detector
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
@@ -272,7 +273,8 @@ def load_model(run: RunDir, exp: Experiment, device: str | None = None):
         with mmengine_safe_loading():
             model = init_detector(cfg, checkpoint=None, device=device)
     model.dataset_meta = {"classes": ("nail",), "palette": [(220, 20, 60)]}
-    candidates = [p for p in (run.checkpoints / "best.pth", run.checkpoints / "last.pth") if p.exists()]
+    names = ("best.pth", "last.pth") if checkpoint == "best" else ("last.pth",)
+    candidates = [run.checkpoints / n for n in names if (run.checkpoints / n).exists()]
     if not candidates:
         raise ConfigError(f"{run.path}: no exported weights in {run.checkpoints} (did training finish?)")
     errors = []
@@ -304,11 +306,11 @@ def _restore_tuples(obj, key: str | None = None):
     return obj
 
 
-def load_instance_predictor(run: RunDir, exp: Experiment):
+def load_instance_predictor(run: RunDir, exp: Experiment, checkpoint: str = "best"):
     """RGB image -> (masks bool (K, H, W), scores (K,)) at the image's own size."""
     from mmdet.apis import inference_detector
 
-    model = load_model(run, exp)
+    model = load_model(run, exp, checkpoint=checkpoint)
 
     def predict(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         result = inference_detector(model, np.ascontiguousarray(image[..., ::-1]))  # mmdet reads BGR

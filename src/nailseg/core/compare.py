@@ -1,0 +1,315 @@
+"""Comparing training recipes: the same data, the same split (or folds), the same evaluation.
+
+Framework-free: each training and evaluation runs in its own ``nailseg`` process (torch and
+TensorFlow never share one), and this module reads back what they wrote (``summary.json``,
+``eval.json``, ``metrics.jsonl``) into one table, plots and a report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from nailseg.core.io import read_jsonl, write_json, write_text
+from nailseg.errors import ConfigError
+
+ROW_KEYS = ("config", "stack", "family", "arch", "encoder", "params", "iou", "dice", "precision", "recall",
+            "images_per_s", "wall_time_s", "peak_memory_mb", "epochs", "device", "pipeline")
+
+
+@dataclass
+class Job:
+    config: str            # the config file (or a run folder with --runs)
+    name: str              # its label in the table
+    fold: int | None = None
+
+
+def _nailseg(*args: str, log: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("NAILSEG_RUN_DIR", None)
+    proc = subprocess.run([sys.executable, "-m", "nailseg.cli", *args], capture_output=True, text=True, env=env)
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        write_text(log, f"$ nailseg {' '.join(args)}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _error_of(proc: subprocess.CompletedProcess) -> str:
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    errors = [x for x in lines if x.startswith("error:")]
+    return (errors or lines or [f"exit code {proc.returncode}"])[-1][:300]
+
+
+def unique_names(configs: list[str]) -> list[str]:
+    names, seen = [], {}
+    for c in configs:
+        stem = Path(c).stem if Path(c).suffix in (".yaml", ".yml") else Path(c).name
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return names
+
+
+def eval_split_of(run: Path) -> str:
+    split = json.loads((run / "split.json").read_text(encoding="utf-8"))
+    return "test" if split.get("test") else "val"
+
+
+def row_from_run(run: Path, name: str, *, checkpoint: str, overlays: bool) -> dict:
+    """Evaluate a finished run (in its own process) and read its row back."""
+    split = eval_split_of(run)
+    args = ["eval", str(run), "--split", split, "--checkpoint", checkpoint, "--quiet",
+            "--out", str(run / "compare-eval.json")]
+    if overlays:
+        args += ["--overlays", str(run / "overlays")]
+    proc = _nailseg(*args, log=run / "compare-eval.log")
+    if proc.returncode != 0:
+        raise ConfigError(f"{run}: evaluation failed: {_error_of(proc)}")
+    ev = json.loads((run / "compare-eval.json").read_text(encoding="utf-8"))
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    row = {
+        "config": name, "run": str(run), "stack": summary.get("stack", summary.get("backend")),
+        "family": summary.get("family"), "arch": summary.get("arch"), "encoder": summary.get("encoder"),
+        "params": summary.get("parameters"), "iou": ev["iou"], "dice": ev["dice"], "precision": ev["precision"],
+        "recall": ev["recall"], "images_per_s": summary.get("train_images_per_s"),
+        "wall_time_s": summary.get("wall_time_s"), "peak_memory_mb": summary.get("peak_memory_mb"),
+        "epochs": summary.get("epochs"), "device": summary.get("device"), "pipeline": summary.get("pipeline"),
+        "eval_split": split, "checkpoint": checkpoint, "n_images": ev["n_images"],
+        "per_image": [{"key": r["key"], "iou": r["iou"]} for r in ev["per_image"]],
+        "curve": [r.get("val_iou") for r in read_jsonl(run / "metrics.jsonl")],
+    }
+    if "segm_mAP" in ev:
+        row["segm_mAP"] = ev["segm_mAP"]
+    return row
+
+
+def aggregate_folds(rows: list[dict]) -> dict:
+    """One row from the rows of each fold: means, plus ``iou_mean``, ``iou_sd`` and per-fold IoUs."""
+    ok = [r for r in rows if "error" not in r]
+    base = dict(ok[0]) if ok else dict(rows[0])
+    if not ok:
+        return base
+    for key in ("iou", "dice", "precision", "recall", "images_per_s", "wall_time_s", "peak_memory_mb", "segm_mAP"):
+        values = [r[key] for r in ok if r.get(key) is not None]
+        if values:
+            base[key] = statistics.fmean(values)
+    ious = [r["iou"] for r in ok]
+    base.update(iou_mean=statistics.fmean(ious), iou_sd=statistics.stdev(ious) if len(ious) > 1 else 0.0,
+                folds=len(rows), fold_ious=[r.get("iou") for r in rows],
+                fold_errors=[r["error"] for r in rows if "error" in r],
+                wall_time_s=sum(r.get("wall_time_s") or 0 for r in ok),
+                per_image=[p for r in ok for p in r["per_image"]],
+                curve=_mean_curve([r["curve"] for r in ok]), runs=[r["run"] for r in ok])
+    base.pop("run", None)
+    return base
+
+
+def _mean_curve(curves: list[list]) -> list:
+    length = max((len(c) for c in curves), default=0)
+    out = []
+    for i in range(length):
+        values = [c[i] for c in curves if i < len(c) and c[i] is not None]
+        out.append(statistics.fmean(values) if values else None)
+    return out
+
+
+def run_compare(configs: list[str], overrides: list[str], out: Path, *, folds: int | None, seed: int,
+                checkpoint: str, say: Callable[[str], None] = print) -> list[dict]:
+    """Train every config on the same data and split (or the same ``folds``), each in its own
+    process, evaluate each the same way, and write ``compare.json``, the plots and ``report.md``."""
+    from nailseg.config import load_experiment
+
+    exps = []
+    for c in configs:  # validate every config first: a typo fails in seconds, not after an hour
+        try:
+            exps.append(load_experiment(c, overrides))
+        except ConfigError as err:
+            exps.append(err)
+    names = unique_names(configs)
+    first = next((e for e in exps if not isinstance(e, ConfigError)), None)
+    if first is None:
+        raise ConfigError([line for e in exps for line in e.lines])
+    split = first.data.split
+    shared = [f"data.seed={first.data.seed}"]
+    if folds:
+        shared += [f"data.split.folds={folds}"]
+    else:
+        shared += [f"data.split.val={split.val}", f"data.split.test={split.test}", "data.split.folds=null"]
+    jobs = [Job(c, n, k) for c, n in zip(configs, names) for k in (range(folds) if folds else [None])]
+    runs_dir = out / "runs"
+    rows_by_config: dict[str, list[dict]] = {n: [] for n in names}
+    started = time.monotonic()
+    for i, job in enumerate(jobs):
+        exp = exps[configs.index(job.config)]
+        label = job.name + (f" fold {job.fold + 1}/{folds}" if folds else "")
+        eta = ""
+        if i:
+            left = (time.monotonic() - started) / i * (len(jobs) - i)
+            eta = f", ETA {int(left // 60)}:{int(left % 60):02d}"
+        say(f"[{i + 1}/{len(jobs)}] {label}{eta}")
+        if isinstance(exp, ConfigError):
+            rows_by_config[job.name].append({"config": job.name, "error": exp.lines[0]})
+            say(f"  failed: {exp.lines[0]}")
+            continue
+        run_name = job.name + (f"-fold{job.fold}" if folds else "")
+        fold_args = [f"data.split.fold={job.fold}"] if folds else []
+        proc = _nailseg("train", job.config, *overrides, *shared, *fold_args, f"run.dir={runs_dir}",
+                        f"run.name={run_name}", log=runs_dir / f"{run_name}.log")
+        if proc.returncode != 0:
+            rows_by_config[job.name].append({"config": job.name, "stack": exp.stack, "error": _error_of(proc)})
+            say(f"  failed: {_error_of(proc)}")
+            continue
+        try:
+            row = row_from_run(runs_dir / run_name, job.name, checkpoint=checkpoint, overlays=True)
+        except ConfigError as err:
+            rows_by_config[job.name].append({"config": job.name, "stack": exp.stack, "error": err.lines[0]})
+            say(f"  failed: {err.lines[0]}")
+            continue
+        rows_by_config[job.name].append(row)
+        say(f"  IoU {row['iou']:.4f}  Dice {row['dice']:.4f}  ({row['wall_time_s']:.0f} s)")
+    rows = [aggregate_folds(r) if folds else r[0] for r in rows_by_config.values()]
+    write_outputs(rows, out, title=f"{len(configs)} configs on {first.data.root}"
+                  + (f", {folds}-fold CV" if folds else f", split val {split.val} / test {split.test}"),
+                  command=_command(configs, overrides, out, folds))
+    return rows
+
+
+def collect_runs(runs: list[str], out: Path, *, checkpoint: str, say: Callable[[str], None] = print) -> list[dict]:
+    """Rows from finished runs, without training; their splits must be identical."""
+    paths = [Path(r) for r in runs]
+    for p in paths:
+        if not (p / "split.json").exists() or not (p / "summary.json").exists():
+            raise ConfigError(f"{p}: not a finished run (needs split.json and summary.json)")
+    splits = {p: {k: v for k, v in json.loads((p / "split.json").read_text()).items()
+                  if k in ("train", "val", "test")} for p in paths}
+    reference = splits[paths[0]]
+    differ = [str(p) for p in paths[1:] if splits[p] != reference]
+    if differ:
+        raise ConfigError(f"--runs: the split of {', '.join(differ)} differs from {paths[0]}'s; "
+                          "compare runs trained on the same split")
+    rows = []
+    for i, (p, name) in enumerate(zip(paths, unique_names([str(p) for p in paths]))):
+        say(f"[{i + 1}/{len(paths)}] {name}")
+        rows.append(row_from_run(p, name, checkpoint=checkpoint, overlays=True))
+    write_outputs(rows, out, title=f"{len(paths)} runs on one split", command="nailseg compare --runs "
+                  + " ".join(runs) + f" --out {out}")
+    return rows
+
+
+def _command(configs, overrides, out, folds) -> str:
+    return " ".join(["nailseg compare", *configs, *overrides, f"--out {out}"] + ([f"--folds {folds}"] if folds else []))
+
+
+def write_outputs(rows: list[dict], out: Path, *, title: str, command: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "compare.json", [{k: v for k, v in r.items() if k not in ("per_image", "curve")} for r in rows])
+    plot_compare(rows, out / "compare.png", title)
+    plot_curves(rows, out / "curves.png", title)
+    write_text(out / "report.md", report_markdown(rows, out, title, command))
+
+
+def plot_compare(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nailseg.core.io import atomic_path
+
+    ok = [r for r in rows if "error" not in r]
+    names = [r["config"] for r in ok]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(max(7, 1.6 * len(ok) + 4), 3.8), dpi=110)
+    ious = [r.get("iou_mean", r["iou"]) for r in ok]
+    err = [r.get("iou_sd", 0.0) for r in ok]
+    bars = a.bar(range(len(ok)), ious, yerr=err, capsize=4, color="#3b7dd8")
+    a.bar_label(bars, labels=[f"{v:.3f}" for v in ious], fontsize=8)
+    a.set_ylabel("IoU (original resolution)" + (" mean ± sd over folds" if any("iou_sd" in r for r in ok) else ""))
+    a.set_ylim(0, 1)
+    speeds = [r.get("images_per_s") or 0 for r in ok]
+    bars = b.bar(range(len(ok)), speeds, color="#e08a2c")
+    b.bar_label(bars, labels=[f"{v:.1f}" for v in speeds], fontsize=8)
+    b.set_ylabel("training images / s")
+    for ax in (a, b):
+        ax.set_xticks(range(len(ok)), names, rotation=15, ha="right", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def plot_curves(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nailseg.core.io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for r in rows:
+        curve = r.get("curve") or []
+        points = [(i, v) for i, v in enumerate(curve) if v is not None]
+        if points:
+            ax.plot(*zip(*points), label=f"{r['config']} ({r.get('stack')})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation IoU (model resolution)")
+    ax.set_ylim(0, 1)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:.0f}"
+    return str(v)
+
+
+def report_markdown(rows: list[dict], out: Path, title: str, command: str) -> str:
+    folds = any("iou_mean" in r for r in rows)
+    cols = ["config", "stack", "family", "arch", "encoder", "params", "iou"] + (["iou_sd", "folds"] if folds else []) \
+        + ["dice", "precision", "recall", "images_per_s", "wall_time_s", "peak_memory_mb", "epochs", "pipeline"]
+    lines = [f"# Comparison: {title}", "", f"Command: `{command}`", "",
+             "IoU, Dice, precision and recall are micro scores at each image's original resolution, from the "
+             "shared evaluation" + (" (the mean over folds; each fold scored on its held-out images)." if folds
+                                    else " on the same held-out images for every config."), "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['config']} | {r.get('stack', '')} | failed: {r['error']} |")
+            continue
+        lines.append("| " + " | ".join(_cell(r.get(c)) for c in cols) + " |")
+    if folds:
+        lines += ["", "Per-fold IoU:", ""]
+        lines += [f"- {r['config']}: " + ", ".join(_cell(v) for v in r.get("fold_ious", [])) for r in rows]
+    lines += ["", "![IoU and training speed](compare.png)", "", "![validation IoU per epoch](curves.png)", "",
+              "## Worst five images per config", "",
+              "Overlays: true positives green, false positives red, false negatives blue; the IoU in the corner.", ""]
+    for r in rows:
+        if "error" in r or not r.get("per_image"):
+            continue
+        worst = sorted(r["per_image"], key=lambda p: p["iou"])[:5]
+        lines.append(f"### {r['config']}")
+        lines.append("")
+        runs = r.get("runs") or [r.get("run")]
+        for p in worst:
+            name = Path(p["key"]).with_suffix("").as_posix().replace("/", "__") + ".png"
+            found = next((Path(run) / "overlays" / name for run in runs if (Path(run) / "overlays" / name).exists()),
+                         None)
+            rel = os.path.relpath(found, out) if found else None
+            lines.append(f"- `{p['key']}` IoU {p['iou']:.3f}" + (f"<br>![{p['key']}]({rel})" if rel else ""))
+        lines.append("")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,63 @@
+"""nailseg compare end to end: a Lightning config and a Keras config on the same folds, then --runs."""
+
+import json
+
+import pytest
+
+from tests.conftest import REPO, run_cli
+
+TINY = ["data.image_size=64", "trainer.batch_size=4", "trainer.max_epochs=1", "logging.predictions=1",
+        "logging.tensorboard=false", "data.num_workers=0"]
+
+
+@pytest.mark.slow
+def test_compare_two_stacks_with_folds_then_runs(synth_data, tmp_path):
+    pytest.importorskip("segmentation_models")
+    lightning = REPO / "configs" / "demo-cpu.yaml"
+    keras = REPO / "configs" / "keras-cpu.yaml"
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: {family: smp, arch: NoSuchArch}\n")
+    out = tmp_path / "cmp"
+    proc = run_cli("compare", str(lightning), str(keras), str(broken), f"data.root={synth_data}",
+                   "model.encoder=resnet18", *TINY, "--folds", "2", "--out", str(out), timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[1/6]" in proc.stdout and "fold 2/2" in proc.stdout and "ETA" in proc.stdout
+    rows = json.loads((out / "compare.json").read_text())
+    assert [r["config"] for r in rows] == ["demo-cpu", "keras-cpu", "broken"]
+    assert "NoSuchArch" in rows[2]["error"]
+    for row in rows[:2]:
+        for key in ("config", "stack", "family", "arch", "encoder", "params", "iou", "dice", "precision", "recall",
+                    "images_per_s", "wall_time_s", "peak_memory_mb", "epochs", "device", "pipeline",
+                    "iou_mean", "iou_sd", "folds", "fold_ious"):
+            assert key in row, (row["config"], key)
+        assert row["folds"] == 2 and len(row["fold_ious"]) == 2 and 0 <= row["iou_mean"] <= 1
+    assert [r["stack"] for r in rows] == ["lightning", "keras", "lightning"]
+    # the same folds for every config: each fold's held-out keys match across stacks
+    runs = out / "runs"
+    for k in (0, 1):
+        splits = [json.loads((runs / f"{name}-fold{k}" / "split.json").read_text())["val"]
+                  for name in ("demo-cpu", "keras-cpu")]
+        assert splits[0] == splits[1]
+    assert (runs / "demo-cpu-fold0" / "split.json").read_text() != (runs / "demo-cpu-fold1" / "split.json").read_text()
+    for name in ("compare.png", "curves.png", "report.md"):
+        assert (out / name).stat().st_size > 0
+    report = (out / "report.md").read_text()
+    assert "| demo-cpu | lightning |" in report and "Worst five" in report and "overlays/" in report
+
+    again = run_cli("compare", "--runs", str(runs / "demo-cpu-fold0"), str(runs / "keras-cpu-fold0"),
+                    "--out", str(tmp_path / "cmp-runs"), timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    rows = json.loads((tmp_path / "cmp-runs" / "compare.json").read_text())
+    assert [r["stack"] for r in rows] == ["lightning", "keras"] and all("iou" in r for r in rows)
+    refused = run_cli("compare", "--runs", str(runs / "demo-cpu-fold0"), str(runs / "demo-cpu-fold1"),
+                      "--out", str(tmp_path / "cmp-bad"))
+    assert refused.returncode == 2 and "demo-cpu-fold1" in refused.stderr and "differs" in refused.stderr
+
+
+def test_a_failing_config_is_reported_in_its_row(synth_data, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer: {max_epochs: 1}\nmodel: {family: smp, encoder: resnet18}\ndata: {image_size: 100}\n")
+    proc = run_cli("compare", str(bad), f"data.root={synth_data}", "--out", str(tmp_path / "cmp"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert rows[0]["config"] == "bad" and "data.image_size" in rows[0]["error"]

@@ -1,0 +1,264 @@
+"""Hostile and careless input: each case exits 2 with one 'error:' line, no traceback, and leaves
+nothing half-written. Every item of docs/reliability.md has its test here or next to its module."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO, TINY_TRAIN, make_pair_folder, run_cli, write_image
+
+CONFIG = str(REPO / "configs" / "demo-cpu.yaml")
+MARKER = "/tmp/nailseg-pwned-{}"
+
+
+class Pwn:
+    """A pickle that, when loaded with weights_only=False, writes a marker file."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _one_error_line(proc):
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-1000:], proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("error:") or ": error: " in x]  # ours, or argparse's
+    assert errors, proc.stderr
+    return errors
+
+
+def _bomb_png(path: Path, w: int = 60000, h: int = 60000) -> Path:
+    """A PNG whose header claims w x h pixels (a decompression bomb) in a few hundred bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    raw = zlib.compress(b"\x00" * 1000)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+    return path
+
+
+# ---- the table: every remaining exit-1 traceback is now one error line and exit 2 -----------------
+
+def _cases(tmp: Path, data: Path) -> list[tuple[str, list[str]]]:
+    (tmp / "cfgdir").mkdir()
+    (tmp / "binary.yaml").write_bytes(b"\xff\xfe\x00bad")
+    (tmp / "afile").write_text("x")
+    bombs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{n}: &{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+    (tmp / "bomb.yaml").write_text(bombs + "data: *i\n")
+    alias_override = "data.root=" + "[&a [x,x,x,x,x,x,x,x,x], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a], " \
+                     "&c [*b,*b,*b,*b,*b,*b,*b,*b,*b], &d [*c,*c,*c,*c,*c,*c,*c,*c,*c], [*d,*d,*d,*d,*d,*d,*d,*d,*d]]"
+    return [
+        ("config is a folder", ["train", str(tmp / "cfgdir")]),
+        ("config not UTF-8", ["train", str(tmp / "binary.yaml")]),
+        ("YAML alias bomb in a file", ["train", str(tmp / "bomb.yaml")]),
+        ("YAML alias bomb in an override", ["train", CONFIG, alias_override]),
+        ("trainer.devices=0", ["train", CONFIG, f"data.root={data}", "trainer.devices=0"]),
+        ("strategy=bogus", ["train", CONFIG, f"data.root={data}", "trainer.strategy=bogus"]),
+        ("image_size=100000", ["train", CONFIG, f"data.root={data}", "data.image_size=100000"]),
+        ("empty data.root", ["train", CONFIG, "data.root="]),
+        ("unknown encoder", ["train", CONFIG, f"data.root={data}", "model.encoder=resnet9000"]),
+        ("accelerator gpu without one", ["train", CONFIG, f"data.root={data}", "trainer.accelerator=gpu"]),
+        ("imagenet weights offline", ["train", CONFIG, f"data.root={data}", "model.encoder=resnet18",
+                                      "model.encoder_weights=imagenet"]),
+        ("balance --bins 0", ["data", "balance", str(data), "--bins", "0"]),
+        ("balance --epoch-size 0", ["data", "balance", str(data), "--epoch-size", "0"]),
+        ("coco --out is a folder", ["data", "coco", str(data), "--out", str(tmp / "cfgdir")]),
+        ("balance --out is a folder", ["data", "balance", str(data), "--out", str(tmp / "cfgdir")]),
+        ("synth out is a file", ["data", "synth", str(tmp / "afile"), "--n", "2"]),
+        ("synth --n 0", ["data", "synth", str(tmp / "s0"), "--n", "0"]),
+        ("compare --folds 1", ["compare", CONFIG, "--folds", "1", "--out", str(tmp / "c1")]),
+    ]
+
+
+def test_table_of_bad_input_exits_2_with_one_line(tmp_path, monkeypatch):
+    data = make_pair_folder(tmp_path / "data", n=4)
+    runs = tmp_path / "runs"
+    for name, argv in _cases(tmp_path, data):
+        started = time.monotonic()
+        extra = [f"run.dir={runs}"] if argv[0] == "train" and argv[1] == CONFIG else []
+        proc = run_cli(*argv, *extra, env={"HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+        errors = _one_error_line(proc)
+        assert len(errors) == 1, (name, errors)
+        assert len(proc.stderr) < 2000, (name, len(proc.stderr))  # echoed values are previews
+        assert time.monotonic() - started < 120, name
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # refused runs leave nothing
+
+
+def test_decompression_bomb_is_a_data_error_everywhere(tmp_path):
+    data = make_pair_folder(tmp_path / "data", n=3)
+    _bomb_png(data / "images" / "img0.png")
+    (data / "images" / "img0.jpg").unlink()
+    check = run_cli("data", "check", str(data))
+    errors = _one_error_line(check)
+    assert any("img0.png" in e and "megapixels" in e for e in errors)
+    train = run_cli("train", CONFIG, f"data.root={data}", f"run.dir={tmp_path / 'runs'}", *TINY_TRAIN)
+    assert any("img0.png" in e for e in _one_error_line(train))
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_huge_mask_is_reported_from_its_header(tmp_path):
+    data = make_pair_folder(tmp_path / "data", n=2)
+    _bomb_png(data / "labels" / "img0.png", 20000, 5000)  # 100 MP: under the limit, but not its image's size
+    started = time.monotonic()
+    proc = run_cli("data", "check", str(data))
+    errors = _one_error_line(proc)
+    assert any("img0.png: mask is 20000x5000 but its image img0.jpg is 40x30" in e for e in errors)
+    assert time.monotonic() - started < 30
+
+
+def test_odd_names_and_mask_values_are_reported(tmp_path):
+    data = make_pair_folder(tmp_path / "data", n=2)
+    weird = "bad\nname"
+    write_image(data / "images" / f"{weird}.jpg", np.zeros((30, 40, 3), np.uint8))
+    proc = run_cli("data", "check", str(data))
+    assert proc.returncode == 2
+    line = next(x for x in proc.stderr.splitlines() if "bad" in x)
+    assert "bad\\nname" in line  # one line, the newline escaped
+
+    small = make_pair_folder(tmp_path / "small", n=2)
+    for m in (small / "labels").iterdir():
+        arr = np.asarray(Image.open(m))
+        Image.fromarray((arr > 0).astype(np.uint8) * 3).save(m)  # labels 0/3: below the rule's threshold
+    proc = run_cli("data", "check", str(small))
+    assert proc.returncode == 0
+    assert "mask values go up to 3" in proc.stderr and "every mask is empty" in proc.stderr
+    assert "warnings:     3" in proc.stdout
+
+    wide = make_pair_folder(tmp_path / "wide", n=1)
+    m = wide / "labels" / "img0.png"
+    Image.fromarray((np.asarray(Image.open(m)) > 0).astype(np.uint16) * 255).save(m)  # 16-bit 0/255
+    assert Image.open(m).mode.startswith("I")
+    proc = run_cli("data", "check", str(wide))
+    assert "mask values go up to 255 but the mask rule needs > 32767" in proc.stderr
+
+
+# ---- runs: locks, resume, code execution, corrupt checkpoints ----------------------------------
+
+@pytest.fixture(scope="module")
+def small_run(synth_data, tmp_path_factory):
+    pytest.importorskip("lightning")
+    runs = tmp_path_factory.mktemp("rel-runs")
+    proc = run_cli("train", CONFIG, f"data.root={synth_data}", f"run.dir={runs}", "run.name=r", *TINY_TRAIN,
+                   "trainer.max_epochs=1", "logging.tensorboard=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return runs / "r"
+
+
+def _copy_run(run: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run, dest)
+    (dest / ".lock").unlink(missing_ok=True)
+    return dest
+
+
+def test_two_processes_never_share_a_run(synth_data, tmp_path):
+    pytest.importorskip("lightning")
+    args = ["train", CONFIG, f"data.root={synth_data}", f"run.dir={tmp_path}", "run.name=same", *TINY_TRAIN,
+            "trainer.max_epochs=3", "logging.tensorboard=false"]
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "nailseg.cli", *args], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "same" / "split.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        second = run_cli(*args)
+        errors = _one_error_line(second)
+        assert "already exists" in errors[0] or "in use" in errors[0]
+        resumed = run_cli("train", "--resume", str(tmp_path / "same"))
+        errors = _one_error_line(resumed)
+        assert "in use by another nailseg process (pid" in errors[0] and str(first.pid) in errors[0]
+    finally:
+        out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    epochs = [json.loads(x)["epoch"] for x in (tmp_path / "same" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1, 2]
+
+
+def test_resume_validates_before_writing(small_run, tmp_path):
+    run = _copy_run(small_run, tmp_path / "r")
+    before = (run / "config.yaml").read_text()
+    proc = run_cli("train", "--resume", str(run), "model.encoder=resnet34")
+    assert "would change the model" in _one_error_line(proc)[0]
+    assert (run / "config.yaml").read_text() == before
+    empty = _copy_run(small_run, tmp_path / "nockpt")
+    for f in (empty / "checkpoints").iterdir():
+        f.unlink()
+    metrics = (empty / "metrics.jsonl").read_text()
+    proc = run_cli("train", "--resume", str(empty))
+    assert "no checkpoint to resume from" in _one_error_line(proc)[0]
+    assert (empty / "metrics.jsonl").read_text() == metrics
+
+
+def test_no_file_in_a_run_can_execute_code(small_run, synth_data, tmp_path):
+    """Plant a malicious pickle in every loadable file; resume, eval, predict, export run nothing."""
+    import torch
+
+    marker = MARKER.format(os.getpid())
+    Path(marker).unlink(missing_ok=True)
+    run = _copy_run(small_run, tmp_path / "evil")
+    real = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    real["evil"] = Pwn(marker)
+    for name in ("last.ckpt", "best.ckpt"):
+        torch.save(real, run / "checkpoints" / name)
+    torch.save({"evil": Pwn(marker)}, run / "model.pt")
+    imgs = tmp_path / "imgs"
+    write_image(imgs / "a.jpg", np.zeros((30, 40, 3), np.uint8))
+    for argv in (["train", "--resume", str(run)], ["eval", str(run), "--split", "val", "--quiet"],
+                 ["predict", str(run), str(imgs), "--out", str(tmp_path / "p")],
+                 ["export", str(run), "--format", "state_dict", "--out", str(tmp_path / "m.pt")],
+                 ["train", CONFIG, f"data.root={synth_data}", f"run.dir={tmp_path / 'runs'}", *TINY_TRAIN,
+                  f"model.init_from={run / 'model.pt'}"]):
+        proc = run_cli(*argv)
+        assert proc.returncode == 2, (argv, proc.stderr[-1500:])
+        assert "Traceback" not in proc.stderr
+        assert "refused to load" in proc.stderr or "error:" in proc.stderr
+    assert not Path(marker).exists(), "a planted pickle ran"
+    assert not (tmp_path / "runs").exists()  # init_from is verified before the run folder is made
+
+
+def test_corrupt_checkpoints_give_one_line_and_fall_back(small_run, tmp_path):
+    run = _copy_run(small_run, tmp_path / "torn")
+    best = run / "checkpoints" / "best.ckpt"
+    best.write_bytes(best.read_bytes()[:1000])
+    proc = run_cli("eval", str(run), "--split", "val", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "warning:" in proc.stderr and "best.ckpt" in proc.stderr and "using last.ckpt" in proc.stderr
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])
+    errors = _one_error_line(run_cli("eval", str(run), "--split", "val", "--quiet"))
+    assert all("corrupt or truncated checkpoint" in e for e in errors)
+    errors = _one_error_line(run_cli("train", "--resume", str(run)))
+    assert "last.ckpt: corrupt or truncated checkpoint" in errors[0]
+
+
+def test_invalid_run_config_and_eval_mask_size(small_run, tmp_path):
+    run = _copy_run(small_run, tmp_path / "badcfg")
+    (run / "config.yaml").write_text("data: [unclosed\n")
+    assert "not valid YAML" in _one_error_line(run_cli("eval", str(run)))[0]
+    other = make_pair_folder(tmp_path / "other", n=2)
+    write_image(other / "labels" / "img0.png", np.zeros((10, 10), np.uint8))
+    errors = _one_error_line(run_cli("eval", str(small_run), "--data", str(other), "--out",
+                                     str(tmp_path / "e.json"), "--quiet"))
+    assert "img0.png: mask is 10x10" in errors[0]
+    for argv in (["eval", str(small_run), "--out", str(tmp_path)],
+                 ["predict", str(small_run), str(other / "images"), "--out", str(other / "images" / "img1.jpg")],
+                 ["export", str(small_run), "--format", "state_dict", "--out", str(tmp_path)]):
+        _one_error_line(run_cli(*argv))
