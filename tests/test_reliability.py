@@ -3,7 +3,6 @@ nothing half-written. Every item of docs/reliability.md has its test here or nex
 
 import json
 import os
-import pickle
 import subprocess
 import sys
 import time

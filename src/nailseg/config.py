@@ -204,6 +204,27 @@ class LoggingConfig(_Section):
     predictions: int = Field(8, ge=0, description="validation overlays written at the end")
 
 
+class PretrainConfig(_Section):
+    """Synthetic pretraining, then fine-tuning: before the real training, the same model trains on
+    ``nailseg data synth`` pictures and the real training starts from its best weights
+    (``model.init_from``). No download: the synthetic nails are drawn by nailseg itself."""
+
+    synth: int = Field(240, ge=8, le=20000, description="number of synthetic pictures to draw")
+    synth_size: str = Field("384x288", description="WIDTHxHEIGHT of each synthetic picture")
+    seed: int = 0
+    image_size: int = Field(192, ge=32, le=MAX_IMAGE_SIDE, description="training side during pretraining")
+    max_epochs: int = Field(12, ge=1)
+    batch_size: int | None = Field(None, ge=1, description="default: trainer.batch_size")
+    lr: float | None = Field(None, gt=0, description="default: optim.lr")
+
+    @field_validator("image_size")
+    @classmethod
+    def _multiple_of_32(cls, v: int) -> int:
+        if v % 32:
+            raise ValueError(f"{v} must be a multiple of 32")
+        return v
+
+
 class RunConfig(_Section):
     dir: str = "runs"
     name: str | None = None
@@ -220,6 +241,7 @@ class Experiment(_Section):
     trainer: TrainerConfig = TrainerConfig()
     logging: LoggingConfig = LoggingConfig()
     run: RunConfig = RunConfig()
+    pretrain: PretrainConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -243,6 +265,9 @@ class Experiment(_Section):
         if self.data.balance is not None and pipeline in ("dali", "mmdet"):
             raise ValueError(f"data.balance: the {pipeline} pipeline cannot draw weighted samples "
                              f"(use data.pipeline: {spec.pipelines[0]})")
+        if self.pretrain is not None and (spec.name != "lightning" or self.model.init_from not in ("", "none")):
+            raise ValueError("pretrain: synthetic pretraining needs the lightning stack and no model.init_from "
+                             "(pretraining sets it)")
         for key in spec.optim_unsupported:
             value = getattr(self.optim, key)
             if value is not None and value != 1.0:

@@ -166,6 +166,8 @@ def run_training(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict 
             dedupe_metrics(run)
         if exp.data.balance is not None and exp.data.balance.by == "fg_bins":
             save_fg_share(run, fg_share)  # DDP ranks read it instead of decoding the set again
+        if exp.pretrain is not None:
+            exp = pretrain_on_synthetic(exp, run)
         ctx = TrainContext(exp, run, resume, PreparedData(split, pairs_of(exp, split), fg_share), rank=0)
         previous = os.environ.get(RUN_DIR_ENV)
         os.environ[RUN_DIR_ENV] = str(run.path.resolve())  # DDP workers re-run the CLI: join this run
@@ -179,6 +181,38 @@ def run_training(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict 
         if result is None:
             return None
         return _finish(stack, ctx, result, started)
+
+
+def pretrain_on_synthetic(exp: Experiment, run: RunDir) -> Experiment:
+    """The ``pretrain`` stage: draw synthetic nails, train the same model on them into
+    ``RUN/pretrain/``, and return ``exp`` set to start from that run's best weights. A resumed run
+    whose pretraining finished reuses it."""
+    from nailseg.core.data.synth import SynthConfig, parse_size, synthesize
+
+    p = exp.pretrain
+    sub_run = RunDir(run.path / "pretrain")
+    if not (sub_run.summary.exists() and sub_run.best_checkpoint.exists()):
+        import shutil
+
+        shutil.rmtree(sub_run.path, ignore_errors=True)  # an interrupted pretraining starts over
+        data = run.path / "pretrain-data"
+        if not (data / "labels").is_dir() or len(list((data / "labels").iterdir())) != p.synth:
+            shutil.rmtree(data, ignore_errors=True)
+            width, height = parse_size(p.synth_size)
+            synthesize(data, SynthConfig(n=p.synth, seed=p.seed, width=width, height=height), progress=False)
+        raw = exp.to_dict()
+        raw.pop("pretrain")
+        raw["data"].update(root=str(data.resolve()), image_size=p.image_size, split={"val": 0.1, "test": 0.0},
+                           balance=None)
+        raw["trainer"].update(max_epochs=p.max_epochs, batch_size=p.batch_size or exp.trainer.batch_size)
+        raw["optim"]["lr"] = p.lr or exp.optim.lr
+        raw["logging"].update(predictions=0, tensorboard=False)
+        raw["run"].update(dir=str(run.path), name="pretrain")
+        print(f"pretraining on {p.synth} synthetic pictures for {p.max_epochs} epochs ({sub_run.path})", flush=True)
+        run_training(Experiment.model_validate(raw), sub_run)
+    raw = exp.to_dict()
+    raw["model"]["init_from"] = str(sub_run.path.resolve())
+    return Experiment.model_validate({**raw, "pretrain": None})
 
 
 def _finish(stack: Stack, ctx: TrainContext, result: FitResult, started: float) -> dict | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from nailseg.cli.common import output_file, output_folder, positive
 from nailseg.core.data.decode import MASK_RULE

@@ -133,8 +133,12 @@ def run_compare(configs: list[str], overrides: list[str], out: Path, *, folds: i
             exps.append(err)
     names = unique_names(configs)
     first = next((e for e in exps if not isinstance(e, ConfigError)), None)
-    if first is None:
-        raise ConfigError([line for e in exps for line in e.lines])
+    if first is None:  # nothing can train: every row says why
+        rows = [{"config": n, "error": e.lines[0]} for n, e in zip(names, exps)]
+        for r in rows:
+            say(f"{r['config']}: failed: {r['error']}")
+        write_outputs(rows, out, title="no config could be loaded", command=_command(configs, overrides, out, folds))
+        return rows
     split = first.data.split
     shared = [f"data.seed={first.data.seed}"]
     if folds:

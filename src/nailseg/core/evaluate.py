@@ -25,6 +25,26 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 THRESHOLD = 0.5
 
 
+def model_input(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """What every stack's model sees at inference: the RGB image resized to the training size
+    and normalised with the ImageNet mean/std, float32 (H, W, 3)."""
+    import cv2
+
+    from nailseg.core.augment import IMAGENET_MEAN, IMAGENET_STD
+
+    h, w = size_hw
+    mean = np.asarray(IMAGENET_MEAN, np.float32) * 255
+    std = np.asarray(IMAGENET_STD, np.float32) * 255
+    return (cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32) - mean) / std
+
+
+def at_image_size(prob: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """A probability map resized back to its image's original size (metrics are scored there)."""
+    import cv2
+
+    return cv2.resize(prob.astype(np.float32), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
 def evaluate_pairs(predict: Predictor, pairs: list[Pair], *, progress: bool = True,
                    overlays: Path | None = None) -> dict:
     """Score ``predict`` on ``pairs``; returns the ``eval.json`` content."""

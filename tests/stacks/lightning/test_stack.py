@@ -212,3 +212,15 @@ def test_one_epoch_with_fast_pipelines_on_cpu(synth_data, tmp_path, switch):
     records = [json.loads(line) for line in (tmp_path / "fast" / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["step"] == 5  # 22 training pairs in batches of 4, the ragged last batch dropped
     assert 0.0 <= json.loads((tmp_path / "fast" / "summary.json").read_text())["val_iou"] <= 1.0
+
+
+def test_synthetic_pretraining_then_fine_tuning(synth_data, tmp_path):
+    proc = _train(synth_data, tmp_path, "trainer.max_epochs=1", "run.name=pre", "logging.tensorboard=false",
+                  "pretrain={synth: 8, synth_size: 96x72, image_size: 64, max_epochs: 1}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "pre"
+    assert (run / "pretrain" / "checkpoints" / "best.ckpt").exists()
+    assert len(list((run / "pretrain-data" / "images").iterdir())) == 8
+    assert "pretraining on 8 synthetic pictures" in proc.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert 0 <= summary["val_iou"] <= 1

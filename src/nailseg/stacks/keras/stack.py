@@ -27,8 +27,7 @@ import tf_keras as keras  # noqa: E402
 
 from nailseg import __version__  # noqa: E402
 from nailseg.config import Experiment  # noqa: E402
-from nailseg.core.augment import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from nailseg.core.evaluate import Predictor  # noqa: E402
+from nailseg.core.evaluate import Predictor, at_image_size, model_input  # noqa: E402
 from nailseg.core.io import atomic_dir, atomic_path, read_jsonl  # noqa: E402
 from nailseg.core.metrics import scores  # noqa: E402
 from nailseg.core.runs import RunDir  # noqa: E402
@@ -254,17 +253,11 @@ class KerasStack:
         raise ConfigError(errors)
 
     def load_predictor(self, run: RunDir, exp: Experiment, checkpoint: str = "best") -> Predictor:
-        import cv2
-
         model = self.load_model(run, exp, checkpoint)
-        h, w = exp.data.size_hw
-        mean = np.asarray(IMAGENET_MEAN, np.float32) * 255
-        std = np.asarray(IMAGENET_STD, np.float32) * 255
 
         def predict(image: np.ndarray) -> np.ndarray:
-            x = (cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32) - mean) / std
-            prob = np.asarray(model(x[None], training=False))[0, ..., 0].astype(np.float32)
-            return cv2.resize(prob, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+            x = model_input(image, exp.data.size_hw)
+            return at_image_size(np.asarray(model(x[None], training=False))[0, ..., 0], image)
 
         return predict
 

@@ -17,15 +17,19 @@ import torch
 from nailseg.errors import ConfigError
 
 
-def safe_load(path: str | Path, what: str = "checkpoint", map_location="cpu"):
+def safe_load(path: str | Path, what: str = "checkpoint", map_location="cpu", loader=None):
+    """``torch.load(path, weights_only=True)`` (or ``loader``, a restricted equivalent), with every
+    failure turned into one line naming the file."""
     path = Path(path)
     try:
+        if loader is not None:
+            return loader(path, map_location=map_location)
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} not found") from None
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        if "weights_only" in str(err) or "Unsupported global" in str(err) or "GLOBAL" in str(err):
+        if "weights_only" in str(err) or "Unsupported global" in str(err) or "GLOBAL" in str(err) or "refused" in str(err):
             raise ConfigError(f"{path}: refused to load this {what}: it holds Python objects that could run code, "
                               "not only tensors (loaded with weights_only=True)") from None
         raise ConfigError(f"{path}: corrupt {what} ({first})") from None

@@ -15,8 +15,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 
 from nailseg import __version__
 from nailseg.config import Experiment
-from nailseg.core.augment import IMAGENET_MEAN, IMAGENET_STD
-from nailseg.core.evaluate import Predictor
+from nailseg.core.evaluate import Predictor, at_image_size, model_input
 from nailseg.core.runs import RunDir
 from nailseg.core.runtime import resolve_accelerator, resolve_precision
 from nailseg.engine import FitResult, TrainContext
@@ -167,20 +166,14 @@ class LightningStack:
     def load_predictor(self, run: RunDir, exp: Experiment, checkpoint: str = "best", *,
                        device: str | None = None) -> Predictor:
         """A predictor from the run's best (or last) checkpoint: RGB image -> probability map at its size."""
-        import cv2
-
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = self.load_model(run, exp, checkpoint).to(device)
-        h, w = exp.data.size_hw
-        mean = np.asarray(IMAGENET_MEAN, np.float32) * 255
-        std = np.asarray(IMAGENET_STD, np.float32) * 255
 
         @torch.inference_mode()
         def predict(image: np.ndarray) -> np.ndarray:
-            x = (cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32) - mean) / std
+            x = model_input(image, exp.data.size_hw)
             tensor = torch.from_numpy(x.transpose(2, 0, 1))[None].to(device)
-            prob = foreground_probability(model(tensor))[0, 0].float().cpu().numpy()
-            return cv2.resize(prob, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+            return at_image_size(foreground_probability(model(tensor))[0, 0].float().cpu().numpy(), image)
 
         return predict
 

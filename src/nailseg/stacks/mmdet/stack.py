@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pickle
 import math
 import os
 import platform
@@ -45,28 +46,69 @@ def _launcher() -> str:
     return "pytorch" if world_size() > 1 else "none"
 
 
-def _mmengine_safe_globals() -> list:
-    """The few non-tensor types an mmengine checkpoint holds (the message hub's history buffers
-    and the numpy arrays inside them): allow-listed for ``weights_only=True``, nothing else."""
+def _mmengine_globals() -> dict:
+    """What an mmengine checkpoint may name, and nothing else: torch's own ``weights_only``
+    allow-list (tensors, storages, plain containers) plus the message hub's history buffers and
+    the numpy arrays inside them."""
+    import torch._weights_only_unpickler as weights_only
     from mmengine.logging.history_buffer import HistoryBuffer
 
     multiarray = getattr(np, "_core", np.core).multiarray
-    scalar_dtypes = {type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)}
-    return [HistoryBuffer, multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *scalar_dtypes]
+    allowed = dict(weights_only._get_allowed_globals())
+    for obj in (HistoryBuffer, multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype):
+        allowed[f"{obj.__module__}.{obj.__qualname__}"] = obj
+    for t in (np.float64, np.float32, np.int64, np.int32, np.bool_):
+        cls = type(np.dtype(t))
+        allowed[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return allowed
+
+
+def _history_getattr(obj, name: str):
+    """The one ``getattr`` an mmengine checkpoint needs: a HistoryBuffer's statistics methods."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    if obj is HistoryBuffer or isinstance(obj, HistoryBuffer):
+        if name in ("mean", "min", "max", "current", "data") or name in getattr(HistoryBuffer, "_statistics_methods", {}):
+            return getattr(obj, name)
+    raise pickle.UnpicklingError(f"refused getattr({type(obj).__name__}, {name!r}) in an mmengine checkpoint")
+
+
+class _MmengineUnpickler(pickle.Unpickler):
+    """A restricted unpickler (the Python docs' "restricting globals"): any global outside
+    :func:`_mmengine_globals` is refused, so a planted ``__reduce__`` cannot run code."""
+
+    allowed: dict = {}
+
+    def find_class(self, module: str, name: str):
+        if module in ("builtins", "__builtin__") and name == "getattr":
+            return _history_getattr
+        key = f"{module}.{name}"
+        if key in self.allowed:
+            return self.allowed[key]
+        raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {key} (weights_only)")
+
+
+class _MmenginePickle:
+    """A ``pickle_module`` for ``torch.load`` that unpickles with :class:`_MmengineUnpickler`."""
+
+    Unpickler = _MmengineUnpickler
+    load = staticmethod(lambda f, **kw: _MmengineUnpickler(f, **kw).load())
+    __name__ = "nailseg_mmengine_pickle"
+
+
+def _torch_load_mmengine(original, f, *args, **kwargs):
+    _MmengineUnpickler.allowed = _mmengine_globals()
+    kwargs.pop("weights_only", None)
+    kwargs["pickle_module"] = _MmenginePickle
+    return original(f, *args, weights_only=False, **kwargs)
 
 
 @contextlib.contextmanager
 def mmengine_safe_loading():
     """mmengine calls ``torch.load`` itself (resume, load_from); inside this block every such call
-    uses ``weights_only=True`` with the mmengine allow-list, so a planted pickle cannot run code."""
+    goes through the restricted unpickler, so a planted pickle cannot run code."""
     original = torch.load
-
-    def load(f, *args, **kwargs):
-        kwargs["weights_only"] = True
-        with torch.serialization.safe_globals(_mmengine_safe_globals()):
-            return original(f, *args, **kwargs)
-
-    torch.load = load
+    torch.load = lambda f, *args, **kwargs: _torch_load_mmengine(original, f, *args, **kwargs)
     try:
         yield
     finally:
@@ -75,8 +117,8 @@ def mmengine_safe_loading():
 
 def load_mmengine_checkpoint(path: Path) -> dict:
     """An mmengine checkpoint, read safely; corrupt or unsafe files are one ``ConfigError`` naming them."""
-    with torch.serialization.safe_globals(_mmengine_safe_globals()):
-        ckpt = safe_load(path, "mmengine checkpoint")
+    with mmengine_safe_loading():
+        ckpt = safe_load(path, "mmengine checkpoint", loader=torch.load)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ConfigError(f"{path}: not an mmengine checkpoint (no state_dict)")
     return ckpt
