@@ -73,12 +73,12 @@ def test_train_export_and_plain_transformers_round_trip(synth_data, tmp_path):
     assert Path(summary["hf"]) == run / "hf"
     from transformers import SegformerForSemanticSegmentation
 
-    from nailseg.stacks.lightning.stack import load_model
+    from nailseg.stacks.lightning.stack import STACK
     from nailseg.core.runs import open_run
 
     plain = SegformerForSemanticSegmentation.from_pretrained(run / "hf").eval()
     assert plain.config.id2label == {0: "nail"}
-    ours = load_model(*open_run(run))
+    ours = STACK.load_model(*open_run(run))
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(plain(pixel_values=x).logits, ours.hf(pixel_values=x).logits, atol=1e-5)

@@ -76,3 +76,39 @@ def test_torchrun_two_processes_on_cpu(synth_data, tmp_path):
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_planted_pickles_in_mmdet_files_never_run(mmdet_run, tmp_path):
+    """The mmengine work folder's checkpoints and the exported weights: resume, eval, predict and
+    export refuse a planted object, and it never runs."""
+    import shutil
+
+    import torch
+
+    from tests.test_reliability import Pwn
+
+    marker = tmp_path / "pwned"
+    run = tmp_path / "evil"
+    shutil.copytree(mmdet_run, run)
+    (run / ".lock").unlink(missing_ok=True)
+    last = Path((run / "mmdet" / "last_checkpoint").read_text().strip().replace(str(mmdet_run), str(run)))
+    (run / "mmdet" / "last_checkpoint").write_text(str(last))
+    from nailseg.stacks.mmdet.stack import load_mmengine_checkpoint
+
+    ckpt = load_mmengine_checkpoint(last)  # the real file loads through the restricted unpickler
+    ckpt["evil"] = Pwn(str(marker))
+    torch.save(ckpt, last)
+    for name in ("best.pth", "last.pth"):
+        torch.save({"evil": Pwn(str(marker))}, run / "checkpoints" / name)
+    images = tmp_path / "imgs"
+    images.mkdir()
+    shutil.copy(next((Path(json.loads((run / "split.json").read_text())["data_root"]) / "images").iterdir()),
+                images / "a.jpg")
+    for argv in (["train", "--resume", str(run), "trainer.max_epochs=2"], ["eval", str(run), "--quiet"],
+                 ["predict", str(run), str(images), "--out", str(tmp_path / "p")],
+                 ["export", str(run), "--format", "state_dict", "--out", str(tmp_path / "x")]):
+        proc = run_cli(*argv)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (argv, proc.stderr[-1500:])
+        assert "refused to load" in proc.stderr, (argv, proc.stderr[-800:])
+    assert not marker.exists()
