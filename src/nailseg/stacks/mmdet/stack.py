@@ -100,6 +100,8 @@ def _torch_load_mmengine(original, f, *args, **kwargs):
     _MmengineUnpickler.allowed = _mmengine_globals()
     kwargs.pop("weights_only", None)
     kwargs["pickle_module"] = _MmenginePickle
+    # weights_only=False only hands unpickling to pickle_module: _MmengineUnpickler refuses every global
+    # outside torch's weights_only allow-list plus HistoryBuffer (tested with a planted __reduce__).
     return original(f, *args, weights_only=False, **kwargs)
 
 
