@@ -9,6 +9,7 @@ the :class:`Stack` protocol: its fit loop, its predictor and its export formats.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -184,35 +185,73 @@ def run_training(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict 
 
 
 def pretrain_on_synthetic(exp: Experiment, run: RunDir) -> Experiment:
-    """The ``pretrain`` stage: draw synthetic nails, train the same model on them into
-    ``RUN/pretrain/``, and return ``exp`` set to start from that run's best weights. A resumed run
-    whose pretraining finished reuses it."""
-    from nailseg.core.data.synth import SynthConfig, parse_size, synthesize
+    """The ``pretrain`` stage: draw synthetic nails, train the same model on them, and return
+    ``exp`` set to start from that pretraining's best weights (``model.init_from``).
 
-    p = exp.pretrain
-    sub_run = RunDir(run.path / "pretrain")
-    if not (sub_run.summary.exists() and sub_run.best_checkpoint.exists()):
-        import shutil
-
-        shutil.rmtree(sub_run.path, ignore_errors=True)  # an interrupted pretraining starts over
-        data = run.path / "pretrain-data"
-        if not (data / "labels").is_dir() or len(list((data / "labels").iterdir())) != p.synth:
-            shutil.rmtree(data, ignore_errors=True)
-            width, height = parse_size(p.synth_size)
-            synthesize(data, SynthConfig(n=p.synth, seed=p.seed, width=width, height=height), progress=False)
-        raw = exp.to_dict()
-        raw.pop("pretrain")
-        raw["data"].update(root=str(data.resolve()), image_size=p.image_size, split={"val": 0.1, "test": 0.0},
-                           balance=None)
-        raw["trainer"].update(max_epochs=p.max_epochs, batch_size=p.batch_size or exp.trainer.batch_size)
-        raw["optim"]["lr"] = p.lr or exp.optim.lr
-        raw["logging"].update(predictions=0, tensorboard=False)
-        raw["run"].update(dir=str(run.path), name="pretrain")
-        print(f"pretraining on {p.synth} synthetic pictures for {p.max_epochs} epochs ({sub_run.path})", flush=True)
-        run_training(Experiment.model_validate(raw), sub_run)
+    The pretraining depends only on the synthetic recipe and the model, never on the real data or
+    its split, so it is kept under ``RUN_DIR/.pretrain/<hash of that recipe>/`` and reused by every
+    later run that asks for the same one: the folds of a ``nailseg compare --folds K`` pay for it
+    once. A lock serialises two runs that need the same pretraining; an interrupted one starts over.
+    """
+    sub_exp = _pretrain_experiment(exp)
+    key = _pretrain_key(sub_exp)
+    home = Path(exp.run.dir) / ".pretrain" / key
+    home.mkdir(parents=True, exist_ok=True)
+    sub_run = RunDir(home / "run")
+    with RunLock(RunDir(home)):
+        if sub_run.summary.exists() and sub_run.best_checkpoint.exists():
+            print(f"pretraining: reusing {sub_run.path} (same synthetic recipe and model)", flush=True)
+        else:
+            _run_pretraining(exp, sub_exp, home, sub_run)
+    write_json(run.path / "pretrain.json", {"init_from": str(sub_run.path.resolve()), "key": key,
+                                           "pretrain": exp.pretrain.model_dump()})
     raw = exp.to_dict()
     raw["model"]["init_from"] = str(sub_run.path.resolve())
     return Experiment.model_validate({**raw, "pretrain": None})
+
+
+def _pretrain_experiment(exp: Experiment) -> dict:
+    """The config of the pretraining run, without its data folder and run folder."""
+    p = exp.pretrain
+    raw = exp.to_dict()
+    raw.pop("pretrain")
+    raw["data"].update(root="", image_size=p.image_size, split={"val": 0.1, "test": 0.0, "folds": None,
+                                                               "fold": 0},
+                       balance=None)
+    raw["trainer"].update(max_epochs=p.max_epochs, batch_size=p.batch_size or exp.trainer.batch_size)
+    raw["optim"]["lr"] = p.lr or exp.optim.lr
+    raw["logging"].update(predictions=0, tensorboard=False)
+    raw["logging"]["wandb"]["enabled"] = False
+    raw.pop("run")
+    return raw
+
+
+def _pretrain_key(sub_exp: dict) -> str:
+    import hashlib
+
+    from nailseg import __version__
+
+    payload = json.dumps({"config": sub_exp, "version": __version__}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _run_pretraining(exp: Experiment, sub_exp: dict, home: Path, sub_run: RunDir) -> None:
+    import shutil
+
+    from nailseg.core.data.synth import SynthConfig, parse_size, synthesize
+
+    p = exp.pretrain
+    shutil.rmtree(sub_run.path, ignore_errors=True)  # an interrupted pretraining starts over
+    data = home / "data"
+    if not (data / "labels").is_dir() or len(list((data / "labels").iterdir())) != p.synth:
+        shutil.rmtree(data, ignore_errors=True)
+        width, height = parse_size(p.synth_size)
+        synthesize(data, SynthConfig(n=p.synth, seed=p.seed, width=width, height=height), progress=False)
+    raw = json.loads(json.dumps(sub_exp))
+    raw["data"]["root"] = str(data.resolve())
+    raw["run"] = {"dir": str(home), "name": "run"}
+    print(f"pretraining on {p.synth} synthetic pictures for {p.max_epochs} epochs ({sub_run.path})", flush=True)
+    run_training(Experiment.model_validate(raw), sub_run)
 
 
 def _finish(stack: Stack, ctx: TrainContext, result: FitResult, started: float) -> dict | None:

@@ -215,12 +215,21 @@ def test_one_epoch_with_fast_pipelines_on_cpu(synth_data, tmp_path, switch):
 
 
 def test_synthetic_pretraining_then_fine_tuning(synth_data, tmp_path):
-    proc = _train(synth_data, tmp_path, "trainer.max_epochs=1", "run.name=pre", "logging.tensorboard=false",
-                  "pretrain={synth: 8, synth_size: 96x72, image_size: 64, max_epochs: 1}")
+    """The pretraining runs once and a second run with the same recipe (a later fold) reuses it."""
+    pre = "pretrain={synth: 8, synth_size: 96x72, image_size: 64, max_epochs: 1}"
+    proc = _train(synth_data, tmp_path, "trainer.max_epochs=1", "run.name=pre", "logging.tensorboard=false", pre)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "pre"
-    assert (run / "pretrain" / "checkpoints" / "best.ckpt").exists()
-    assert len(list((run / "pretrain-data" / "images").iterdir())) == 8
+    record = json.loads((run / "pretrain.json").read_text())
+    pretrained = Path(record["init_from"])
+    assert pretrained.parent.parent == tmp_path / ".pretrain"
+    assert (pretrained / "checkpoints" / "best.ckpt").exists()
+    assert len(list((pretrained.parent / "data" / "images").iterdir())) == 8
     assert "pretraining on 8 synthetic pictures" in proc.stdout
     summary = json.loads((run / "summary.json").read_text())
     assert 0 <= summary["val_iou"] <= 1
+
+    again = _train(synth_data, tmp_path, "trainer.max_epochs=1", "run.name=pre2", "logging.tensorboard=false", pre)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "pretraining: reusing" in again.stdout and "pretraining on" not in again.stdout
+    assert json.loads((tmp_path / "pre2" / "pretrain.json").read_text())["key"] == record["key"]
