@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nailseg.core.augment import ENGINE_OPS, AugmentOp, default_train_augment
+from nailseg.core.data.cache import CACHE_REFUSALS
 from nailseg.errors import ConfigError
 
 
@@ -66,6 +67,14 @@ class DataConfig(_Section):
         "auto", description="auto: the stack's default; albumentations: CPU workers (DataLoader or tf.data); "
                             "kornia: augmentation on the GPU; dali: NVIDIA DALI; tf: tf.image ops (Keras); "
                             "mmdet: MMDetection's own pipeline (Mask R-CNN)")
+    cache: Literal["none", "ram", "disk", "auto"] = Field(
+        "auto", description="decode each pair once, at cache_scale x the training side: ram (shared memory), "
+                            "disk (a memory-mapped file in the run folder or cache_dir), auto (ram when it fits "
+                            "in cache_ram_share of free memory, else none), none (decode every epoch)")
+    cache_scale: float = Field(1.25, ge=1.0, le=8.0, description="longer side kept, x the training side, so crops "
+                                                               "and scale augmentation keep their pixels")
+    cache_dir: str | None = Field(None, description="disk cache folder (default: RUN/cache)")
+    cache_ram_share: float = Field(0.5, gt=0, le=0.9, description="auto/ram: largest share of free memory used")
 
     @field_validator("root")
     @classmethod
@@ -262,6 +271,9 @@ class Experiment(_Section):
         if missing:
             raise ValueError(f"augment.train: {', '.join(missing)} cannot run on the {pipeline} pipeline "
                              f"(it has {', '.join(sorted(ENGINE_OPS[pipeline]))})")
+        if self.data.cache in ("ram", "disk") and pipeline in CACHE_REFUSALS:
+            raise ValueError(f"data.cache: {self.data.cache} cannot serve the {pipeline} pipeline: "
+                             f"{CACHE_REFUSALS[pipeline]}; use data.cache: none (or auto)")
         if self.data.balance is not None and pipeline in ("dali", "mmdet"):
             raise ValueError(f"data.balance: the {pipeline} pipeline cannot draw weighted samples "
                              f"(use data.pipeline: {spec.pipelines[0]})")

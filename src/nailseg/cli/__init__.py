@@ -28,7 +28,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nailseg.cli import bench, compare, data, train
+    from nailseg.cli import bench, compare, data, serve, train
 
     parser = argparse.ArgumentParser(
         prog="nailseg",
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(sub)
     compare.add_parser(sub)
     bench.add_parser(sub)
+    serve.add_parser(sub)
     return parser
 
 

@@ -8,9 +8,10 @@ from nailseg.cli.common import choices, output_folder, positive
 
 
 def _print_rates(results: list[dict], label: str, paths) -> None:
-    print(f"{label:16} {'images/s':>10} {'min':>9} {'max':>9}")
+    print(f"{label:24} {'images/s':>10} {'min':>9} {'max':>9}")
     for r in results:
-        print(f"{r['pipeline']:16} {r['images_per_s']:>10.1f} {r['images_per_s_min']:>9.1f} {r['images_per_s_max']:>9.1f}")
+        name = r.get("label", r["pipeline"])
+        print(f"{name:24} {r['images_per_s']:>10.1f} {r['images_per_s_min']:>9.1f} {r['images_per_s_max']:>9.1f}")
     print(*paths, sep="\n")
 
 
@@ -39,7 +40,9 @@ def cmd_bench_loaders(args) -> int:
 
     pipelines = choices(args.pipelines, PIPELINES, "--pipelines")
     workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) - 1)
-    results = bench_loaders(exp, pipelines, workers=workers, batches=args.batches, repeats=args.repeats)
+    caches = choices(args.cache, ("none", "ram", "disk"), "--cache")
+    results = bench_loaders(exp, pipelines, workers=workers, batches=args.batches, repeats=args.repeats,
+                            caches=caches, repeat_files_to=args.files or 0)
     paths = write_report(out, results, title=f"input pipelines: {exp.data.size_hw[0]} px, batch "
                          f"{exp.trainer.batch_size}, {workers} CPU threads, {results[0]['device']}")
     _print_rates(results, "pipeline", paths)
@@ -74,7 +77,10 @@ def cmd_bench_train(args) -> int:
     from nailseg.stacks.lightning.bench_train import bench_train
 
     precisions = choices(args.precision, ("32", "32-true", "bf16-mixed", "16-mixed"), "--precision")
-    results = bench_train(exp, precisions, batches=args.batches, repeats=args.repeats)
+    pipelines = choices(args.pipelines, ("albumentations", "kornia", "dali"), "--pipelines") if args.pipelines else None
+    caches = choices(args.cache, ("none", "ram", "disk"), "--cache") if args.cache else None
+    results = bench_train(exp, precisions, batches=args.batches, repeats=args.repeats, pipelines=pipelines,
+                          caches=caches)
     paths = write_report(out, results, title=f"training images/s: {results[0]['model']}, "
                          f"{exp.data.size_hw[0]} px, batch {exp.trainer.batch_size}, {results[0]['device']}")
     print(f"{'what':42} {'precision':>10} {'images/s':>9} {'of limit':>9}")
@@ -104,7 +110,12 @@ def add_parser(sub) -> None:
     bl.add_argument("--size", type=positive, help="image side in pixels (shorthand for data.image_size)")
     bl.add_argument("--batch", type=positive, default=64, help="batch size (default: 64)")
     bl.add_argument("--workers", type=int, help="CPU threads / DataLoader workers (default: cores - 1)")
-    bl.add_argument("--pipelines", default="cpu,kornia,dali", help="comma-separated (default: cpu,kornia,dali)")
+    bl.add_argument("--pipelines", default="decode-only,cpu,kornia,dali",
+                    help="comma-separated (default: decode-only,cpu,kornia,dali); decode-only is the bare read "
+                         "and resize of each file, the floor of every pipeline")
+    bl.add_argument("--cache", default="none", help="comma-separated data.cache modes to time for each CPU "
+                                                    "pipeline: none,ram,disk (default: none)")
+    bl.add_argument("--files", type=positive, help="repeat the folder's files up to this many (e.g. 400)")
     bl.add_argument("--batches", type=positive, default=20, help="timed batches per repeat (default: 20)")
     bl.add_argument("--repeats", type=positive, default=3, help="timed repeats (default: 3)")
     bl.add_argument("--out", default="bench/loaders", help="output folder (default: bench/loaders)")
@@ -128,6 +139,9 @@ def add_parser(sub) -> None:
     bt.add_argument("--size", type=positive, help="image side in pixels (shorthand for data.image_size)")
     bt.add_argument("--batch", type=positive, help="batch size (shorthand for trainer.batch_size)")
     bt.add_argument("--precision", default="32-true", help="comma-separated: 32-true, bf16-mixed, 16-mixed")
+    bt.add_argument("--pipelines", help="comma-separated data.pipeline values to feed the steps "
+                                        "(albumentations, kornia, dali; default: the config's)")
+    bt.add_argument("--cache", help="comma-separated data.cache modes: none,ram,disk (default: the config's)")
     bt.add_argument("--batches", type=positive, default=10, help="timed steps per repeat (default: 10)")
     bt.add_argument("--repeats", type=positive, default=3, help="timed repeats (default: 3)")
     bt.add_argument("--out", default="bench/train", help="output folder (default: bench/train)")

@@ -33,6 +33,40 @@ def cmd_train(args) -> int:
     return 0
 
 
+def is_onnx(target: str) -> bool:
+    """A model file exported with ``--format onnx`` rather than a run folder."""
+    return str(target).lower().endswith(".onnx")
+
+
+def _eval_onnx(args, out) -> int:
+    """``nailseg eval MODEL.onnx --data DIR``: the shared evaluation on onnxruntime alone."""
+    from nailseg.core.data.discover import find_pairs
+    from nailseg.core.evaluate import evaluate_pairs
+    from nailseg.core.io import write_json
+    from nailseg.deploy.onnx_model import OnnxSegmenter
+
+    if not args.data:
+        raise NailsegError("nailseg eval MODEL.onnx: give the labelled images with --data DIR (a model file has no split)")
+    model = OnnxSegmenter(args.run)
+    pairs, _ = find_pairs(args.data)
+    overlays = output_folder(args.overlays, "--overlays") if args.overlays else None
+    result = evaluate_pairs(model, pairs, progress=not args.quiet, overlays=overlays)
+    result = {"model": str(model.path), "runtime": "onnxruntime", "data": str(args.data), "split": "all", **result}
+    out = out or Path(args.run).with_suffix(".eval.json")
+    write_json(out, result)
+    _print_scores(result)
+    print(out)
+    return 0
+
+
+def _print_scores(result: dict) -> None:
+    print(f"{'split':10} {'images':>6} {'IoU':>7} {'Dice':>7} {'prec.':>7} {'recall':>7}")
+    print(f"{result['split']:10} {result['n_images']:>6} {result['iou']:>7.4f} {result['dice']:>7.4f} "
+          f"{result['precision']:>7.4f} {result['recall']:>7.4f}")
+    m = result["mean_per_image"]
+    print(f"{'per-image mean':17} {m['iou']:>7.4f} {m['dice']:>7.4f} {m['precision']:>7.4f} {m['recall']:>7.4f}")
+
+
 def cmd_eval(args) -> int:
     from nailseg.core.data.discover import find_pairs
     from nailseg.core.data.split import load_split
@@ -41,6 +75,8 @@ def cmd_eval(args) -> int:
     from nailseg.engine import has_capability, open_for_inference
 
     out = output_file(args.out) if args.out else None
+    if is_onnx(args.run):
+        return _eval_onnx(args, out)
     run, exp, stack = open_for_inference(args.run)
     root = args.data or exp.data.root
     pairs, _ = find_pairs(root)
@@ -58,11 +94,7 @@ def cmd_eval(args) -> int:
               "checkpoint": args.checkpoint, **result}
     out = out or run.eval
     write_json(out, result)
-    print(f"{'split':10} {'images':>6} {'IoU':>7} {'Dice':>7} {'prec.':>7} {'recall':>7}")
-    print(f"{result['split']:10} {result['n_images']:>6} {result['iou']:>7.4f} {result['dice']:>7.4f} "
-          f"{result['precision']:>7.4f} {result['recall']:>7.4f}")
-    m = result["mean_per_image"]
-    print(f"{'per-image mean':17} {m['iou']:>7.4f} {m['dice']:>7.4f} {m['precision']:>7.4f} {m['recall']:>7.4f}")
+    _print_scores(result)
     if "segm_mAP" in result:
         print(f"COCO mAP  segm {result['segm_mAP']:.4f} (@50 {result['segm_mAP_50']:.4f}, @75 {result['segm_mAP_75']:.4f})"
               f"  bbox {result['bbox_mAP']:.4f} (@50 {result['bbox_mAP_50']:.4f}, @75 {result['bbox_mAP_75']:.4f})")
@@ -76,6 +108,11 @@ def cmd_predict(args) -> int:
 
     out = output_folder(args.out)
     inputs = collect_inputs(args.inputs)
+    if is_onnx(args.run):
+        from nailseg.deploy.onnx_model import OnnxSegmenter
+
+        result = predict_files(OnnxSegmenter(args.run), inputs, out, progress=not args.quiet)
+        return _report_predictions(result, inputs, out)
     run, exp, stack = open_for_inference(args.run)
     if has_capability(exp, "instances"):
         result = predict_instance_files(stack.load_instance_predictor(run, exp), inputs, out, progress=not args.quiet)
@@ -83,6 +120,10 @@ def cmd_predict(args) -> int:
             print(f"{w['file']}: {w['instances']} instances")
     else:
         result = predict_files(stack.load_predictor(run, exp), inputs, out, progress=not args.quiet)
+    return _report_predictions(result, inputs, out)
+
+
+def _report_predictions(result, inputs, out) -> int:
     print(f"wrote {len(result.written)} masks and overlays to {out}")
     if result.failed:
         raise NailsegError([*result.failed, f"{len(result.failed)} of {len(inputs.files)} inputs could not be read"])
@@ -124,7 +165,7 @@ def add_parser(sub) -> None:
                         description="Compute IoU, Dice, precision and recall per image and over the set "
                                     "(pixels summed over all images), at each image's original size; "
                                     "writes eval.json into the run folder.")
-    ev.add_argument("run", help="run folder")
+    ev.add_argument("run", help="run folder, or a MODEL.onnx from `nailseg export --format onnx` (needs --data; runs on onnxruntime alone)")
     ev.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
                     help="which part of the run's split to score (default: test)")
     ev.add_argument("--data", help="score every pair of another data folder instead")
@@ -142,7 +183,7 @@ def add_parser(sub) -> None:
                                     "OUT/<path>_mask.png (0/255) and OUT/<path>_overlay.png, keeping each "
                                     "input's folders below the folder it was found in. Unreadable files are "
                                     "named at the end (exit code 2); the others are still predicted.")
-    pr.add_argument("run", help="run folder")
+    pr.add_argument("run", help="run folder, or a MODEL.onnx (onnxruntime alone: no torch or TensorFlow needed)")
     pr.add_argument("inputs", nargs="+", help="image files or folders")
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -152,9 +193,14 @@ def add_parser(sub) -> None:
                           description="hf: a transformers save_pretrained folder (SegFormer runs; default RUN/hf). "
                                       "state_dict: a plain PyTorch state dict, loadable with weights_only=True "
                                       "(default RUN/model.pt). savedmodel: a TensorFlow SavedModel folder (Keras "
-                                      "runs; default RUN/savedmodel). keras: a .keras file (default RUN/model.keras).")
+                                      "runs; default RUN/savedmodel). keras: a .keras file (default RUN/model.keras). "
+                                      "onnx: uint8 RGB in, probability out, normalisation and padding inside "
+                                      "(Lightning runs; default RUN/model.onnx), verified against the torch model "
+                                      "on the run's validation images into export.json. tflite: a TensorFlow Lite "
+                                      "file (Keras runs; default RUN/model.tflite), verified the same way.")
     exp_.add_argument("run", help="run folder")
-    exp_.add_argument("--format", required=True, choices=["hf", "state_dict", "savedmodel", "keras"],
-                      help="hf / state_dict (Lightning runs), savedmodel / keras (Keras runs), state_dict (mmdet)")
+    exp_.add_argument("--format", required=True, choices=["hf", "state_dict", "savedmodel", "keras", "onnx", "tflite"],
+                      help="hf / state_dict / onnx (Lightning runs), savedmodel / keras / tflite (Keras runs), "
+                           "state_dict (mmdet)")
     exp_.add_argument("--out", help="output path")
     exp_.set_defaults(func=cmd_export)

@@ -35,7 +35,7 @@ class StackSpec:
 
 STACKS: dict[str, StackSpec] = {spec.name: spec for spec in (
     StackSpec("lightning", ("smp", "segformer"), ("albumentations", "kornia", "dali"), "torch",
-              ("torch", "lightning", "segmentation_models_pytorch"), ("state_dict", "hf"),
+              ("torch", "lightning", "segmentation_models_pytorch"), ("state_dict", "hf", "onnx"),
               purpose="The PyTorch Lightning stack (model.family: smp or segformer)"),
     StackSpec("keras", ("sm",), ("albumentations", "tf"), "tf", ("tensorflow", "tf_keras", "segmentation_models"),
               ("savedmodel", "keras"), optim_unsupported=("encoder_lr_scale",),

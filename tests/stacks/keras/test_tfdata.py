@@ -97,3 +97,22 @@ def test_bench_tfdata_writes_json_and_png(tf, synth_data, tmp_path):
     assert [r["pipeline"] for r in results] == ["decode-only", "albumentations", "tf"]
     assert all(r["images_per_s"] > 0 for r in results)
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("engine", ["albumentations", "tf"])
+def test_tf_data_reads_the_decode_cache(tf, synth_data, tmp_path, engine):
+    """The same tf.data pipeline fed from the disk cache gives the batches it gets from the files
+    (through the same reduced-size loading), for a fixed seed."""
+    from nailseg.core.data.cache import FileSource, open_cache
+    from nailseg.stacks.keras.tfdata import build_dataset
+
+    pairs = find_pairs(synth_data)[0][:8]
+    cache = open_cache(pairs, 80, tmp_path, "train", progress=False)
+
+    def first(source):
+        ds = build_dataset(pairs, GEOMETRY, (64, 64), batch_size=4, train=True, seed=3, engine=engine, source=source)
+        return [(b[0].numpy(), b[1].numpy()) for b in ds.take(2)]
+
+    for (a, am), (b, bm) in zip(first(FileSource(pairs, 80)), first(cache)):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(am, bm)

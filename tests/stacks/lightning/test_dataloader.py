@@ -33,3 +33,34 @@ def test_balanced_sampler_long_run():
     assert_shares_hold(draw, grouping.groups, grouping.target, 40, 75)
     sampler.set_epoch(3)
     assert np.array_equal(np.array(list(sampler)), sampler.full_stream(3))
+
+
+def test_cached_and_uncached_batches_are_identical(synth_data, tmp_path):
+    """Fixed seed, no random augmentation, two worker processes: the RAM and disk caches give the
+    very batches the files give."""
+    pairs, _ = find_pairs(synth_data)
+
+    def batches(cache: str):
+        exp = load_experiment(REPO / "configs" / "demo-cpu.yaml",
+                              [f"data.root={synth_data}", "data.image_size=64", "trainer.batch_size=4",
+                               "data.num_workers=2", f"data.cache={cache}", f"data.cache_dir={tmp_path / 'c'}",
+                               "augment.train=[]"])
+        torch.manual_seed(0)
+        return list(build_loader(exp, pairs[:12], train=True, drop_last=True))
+
+    uncached = batches("none")
+    for mode in ("ram", "disk"):
+        cached = batches(mode)
+        assert len(cached) == len(uncached) == 3
+        for a, b in zip(uncached, cached):
+            assert torch.equal(a["index"], b["index"])
+            assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+    assert len(list((tmp_path / "c").glob("train-*.bin"))) == 1
+
+
+def test_cache_refused_for_dali_with_the_reason(synth_data):
+    from nailseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.cache: ram cannot serve the dali pipeline: DALI reads"):
+        load_experiment(REPO / "configs" / "demo-cpu.yaml", [f"data.root={synth_data}", "data.pipeline=dali",
+                                                              "data.cache=ram"])

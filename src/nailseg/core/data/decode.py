@@ -36,8 +36,12 @@ MASK_RULE = (
 )
 
 
-def _open(path: Path) -> Image.Image:
-    """Open and fully decode ``path``; raise :class:`DataError` naming it on any problem."""
+def _open(path: Path, at_least: tuple[int, int] | None = None) -> Image.Image:
+    """Open and fully decode ``path``; raise :class:`DataError` naming it on any problem.
+
+    ``at_least`` (width, height): a JPEG that is at least twice that size is decoded at 1/2, 1/4
+    or 1/8 scale (Pillow's ``draft``, done by libjpeg's DCT scaling), never below it. A truncated
+    file still raises: ``load`` reads the whole stream whatever the scale."""
     try:
         size = os.path.getsize(path)
     except OSError as err:
@@ -49,6 +53,8 @@ def _open(path: Path) -> Image.Image:
             warnings.simplefilter("ignore")
             img = Image.open(path)
             check_pixels(path, img.size)
+            if at_least is not None and img.format == "JPEG":
+                img.draft(None, at_least)
             img.load()
     except DataError:
         raise
@@ -72,14 +78,14 @@ def check_pixels(path, size: tuple[int, int]) -> None:
                         f"{MAX_PIXELS // 1_000_000} megapixels (a decompression bomb, or far too large)")
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+def read_image(path: str | os.PathLike[str], at_least: tuple[int, int] | None = None) -> np.ndarray:
     """Return the image as an RGB ``uint8`` array of shape (H, W, 3).
 
     Grayscale is repeated to three channels, alpha is dropped, and 16-bit images are
-    scaled to 8 bits.
+    scaled to 8 bits. ``at_least``: allow reduced-size JPEG decoding down to that (w, h).
     """
     path = Path(path)
-    img = _open(path)
+    img = _open(path, at_least)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img).astype(np.float32)
         peak = 65535.0 if arr.max() > 255 else 255.0
@@ -117,10 +123,11 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
     return read_mask_checked(path)[0]
 
 
-def read_mask_checked(path: str | os.PathLike[str]) -> tuple[np.ndarray, str | None]:
+def read_mask_checked(path: str | os.PathLike[str],
+                      at_least: tuple[int, int] | None = None) -> tuple[np.ndarray, str | None]:
     """The mask (as :func:`read_mask`) and a warning when its values do not fit the mask rule."""
     path = Path(path)
-    img = _open(path)
+    img = _open(path, at_least)
     if img.mode == "P":  # palette masks: the index is the label
         arr = np.asarray(img)
         max_value = 255.0
@@ -159,3 +166,48 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
                         f"{MAX_PIXELS // 1_000_000} megapixels (a decompression bomb, or far too large)") from err
     except (OSError, SyntaxError, ValueError, EOFError, struct_error) as err:
         raise DataError(f"{quote_name(path)}: corrupt or truncated image (unreadable header: {str(err)[:160]})") from err
+
+
+def decode_scaled(path: str | os.PathLike[str], kind: str, longest: int | None) -> np.ndarray:
+    """An image (RGB ``uint8``) or a mask (``uint8`` 0/1) decoded at reduced scale where the
+    format allows it, never below the size whose longer side is ``longest`` (the caller resizes
+    the rest of the way)."""
+    at_least = None
+    if longest is not None:
+        w, h = image_size(path)
+        if max(w, h) >= 2 * longest:
+            scale = longest / max(w, h)
+            at_least = (max(1, int(w * scale + 0.999)), max(1, int(h * scale + 0.999)))
+    if kind == "image":
+        return read_image(path, at_least)
+    return read_mask_checked(path, at_least)[0].astype(np.uint8)
+
+
+def read_image_bytes(data: bytes, name: str = "upload", *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An uploaded image (RGB ``uint8``) from its bytes, with the checks :func:`read_image` makes:
+    empty, not an image, truncated, and the pixel limit read from the header before decoding
+    (``max_pixels``, at most :data:`MAX_PIXELS`). Raises :class:`DataError` naming ``name``."""
+    import io
+
+    if not data:
+        raise DataError(f"{name}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise DataError(f"{name}: image header says {w}x{h} pixels, above the limit of {max_pixels:,} pixels")
+            check_pixels(name, img.size)
+            img.load()
+    except DataError:
+        raise
+    except UnidentifiedImageError as err:
+        raise DataError(f"{name}: not an image file Pillow can decode") from err
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{name}: image header claims more pixels than the limit (a decompression bomb)") from err
+    except (OSError, SyntaxError, ValueError, EOFError, struct_error, IndexError, TypeError, MemoryError) as err:
+        raise DataError(f"{name}: corrupt or truncated image ({str(err)[:160]})") from err
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8)

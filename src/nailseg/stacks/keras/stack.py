@@ -36,6 +36,7 @@ from nailseg.engine import FitResult, TrainContext  # noqa: E402
 from nailseg.errors import ConfigError  # noqa: E402
 from nailseg.stacks import STACKS  # noqa: E402
 from nailseg.stacks.keras.models import build_sm_loss, build_sm_model, check_sm_model  # noqa: E402
+from nailseg.core.data.cache import open_source  # noqa: E402
 from nailseg.stacks.keras.tfdata import GroupCounter, build_dataset  # noqa: E402
 
 BEST, LAST = "best.weights.h5", "last.weights.h5"
@@ -190,11 +191,13 @@ class KerasStack:
         engine = "tf" if exp.pipeline == "tf" else "albumentations"
         train_ds = build_dataset(ctx.train_pairs, exp.augment.train, exp.data.size_hw, batch_size=t.batch_size,
                                  train=True, seed=t.seed, engine=engine, grouping=grouping, counter=counter,
-                                 drop_remainder=drop)
+                                 drop_remainder=drop, source=open_source(exp.data, ctx.train_pairs, "train", run.path,
+                                                                         pipeline=exp.pipeline))
         if grouping is None:
             train_ds = train_ds.repeat()  # steps_per_epoch sets the epoch, as with balancing
         val_ds = build_dataset(ctx.val_pairs, [], exp.data.size_hw, batch_size=t.batch_size, train=False,
-                               seed=t.seed, engine=engine)
+                               seed=t.seed, engine=engine,
+                               source=open_source(exp.data, ctx.val_pairs, "val", run.path, pipeline=exp.pipeline))
         if isinstance(t.limit_train_batches, int):
             steps = min(steps, t.limit_train_batches)
         schedule, per_epoch = piecewise_schedule(exp, steps)

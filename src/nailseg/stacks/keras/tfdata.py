@@ -203,10 +203,32 @@ def balanced_files(pairs: list[Pair], grouping, seed: int) -> tf.data.Dataset:
                                                 seed=seed, stop_on_empty_dataset=False)
 
 
+def source_reader(pairs: list[Pair], source):
+    """A ``decode`` for tf.data that reads pairs from ``source`` (the decode cache, or the files
+    through the same reduced-size loading), found by image path."""
+    index_of = {str(p.image): i for i, p in enumerate(pairs)}
+
+    def read(image_path: bytes):
+        image, mask = source[index_of[image_path.decode()]]
+        return image, mask[..., None]
+
+    def decode(image_path: tf.Tensor, mask_path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        image, mask = tf.numpy_function(read, [image_path], [tf.uint8, tf.uint8], stateful=False)
+        image.set_shape([None, None, 3])
+        mask.set_shape([None, None, 1])
+        return image, mask
+
+    return decode
+
+
 def build_dataset(pairs: list[Pair], ops: list[AugmentOp], size: tuple[int, int], *, batch_size: int,
                   train: bool, seed: int, engine: str, grouping=None, counter: GroupCounter | None = None,
-                  drop_remainder: bool = False) -> tf.data.Dataset:
-    """Batches of (normalised float32 image (N, h, w, 3), float32 0/1 mask (N, h, w, 1))."""
+                  drop_remainder: bool = False, source=None) -> tf.data.Dataset:
+    """Batches of (normalised float32 image (N, h, w, 3), float32 0/1 mask (N, h, w, 1)).
+
+    ``source``: a :mod:`nailseg.core.data.cache` source the pairs are read from; without one,
+    ``tf.io`` decodes the files at full size."""
+    decode = decode_pair if source is None else source_reader(pairs, source)
     images = [str(p.image) for p in pairs]
     masks = [str(p.mask) for p in pairs]
     if grouping is not None and train:
@@ -225,14 +247,14 @@ def build_dataset(pairs: list[Pair], ops: list[AugmentOp], size: tuple[int, int]
 
     if engine == "tf":
         def load(item, element_seed):
-            image, mask = decode_pair(item[0], item[1])
+            image, mask = decode(item[0], item[1])
             image, mask = tf_augment(image, mask, element_seed, ops, size, train)
             return (image - mean) / std, mask
     else:
         apply = _albumentations_fn(ops, size, train)
 
         def load(item, element_seed):
-            image, mask = decode_pair(item[0], item[1])
+            image, mask = decode(item[0], item[1])
             image, mask = tf.numpy_function(apply, [image, mask, element_seed[0]], [tf.float32, tf.float32])
             image.set_shape([h, w, 3])
             mask.set_shape([h, w, 1])

@@ -24,7 +24,21 @@ def _precision_context(precision: str, device: torch.device):
     return contextlib.nullcontext
 
 
-def bench_train(exp: Experiment, precisions: list[str], *, batches: int, repeats: int, warmup: int = 3) -> list[dict]:
+def _variant(exp: Experiment, pipeline: str, cache: str, cache_dir: str) -> Experiment:
+    raw = exp.to_dict()
+    raw["data"].update(pipeline=pipeline, cache=cache, cache_dir=cache_dir if cache == "disk" else None)
+    return Experiment.model_validate(raw)
+
+
+def bench_train(exp: Experiment, precisions: list[str], *, batches: int, repeats: int, warmup: int = 3,
+                pipelines: list[str] | None = None, caches: list[str] | None = None) -> list[dict]:
+    """Per precision: the model's limit, then one row per pipeline x cache mode with its ``ratio``
+    to the limit (``percent_of_limit`` = 100 x ratio)."""
+    import tempfile
+
+    pipelines = pipelines or [exp.pipeline]
+    caches = caches or [exp.data.cache]
+    cache_dir = tempfile.mkdtemp(prefix="nailseg-bench-train-")
     from nailseg.stacks.lightning.models import build_loss, build_model, without_pretrained
     from nailseg.stacks.lightning.loaders import build_loaders
 
@@ -45,15 +59,7 @@ def bench_train(exp: Experiment, precisions: list[str], *, batches: int, repeats
         opt = torch.optim.AdamW(model.parameters(), lr=exp.optim.lr)
         scaler = torch.amp.GradScaler(enabled=precision in ("16-mixed", "16"))
         autocast = _precision_context(precision, device)
-        gpu_augment = None
-        if exp.pipeline == "kornia":
-            from nailseg.stacks.lightning.loaders.kornia import GpuAugment
-
-            gpu_augment = GpuAugment(exp.augment.train, exp.data.size_hw).to(device)
-
         def train_step(image, mask):
-            if gpu_augment is not None:
-                image, mask = gpu_augment(image, mask, train=True)
             if channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
             with autocast():
@@ -64,27 +70,44 @@ def bench_train(exp: Experiment, precisions: list[str], *, batches: int, repeats
             scaler.update()
             return image.shape[0]
 
-        train_loader, _ = build_loaders(exp, pairs, pairs[:1])
-        stream = itertools.chain.from_iterable(iter(train_loader) for _ in itertools.count())
-
-        def from_loader():
-            b = next(stream)
-            return train_step(b["image"].to(device, non_blocking=True), b["mask"].to(device, non_blocking=True))
-
-        resident = next(iter(train_loader))
+        variants = [(p, c) for p in pipelines for c in (["none"] if p == "dali" else caches)]
+        first_loader, _ = build_loaders(_variant(exp, variants[0][0], variants[0][1], cache_dir), pairs, pairs[:1])
+        resident = next(iter(first_loader))
         image0, mask0 = resident["image"].to(device), resident["mask"].to(device)
         limit = time_repeats(lambda: train_step(image0, mask0), warmup=warmup, batches=batches, repeats=repeats,
                              sync=sync)
-        fed = time_repeats(from_loader, warmup=warmup, batches=batches, repeats=repeats, sync=sync)
         d = exp.model.describe()
-        common = dict(precision=precision, channels_last=channels_last, data_pipeline=exp.pipeline,
+        common = dict(precision=precision, channels_last=channels_last,
                       model=f"{d['family']}:{d['arch']}/{d['encoder']}",
                       batch_size=exp.trainer.batch_size, image_size=list(exp.data.size_hw),
                       parameters=sum(p.numel() for p in model.parameters()),
                       method=f"training steps (forward, loss, backward, AdamW step); median of {repeats} repeats "
                              f"of {batches} steps after {warmup} warm-up steps", **env)
         lim = summarize("model limit (batch in device memory)", limit, label=f"limit {precision}", **common)
-        res = summarize(f"{exp.pipeline} pipeline", fed, label=f"loader {precision}", **common)
-        res["percent_of_limit"] = 100.0 * res["images_per_s"] / lim["images_per_s"]
-        results += [lim, res]
+        results.append(lim)
+        for pipeline, cache in variants:
+            train_loader, _ = build_loaders(_variant(exp, pipeline, cache, cache_dir), pairs, pairs[:1])
+            stream = itertools.chain.from_iterable(iter(train_loader) for _ in itertools.count())
+            gpu_augment = None
+            if pipeline == "kornia":
+                from nailseg.stacks.lightning.loaders.kornia import GpuAugment
+
+                gpu_augment = GpuAugment(exp.augment.train, exp.data.size_hw).to(device)
+
+            def from_loader():
+                b = next(stream)
+                image, mask = b["image"].to(device, non_blocking=True), b["mask"].to(device, non_blocking=True)
+                if gpu_augment is not None:
+                    image, mask = gpu_augment(image, mask, train=True)
+                return train_step(image, mask)
+
+            fed = time_repeats(from_loader, warmup=warmup, batches=batches, repeats=repeats, sync=sync)
+            res = summarize(f"{pipeline} pipeline, cache {cache}", fed, label=f"{pipeline}/{cache} {precision}",
+                            data_pipeline=pipeline, cache=cache, **common)
+            res["ratio"] = res["images_per_s"] / lim["images_per_s"]
+            res["percent_of_limit"] = 100.0 * res["ratio"]
+            results.append(res)
+    import shutil
+
+    shutil.rmtree(cache_dir, ignore_errors=True)
     return results

@@ -11,8 +11,9 @@ from __future__ import annotations
 from nailseg.core.runtime import drop_last as drop_rule
 
 
-def build_loaders(exp, train_pairs, val_pairs, *, sampler=None, drop_last: bool | None = None):
-    """(train, val) iterables of ``{"image", "mask"}`` batches for ``exp.pipeline``."""
+def build_loaders(exp, train_pairs, val_pairs, *, sampler=None, drop_last: bool | None = None, run_folder=None):
+    """(train, val) iterables of ``{"image", "mask"}`` batches for ``exp.pipeline``; ``run_folder``
+    holds a ``data.cache: disk`` cache unless ``data.cache_dir`` names another."""
     if drop_last is None:
         drop_last = drop_rule(len(train_pairs), exp.trainer.batch_size)
     if exp.pipeline == "dali":
@@ -24,5 +25,5 @@ def build_loaders(exp, train_pairs, val_pairs, *, sampler=None, drop_last: bool 
                 DaliLoader(val_pairs, train=False, drop_last=False, **common))
     from nailseg.stacks.lightning.loaders.dataloader import build_loader
 
-    return (build_loader(exp, train_pairs, train=True, sampler=sampler, drop_last=drop_last),
-            build_loader(exp, val_pairs, train=False))
+    return (build_loader(exp, train_pairs, train=True, sampler=sampler, drop_last=drop_last, run_folder=run_folder),
+            build_loader(exp, val_pairs, train=False, run_folder=run_folder))

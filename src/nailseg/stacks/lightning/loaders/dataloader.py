@@ -1,4 +1,4 @@
-"""The default torch pipeline: decode + albumentations in DataLoader workers.
+"""The default torch pipeline: decode (or read the decode cache) + albumentations in DataLoader workers.
 
 With ``data.pipeline: kornia`` the workers only decode and resize and hand over ``uint8``
 images; the augmentation and normalisation then run on the device (``kornia_gpu``).
@@ -11,39 +11,43 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from nailseg.core.augment import to_albumentations
-from nailseg.core.data.decode import read_image, read_mask
+from nailseg.core.data.cache import DecodeCache, FileSource, open_source
 from nailseg.core.data.discover import Pair
 from nailseg.config import Experiment
 from nailseg.core.runtime import resolve_workers
 
 
 class SegmentationDataset(Dataset):
-    """(image, mask) pairs as float tensors: image (3, H, W) normalised, mask (1, H, W) in {0, 1}."""
+    """(image, mask) pairs as float tensors: image (3, H, W) normalised, mask (1, H, W) in {0, 1}.
 
-    def __init__(self, pairs: list[Pair], transform):
-        self.pairs = pairs
+    ``source`` gives decoded ``uint8`` pairs: the decode cache (one memory map shared by all
+    workers) or the files themselves."""
+
+    def __init__(self, source: DecodeCache | FileSource, transform):
+        self.source = source
         self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return len(self.source)
 
     def __getitem__(self, index: int) -> dict:
-        pair = self.pairs[index]
-        out = self.transform(image=read_image(pair.image), mask=read_mask(pair.mask).astype(np.uint8))
+        image, mask = self.source[index]
+        out = self.transform(image=image, mask=mask)
         image = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
         mask = torch.from_numpy(np.ascontiguousarray(out["mask"]))[None].float()
         return {"image": image, "mask": mask, "index": index}
 
 
 def build_loader(exp: Experiment, pairs: list[Pair], *, train: bool, sampler=None,
-                 drop_last: bool = False) -> DataLoader:
+                 drop_last: bool = False, run_folder=None) -> DataLoader:
     if exp.pipeline == "kornia":  # resize only; kornia augments and normalises on the device
         transform = to_albumentations([], exp.data.size_hw, train=False, normalize=False)
     else:
         transform = to_albumentations(exp.augment.train, exp.data.size_hw, train=train)
     workers = resolve_workers(exp.data.num_workers)
     return DataLoader(
-        SegmentationDataset(pairs, transform),
+        SegmentationDataset(open_source(exp.data, pairs, "train" if train else "val", run_folder,
+                                        pipeline=exp.pipeline), transform),
         batch_size=exp.trainer.batch_size,
         shuffle=train and sampler is None,
         sampler=sampler,

@@ -1,0 +1,61 @@
+"""``nailseg serve RUN|MODEL.onnx``: the HTTP service (FastAPI + uvicorn on onnxruntime)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nailseg.cli.common import positive
+from nailseg.errors import NailsegError
+
+
+def model_file(target: str) -> Path:
+    """The ONNX file to serve: ``MODEL.onnx`` itself, or a run's ``model.onnx`` (exported now,
+    with its verification, when the run has none yet)."""
+    path = Path(target)
+    if path.suffix.lower() == ".onnx":
+        if not path.is_file():
+            raise NailsegError(f"{target}: no such ONNX model file")
+        return path
+    if (path / "model.onnx").is_file():
+        return path / "model.onnx"
+    from nailseg.engine import open_for_inference
+
+    run, exp, stack = open_for_inference(target)
+    print(f"{target}: no model.onnx yet; exporting it", flush=True)
+    return stack.export(run, exp, "onnx")
+
+
+def cmd_serve(args) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise NailsegError("nailseg serve needs FastAPI and uvicorn: pip install 'nailseg[serve]'") from None
+    from nailseg.deploy.serve import ServeSettings, serve
+
+    settings = ServeSettings(model=str(model_file(args.target).resolve()), max_bytes=args.max_bytes,
+                             max_pixels=args.max_pixels, max_concurrent=args.max_concurrent, threads=args.threads)
+    print(f"serving {settings.model} on http://{args.host}:{args.port}/ ({args.workers} worker(s)); Ctrl-C stops",
+          flush=True)
+    serve(settings, host=args.host, port=args.port, workers=args.workers)
+    return 0
+
+
+def add_parser(sub) -> None:
+    sv = sub.add_parser(
+        "serve", help="serve a model over HTTP (FastAPI + uvicorn on onnxruntime)",
+        description="Serve an exported ONNX model. Endpoints: GET /healthz, GET /v1/model, "
+                    "POST /v1/segment?format=png|overlay|json (multipart field 'image'), and GET / (an upload "
+                    "page). Bad uploads get a 4xx JSON error; past --max-concurrent the answer is 503 with "
+                    "Retry-After. Example: nailseg serve runs/nails-cpu/model.onnx --port 8000")
+    sv.add_argument("target", help="MODEL.onnx, or a run folder (its model.onnx, exported first if missing)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    sv.add_argument("--workers", type=positive, default=1, help="uvicorn worker processes (default: 1)")
+    sv.add_argument("--threads", type=positive, help="onnxruntime threads per worker (default: all cores)")
+    sv.add_argument("--max-bytes", type=positive, default=20 * 2**20, help="largest upload in bytes (default: 20 MiB)")
+    sv.add_argument("--max-pixels", type=positive, default=40_000_000,
+                    help="largest image in pixels, read from its header (default: 40 MP)")
+    sv.add_argument("--max-concurrent", type=positive, default=4,
+                    help="segmentations in flight per worker; more get 503 + Retry-After (default: 4)")
+    sv.set_defaults(func=cmd_serve)

@@ -1,0 +1,99 @@
+"""An exported ONNX segmenter on onnxruntime alone: the same predictor contract as a run
+(RGB ``uint8`` image in, foreground probability at the image's size out), so the shared
+evaluation and ``predict`` code use it unchanged."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from nailseg.errors import ConfigError, MissingDependencyError, quote_name
+
+METADATA_PREFIX = "nailseg."
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependencyError("onnxruntime", "onnx", "Inference on an .onnx model") from None
+    return onnxruntime
+
+
+class OnnxSegmenter:
+    """``nailseg export --format onnx`` output, run by onnxruntime.
+
+    Like a run's predictor, an image is resized to the size the model was trained at (stored in
+    the file), segmented, and the probability map resized back, so scores match the run's.
+    ``native=True`` instead feeds the image at its own size (the graph pads it to a multiple of 32).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None, native: bool = False):
+        ort = _onnxruntime()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ConfigError(f"{quote_name(self.path)}: no such ONNX model file")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=_providers(ort))
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise ConfigError(f"{quote_name(self.path)}: not an ONNX model onnxruntime can load "
+                              f"({str(err).splitlines()[0][:160]})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = {k.removeprefix(METADATA_PREFIX): _value(v) for k, v in meta.items()
+                         if k.startswith(METADATA_PREFIX)}
+        if "image_size" not in self.metadata:
+            raise ConfigError(f"{quote_name(self.path)}: not a nailseg export (no nailseg.image_size metadata); "
+                              "export it with `nailseg export RUN --format onnx`")
+        self.size_hw = tuple(int(v) for v in self.metadata["image_size"])
+        self.threshold = float(self.metadata.get("threshold", 0.5))
+        self.native = native
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) ``uint8`` -> (N, H, W) ``float32`` probabilities, at the given size."""
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.uint8)})[0]
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        import cv2
+
+        from nailseg.core.evaluate import at_image_size
+
+        if self.native:
+            return self.run(image[None])[0]
+        h, w = self.size_hw
+        resized = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+        return at_image_size(self.run(resized[None])[0], image)
+
+    def describe(self) -> dict:
+        return {**self.metadata, "file": str(self.path), "providers": self.session.get_providers()}
+
+
+def _providers(ort) -> list[str]:
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def compare_predictors(reference, candidate, images: list[np.ndarray], threshold: float = 0.5) -> dict:
+    """How far ``candidate`` strays from ``reference`` on ``images``: the largest absolute
+    probability difference and the share of mask pixels that agree at ``threshold``."""
+    max_diff, same, total = 0.0, 0, 0
+    for image in images:
+        a, b = reference(image), candidate(image)
+        max_diff = max(max_diff, float(np.abs(a - b).max()))
+        same += int(((a > threshold) == (b > threshold)).sum())
+        total += a.size
+    return {"max_abs_diff": max_diff, "mask_agreement": same / max(total, 1), "images": len(images)}

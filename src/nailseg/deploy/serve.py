@@ -1,0 +1,189 @@
+"""``nailseg serve``: an exported ONNX segmenter behind FastAPI + uvicorn.
+
+- ``GET /healthz``; ``GET /v1/model`` (the file's metadata and the service limits);
+- ``POST /v1/segment?format=png|overlay|json`` with a multipart ``image`` field: the mask as a
+  PNG, the overlay as a PNG, or JSON with the COCO RLE mask, the foreground share and the nail
+  count;
+- ``GET /``: an upload page that shows the overlay and the nail count.
+
+Bad input always gets a 4xx with ``{"error": ...}``: a wrong content type or missing field, an
+empty, truncated or non-image upload, and one above the byte or pixel limit (the pixel count is
+read from the header, so a decompression bomb is refused before it is decoded). Segmentations
+run in worker threads (onnxruntime releases the GIL), at most ``max_concurrent`` at once; past
+that the service answers 503 with ``Retry-After`` instead of queueing without bound.
+"""
+
+
+import asyncio
+import io
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nailseg.core.data.decode import MAX_PIXELS, read_image_bytes
+from nailseg.errors import DataError
+
+ENV = "NAILSEG_SERVE"  # uvicorn workers rebuild the app from this (JSON of ServeSettings)
+
+
+@dataclass
+class ServeSettings:
+    model: str
+    max_bytes: int = 20 * 2**20           # 20 MiB: a large phone photo is under 10
+    max_pixels: int = 40_000_000          # 40 MP: above any phone camera
+    max_concurrent: int = 4               # segmentations in flight per worker; more get 503
+    retry_after_s: int = 1
+    min_nail_area: int = 20               # connected components smaller than this are not counted
+    threads: int | None = None            # onnxruntime intra-op threads (default: its own)
+
+    def __post_init__(self):
+        if self.max_pixels > MAX_PIXELS:
+            raise ValueError(f"max_pixels is at most {MAX_PIXELS:,}")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def segment_summary(mask: np.ndarray, min_area: int) -> dict:
+    """COCO RLE of the mask, its foreground share and the count of nails (connected regions)."""
+    import cv2
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    nails = int((stats[1:, cv2.CC_STAT_AREA] >= min_area).sum()) if n > 1 else 0
+    return {"height": int(mask.shape[0]), "width": int(mask.shape[1]), "fg_share": float(mask.mean()),
+            "nail_count": nails, "rle": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}}
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def create_app(settings: ServeSettings):
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from nailseg.core.visualize import overlay
+    from nailseg.deploy.onnx_model import OnnxSegmenter
+
+    model = OnnxSegmenter(settings.model, threads=settings.threads)
+    app = FastAPI(title="nailseg", description="Nail segmentation on onnxruntime", version=str(model.metadata.get("version")))
+    in_flight = {"n": 0}
+
+    def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request, exc: ApiError):
+        return error(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "request"
+        return error(422, f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request, exc: StarletteHTTPException):
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request, exc: Exception):  # never a bare 500 page or a dead worker
+        return error(500, f"internal error: {type(exc).__name__}")
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok", "in_flight": in_flight["n"]}
+
+    @app.get("/v1/model")
+    async def model_info():
+        limits = {k: v for k, v in asdict(settings).items() if k != "model"}
+        return {**model.describe(), "limits": limits}
+
+    @app.post("/v1/segment")
+    async def segment(request: Request, format: str = "png"):  # noqa: A002 - the query parameter's name
+        if format not in ("png", "overlay", "json"):
+            raise ApiError(400, f"format={format!r}: use png, overlay or json")
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
+            raise ApiError(415, f"content type {content_type or 'none'!r}: send multipart/form-data with an "
+                                "'image' file field")
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_bytes + 64 * 1024:
+            raise ApiError(413, f"upload of {int(length):,} bytes is above the limit of {settings.max_bytes:,} bytes")
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+        except Exception as err:  # noqa: BLE001 - malformed multipart bodies raise several types
+            raise ApiError(400, f"malformed multipart body ({str(err)[:120]})") from None
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise ApiError(422, "image: the multipart 'image' file field is missing")
+        data = await upload.read(settings.max_bytes + 1)
+        await upload.close()
+        if len(data) > settings.max_bytes:
+            raise ApiError(413, f"{upload.filename or 'upload'}: above the limit of {settings.max_bytes:,} bytes")
+        if in_flight["n"] >= settings.max_concurrent:
+            raise ApiError(503, f"busy: {settings.max_concurrent} segmentations in flight; retry shortly",
+                           {"Retry-After": str(settings.retry_after_s)})
+        in_flight["n"] += 1
+        try:
+            name = _safe_name(upload.filename)
+            try:
+                image = await run_in_threadpool(read_image_bytes, data, name, max_pixels=settings.max_pixels)
+            except DataError as err:
+                status = 413 if "limit" in str(err) else 400
+                raise ApiError(status, str(err)) from None
+            prob = await run_in_threadpool(model, image)
+        finally:
+            in_flight["n"] -= 1
+        mask = prob > model.threshold
+        if format == "png":
+            return Response(png_bytes(mask.astype(np.uint8) * 255), media_type="image/png")
+        if format == "overlay":
+            return Response(png_bytes(overlay(image, mask)), media_type="image/png")
+        return segment_summary(mask, settings.min_nail_area)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return UPLOAD_PAGE
+
+    return app
+
+
+def _safe_name(filename: str | None) -> str:
+    name = os.path.basename(filename or "upload")[:80]
+    return "".join(c if c.isprintable() else "?" for c in name) or "upload"
+
+
+def app_from_env():
+    """The uvicorn factory for ``--workers N``: each worker process builds its own app."""
+    return create_app(ServeSettings(**json.loads(os.environ[ENV])))
+
+
+def serve(settings: ServeSettings, *, host: str, port: int, workers: int = 1) -> None:
+    import uvicorn
+
+    from nailseg.deploy.onnx_model import OnnxSegmenter
+
+    OnnxSegmenter(settings.model)  # refuse a bad model file before the server starts
+    os.environ[ENV] = json.dumps(asdict(settings))
+    uvicorn.run("nailseg.deploy.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level="warning", timeout_graceful_shutdown=5)
+
+
+UPLOAD_PAGE = (Path(__file__).with_name("upload.html")).read_text(encoding="utf-8") \
+    if Path(__file__).with_name("upload.html").exists() else "<h1>nailseg</h1>"

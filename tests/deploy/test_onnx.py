@@ -1,0 +1,87 @@
+"""ONNX export, its verification, and inference on onnxruntime alone."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli, write_image
+
+pytestmark = pytest.mark.slow
+
+
+def test_export_is_verified_and_carries_metadata(onnx_run):
+    import onnx
+
+    report = json.loads((onnx_run / "export.json").read_text())
+    assert report["opset"] >= 17 and report["exporter"] in ("dynamo", "torchscript")
+    assert report["max_abs_diff"] <= 1e-3 and report["mask_agreement"] >= 0.999
+    assert report["verified_on"].endswith("validation images of the run")
+    meta = {p.key: p.value for p in onnx.load(str(onnx_run / "model.onnx")).metadata_props}
+    assert json.loads(meta["nailseg.image_size"]) == [64, 64]
+    assert meta["nailseg.threshold"] == "0.5" and meta["nailseg.version"]
+    assert len(meta["nailseg.config_sha256"]) == 64
+    graph = onnx.load(str(onnx_run / "model.onnx")).graph
+    dims = graph.input[0].type.tensor_type.shape.dim
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_param != "" for d in dims] == [True, True, True, False]  # dynamic N, H, W; 3 channels
+
+
+def test_any_photo_size_runs_padded_inside_the_graph(onnx_run):
+    from nailseg.deploy.onnx_model import OnnxSegmenter
+
+    model = OnnxSegmenter(onnx_run / "model.onnx", native=True)
+    for h, w in ((97, 131), (64, 64), (200, 33)):
+        prob = model(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8))
+        assert prob.shape == (h, w) and prob.dtype == np.float32 and 0 <= prob.min() <= prob.max() <= 1
+
+
+def test_onnx_eval_matches_the_run(onnx_run, synth_data, tmp_path):
+    run_cli("eval", str(onnx_run), "--data", str(synth_data), "--out", str(tmp_path / "torch.json"), "--quiet",
+            check=True)
+    run_cli("eval", str(onnx_run / "model.onnx"), "--data", str(synth_data), "--out", str(tmp_path / "onnx.json"),
+            "--quiet", check=True)
+    torch_iou = json.loads((tmp_path / "torch.json").read_text())["iou"]
+    onnx_result = json.loads((tmp_path / "onnx.json").read_text())
+    assert onnx_result["runtime"] == "onnxruntime"
+    assert abs(onnx_result["iou"] - torch_iou) <= 0.001
+
+
+NO_FRAMEWORK = """
+import sys
+from nailseg.cli import main
+code = main(sys.argv[1:])
+loaded = sorted(m for m in ("torch", "tensorflow", "lightning", "keras", "tf_keras") if m in sys.modules)
+print("LOADED", loaded)
+sys.exit(code)
+"""
+
+
+def test_predict_and_eval_on_onnxruntime_never_import_a_framework(onnx_run, synth_data, tmp_path):
+    for args in (["predict", str(onnx_run / "model.onnx"), str(synth_data / "images"), "--out", str(tmp_path / "p"),
+                  "--quiet"],
+                 ["eval", str(onnx_run / "model.onnx"), "--data", str(synth_data), "--out", str(tmp_path / "e.json"),
+                  "--quiet"]):
+        proc = subprocess.run([sys.executable, "-c", NO_FRAMEWORK, *args], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "LOADED []" in proc.stdout
+    assert len(list((tmp_path / "p").glob("*_mask.png"))) == 32
+
+
+def test_bad_model_files_are_refused_by_name(tmp_path):
+    pytest.importorskip("onnxruntime")
+    fake = tmp_path / "broken.onnx"
+    fake.write_bytes(b"not a protobuf at all")
+    image = write_image(tmp_path / "x.png", np.zeros((8, 8, 3), np.uint8))
+    proc = run_cli("predict", str(fake), str(image), "--out", str(tmp_path / "out"))
+    assert proc.returncode != 0 and "broken.onnx: not an ONNX model onnxruntime can load" in proc.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    proc = run_cli("eval", str(tmp_path / "missing.onnx"), "--data", str(tmp_path))
+    assert proc.returncode != 0 and "missing.onnx: no such ONNX model file" in proc.stderr
+
+
+def test_export_refuses_formats_a_stack_lacks(onnx_run):
+    proc = run_cli("export", str(onnx_run), "--format", "tflite")
+    assert proc.returncode != 0 and "tflite" in proc.stderr

@@ -1,0 +1,148 @@
+"""`nailseg serve`: the real server on 127.0.0.1, spoken to with httpx; every bad upload gets a 4xx."""
+
+import concurrent.futures
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, target, *flags):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "nailseg.cli", "serve", str(target), "--port",
+                                      str(self.port), *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env=env, cwd=REPO)
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.proc.stdout.read()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        self.stop()
+        raise AssertionError("server did not come up in 90 s")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(onnx_run):
+    s = Server(onnx_run / "model.onnx", "--max-bytes", "2000000", "--max-pixels", "4000000")
+    yield s
+    s.stop()
+
+
+def jpeg(h=120, w=160, seed=0) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def post(server, data: bytes | None = None, fmt="png", name="hand.jpg", field="image", **kwargs):
+    files = {field: (name, data, "image/jpeg")} if data is not None else None
+    return httpx.post(f"{server.url}/v1/segment", params={"format": fmt}, files=files, timeout=60, **kwargs)
+
+
+def test_health_model_and_page(server):
+    assert httpx.get(f"{server.url}/healthz").json()["status"] == "ok"
+    info = httpx.get(f"{server.url}/v1/model").json()
+    assert info["image_size"] == [64, 64] and info["limits"]["max_pixels"] == 4000000
+    page = httpx.get(f"{server.url}/")
+    assert page.status_code == 200 and 'type="file"' in page.text
+
+
+def test_segment_formats(server):
+    png = post(server, jpeg())
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    mask = np.asarray(Image.open(io.BytesIO(png.content)))
+    assert mask.shape == (120, 160) and set(np.unique(mask)) <= {0, 255}
+    over = post(server, jpeg(), fmt="overlay")
+    assert over.status_code == 200 and np.asarray(Image.open(io.BytesIO(over.content))).shape == (120, 160, 3)
+    summary = post(server, jpeg(), fmt="json").json()
+    assert summary["height"] == 120 and summary["width"] == 160 and summary["nail_count"] >= 0
+    from pycocotools import mask as mask_utils
+
+    decoded = mask_utils.decode({"size": summary["rle"]["size"], "counts": summary["rle"]["counts"].encode()})
+    np.testing.assert_array_equal(decoded, mask > 127)
+    assert abs(summary["fg_share"] - decoded.mean()) < 1e-9
+
+
+def _bomb_png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("1", (30000, 30000)).save(buf, "PNG")  # ~100 KB on the wire, 900 MP decoded
+    return buf.getvalue()
+
+
+BAD_UPLOADS = {
+    "not an image": (lambda: b"hello, I am text", 400, "not an image"),
+    "zero bytes": (lambda: b"", 400, "empty"),
+    "truncated": (lambda: jpeg(400, 400)[:700], 400, "truncated"),
+    "too many bytes": (lambda: b"\xff" * 2_100_000, 413, "limit"),
+    "too many pixels": (lambda: jpeg(2100, 2000), 413, "limit"),
+    "decompression bomb": (_bomb_png, 413, "limit"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_UPLOADS))
+def test_bad_uploads_get_a_clear_4xx(server, case):
+    make, status, words = BAD_UPLOADS[case]
+    r = post(server, make())
+    assert r.status_code == status, r.text
+    assert words in r.json()["error"]
+    assert httpx.get(f"{server.url}/healthz").status_code == 200  # the worker lives on
+
+
+def test_wrong_content_type_missing_field_and_format(server):
+    r = httpx.post(f"{server.url}/v1/segment", json={"image": "x"})
+    assert r.status_code == 415 and "multipart/form-data" in r.json()["error"]
+    r = post(server, jpeg(), field="photo")
+    assert r.status_code == 422 and "'image' file field is missing" in r.json()["error"]
+    r = post(server, jpeg(), fmt="gif")
+    assert r.status_code == 400 and "use png, overlay or json" in r.json()["error"]
+    r = httpx.post(f"{server.url}/v1/segment", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data"})
+    assert 400 <= r.status_code < 500
+
+
+def test_saturation_answers_503_with_retry_after(onnx_run):
+    """One segmentation at a time: a burst of 16 gets some 200s and some 503s, never anything else."""
+    s = Server(onnx_run / "model.onnx", "--max-concurrent", "1")
+    try:
+        body = jpeg(1500, 2000, seed=3)
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            responses = list(pool.map(lambda _: post(s, body), range(16)))
+        codes = [r.status_code for r in responses]
+        assert set(codes) <= {200, 503}, codes
+        assert 200 in codes and 503 in codes, codes
+        busy = next(r for r in responses if r.status_code == 503)
+        assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["error"]
+    finally:
+        s.stop()
