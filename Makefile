@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: demo test install install-torch lint clean help
+.PHONY: demo test install install-torch browser lint clean help
 
 help:
 	@echo "make demo   - create .venv, install nailseg[torch], draw synthetic data, train, eval, predict"
@@ -37,8 +37,15 @@ install: $(VENV)/.installed-test
 demo: $(VENV)/.installed-torch
 	BIN=$(BIN) bash scripts/demo.sh
 
+# The upload-page test drives Debian's chromium through Selenium: installed here where apt-get runs as
+# root; elsewhere that one test skips.
+browser:
+	@command -v chromedriver >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  echo "chromium not installed: the browser test will skip"
+
 # Two pytest processes: TensorFlow and torch must not share one (see tests/stacks/keras/conftest.py).
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test browser
 	$(BIN)/python -m pytest -m "not gpu and not tf" $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m "tf and not gpu" tests/stacks/keras $(PYTEST_ARGS)
 

@@ -146,3 +146,20 @@ def test_saturation_answers_503_with_retry_after(onnx_run):
         assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["error"]
     finally:
         s.stop()
+
+
+def test_bench_serve_reports_rates_and_latencies(onnx_run, synth_data, tmp_path):
+    import json
+
+    from tests.conftest import run_cli
+
+    proc = run_cli("bench", "serve", str(onnx_run), "--data", str(synth_data), "--images", "4", "--requests", "12",
+                   "--concurrency", "2", "--time-cap", "60", "--torch", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["runtime"] for r in rows] == ["onnxruntime", "torch", "onnxruntime"]
+    http = rows[-1]
+    assert http["ok"] == 12 and http["errors"] == 0 and http["requests_per_s"] > 0
+    assert http["latency_ms_p50"] <= http["latency_ms_p95"] <= http["latency_ms_p99"]
+    assert all(r["images_per_s"] > 0 for r in rows)
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,8 +1,9 @@
-"""``nailseg bench loaders | train | tfdata``: throughput benchmarks (JSON + PNG)."""
+"""``nailseg bench loaders | train | tfdata | serve``: throughput benchmarks (JSON + PNG)."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from nailseg.cli.common import choices, output_folder, positive
 
@@ -91,6 +92,39 @@ def cmd_bench_train(args) -> int:
     return 0
 
 
+def cmd_bench_serve(args) -> int:
+    from nailseg.cli.serve import model_file
+    from nailseg.core.benchmark import write_report
+    from nailseg.core.data.decode import read_image
+    from nailseg.core.data.discover import find_pairs
+    from nailseg.deploy.bench_serve import bench_serve
+    from nailseg.errors import NailsegError
+
+    out = output_folder(args.out)
+    model = model_file(args.target)
+    pairs, _ = find_pairs(args.data)
+    images = [read_image(p.image) for p in pairs[: args.images]]
+    torch_predictor = None
+    if args.torch:
+        run_dir = Path(args.target) if not args.target.lower().endswith(".onnx") else None
+        if run_dir is None:
+            raise NailsegError("--torch needs a run folder as TARGET (its checkpoint is the torch side)")
+        from nailseg.engine import open_for_inference
+
+        run, exp, stack = open_for_inference(run_dir)
+        torch_predictor = stack.load_predictor(run, exp, device="cpu")
+    rows = bench_serve(model, images, requests=args.requests, concurrency=args.concurrency,
+                       time_cap_s=args.time_cap, workers=args.workers, torch_predictor=torch_predictor)
+    paths = write_report(out, rows, title=f"{model.name}: in-process images/s and HTTP requests/s "
+                                          f"({len(images)} images, {rows[0]['device']})")
+    for r in rows:
+        extra = (f"  p50 {r['latency_ms_p50']:.0f} ms  p95 {r['latency_ms_p95']:.0f} ms  p99 {r['latency_ms_p99']:.0f} ms"
+                 f"  errors {r['errors']}" if "latency_ms_p95" in r and r["latency_ms_p95"] is not None else "")
+        print(f"{r['label']:16} {r['images_per_s']:>8.1f} /s{extra}")
+    print(*paths, sep="\n")
+    return 0
+
+
 def _config_args(parser) -> None:
     parser.add_argument("config", nargs="?", help="experiment YAML (optional: the flags below can stand in)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, as with train")
@@ -146,3 +180,18 @@ def add_parser(sub) -> None:
     bt.add_argument("--repeats", type=positive, default=3, help="timed repeats (default: 3)")
     bt.add_argument("--out", default="bench/train", help="output folder (default: bench/train)")
     bt.set_defaults(func=cmd_bench_train)
+    bs = bsub.add_parser("serve", help="load-test nailseg serve on 127.0.0.1 (requests/s, p50/p95/p99)",
+                         description="Start `nailseg serve` on a free loopback port, send --requests POSTs "
+                                     "(--concurrency at a time, stopping at --time-cap seconds), and report "
+                                     "requests/s, latency percentiles and errors; also times onnxruntime (and "
+                                     "with --torch the run's torch predictor) in-process on the same images.")
+    bs.add_argument("target", help="MODEL.onnx or a run folder (its model.onnx)")
+    bs.add_argument("--data", required=True, help="folder of images + masks whose images are sent")
+    bs.add_argument("--images", type=positive, default=16, help="how many of its images (default: 16)")
+    bs.add_argument("--requests", type=positive, default=200, help="requests to send (default: 200)")
+    bs.add_argument("--concurrency", type=positive, default=4, help="requests in flight (default: 4)")
+    bs.add_argument("--time-cap", type=positive, default=60, help="stop sending after this many seconds (default: 60)")
+    bs.add_argument("--workers", type=positive, default=1, help="server worker processes (default: 1)")
+    bs.add_argument("--torch", action="store_true", help="also time the run's torch predictor (TARGET a run folder)")
+    bs.add_argument("--out", default="bench/serve", help="output folder (default: bench/serve)")
+    bs.set_defaults(func=cmd_bench_serve)

@@ -85,15 +85,3 @@ def _value(text: str):
         return json.loads(text)
     except ValueError:
         return text
-
-
-def compare_predictors(reference, candidate, images: list[np.ndarray], threshold: float = 0.5) -> dict:
-    """How far ``candidate`` strays from ``reference`` on ``images``: the largest absolute
-    probability difference and the share of mask pixels that agree at ``threshold``."""
-    max_diff, same, total = 0.0, 0, 0
-    for image in images:
-        a, b = reference(image), candidate(image)
-        max_diff = max(max_diff, float(np.abs(a - b).max()))
-        same += int(((a > threshold) == (b > threshold)).sum())
-        total += a.size
-    return {"max_abs_diff": max_diff, "mask_agreement": same / max(total, 1), "images": len(images)}

@@ -38,7 +38,7 @@ STACKS: dict[str, StackSpec] = {spec.name: spec for spec in (
               ("torch", "lightning", "segmentation_models_pytorch"), ("state_dict", "hf", "onnx"),
               purpose="The PyTorch Lightning stack (model.family: smp or segformer)"),
     StackSpec("keras", ("sm",), ("albumentations", "tf"), "tf", ("tensorflow", "tf_keras", "segmentation_models"),
-              ("savedmodel", "keras"), optim_unsupported=("encoder_lr_scale",),
+              ("savedmodel", "keras", "tflite"), optim_unsupported=("encoder_lr_scale",),
               purpose="The Keras stack (model.family: sm)"),
     StackSpec("mmdet", ("maskrcnn",), ("mmdet",), "mmdet", ("torch", "mmengine", "mmcv", "mmdet", "pycocotools"),
               ("state_dict",), capabilities=frozenset({"instances"}),

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO, run_cli
@@ -50,6 +51,21 @@ def test_eval_predict_export(keras_run, tmp_path):
     ex = run_cli("export", str(keras_run), "--format", "savedmodel", "--out", str(tmp_path / "sm"))
     assert ex.returncode == 0, ex.stderr[-2000:]
     assert (tmp_path / "sm" / "saved_model.pb").exists()
+
+
+def test_tflite_export_is_verified_and_onnx_refused(keras_run, tmp_path):
+    ex = run_cli("export", str(keras_run), "--format", "tflite", "--out", str(tmp_path / "m.tflite"))
+    assert ex.returncode == 0, ex.stderr[-2000:]
+    report = json.loads((tmp_path / "export.json").read_text())
+    assert report["format"] == "tflite" and report["max_abs_diff"] <= 1e-3 and report["mask_agreement"] >= 0.999
+    assert "validation images of the run" in report["verified_on"]
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=str(tmp_path / "m.tflite"))
+    assert interpreter.get_input_details()[0]["dtype"] == np.uint8
+    onnx = run_cli("export", str(keras_run), "--format", "onnx", "--out", str(tmp_path / "m.onnx"))
+    assert onnx.returncode != 0 and "--format onnx: no maintained TensorFlow-to-ONNX converter" in onnx.stderr
+    assert sum(line.startswith("error") for line in onnx.stderr.splitlines()) == 1 and not (tmp_path / "m.onnx").exists()
 
 
 def test_predict_files(keras_run, synth_data, tmp_path):

@@ -266,9 +266,14 @@ class KerasStack:
 
     def export(self, run: RunDir, exp: Experiment, fmt: str, out: Path | None = None) -> Path:
         """``savedmodel``: a TensorFlow SavedModel folder (serving signature); ``keras``: a ``.keras`` file."""
+        if fmt == "onnx":
+            raise ConfigError("--format onnx: no maintained TensorFlow-to-ONNX converter supports TensorFlow 2.21 "
+                              "(tf2onnx stops at older releases); export --format tflite or savedmodel instead")
         if fmt not in self.spec.exports:
             raise ConfigError(f"--format {fmt}: the keras stack exports {', '.join(self.spec.exports)}")
         model = self.load_model(run, exp)
+        if fmt == "tflite":
+            return export_verified_tflite(self, model, run, exp, Path(out or run.path / "model.tflite"))
         if fmt == "savedmodel":
             out = Path(out or run.path / "savedmodel")
             with atomic_dir(out) as tmp:
@@ -280,6 +285,62 @@ class KerasStack:
             model.save(str(k))
             os.replace(k, tmp)
         return out
+
+
+class TfliteSegmenter:
+    """A ``.tflite`` export on TensorFlow Lite's interpreter, as a predictor (for verification)."""
+
+    def __init__(self, path: Path, size_hw: tuple[int, int]):
+        self.interpreter = tf.lite.Interpreter(model_path=str(path))
+        self.interpreter.allocate_tensors()
+        self.size_hw = size_hw
+        self.input = self.interpreter.get_input_details()[0]["index"]
+        self.output = self.interpreter.get_output_details()[0]["index"]
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        import cv2
+
+        h, w = self.size_hw
+        self.interpreter.set_tensor(self.input, cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)[None])
+        self.interpreter.invoke()
+        return at_image_size(self.interpreter.get_tensor(self.output)[0], image)
+
+
+def export_verified_tflite(stack: KerasStack, model, run: RunDir, exp: Experiment, out: Path) -> Path:
+    """TF's own converter on a function that takes ``uint8`` RGB (1, h, w, 3) at the training size
+    and returns the probability (1, h, w), normalisation inside; verified with the interpreter
+    against the Keras model on the run's validation images (``export.json``)."""
+    from nailseg.core.augment import IMAGENET_MEAN, IMAGENET_STD
+    from nailseg.core.io import write_json
+    from nailseg.deploy.verify import TOLERANCE, compare_predictors, verification_images, within_tolerance
+
+    h, w = exp.data.size_hw
+    mean = tf.constant(IMAGENET_MEAN, tf.float32) * 255.0
+    std = tf.constant(IMAGENET_STD, tf.float32) * 255.0
+
+    @tf.function(input_signature=[tf.TensorSpec([1, h, w, 3], tf.uint8, name="image")])
+    def segment(image):
+        x = (tf.cast(image, tf.float32) - mean) / std
+        return {"probability": tf.cast(model(x, training=False), tf.float32)[..., 0]}
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([segment.get_concrete_function()], model)
+    blob = converter.convert()
+    images, source = verification_images(run, exp)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(blob)
+        check = compare_predictors(stack.load_predictor(run, exp), TfliteSegmenter(tmp, (h, w)), images)
+        if not within_tolerance(check):
+            raise ConfigError(f"--format tflite: the converted model strays from the Keras model on {source} "
+                              f"(max |diff| {check['max_abs_diff']:.2e}, mask agreement {check['mask_agreement']:.5f}; "
+                              f"tolerance {TOLERANCE}); nothing written")
+    write_json(out.parent / "export.json", {"format": "tflite", "file": str(out), "bytes": len(blob),
+                                           "verified_on": source, **check, "tolerance": TOLERANCE,
+                                           "input": f"uint8 RGB (1, {h}, {w}, 3)",
+                                           "output": f"foreground probability float32 (1, {h}, {w})",
+                                           "tensorflow": tf.__version__, "nailseg": __version__})
+    print(f"verified on {source}: max |diff| {check['max_abs_diff']:.2e}, mask agreement "
+          f"{100 * check['mask_agreement']:.3f}% ({out.parent / 'export.json'})", file=sys.stderr)
+    return out
 
 
 def _device_name() -> str:

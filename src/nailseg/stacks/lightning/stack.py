@@ -201,9 +201,6 @@ class LightningStack:
         return out
 
 
-ONNX_TOLERANCE = {"max_abs_diff": 1e-3, "mask_agreement": 0.999}
-
-
 def export_verified_onnx(stack: LightningStack, model, run: RunDir, exp: Experiment, out: Path) -> Path:
     """Export, then check the file on onnxruntime against the torch model on the run's
     validation images (or, where the data is gone, on synthetic ones); the figures go to
@@ -211,7 +208,8 @@ def export_verified_onnx(stack: LightningStack, model, run: RunDir, exp: Experim
     import hashlib
 
     from nailseg.core.io import atomic_path, write_json
-    from nailseg.deploy.onnx_model import OnnxSegmenter, compare_predictors
+    from nailseg.deploy.onnx_model import OnnxSegmenter
+    from nailseg.deploy.verify import TOLERANCE, compare_predictors, verification_images, within_tolerance
     from nailseg.stacks.lightning.onnx_export import OPSET, export_onnx
 
     config_hash = hashlib.sha256(run.config.read_bytes()).hexdigest() if run.config.exists() else ""
@@ -220,45 +218,25 @@ def export_verified_onnx(stack: LightningStack, model, run: RunDir, exp: Experim
                 "nailseg.model": exp.model.describe(), "nailseg.run": str(run.path.resolve()),
                 "nailseg.input": "uint8 RGB (N, H, W, 3), any H and W",
                 "nailseg.output": "foreground probability float32 (N, H, W)"}
-    images, source = _verification_images(run, exp)
+    images, source = verification_images(run, exp)
     with atomic_path(out) as tmp:
         exporter = export_onnx(model, tmp, metadata, sample_hw=exp.data.size_hw)
         onnx_model = OnnxSegmenter(tmp)
         reference = stack.load_predictor(run, exp, device="cpu")
         check = compare_predictors(reference, onnx_model, images)
         native = compare_predictors(_native_torch(model), OnnxSegmenter(tmp, native=True), images[:2])
-        ok = (check["max_abs_diff"] <= ONNX_TOLERANCE["max_abs_diff"]
-              and check["mask_agreement"] >= ONNX_TOLERANCE["mask_agreement"])
-        if not ok:
+        if not within_tolerance(check):
             raise ConfigError(f"--format onnx: the exported model strays from the torch model on {source} "
                               f"(max |diff| {check['max_abs_diff']:.2e}, mask agreement {check['mask_agreement']:.5f}; "
-                              f"tolerance {ONNX_TOLERANCE}); nothing written")
+                              f"tolerance {TOLERANCE}); nothing written")
     report = {"format": "onnx", "file": str(out), "bytes": out.stat().st_size, "opset": OPSET, "exporter": exporter,
-              "verified_on": source, **check, "tolerance": ONNX_TOLERANCE,
+              "verified_on": source, **check, "tolerance": TOLERANCE,
               "native_size_check": {k: native[k] for k in ("max_abs_diff", "mask_agreement", "images")},
               "metadata": {k.removeprefix("nailseg."): v for k, v in metadata.items()}}
     write_json(out.parent / "export.json", report)
     print(f"verified on {source}: max |diff| {check['max_abs_diff']:.2e}, mask agreement "
           f"{100 * check['mask_agreement']:.3f}% ({out.parent / 'export.json'})", file=sys.stderr)
     return out
-
-
-def _verification_images(run: RunDir, exp: Experiment) -> tuple[list[np.ndarray], str]:
-    from nailseg.core.data.decode import read_image
-    from nailseg.core.data.discover import find_pairs
-    from nailseg.core.data.split import load_split
-    from nailseg.errors import DataError
-
-    try:
-        keys = set(load_split(run.split)["val"])
-        pairs = [p for p in find_pairs(exp.data.root)[0] if p.key in keys][:16]
-        if pairs:
-            return [read_image(p.image) for p in pairs], f"{len(pairs)} validation images of the run"
-    except (DataError, ConfigError, OSError, KeyError):
-        pass
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in ((300, 200), (256, 256), (97, 131))]
-    return images, "3 random images (the run's data folder is not readable)"
 
 
 def _native_torch(model):

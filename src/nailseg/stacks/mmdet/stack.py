@@ -263,8 +263,8 @@ class MmdetStack:
     def export(self, run: RunDir, exp: Experiment, fmt: str, out: Path | None = None) -> Path:
         """``state_dict``: the plain inference weights (loadable with weights_only=True) plus the mmdet config."""
         if fmt not in self.spec.exports:
-            raise ConfigError(f"--format {fmt}: the mmdet stack exports state_dict (plain PyTorch weights); "
-                              "Mask R-CNN has no ONNX/TFLite export here")
+            raise ConfigError(f"--format {fmt}: Mask R-CNN has no {fmt} export here; use --format state_dict "
+                              "(plain PyTorch weights + the mmdet config)")
         out = Path(out or run.path / "export")
         out.mkdir(parents=True, exist_ok=True)
         model = load_model(run, exp, device="cpu")

@@ -1,0 +1,46 @@
+"""Checking an exported model against the framework model it came from, on the run's own
+validation images: the largest probability difference and the share of identical mask pixels
+(``export.json``). Framework-free: both sides are plain predictors."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nailseg.errors import ConfigError
+
+# float32 graphs of the same ops agree to ~1e-5; these bounds catch a wrong export, not rounding
+TOLERANCE = {"max_abs_diff": 1e-3, "mask_agreement": 0.999}
+
+
+def within_tolerance(check: dict) -> bool:
+    return check["max_abs_diff"] <= TOLERANCE["max_abs_diff"] and check["mask_agreement"] >= TOLERANCE["mask_agreement"]
+
+
+def compare_predictors(reference, candidate, images: list[np.ndarray], threshold: float = 0.5) -> dict:
+    """How far ``candidate`` strays from ``reference`` on ``images``: the largest absolute
+    probability difference and the share of mask pixels that agree at ``threshold``."""
+    max_diff, same, total = 0.0, 0, 0
+    for image in images:
+        a, b = reference(image), candidate(image)
+        max_diff = max(max_diff, float(np.abs(a - b).max()))
+        same += int(((a > threshold) == (b > threshold)).sum())
+        total += a.size
+    return {"max_abs_diff": max_diff, "mask_agreement": same / max(total, 1), "images": len(images)}
+
+
+def verification_images(run, exp) -> tuple[list[np.ndarray], str]:
+    from nailseg.core.data.decode import read_image
+    from nailseg.core.data.discover import find_pairs
+    from nailseg.core.data.split import load_split
+    from nailseg.errors import DataError
+
+    try:
+        keys = set(load_split(run.split)["val"])
+        pairs = [p for p in find_pairs(exp.data.root)[0] if p.key in keys][:16]
+        if pairs:
+            return [read_image(p.image) for p in pairs], f"{len(pairs)} validation images of the run"
+    except (DataError, ConfigError, OSError, KeyError):
+        pass
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in ((300, 200), (256, 256), (97, 131))]
+    return images, "3 random images (the run's data folder is not readable)"
