@@ -50,7 +50,12 @@ def _eval_onnx(args, out) -> int:
     model = OnnxSegmenter(args.run)
     pairs, _ = find_pairs(args.data)
     overlays = output_folder(args.overlays, "--overlays") if args.overlays else None
-    result = evaluate_pairs(model, pairs, progress=not args.quiet, overlays=overlays)
+    if args.choose_threshold:
+        raise NailsegError("--choose-threshold needs a run folder (it stores the threshold in the run)")
+    from nailseg.core.postprocess import InferenceOptions
+
+    options = _options(args, InferenceOptions(threshold=model.threshold))
+    result = evaluate_pairs(model, pairs, progress=not args.quiet, overlays=overlays, options=options)
     result = {"model": str(model.path), "runtime": "onnxruntime", "data": str(args.data), "split": "all", **result}
     out = out or Path(args.run).with_suffix(".eval.json")
     write_json(out, result)
@@ -67,11 +72,32 @@ def _print_scores(result: dict) -> None:
     print(f"{'per-image mean':17} {m['iou']:>7.4f} {m['dice']:>7.4f} {m['precision']:>7.4f} {m['recall']:>7.4f}")
 
 
+def _options(args, base):
+    """The run's (or model's) stored inference options with this command's flags on top."""
+    from nailseg.core.postprocess import with_overrides
+
+    return with_overrides(base, threshold=args.threshold, tta=args.tta, min_area=args.min_area)
+
+
+def _inference_flags(parser, *, choose: bool = False) -> None:
+    parser.add_argument("--tta", choices=["none", "hflip"], help="test-time augmentation: hflip averages the "
+                        "prediction with that of the mirrored image (default: the run's, else none)")
+    parser.add_argument("--threshold", type=float, help="foreground probability threshold (default: the run's "
+                        "stored one, else 0.5)")
+    parser.add_argument("--min-area", type=float, metavar="SHARE", help="remove predicted regions smaller than "
+                        "this share of the image, e.g. 0.0005 (default: the run's, else 0 = keep all)")
+    if choose:
+        parser.add_argument("--choose-threshold", action="store_true",
+                            help="pick the threshold with the best IoU on these images and store it (with "
+                                 "--tta/--min-area) in RUN/inference.json, which eval and predict then use")
+
+
 def cmd_eval(args) -> int:
     from nailseg.core.data.discover import find_pairs
     from nailseg.core.data.split import load_split
-    from nailseg.core.evaluate import evaluate_pairs
+    from nailseg.core.evaluate import choose_threshold, evaluate_pairs
     from nailseg.core.io import write_json
+    from nailseg.core.postprocess import INFERENCE_FILE, load_run_options, with_overrides
     from nailseg.engine import has_capability, open_for_inference
 
     out = output_file(args.out) if args.out else None
@@ -86,8 +112,17 @@ def cmd_eval(args) -> int:
         keys = set(load_split(run.split)[args.split])
         chosen = [p for p in pairs if p.key in keys]
     overlays = output_folder(args.overlays, "--overlays") if args.overlays else None
-    result = evaluate_pairs(stack.load_predictor(run, exp, args.checkpoint), chosen, progress=not args.quiet,
-                            overlays=overlays)
+    predictor = stack.load_predictor(run, exp, args.checkpoint)
+    options = _options(args, load_run_options(run.path))
+    if args.choose_threshold:
+        threshold, tried = choose_threshold(predictor, chosen, options, progress=not args.quiet)
+        options = with_overrides(options, threshold=threshold)
+        write_json(run.path / INFERENCE_FILE, {**options.as_dict(), "chosen_on": f"{len(chosen)} images "
+                                               f"({'data ' + str(root) if args.data else 'split ' + args.split})",
+                                               "iou_by_threshold": tried})
+        print(f"threshold {threshold:.2f} (pooled IoU {tried[f'{threshold:.2f}']:.4f}) stored in "
+              f"{run.path / INFERENCE_FILE}")
+    result = evaluate_pairs(predictor, chosen, progress=not args.quiet, overlays=overlays, options=options)
     if has_capability(exp, "instances"):  # instance models: COCO bbox/segm mAP as well
         result = {**stack.evaluate_instances(run, exp, chosen, pairs, args.checkpoint), **result}
     result = {"run": str(run.path), "data": str(root), "split": "all" if args.data else args.split,
@@ -111,7 +146,11 @@ def cmd_predict(args) -> int:
     if is_onnx(args.run):
         from nailseg.deploy.onnx_model import OnnxSegmenter
 
-        result = predict_files(OnnxSegmenter(args.run), inputs, out, progress=not args.quiet)
+        from nailseg.core.postprocess import InferenceOptions
+
+        model = OnnxSegmenter(args.run)
+        result = predict_files(model, inputs, out, progress=not args.quiet,
+                               options=_options(args, InferenceOptions(threshold=model.threshold)))
         return _report_predictions(result, inputs, out)
     run, exp, stack = open_for_inference(args.run)
     if has_capability(exp, "instances"):
@@ -119,7 +158,10 @@ def cmd_predict(args) -> int:
         for w in result.written:
             print(f"{w['file']}: {w['instances']} instances")
     else:
-        result = predict_files(stack.load_predictor(run, exp), inputs, out, progress=not args.quiet)
+        from nailseg.core.postprocess import load_run_options
+
+        result = predict_files(stack.load_predictor(run, exp), inputs, out, progress=not args.quiet,
+                               options=_options(args, load_run_options(run.path)))
     return _report_predictions(result, inputs, out)
 
 
@@ -172,6 +214,7 @@ def add_parser(sub) -> None:
     ev.add_argument("--out", help="where to write the JSON (default: RUN/eval.json)")
     ev.add_argument("--checkpoint", choices=["best", "last"], default="best",
                     help="best (default; falls back to last) or last")
+    _inference_flags(ev, choose=True)
     ev.add_argument("--overlays", metavar="DIR",
                     help="write one picture per image: true positives green, false positives red, false "
                          "negatives blue, the image's IoU in a corner")
@@ -187,6 +230,7 @@ def add_parser(sub) -> None:
     pr.add_argument("inputs", nargs="+", help="image files or folders")
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    _inference_flags(pr)
     pr.set_defaults(func=cmd_predict)
 
     exp_ = sub.add_parser("export", help="write a run's model for use without nailseg",

@@ -46,8 +46,13 @@ def at_image_size(prob: np.ndarray, image: np.ndarray) -> np.ndarray:
 
 
 def evaluate_pairs(predict: Predictor, pairs: list[Pair], *, progress: bool = True,
-                   overlays: Path | None = None) -> dict:
-    """Score ``predict`` on ``pairs``; returns the ``eval.json`` content."""
+                   overlays: Path | None = None, options=None) -> dict:
+    """Score ``predict`` on ``pairs``; returns the ``eval.json`` content. ``options``
+    (:class:`~nailseg.core.postprocess.InferenceOptions`): TTA, threshold, speck removal."""
+    from nailseg.core.postprocess import InferenceOptions
+
+    options = options or InferenceOptions()
+    predict = options.wrap(predict)
     if not pairs:
         raise DataError("nothing to evaluate: the chosen split is empty")
     iterator: Iterable[Pair] = pairs
@@ -61,7 +66,7 @@ def evaluate_pairs(predict: Predictor, pairs: list[Pair], *, progress: bool = Tr
         if image.shape[:2] != truth.shape:
             raise DataError(f"{quote_name(pair.mask)}: mask is {truth.shape[1]}x{truth.shape[0]} but its image "
                             f"{quote_name(pair.image.name)} is {image.shape[1]}x{image.shape[0]} (must be the same size)")
-        pred = predict(image) > THRESHOLD
+        pred = options.mask(predict(image))
         c = confusion(pred, truth)
         counts.append(c)
         per_image.append({"key": pair.key, **counts_scores(c), **c.as_dict()})
@@ -72,7 +77,27 @@ def evaluate_pairs(predict: Predictor, pairs: list[Pair], *, progress: bool = Tr
             save_png(Path(overlays) / f"{name}.png", error_overlay(image, pred, truth, per_image[-1]["iou"]))
     agg = aggregate(counts)
     return {**agg["micro"], "mean_per_image": agg["mean_per_image"], "n_images": len(pairs),
-            "threshold": THRESHOLD, "per_image": per_image}
+            "threshold": options.threshold, "inference": options.as_dict(), "per_image": per_image}
+
+
+def choose_threshold(predict: Predictor, pairs: list[Pair], options, *, progress: bool = True,
+                     candidates=tuple(np.round(np.arange(0.2, 0.81, 0.05), 2))) -> tuple[float, dict[str, float]]:
+    """The threshold with the best pooled IoU on ``pairs`` (predicted once), and each one's IoU."""
+    from dataclasses import replace
+
+    predict = options.wrap(predict)
+    iterator: Iterable[Pair] = pairs
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(pairs, desc="choosing the threshold", unit="img")
+    probs = [(predict(read_image(p.image)), read_mask(p.mask)) for p in iterator]
+    ious = {}
+    for t in candidates:
+        o = replace(options, threshold=float(t))
+        ious[f"{t:.2f}"] = aggregate([confusion(o.mask(prob), truth) for prob, truth in probs])["micro"]["iou"]
+    best = max(ious, key=lambda k: (ious[k], -abs(float(k) - 0.5)))
+    return float(best), ious
 
 
 @dataclass
@@ -167,12 +192,16 @@ def semantic_summary(predict: Predictor, val_pairs: list[Pair], run, exp) -> dic
 
 
 def predict_files(predict: Predictor, inputs: Inputs, out: str | os.PathLike[str], *,
-                  progress: bool = True) -> PredictResult:
+                  progress: bool = True, options=None) -> PredictResult:
     """Write ``<name>_mask.png`` (0/255) and ``<name>_overlay.png`` for each readable input."""
+    from nailseg.core.postprocess import InferenceOptions
+
+    options = options or InferenceOptions()
+    predict = options.wrap(predict)
     out = Path(out)
     result = PredictResult()
     for path, name, image in _readable_images(inputs, progress, result.failed):
-        mask = predict(image) > THRESHOLD
+        mask = options.mask(predict(image))
         save_png(out / f"{name}_mask.png", mask.astype(np.uint8) * 255)
         save_png(out / f"{name}_overlay.png", overlay(image, mask))
         result.written.append({"file": str(path), "fg_share": float(mask.mean()), "mask": str(out / f"{name}_mask.png")})

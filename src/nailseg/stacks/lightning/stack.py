@@ -213,7 +213,10 @@ def export_verified_onnx(stack: LightningStack, model, run: RunDir, exp: Experim
     from nailseg.stacks.lightning.onnx_export import OPSET, export_onnx
 
     config_hash = hashlib.sha256(run.config.read_bytes()).hexdigest() if run.config.exists() else ""
-    metadata = {"nailseg.image_size": list(exp.data.size_hw), "nailseg.threshold": "0.5",
+    from nailseg.core.postprocess import load_run_options
+
+    metadata = {"nailseg.image_size": list(exp.data.size_hw),
+                "nailseg.threshold": str(load_run_options(run.path).threshold),
                 "nailseg.version": __version__, "nailseg.config_sha256": config_hash,
                 "nailseg.model": exp.model.describe(), "nailseg.run": str(run.path.resolve()),
                 "nailseg.input": "uint8 RGB (N, H, W, 3), any H and W",
