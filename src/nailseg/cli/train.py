@@ -207,7 +207,8 @@ def add_parser(sub) -> None:
                         description="Compute IoU, Dice, precision and recall per image and over the set "
                                     "(pixels summed over all images), at each image's original size; "
                                     "writes eval.json into the run folder.")
-    ev.add_argument("run", help="run folder, or a MODEL.onnx from `nailseg export --format onnx` (needs --data; runs on onnxruntime alone)")
+    ev.add_argument("run", help="run folder, or a MODEL.onnx from `nailseg export --format onnx` (needs --data; "
+                                "runs on onnxruntime alone)")
     ev.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
                     help="which part of the run's split to score (default: test)")
     ev.add_argument("--data", help="score every pair of another data folder instead")

@@ -14,7 +14,6 @@ that the service answers 503 with ``Retry-After`` instead of queueing without bo
 """
 
 
-import asyncio
 import io
 import json
 import os
