@@ -48,23 +48,33 @@ def _open(path: Path, at_least: tuple[int, int] | None = None) -> Image.Image:
         raise DataError(f"{quote_name(path)}: cannot read file ({err.strerror})") from err
     if size == 0:
         raise DataError(f"{quote_name(path)}: empty file (0 bytes)")
+    return _decode(path, quote_name(path), at_least, MAX_PIXELS)
+
+
+def _decode(source, name: str, at_least: tuple[int, int] | None, max_pixels: int) -> Image.Image:
+    """Decode ``source`` (a path or a file object) with the header pixel check first; every
+    failure becomes one :class:`DataError` naming ``name``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = Image.open(path)
-            check_pixels(path, img.size)
+            img = Image.open(source)
+            w, h = img.size
+            if max_pixels < MAX_PIXELS and w * h > max_pixels:  # a caller's tighter limit (nailseg serve)
+                raise DataError(f"{name}: image header says {w}x{h} pixels, above the limit of "
+                                f"{max_pixels:,} pixels (a decompression bomb, or far too large)")
+            check_pixels(name, img.size)
             if at_least is not None and img.format == "JPEG":
                 img.draft(None, at_least)
             img.load()
     except DataError:
         raise
     except UnidentifiedImageError as err:
-        raise DataError(f"{quote_name(path)}: not an image file Pillow can decode") from err
+        raise DataError(f"{name}: not an image file Pillow can decode") from err
     except Image.DecompressionBombError as err:
-        raise DataError(f"{quote_name(path)}: image header claims more pixels than the limit of "
+        raise DataError(f"{name}: image header claims more pixels than the limit of "
                         f"{MAX_PIXELS // 1_000_000} megapixels (a decompression bomb, or far too large)") from err
     except (OSError, SyntaxError, ValueError, EOFError, struct_error, IndexError, TypeError, MemoryError) as err:
-        raise DataError(f"{quote_name(path)}: corrupt or truncated image ({str(err)[:160]})") from err
+        raise DataError(f"{name}: corrupt or truncated image ({str(err)[:160]})") from err
     return img
 
 
@@ -191,23 +201,7 @@ def read_image_bytes(data: bytes, name: str = "upload", *, max_pixels: int = MAX
 
     if not data:
         raise DataError(f"{name}: empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > max_pixels:
-                raise DataError(f"{name}: image header says {w}x{h} pixels, above the limit of {max_pixels:,} pixels")
-            check_pixels(name, img.size)
-            img.load()
-    except DataError:
-        raise
-    except UnidentifiedImageError as err:
-        raise DataError(f"{name}: not an image file Pillow can decode") from err
-    except Image.DecompressionBombError as err:
-        raise DataError(f"{name}: image header claims more pixels than the limit (a decompression bomb)") from err
-    except (OSError, SyntaxError, ValueError, EOFError, struct_error, IndexError, TypeError, MemoryError) as err:
-        raise DataError(f"{name}: corrupt or truncated image ({str(err)[:160]})") from err
+    img = _decode(io.BytesIO(data), name, None, min(max_pixels, MAX_PIXELS))
     if img.mode != "RGB":
         img = img.convert("RGB")
     return np.asarray(img, dtype=np.uint8)
