@@ -86,3 +86,10 @@ def test_train_export_and_plain_transformers_round_trip(synth_data, tmp_path):
     assert out.returncode == 0 and (tmp_path / "exported" / "model.safetensors").exists()
     ev = run_cli("eval", str(run), "--split", "val", "--quiet")
     assert ev.returncode == 0, ev.stderr
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    onnx_out = run_cli("export", str(run), "--format", "onnx")
+    assert onnx_out.returncode == 0, onnx_out.stderr[-2000:]
+    report = json.loads((run / "export.json").read_text())
+    assert report["max_abs_diff"] <= 1e-3 and report["mask_agreement"] >= 0.999
+    assert report["metadata"]["model"]["family"] == "segformer"
