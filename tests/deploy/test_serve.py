@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -163,3 +163,20 @@ def test_bench_serve_reports_rates_and_latencies(onnx_run, synth_data, tmp_path)
     assert http["latency_ms_p50"] <= http["latency_ms_p95"] <= http["latency_ms_p99"]
     assert all(r["images_per_s"] > 0 for r in rows)
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_serve_refuses_a_bad_model_or_a_taken_port_before_announcing(onnx_run, tmp_path):
+    fake = tmp_path / "broken.onnx"
+    fake.write_bytes(b"not a protobuf at all")
+    proc = run_cli("serve", str(fake), "--port", str(free_port()), timeout=120)
+    assert proc.returncode == 2 and "broken.onnx: not an ONNX model onnxruntime can load" in proc.stderr
+    assert "serving" not in proc.stdout
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_cli("serve", str(onnx_run / "model.onnx"), "--port", str(port), timeout=120)
+    assert proc.returncode == 2 and f"127.0.0.1:{port}: cannot listen there" in proc.stderr
+    assert "serving" not in proc.stdout
+    proc = run_cli("serve", str(onnx_run / "model.onnx"), "--port", "70000", timeout=120)
+    assert proc.returncode == 2 and "--port 70000: must be between 0 and 65535" in proc.stderr

@@ -35,8 +35,6 @@ def cmd_serve(args) -> int:
 
     settings = ServeSettings(model=str(model_file(args.target).resolve()), max_bytes=args.max_bytes,
                              max_pixels=args.max_pixels, max_concurrent=args.max_concurrent, threads=args.threads)
-    print(f"serving {settings.model} on http://{args.host}:{args.port}/ ({args.workers} worker(s)); Ctrl-C stops",
-          flush=True)
     serve(settings, host=args.host, port=args.port, workers=args.workers)
     return 0
 

@@ -178,7 +178,7 @@ def run_compare(configs: list[str], overrides: list[str], out: Path, *, folds: i
         rows_by_config[job.name].append(row)
         say(f"  IoU {row['iou']:.4f}  Dice {row['dice']:.4f}  ({row['wall_time_s']:.0f} s)")
     rows = [aggregate_folds(r) if folds else r[0] for r in rows_by_config.values()]
-    write_outputs(rows, out, title=f"{len(configs)} configs on {first.data.root}"
+    write_outputs(rows, out, title=f"{len(configs)} config{'s' * (len(configs) != 1)} on {first.data.root}"
                   + (f", {folds}-fold CV" if folds else f", split val {split.val} / test {split.test}"),
                   command=_command(configs, overrides, out, folds))
     return rows
@@ -201,7 +201,7 @@ def collect_runs(runs: list[str], out: Path, *, checkpoint: str, say: Callable[[
     for i, (p, name) in enumerate(zip(paths, unique_names([str(p) for p in paths]))):
         say(f"[{i + 1}/{len(paths)}] {name}")
         rows.append(row_from_run(p, name, checkpoint=checkpoint, overlays=True))
-    write_outputs(rows, out, title=f"{len(paths)} runs on one split", command="nailseg compare --runs "
+    write_outputs(rows, out, title=f"{len(paths)} run{'s' * (len(paths) != 1)} on one split", command="nailseg compare --runs "
                   + " ".join(runs) + f" --out {out}")
     return rows
 

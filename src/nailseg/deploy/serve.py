@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from nailseg.core.data.decode import MAX_PIXELS, read_image_bytes
-from nailseg.errors import DataError
+from nailseg.errors import DataError, NailsegError
 
 ENV = "NAILSEG_SERVE"  # uvicorn workers rebuild the app from this (JSON of ServeSettings)
 
@@ -173,12 +173,34 @@ def app_from_env():
     return create_app(ServeSettings(**json.loads(os.environ[ENV])))
 
 
+def check_can_listen(host: str, port: int) -> None:
+    """Bind ``host:port`` once, the way uvicorn will, so that a port in use or a host that is not
+    this machine's is one clear error before the server is announced (uvicorn's own is a log line)."""
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise NailsegError(f"--port {port}: must be between 0 and 65535")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as err:
+        raise NailsegError(f"--host {host}: not an address of this machine ({err.strerror})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise NailsegError(f"{host}:{port}: cannot listen there ({err.strerror}); "
+                               "choose another --port or --host") from None
+
+
 def serve(settings: ServeSettings, *, host: str, port: int, workers: int = 1) -> None:
     import uvicorn
 
     from nailseg.deploy.onnx_model import OnnxSegmenter
 
     OnnxSegmenter(settings.model)  # refuse a bad model file before the server starts
+    check_can_listen(host, port)
+    print(f"serving {settings.model} on http://{host}:{port}/ ({workers} worker(s)); Ctrl-C stops", flush=True)
     os.environ[ENV] = json.dumps(asdict(settings))
     uvicorn.run("nailseg.deploy.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level="warning", timeout_graceful_shutdown=5)
