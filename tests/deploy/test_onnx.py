@@ -82,6 +82,43 @@ def test_bad_model_files_are_refused_by_name(tmp_path):
     assert proc.returncode != 0 and "missing.onnx: no such ONNX model file" in proc.stderr
 
 
+def test_an_onnx_file_that_is_not_a_nailseg_export_is_refused(tmp_path):
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "other", [x], [y])
+    onnx.save(helper.make_model(graph), tmp_path / "other.onnx")
+    image = write_image(tmp_path / "x.png", np.zeros((8, 8, 3), np.uint8))
+    for args in (("predict", str(tmp_path / "other.onnx"), str(image), "--out", str(tmp_path / "out")),
+                 ("serve", str(tmp_path / "other.onnx"), "--port", "0")):
+        proc = run_cli(*args)
+        assert proc.returncode == 2, proc.stderr
+        assert "other.onnx: not a nailseg export (no nailseg.image_size metadata)" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_refuses_formats_a_stack_lacks(onnx_run):
     proc = run_cli("export", str(onnx_run), "--format", "tflite")
     assert proc.returncode != 0 and "tflite" in proc.stderr
+
+
+def test_an_export_that_strays_from_torch_is_not_kept(onnx_run, tmp_path, monkeypatch, capsys):
+    """The check on export is real: past the tolerance the command fails and leaves no file."""
+    import shutil
+
+    import nailseg.deploy.verify as verify
+    from nailseg.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(onnx_run, run, ignore=shutil.ignore_patterns("model.onnx", "export.json"))
+    monkeypatch.setattr(verify, "compare_predictors",
+                        lambda *a, **k: {"max_abs_diff": 0.3, "mask_agreement": 0.9, "images": 1})
+    assert main(["export", str(run), "--format", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert "strays from the torch model" in err and "nothing written" in err
+    assert not (run / "model.onnx").exists() and not (run / "export.json").exists()
+    assert not [p for p in run.iterdir() if "model.onnx" in p.name]  # no temp file left either
