@@ -8,12 +8,17 @@ import numpy as np
 
 from nailseg.errors import ConfigError
 
-# float32 graphs of the same ops agree to ~1e-5; these bounds catch a wrong export, not rounding
-TOLERANCE = {"max_abs_diff": 1e-3, "mask_agreement": 0.999}
+# The bounds catch a wrong export (lost normalisation, swapped channels, a dropped layer: masks
+# disagree and probabilities move by 0.1 or more), not rounding. onnxruntime runs the same float32
+# ops as torch and agrees to ~1e-5. TFLite's converter folds batch norm into the convolutions and
+# XNNPACK sums in another order, so a barely trained model with large activations moves by ~1e-3
+# while every mask pixel still agrees (seen at 1.01e-3 in CI): it gets a wider probability bound.
+TOLERANCES = {"onnx": {"max_abs_diff": 1e-3, "mask_agreement": 0.999},
+              "tflite": {"max_abs_diff": 1e-2, "mask_agreement": 0.999}}
 
 
-def within_tolerance(check: dict) -> bool:
-    return check["max_abs_diff"] <= TOLERANCE["max_abs_diff"] and check["mask_agreement"] >= TOLERANCE["mask_agreement"]
+def within_tolerance(check: dict, tolerance: dict) -> bool:
+    return check["max_abs_diff"] <= tolerance["max_abs_diff"] and check["mask_agreement"] >= tolerance["mask_agreement"]
 
 
 def compare_predictors(reference, candidate, images: list[np.ndarray], threshold: float = 0.5) -> dict:

@@ -312,7 +312,7 @@ def export_verified_tflite(stack: KerasStack, model, run: RunDir, exp: Experimen
     against the Keras model on the run's validation images (``export.json``)."""
     from nailseg.core.augment import IMAGENET_MEAN, IMAGENET_STD
     from nailseg.core.io import write_json
-    from nailseg.deploy.verify import TOLERANCE, compare_predictors, verification_images, within_tolerance
+    from nailseg.deploy.verify import TOLERANCES, compare_predictors, verification_images, within_tolerance
 
     h, w = exp.data.size_hw
     mean = tf.constant(IMAGENET_MEAN, tf.float32) * 255.0
@@ -329,12 +329,13 @@ def export_verified_tflite(stack: KerasStack, model, run: RunDir, exp: Experimen
     with atomic_path(out) as tmp:
         tmp.write_bytes(blob)
         check = compare_predictors(stack.load_predictor(run, exp), TfliteSegmenter(tmp, (h, w)), images)
-        if not within_tolerance(check):
+        tolerance = TOLERANCES["tflite"]
+        if not within_tolerance(check, tolerance):
             raise ConfigError(f"--format tflite: the converted model strays from the Keras model on {source} "
                               f"(max |diff| {check['max_abs_diff']:.2e}, mask agreement {check['mask_agreement']:.5f}; "
-                              f"tolerance {TOLERANCE}); nothing written")
+                              f"tolerance {tolerance}); nothing written")
     write_json(out.parent / "export.json", {"format": "tflite", "file": str(out), "bytes": len(blob),
-                                           "verified_on": source, **check, "tolerance": TOLERANCE,
+                                           "verified_on": source, **check, "tolerance": tolerance,
                                            "input": f"uint8 RGB (1, {h}, {w}, 3)",
                                            "output": f"foreground probability float32 (1, {h}, {w})",
                                            "tensorflow": tf.__version__, "nailseg": __version__})
