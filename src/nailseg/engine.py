@@ -153,6 +153,7 @@ def run_training(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict 
 
     stack.preflight(exp)
     if resume:
+        RunLock(run).acquire().release()  # a run still training is "in use", whatever its checkpoints say
         if stack.resumable(run) is None:
             raise ConfigError(f"{run.path}: no checkpoint to resume from (training never finished an epoch); "
                               f"start a new run instead")
