@@ -17,8 +17,15 @@ TOLERANCES = {"onnx": {"max_abs_diff": 1e-3, "mask_agreement": 0.999},
               "tflite": {"max_abs_diff": 1e-2, "mask_agreement": 0.999}}
 
 
-def within_tolerance(check: dict, tolerance: dict) -> bool:
-    return check["max_abs_diff"] <= tolerance["max_abs_diff"] and check["mask_agreement"] >= tolerance["mask_agreement"]
+def require_agreement(check: dict, fmt: str, reference: str, source: str) -> dict:
+    """Refuse an export whose ``check`` is past ``fmt``'s tolerance (one line; the caller's atomic
+    write then keeps nothing); return that tolerance for ``export.json``."""
+    tolerance = TOLERANCES[fmt]
+    if check["max_abs_diff"] > tolerance["max_abs_diff"] or check["mask_agreement"] < tolerance["mask_agreement"]:
+        raise ConfigError(f"--format {fmt}: the exported model strays from the {reference} model on {source} "
+                          f"(max |diff| {check['max_abs_diff']:.2e}, mask agreement {check['mask_agreement']:.5f}; "
+                          f"tolerance {tolerance}); nothing written")
+    return tolerance
 
 
 def compare_predictors(reference, candidate, images: list[np.ndarray], threshold: float = 0.5) -> dict:

@@ -312,7 +312,7 @@ def export_verified_tflite(stack: KerasStack, model, run: RunDir, exp: Experimen
     against the Keras model on the run's validation images (``export.json``)."""
     from nailseg.core.augment import IMAGENET_MEAN, IMAGENET_STD
     from nailseg.core.io import write_json
-    from nailseg.deploy.verify import TOLERANCES, compare_predictors, verification_images, within_tolerance
+    from nailseg.deploy.verify import compare_predictors, require_agreement, verification_images
 
     h, w = exp.data.size_hw
     mean = tf.constant(IMAGENET_MEAN, tf.float32) * 255.0
@@ -329,11 +329,7 @@ def export_verified_tflite(stack: KerasStack, model, run: RunDir, exp: Experimen
     with atomic_path(out) as tmp:
         tmp.write_bytes(blob)
         check = compare_predictors(stack.load_predictor(run, exp), TfliteSegmenter(tmp, (h, w)), images)
-        tolerance = TOLERANCES["tflite"]
-        if not within_tolerance(check, tolerance):
-            raise ConfigError(f"--format tflite: the converted model strays from the Keras model on {source} "
-                              f"(max |diff| {check['max_abs_diff']:.2e}, mask agreement {check['mask_agreement']:.5f}; "
-                              f"tolerance {tolerance}); nothing written")
+        tolerance = require_agreement(check, "tflite", "Keras", source)
     write_json(out.parent / "export.json", {"format": "tflite", "file": str(out), "bytes": len(blob),
                                            "verified_on": source, **check, "tolerance": tolerance,
                                            "input": f"uint8 RGB (1, {h}, {w}, 3)",

@@ -209,7 +209,7 @@ def export_verified_onnx(stack: LightningStack, model, run: RunDir, exp: Experim
 
     from nailseg.core.io import atomic_path, write_json
     from nailseg.deploy.onnx_model import OnnxSegmenter
-    from nailseg.deploy.verify import TOLERANCES, compare_predictors, verification_images, within_tolerance
+    from nailseg.deploy.verify import compare_predictors, require_agreement, verification_images
     from nailseg.stacks.lightning.onnx_export import OPSET, export_onnx
 
     config_hash = hashlib.sha256(run.config.read_bytes()).hexdigest() if run.config.exists() else ""
@@ -228,11 +228,7 @@ def export_verified_onnx(stack: LightningStack, model, run: RunDir, exp: Experim
         reference = stack.load_predictor(run, exp, device="cpu")
         check = compare_predictors(reference, onnx_model, images)
         native = compare_predictors(_native_torch(model), OnnxSegmenter(tmp, native=True), images[:2])
-        tolerance = TOLERANCES["onnx"]
-        if not within_tolerance(check, tolerance):
-            raise ConfigError(f"--format onnx: the exported model strays from the torch model on {source} "
-                              f"(max |diff| {check['max_abs_diff']:.2e}, mask agreement {check['mask_agreement']:.5f}; "
-                              f"tolerance {tolerance}); nothing written")
+        tolerance = require_agreement(check, "onnx", "torch", source)
     report = {"format": "onnx", "file": str(out), "bytes": out.stat().st_size, "opset": OPSET, "exporter": exporter,
               "verified_on": source, **check, "tolerance": tolerance,
               "native_size_check": {k: native[k] for k in ("max_abs_diff", "mask_agreement", "images")},
