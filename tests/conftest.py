@@ -12,11 +12,13 @@ import pytest
 from PIL import Image
 
 from nailseg.core.data.synth import SynthConfig, synthesize
+from tests.cli_fork import run_forked
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("NAILSEG_REAL_DATA", REPO.parent / "shared" / "data" / "nails_segmentation"))
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub: fail at once instead of waiting on the network
 
 
 def _has_gpu() -> bool:
@@ -69,14 +71,27 @@ def make_pair_folder(root: Path, n: int = 3, size=(40, 30), mask_dir: str = "lab
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600,
-            check: bool = False) -> subprocess.CompletedProcess:
-    """Run the real ``nailseg`` command in a fresh process."""
+            check: bool = False, fresh: bool = False) -> subprocess.CompletedProcess:
+    """Run the real ``nailseg`` command in a process of its own.
+
+    By default the process is forked from a warm fork server (``tests/cli_fork.py``) that has
+    ``FORK_KIND``'s framework loaded, which saves the ~10 s of imports a fresh interpreter pays.
+    ``fresh=True`` starts a new interpreter: needed for the other framework (torch and TensorFlow
+    never share a process) and for variables that libraries read at import time (a forked child
+    sees ``env`` only from the moment it starts)."""
     full_env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "nailseg.cli", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    full_env.pop("NAILSEG_FORK_SERVER", None)
+    if fresh:
+        proc = subprocess.run([sys.executable, "-m", "nailseg.cli", *args], cwd=cwd, env=full_env,
+                              capture_output=True, text=True, timeout=timeout)
+    else:
+        proc = run_forked(list(args), cwd, full_env, timeout, kind=FORK_KIND)
     if check and proc.returncode != 0:
         raise AssertionError(f"nailseg {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+FORK_KIND = "torch"  # the TensorFlow tests' conftest sets "tensorflow" for their own process
 
 
 TINY_TRAIN = [  # overrides that make any smp config train in seconds on a CPU

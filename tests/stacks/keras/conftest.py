@@ -20,3 +20,11 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def tf():
     return pytest.importorskip("tensorflow")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _commands_forked_from_a_tensorflow_server():
+    """``run_cli`` forks this process's commands from a server with TensorFlow, not torch, loaded."""
+    import tests.conftest as shared
+
+    shared.FORK_KIND = "tensorflow"
