@@ -157,6 +157,9 @@ class MaskrcnnModel(_ModelBase):
     encoder: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
     load_from: str = Field("none", description="none | a local mmdet checkpoint | a URL (needs internet)")
     min_area: int = Field(4, ge=0, description="mask regions below this many pixels are not instances")
+    max_instances: int = Field(30, ge=1, le=1000, description="most instances kept per image (MMDetection's "
+                               "max_per_img; its COCO default of 100 is far above the nails of a few hands, "
+                               "and the mask head's work grows with it)")
 
     def describe(self) -> dict[str, str]:
         return {"family": "maskrcnn", "arch": "MaskRCNN", "encoder": self.encoder}

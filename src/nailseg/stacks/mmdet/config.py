@@ -16,7 +16,7 @@ from nailseg.config import Experiment
 DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 
 
-def model_config(depth: int) -> dict:
+def model_config(depth: int, max_instances: int = 30) -> dict:
     in_channels = [64, 128, 256, 512] if depth < 50 else [256, 512, 1024, 2048]
     return dict(
         type="MaskRCNN",
@@ -58,7 +58,8 @@ def model_config(depth: int) -> dict:
                       mask_size=28, pos_weight=-1, debug=False)),
         test_cfg=dict(
             rpn=dict(nms_pre=1000, max_per_img=1000, nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
-            rcnn=dict(score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_per_img=100, mask_thr_binary=0.5)),
+            rcnn=dict(score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_per_img=max_instances,
+                      mask_thr_binary=0.5)),
     )
 
 
@@ -128,7 +129,7 @@ def build_mmdet_config(exp: Experiment, *, work_dir: Path, images_dir: Path, ann
     precision_amp = on_gpu and t.precision in ("auto", "16-mixed", "mixed_float16", "bf16-mixed")
     return dict(
         default_scope="mmdet",
-        model=model_config(DEPTHS[exp.model.encoder]),
+        model=model_config(DEPTHS[exp.model.encoder], exp.model.max_instances),
         train_dataloader=dict(batch_size=t.batch_size, num_workers=workers, persistent_workers=workers > 0,
                               # InfiniteSampler: DefaultSampler with an iteration loop sleeps 2 s at every epoch end
                               sampler=dict(type="InfiniteSampler", shuffle=True),
