@@ -31,7 +31,8 @@ def test_run_folder(mmdet_run):
     names = {p.name for p in mmdet_run.iterdir()}
     assert {"config.yaml", "split.json", "coco", "mmdet_config.py", "mmdet_config.json", "metrics.jsonl",
             "summary.json", "checkpoints", "predictions"} <= names
-    assert "num_classes=1" in (mmdet_run / "mmdet_config.py").read_text().replace(" ", "")
+    mmdet_config = (mmdet_run / "mmdet_config.py").read_text().replace(" ", "")
+    assert "num_classes=1" in mmdet_config and "max_per_img=30," in mmdet_config  # model.max_instances
     assert list((mmdet_run / "mmdet").rglob("events.out.tfevents.*"))  # TensorBoard through mmengine
     summary = json.loads((mmdet_run / "summary.json").read_text())
     for key in ("val_segm_map", "val_bbox_map", "val_iou", "val_dice"):
@@ -53,7 +54,7 @@ def test_eval_and_predict(mmdet_run, synth_data, tmp_path):
     pr = run_cli("predict", str(mmdet_run), str(image), "--out", str(tmp_path / "p"), "--quiet")
     assert pr.returncode == 0, pr.stderr[-3000:]
     counts = json.loads((tmp_path / "p" / "instances.json").read_text())
-    assert counts[0]["instances"] >= 0 and (tmp_path / "p" / f"{image.stem}_overlay.png").exists()
+    assert 0 <= counts[0]["instances"] <= 30 and (tmp_path / "p" / f"{image.stem}_overlay.png").exists()
 
 
 @pytest.mark.slow
