@@ -47,7 +47,7 @@ browser:
 # Two pytest processes: TensorFlow and torch must not share one (see tests/stacks/keras/conftest.py).
 test: $(VENV)/.installed-test browser
 	$(BIN)/python -m pytest -m "not gpu and not tf" $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -m "tf and not gpu" tests/stacks/keras $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "tf and not gpu" tests/stacks/keras tests/test_tutorials.py $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests

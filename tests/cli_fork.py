@@ -25,8 +25,9 @@ WARM_MODULES = {
     "torch": ("torch", "lightning", "segmentation_models_pytorch", "albumentations", "cv2", "kornia", "onnx",
               "onnxruntime", "nailseg.cli", "nailseg.engine", "nailseg.stacks.lightning.stack",
               "nailseg.stacks.lightning.module"),
-    "tensorflow": ("tensorflow", "tf_keras", "segmentation_models", "albumentations", "cv2", "nailseg.cli",
-                   "nailseg.engine", "nailseg.stacks.keras.stack"),
+    # the Keras stack first: it sets TF_USE_LEGACY_KERAS and SM_FRAMEWORK before TensorFlow loads
+    "tensorflow": ("nailseg.cli", "nailseg.engine", "nailseg.stacks.keras.stack", "tensorflow", "tf_keras",
+                   "segmentation_models", "albumentations", "cv2"),
 }
 
 if os.environ.get("NAILSEG_FORK_SERVER") in WARM_MODULES:

@@ -27,15 +27,24 @@ def commands(markdown: Path) -> list[list[str]]:
     return [shlex.split(line[2:]) for block in blocks for line in block.splitlines() if line.startswith("$ ")]
 
 
+def uses_tensorflow(markdown: Path) -> bool:
+    return any("keras" in arg for argv in commands(markdown) for arg in argv)
+
+
+# A TensorFlow tutorial runs in the TensorFlow tests' pytest process (marker tf), forked from its server.
 @pytest.mark.slow
-@pytest.mark.parametrize("tutorial", TUTORIALS, ids=lambda p: p.stem)
-def test_tutorial_commands_run(tutorial, tmp_path):
+@pytest.mark.parametrize("tutorial", [pytest.param(t, id=t.stem, marks=[pytest.mark.tf] if uses_tensorflow(t) else [])
+                                      for t in TUTORIALS])
+def test_tutorial_commands_run(tutorial, tmp_path, monkeypatch):
     cmds = commands(tutorial)
     assert cmds, f"{tutorial.name} has no console commands"
+    if uses_tensorflow(tutorial):
+        import tests.conftest as shared
+
+        monkeypatch.setattr(shared, "FORK_KIND", "tensorflow")
     shutil.copytree(REPO / "configs", tmp_path / "configs")
     if any(argv[0] == "curl" for argv in cmds) and not shutil.which("curl"):
         pytest.skip("curl is not installed")
-    fresh = any("keras" in arg for argv in cmds for arg in argv)  # TensorFlow never forks from the torch server
     background = []
     try:
         for argv in cmds:
@@ -48,7 +57,7 @@ def test_tutorial_commands_run(tutorial, tmp_path):
                                       text=True, timeout=120)
                 assert proc.returncode == 0, f"{' '.join(argv)}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
                 continue
-            proc = run_cli(*argv[1:], cwd=tmp_path, fresh=fresh)
+            proc = run_cli(*argv[1:], cwd=tmp_path)
             expected = next((code for key, code in EXPECTED_FAILURES.items() if key in argv), 0)
             assert proc.returncode == expected, f"{' '.join(argv)}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     finally:
