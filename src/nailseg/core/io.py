@@ -40,7 +40,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -64,7 +64,7 @@ def clean_stale_temps(folder: Path) -> None:
         parts = name[: -len(TMP_SUFFIX)].rsplit(".", 2)
         if len(parts) != 3 or not parts[1].isdigit():
             continue
-        if int(parts[1]) != os.getpid() and not _pid_alive(int(parts[1])):
+        if int(parts[1]) != os.getpid() and not pid_alive(int(parts[1])):
             try:
                 if entry.is_dir() and not entry.is_symlink():
                     import shutil

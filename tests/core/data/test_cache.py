@@ -204,3 +204,45 @@ def test_manifest_records_every_entry(tmp_path):
     meta = json.loads(cache.bin_path.with_suffix(".json").read_text())
     assert meta["nbytes"] == cache.bin_path.stat().st_size == cache.nbytes
     assert len({e["key"] for e in meta["entries"]}) == len(pairs)
+
+
+RAM_CACHE_OWNER = """
+import os, signal, sys
+from pathlib import Path
+from nailseg.config import DataConfig
+from nailseg.core.data import cache
+from nailseg.core.data.discover import find_pairs
+cache.SHM = Path(sys.argv[2])
+pairs = find_pairs(sys.argv[1])[0]
+cache.open_source(DataConfig(root=sys.argv[1], image_size=128, cache="ram"), pairs, "train", None,
+                  pipeline="albumentations", progress=False)
+if sys.argv[3] == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_ram_caches_go_at_exit_and_a_killed_owners_at_the_next_start(tmp_path, monkeypatch):
+    _pairs(tmp_path / "data")
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    folder = shm / f"nailseg-cache-{os.getuid()}"
+
+    def owner(end: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", RAM_CACHE_OWNER, str(tmp_path / "data"), str(shm), end],
+                              capture_output=True, text=True, timeout=120)
+
+    assert owner("exit").returncode == 0
+    assert not list(folder.iterdir())  # cache, manifest and lock removed at exit
+    killed = owner("kill")
+    assert killed.returncode == -signal.SIGKILL
+    left = sorted(p.name for p in folder.iterdir())
+    assert [n.rsplit(".", 1)[1] for n in left] == ["lock", "bin", "json"], left  # what a kill leaves
+    monkeypatch.setattr(cache_mod, "SHM", shm)
+    from nailseg.config import DataConfig
+
+    source = cache_mod.open_source(DataConfig(root=str(tmp_path / "data"), image_size=128, cache="ram"),
+                                   find_pairs(tmp_path / "data")[0], "train", None, pipeline="albumentations",
+                                   progress=False)
+    mine = f"train-{os.getpid()}"
+    assert all(p.name.lstrip(".").startswith(mine) for p in folder.iterdir())  # the dead owner's files are gone
+    assert source.bin_path.exists()

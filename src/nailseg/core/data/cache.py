@@ -18,7 +18,8 @@ sizes and mtimes and the cache size, so a changed file is decoded again (the unc
 copied from the previous cache).
 
 ``ram`` keeps the files in shared memory (``/dev/shm``) and removes them when the process that
-made them exits; ``disk`` keeps them in the run folder (or ``data.cache_dir``) for later runs.
+made them exits (or, when it was killed, the next process that makes a RAM cache does); ``disk``
+keeps them in the run folder (or ``data.cache_dir``) for later runs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import atexit
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +39,7 @@ import numpy as np
 
 from nailseg.core.data.decode import decode_scaled, image_size
 from nailseg.core.data.discover import Pair
-from nailseg.core.io import atomic_path, write_json
+from nailseg.core.io import atomic_path, pid_alive, write_json
 from nailseg.errors import ConfigError, DataError
 
 CACHE_MODES = ("none", "ram", "disk", "auto")
@@ -214,7 +216,7 @@ def open_cache(pairs: list[Pair], longest: int | None, folder: Path, name: str, 
                 if not stale.name.startswith(stem):
                     stale.unlink(missing_ok=True)
     if remove_at_exit:
-        _remove_at_exit(bin_path, manifest)
+        _remove_at_exit(bin_path, manifest, folder / f".{name}.lock")
     return cache
 
 
@@ -291,6 +293,30 @@ def _remove_at_exit(*paths: Path) -> None:
     atexit.register(remove)
 
 
+_RAM_CACHE_FILE = re.compile(r"^\.?[a-z]+-(?P<pid>\d+)(?:-[0-9a-f]{16})?\.(?:bin|json|lock)$")
+
+
+def remove_orphaned_ram_caches(folder: Path) -> list[Path]:
+    """Remove the RAM caches (and their locks) of processes that are gone. Their owner removes
+    them at exit, but a killed training never gets there, and ``/dev/shm`` is memory: without this
+    every SIGKILL or OOM kill would keep a decoded copy of its data set until the next reboot."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _RAM_CACHE_FILE.match(entry.name)
+        if match is None or int(match["pid"]) == os.getpid() or pid_alive(int(match["pid"])):
+            continue
+        try:
+            entry.unlink()
+            removed.append(entry)
+        except OSError:
+            pass
+    return removed
+
+
 def open_source(data, pairs: list[Pair], split: str, run_folder: Path | None, *, pipeline: str,
                 progress: bool = True) -> FileSource | DecodeCache:
     """What a pipeline reads ``pairs`` from, as ``data`` (the config's ``DataConfig``) says:
@@ -301,6 +327,7 @@ def open_source(data, pairs: list[Pair], split: str, run_folder: Path | None, *,
     if mode == "none" or pipeline not in CACHED_PIPELINES:
         return FileSource(pairs, longest)
     if mode == "ram":
+        remove_orphaned_ram_caches(ram_cache_dir())
         return open_cache(pairs, longest, ram_cache_dir(), f"{split}-{os.getpid()}", progress=progress,
                           remove_at_exit=True)
     folder = Path(data.cache_dir) if data.cache_dir else (Path(run_folder) / "cache" if run_folder else None)
