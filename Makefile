@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make demo   - create .venv, install nailseg[torch], draw synthetic data, train, eval, predict"
-	@echo "make test   - install nailseg[torch,hf,gpuaug,dali,tf,mmdet,dev] and run the test suite"
+	@echo "make test   - install nailseg[$(TEST_EXTRAS)] + MMDetection and run the test suite (two pytest processes: torch, then TensorFlow)"
 	@echo "make lint   - ruff over src/ and tests/"
 
 $(BIN)/python:
