@@ -69,3 +69,29 @@ def test_zero_byte_and_not_an_image(tmp_path):
     (tmp_path / "x.jpg").write_text("hello, not a picture")
     with pytest.raises(DataError, match="x.jpg: not an image"):
         read_image(tmp_path / "x.jpg")
+
+
+@pytest.mark.parametrize("mode, fmt", [("CMYK", "JPEG"), ("P", "PNG"), ("LA", "PNG"), ("1", "PNG"), ("F", "TIFF"),
+                                       ("RGB", "WEBP"), ("RGB", "BMP"), ("P", "GIF"), ("RGB", "PPM")])
+def test_every_accepted_format_and_mode_gives_rgb_uint8(tmp_path, mode, fmt):
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (10, 12, 3), dtype=np.uint8))
+    img = rgb.convert("L").convert("F") if mode == "F" else rgb.convert(mode)
+    path = tmp_path / f"photo.{fmt.lower()}"
+    img.save(path, fmt)
+    arr = read_image(path)
+    assert arr.shape == (10, 12, 3) and arr.dtype == np.uint8
+
+
+@pytest.mark.parametrize("payload", [
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n",  # Pillow hands EPS to Ghostscript
+    b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+    b"8BPS" + bytes(30),                                     # a Photoshop header
+])
+def test_formats_outside_the_allow_list_are_refused_by_name(tmp_path, payload, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: pytest.fail("Ghostscript was consulted"))
+    path = tmp_path / "renamed.jpg"
+    path.write_bytes(payload)
+    with pytest.raises(DataError, match=r"renamed.jpg: not an image file nailseg decodes \(JPEG, PNG"):
+        read_image(path)

@@ -27,6 +27,12 @@ MAX_PIXELS = 120_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# The only decoders Pillow may pick, whatever a file's name or first bytes claim. Pillow would
+# otherwise hand an EPS/PS file to Ghostscript (an external interpreter with a history of
+# code-execution bugs) and try dozens of rarely audited plugins. (Phone JPEGs that carry several
+# pictures, MPO, are opened by the JPEG decoder.)
+DECODE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "PPM")
+_NOT_AN_IMAGE = "not an image file nailseg decodes (JPEG, PNG, BMP, TIFF, WebP, GIF or PPM)"
 
 MASK_RULE = (
     "A mask pixel is foreground when its value is above half of the largest value the "
@@ -57,7 +63,7 @@ def _decode(source, name: str, at_least: tuple[int, int] | None, max_pixels: int
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = Image.open(source)
+            img = Image.open(source, formats=DECODE_FORMATS)
             w, h = img.size
             if max_pixels < MAX_PIXELS and w * h > max_pixels:  # a caller's tighter limit (nailseg serve)
                 raise DataError(f"{name}: image header says {w}x{h} pixels, above the limit of "
@@ -69,7 +75,7 @@ def _decode(source, name: str, at_least: tuple[int, int] | None, max_pixels: int
     except DataError:
         raise
     except UnidentifiedImageError as err:
-        raise DataError(f"{name}: not an image file Pillow can decode") from err
+        raise DataError(f"{name}: {_NOT_AN_IMAGE}") from err
     except Image.DecompressionBombError as err:
         raise DataError(f"{name}: image header claims more pixels than the limit of "
                         f"{MAX_PIXELS // 1_000_000} megapixels (a decompression bomb, or far too large)") from err
@@ -167,10 +173,10 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(path) as img:
+            with Image.open(path, formats=DECODE_FORMATS) as img:
                 return img.size
     except UnidentifiedImageError as err:
-        raise DataError(f"{quote_name(path)}: not an image file Pillow can decode") from err
+        raise DataError(f"{quote_name(path)}: {_NOT_AN_IMAGE}") from err
     except Image.DecompressionBombError as err:
         raise DataError(f"{quote_name(path)}: image header claims more pixels than the limit of "
                         f"{MAX_PIXELS // 1_000_000} megapixels (a decompression bomb, or far too large)") from err
