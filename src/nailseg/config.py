@@ -190,7 +190,8 @@ class TrainerConfig(_Section):
     max_epochs: int = Field(30, ge=1)
     batch_size: int = Field(8, ge=1)
     precision: Literal["auto", "32", "32-true", "16-mixed", "bf16-mixed", "mixed_float16", "float32"] = Field(
-        "auto", description="auto: bf16-mixed + channels_last (Lightning) / mixed_float16 (Keras) on a GPU, 32 on a CPU")
+        "auto", description="auto: bf16-mixed + channels_last (Lightning) / mixed_float16 (Keras) on a GPU; "
+                        "bf16-mixed + channels_last for torch on a CPU with AMX; else 32")
     accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
     devices: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
     num_nodes: int = Field(1, ge=1)

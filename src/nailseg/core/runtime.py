@@ -40,15 +40,23 @@ def resolve_accelerator(setting: str, has_gpu: bool) -> str:
     return "gpu" if setting == "cuda" else setting
 
 
-def resolve_precision(setting: str, accelerator: str, *, keras: bool = False) -> Precision:
+def resolve_precision(setting: str, accelerator: str, *, keras: bool = False, cpu_bf16: bool = False) -> Precision:
     """``auto``: mixed precision on a GPU (bf16 + channels_last for torch, float16 with loss
-    scaling for Keras, whose kernels prefer it), full 32-bit on a CPU (bf16 is slow there)."""
+    scaling for Keras, whose kernels prefer it). On a CPU, torch gets bf16 + channels_last only
+    where the CPU has bf16 matrix units (``cpu_bf16``: Intel AMX), which run oneDNN's bf16
+    convolutions ~3x faster than fp32 (docs/results.md); elsewhere bf16 is slower than fp32 on a
+    CPU, so ``auto`` stays 32-bit there, and Keras stays 32-bit on every CPU."""
     on_gpu = accelerator == "gpu"
+    fast_bf16 = on_gpu or (cpu_bf16 and accelerator == "cpu" and not keras)
     if setting == "auto":
-        name = ("16-mixed" if keras else "bf16-mixed") if on_gpu else "32-true"
+        if on_gpu:
+            name = "16-mixed" if keras else "bf16-mixed"
+        else:
+            name = "bf16-mixed" if fast_bf16 else "32-true"
     else:
         name = _PRECISION_ALIASES.get(setting, setting)
-    return Precision(name=name, channels_last=on_gpu and name != "32-true" and not keras, on_gpu=on_gpu)
+    channels_last = not keras and name != "32-true" and (on_gpu or (fast_bf16 and name == "bf16-mixed"))
+    return Precision(name=name, channels_last=channels_last, on_gpu=on_gpu)
 
 
 def global_rank() -> int:

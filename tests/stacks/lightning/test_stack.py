@@ -17,6 +17,8 @@ from tests.conftest import REPO, TINY_TRAIN, run_cli
 pytest.importorskip("lightning")
 pytest.importorskip("segmentation_models_pytorch")
 
+from nailseg.stacks.lightning.hardware import torch_precision  # noqa: E402
+
 CONFIG = str(REPO / "configs" / "demo-cpu.yaml")
 
 
@@ -50,7 +52,8 @@ def test_run_folder_complete(trained_run):
             assert r[key] is not None and np.isfinite(r[key]), key
     summary = json.loads((trained_run / "summary.json").read_text())
     assert 0.0 <= summary["val_iou"] <= 1.0 and 0.0 <= summary["val_dice"] <= 1.0
-    assert summary["precision"] == "32-true" and summary["epochs"] == 2
+    # auto: bf16 on a CPU with AMX, else 32-bit (tests/core/test_runtime.py)
+    assert summary["precision"] == torch_precision("auto", "cpu").name and summary["epochs"] == 2
     assert summary["stack"] == "lightning" and summary["pipeline"] == "albumentations"
     assert summary["arch"] == "Unet" and summary["encoder"] == "resnet18" and summary["peak_memory_mb"] > 0
     assert summary["versions"]["torch"]

@@ -14,6 +14,7 @@ import torch
 from nailseg.core.benchmark import environment, summarize, time_repeats
 from nailseg.core.data.discover import find_pairs
 from nailseg.config import Experiment
+from nailseg.stacks.lightning.hardware import torch_precision
 
 
 def _precision_context(precision: str, device: torch.device):
@@ -52,7 +53,7 @@ def bench_train(exp: Experiment, precisions: list[str], *, batches: int, repeats
     for precision in precisions:
         torch.manual_seed(0)
         model = build_model(without_pretrained(exp.model)).to(device).train()
-        channels_last = device.type == "cuda" and precision != "32-true" and precision != "32"
+        channels_last = torch_precision(precision, "gpu" if device.type == "cuda" else "cpu").channels_last
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         loss_fn = build_loss(exp.loss, exp.model.classes)

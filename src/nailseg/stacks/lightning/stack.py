@@ -17,12 +17,13 @@ from nailseg import __version__
 from nailseg.config import Experiment
 from nailseg.core.evaluate import Predictor, at_image_size, model_input
 from nailseg.core.runs import RunDir
-from nailseg.core.runtime import resolve_accelerator, resolve_precision
+from nailseg.core.runtime import resolve_accelerator
 from nailseg.engine import FitResult, TrainContext
 from nailseg.errors import ConfigError
 from nailseg.stacks import STACKS
 from nailseg.stacks.lightning.callbacks import AtomicCheckpointIO, EpochRecorder
 from nailseg.stacks.lightning.checkpoints import safe_load
+from nailseg.stacks.lightning.hardware import torch_precision
 from nailseg.stacks.lightning.loaders import build_loaders
 from nailseg.stacks.lightning.models import (build_model, check_model_exists, foreground_probability, verify_init_source,
                                              without_pretrained)
@@ -93,7 +94,7 @@ class LightningStack:
         grouping, sampler = _balanced_sampler(ctx)
         L.seed_everything(exp.trainer.seed, workers=True, verbose=False)
         accelerator = resolve_accelerator(exp.trainer.accelerator, torch.cuda.is_available())
-        precision = resolve_precision(exp.trainer.precision, accelerator)
+        precision = torch_precision(exp.trainer.precision, accelerator)
         ckpt_path = str(run.last_checkpoint) if ctx.resume and run.last_checkpoint.exists() else None
         module = SegmentationModule(exp.to_dict(), channels_last=precision.channels_last, initialise=ckpt_path is None)
         callbacks = [

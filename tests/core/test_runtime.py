@@ -1,0 +1,36 @@
+"""The shared runtime rules: what ``trainer.precision: auto`` means on each kind of machine."""
+
+import pytest
+
+from nailseg.core.runtime import resolve_precision
+
+
+@pytest.mark.parametrize("setting, accelerator, keras, cpu_bf16, name, channels_last", [
+    ("auto", "gpu", False, False, "bf16-mixed", True),
+    ("auto", "gpu", True, False, "16-mixed", False),
+    # a CPU with AMX: torch trains in bf16 with NHWC convolutions; Keras stays 32-bit
+    ("auto", "cpu", False, True, "bf16-mixed", True),
+    ("auto", "cpu", True, True, "32-true", False),
+    # a CPU without bf16 matrix units: 32-bit, whatever the stack
+    ("auto", "cpu", False, False, "32-true", False),
+    # an explicit choice is kept; channels_last only where it pays
+    ("32-true", "cpu", False, True, "32-true", False),
+    ("bf16-mixed", "cpu", False, False, "bf16-mixed", False),
+    ("bf16-mixed", "cpu", False, True, "bf16-mixed", True),
+    ("mixed_float16", "gpu", True, False, "16-mixed", False),
+    ("float32", "gpu", False, False, "32-true", False),
+])
+def test_precision_rule(setting, accelerator, keras, cpu_bf16, name, channels_last):
+    p = resolve_precision(setting, accelerator, keras=keras, cpu_bf16=cpu_bf16)
+    assert (p.name, p.channels_last, p.on_gpu) == (name, channels_last, accelerator == "gpu")
+
+
+def test_cpu_bf16_probe_can_be_turned_off(monkeypatch):
+    hardware = pytest.importorskip("nailseg.stacks.lightning.hardware")
+    hardware.cpu_has_fast_bf16.cache_clear()
+    monkeypatch.setenv("NAILSEG_CPU_BF16", "0")
+    try:
+        assert hardware.cpu_has_fast_bf16() is False
+        assert hardware.torch_precision("auto", "cpu").name == "32-true"
+    finally:
+        hardware.cpu_has_fast_bf16.cache_clear()
