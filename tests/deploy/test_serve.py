@@ -104,6 +104,8 @@ def _bomb_png() -> bytes:
 
 BAD_UPLOADS = {
     "not an image": (lambda: b"hello, I am text", 400, "not an image"),
+    "EPS, which Pillow would hand to Ghostscript": (lambda: b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 9 9\n", 400,
+                                                    "not an image"),
     "zero bytes": (lambda: b"", 400, "empty"),
     "truncated": (lambda: jpeg(400, 400)[:700], 400, "truncated"),
     "too many bytes": (lambda: b"\xff" * 2_100_000, 413, "limit"),
