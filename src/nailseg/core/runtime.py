@@ -47,15 +47,12 @@ def resolve_precision(setting: str, accelerator: str, *, keras: bool = False, cp
     convolutions ~3x faster than fp32 (docs/results.md); elsewhere bf16 is slower than fp32 on a
     CPU, so ``auto`` stays 32-bit there, and Keras stays 32-bit on every CPU."""
     on_gpu = accelerator == "gpu"
-    fast_bf16 = on_gpu or (cpu_bf16 and accelerator == "cpu" and not keras)
+    amx = cpu_bf16 and accelerator == "cpu" and not keras
     if setting == "auto":
-        if on_gpu:
-            name = "16-mixed" if keras else "bf16-mixed"
-        else:
-            name = "bf16-mixed" if fast_bf16 else "32-true"
+        name = ("16-mixed" if keras else "bf16-mixed") if on_gpu else ("bf16-mixed" if amx else "32-true")
     else:
         name = _PRECISION_ALIASES.get(setting, setting)
-    channels_last = not keras and name != "32-true" and (on_gpu or (fast_bf16 and name == "bf16-mixed"))
+    channels_last = not keras and ((on_gpu and name != "32-true") or (amx and name == "bf16-mixed"))
     return Precision(name=name, channels_last=channels_last, on_gpu=on_gpu)
 
 

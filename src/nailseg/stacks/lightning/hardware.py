@@ -25,4 +25,4 @@ def cpu_has_fast_bf16() -> bool:
 
 def torch_precision(setting: str, accelerator: str) -> Precision:
     """``trainer.precision`` resolved for a torch training on this machine."""
-    return resolve_precision(setting, accelerator, cpu_bf16=accelerator == "cpu" and cpu_has_fast_bf16())
+    return resolve_precision(setting, accelerator, cpu_bf16=cpu_has_fast_bf16())
