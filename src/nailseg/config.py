@@ -28,9 +28,10 @@ class _Section(BaseModel):
 class SplitConfig(_Section):
     val: float = Field(0.15, ge=0, lt=1)
     test: float = Field(0.15, ge=0, lt=1)
-    folds: int | None = Field(None, ge=2, description="k-fold cross-validation: the number of folds (val = one "
-                                                      "fold, no test split; val/test fractions are then unused)")
-    fold: int = Field(0, ge=0, description="with folds: which fold is the validation split (0-based)")
+    folds: int | None = Field(None, ge=2, description="k-fold cross-validation: the number of folds (test = the "
+                                                      "held-out fold; val = a val share of the other folds; "
+                                                      "the test fraction is then unused)")
+    fold: int = Field(0, ge=0, description="with folds: which fold is held out as the test split (0-based)")
 
     @model_validator(mode="after")
     def _fold_in_range(self):
@@ -122,7 +123,10 @@ class SmpModel(_ModelBase):
     family: Literal["smp"] = "smp"
     arch: str = "Unet"
     encoder: str = "efficientnet-b4"
-    encoder_weights: str = Field("none", description="none | imagenet (needs internet) | path to a local file")
+    encoder_weights: str = Field("none", description="none | imagenet (offline from an installed weights package "
+                                                     "when one ships this encoder, see `nailseg weights list`; "
+                                                     "else smp's download) | a local file (smp, timm, torchvision "
+                                                     "or EfficientNet-PyTorch layout)")
     classes: int = Field(1, ge=1, le=2, description="1: one logit + sigmoid; 2: softmax over background/nail")
     init_from: str = Field("none", description="none | a run folder (its best weights) | a weights file: "
                                                "fine-tune from another run, e.g. one on synthetic nails")
@@ -305,6 +309,15 @@ class Experiment(_Section):
     def pipeline(self) -> str:
         """``data.pipeline`` with ``auto`` resolved to the stack's default."""
         return self.stack_spec.pipelines[0] if self.data.pipeline == "auto" else self.data.pipeline
+
+    @property
+    def normalization(self):
+        """The encoder's input normalisation (``core.weights``), resolved once for every pipeline,
+        the export graph and serve: TF-ported EfficientNet-Lite weights expect mean = std = 0.5,
+        everything else ImageNet's mean/std."""
+        from nailseg.core.weights import normalization_for
+
+        return normalization_for(getattr(self.model, "encoder", None) if self.model.family == "smp" else None)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -266,7 +266,7 @@ def _finish(stack: Stack, ctx: TrainContext, result: FitResult, started: float) 
         **common, "epochs": result.epochs, "global_step": result.global_step, "fit_time_s": result.fit_time_s,
         "wall_time_s": time.time() - started, "precision": result.precision, "parameters": result.parameters,
         "device": result.device, "world_size": result.world_size, "peak_memory_mb": peak_memory_mb(),
-        "versions": result.versions,
+        "versions": result.versions, "normalization": exp.normalization.as_dict(),
     }
     if "instances" in stack.spec.capabilities:
         coco = stack.evaluate_instances(run, exp, ctx.val_pairs, [p for part in ctx.data.pairs.values() for p in part])

@@ -38,7 +38,7 @@ def test_compare_two_stacks_with_folds_then_runs(synth_data, tmp_path):
     # the same folds for every config: each fold's held-out keys match across stacks
     runs = out / "runs"
     for k in (0, 1):
-        splits = [json.loads((runs / f"{name}-fold{k}" / "split.json").read_text())["val"]
+        splits = [json.loads((runs / f"{name}-fold{k}" / "split.json").read_text())["test"]
                   for name in ("demo-cpu", "keras-cpu")]
         assert splits[0] == splits[1]
     assert (runs / "demo-cpu-fold0" / "split.json").read_text() != (runs / "demo-cpu-fold1" / "split.json").read_text()

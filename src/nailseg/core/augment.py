@@ -23,8 +23,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from nailseg.core.weights import IMAGENET, IMAGENET_MEAN, IMAGENET_STD, Normalization  # noqa: F401 - re-exported
 
 
 class _Aug(BaseModel):
@@ -94,12 +93,14 @@ def default_train_augment() -> list[AugmentOp]:
 
 
 def to_albumentations(
-    ops: list[AugmentOp], size: tuple[int, int], *, normalize: bool = True, train: bool = True
+    ops: list[AugmentOp], size: tuple[int, int], *, normalize: bool = True, train: bool = True,
+    norm: Normalization = IMAGENET,
 ):
     """Build an ``albumentations.Compose`` for (image, mask) at ``size`` = (height, width).
 
     Training: the spec's ops in order, with the resize to ``size`` placed first (or the
-    spec's ``random_resized_crop`` in its place). Evaluation: the resize only.
+    spec's ``random_resized_crop`` in its place). Evaluation: the resize only. ``norm`` is the
+    encoder's input normalisation (``Experiment.normalization``).
     """
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     import albumentations as A
@@ -113,7 +114,7 @@ def to_albumentations(
     for op in ops:
         steps.append(_albu_op(A, cv2, op, h, w))
     if normalize:
-        steps.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0))
+        steps.append(A.Normalize(mean=norm.mean, std=norm.std, max_pixel_value=255.0))
     return A.Compose(steps)
 
 

@@ -25,16 +25,18 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 THRESHOLD = 0.5
 
 
-def model_input(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+def model_input(image: np.ndarray, size_hw: tuple[int, int], norm=None) -> np.ndarray:
     """What every stack's model sees at inference: the RGB image resized to the training size
-    and normalised with the ImageNet mean/std, float32 (H, W, 3)."""
+    and normalised with the encoder's mean/std (``Experiment.normalization``; ImageNet's when
+    ``norm`` is None), float32 (H, W, 3)."""
     import cv2
 
-    from nailseg.core.augment import IMAGENET_MEAN, IMAGENET_STD
+    from nailseg.core.weights import IMAGENET
 
+    norm = norm or IMAGENET
     h, w = size_hw
-    mean = np.asarray(IMAGENET_MEAN, np.float32) * 255
-    std = np.asarray(IMAGENET_STD, np.float32) * 255
+    mean = np.asarray(norm.mean, np.float32) * 255
+    std = np.asarray(norm.std, np.float32) * 255
     return (cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32) - mean) / std
 
 

@@ -77,6 +77,24 @@ def clean_stale_temps(folder: Path) -> None:
 
 
 @contextlib.contextmanager
+def disk_errors_as_one_line(target: str | os.PathLike[str]) -> Iterator[None]:
+    """A full disk, a read-only folder or a quota while writing ``target`` becomes one
+    :class:`~nailseg.errors.NailsegError` line naming it (with :func:`atomic_path` the previous file
+    stays and the temporary one is gone)."""
+    import errno
+
+    from nailseg.errors import NailsegError
+
+    try:
+        yield
+    except OSError as err:
+        reason = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                  errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                  errno.EFBIG: "file too large for the file system"}.get(err.errno, err.strerror or str(err))
+        raise NailsegError(f"{target}: could not write ({reason}); nothing was replaced") from None
+
+
+@contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it over ``target`` on success.
 
@@ -122,7 +140,7 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def write_text(target: str | os.PathLike[str], text: str) -> None:
-    with atomic_path(target) as tmp:
+    with disk_errors_as_one_line(target), atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 

@@ -108,7 +108,7 @@ def encoder_lr_scale(scale: float | None, family: str) -> float:
 
 @dataclass(frozen=True)
 class WeightsSource:
-    kind: Literal["none", "hub", "file"]
+    kind: Literal["none", "hub", "file", "provider"]
     value: str = ""
 
 

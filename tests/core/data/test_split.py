@@ -1,6 +1,6 @@
 import pytest
 
-from nailseg.core.data.split import load_split, make_split, save_split
+from nailseg.core.data.split import load_split, make_fold_split, make_split, save_split
 from nailseg.errors import DataError
 
 KEYS = [f"{i:03d}.jpg" for i in range(50)]
@@ -29,3 +29,18 @@ def test_bad_fractions_and_round_trip(tmp_path):
     assert load_split(tmp_path / "split.json") == s
     with pytest.raises(DataError, match="split file not found"):
         load_split(tmp_path / "nope.json")
+
+
+@pytest.mark.parametrize("val", [0.0, 0.1, 0.25])
+def test_a_fold_holds_out_test_and_validates_inside_the_training_folds(val):
+    keys = [f"k{i:02d}.jpg" for i in range(40)]
+    held_out = []
+    for fold in range(5):
+        split = make_fold_split(keys, 5, fold, seed=42, val=val)
+        assert len(split["test"]) == 8
+        assert not set(split["val"]) & set(split["test"]), "validation must never see the held-out fold"
+        assert not set(split["train"]) & (set(split["val"]) | set(split["test"]))
+        assert sorted(split["train"] + split["val"] + split["test"]) == keys
+        assert len(split["val"]) == (0 if val == 0 else max(1, round(val * 32)))
+        held_out += split["test"]
+    assert sorted(held_out) == keys  # every pair is scored exactly once

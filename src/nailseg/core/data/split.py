@@ -48,22 +48,28 @@ def make_split(keys: list[str], val: float, test: float, seed: int) -> dict[str,
     }
 
 
-def make_fold_split(keys: list[str], folds: int, fold: int, seed: int) -> dict[str, list[str]]:
+def make_fold_split(keys: list[str], folds: int, fold: int, seed: int, val: float = 0.0) -> dict[str, list[str]]:
     """K-fold cross-validation: the sorted keys shuffled with ``seed`` and dealt into ``folds``
-    folds; fold ``fold`` is the validation split, the rest is training, and there is no test split.
-    The same keys, folds and seed give the same folds for every config and every stack."""
+    folds; fold ``fold`` is held out as the **test** split, and the validation split is a ``val``
+    share of the *other* folds (none when ``val`` is 0: validation then watches the training pairs).
+
+    Whatever validation chooses (the best checkpoint, a threshold, early stopping) therefore never
+    sees the held-out fold, which only scores. The same keys, folds, seed and ``val`` give the same
+    folds for every config and every stack."""
     ordered = sorted(keys)
     if len(ordered) < folds:
         raise DataError(f"only {len(ordered)} pairs: too few for {folds} folds")
     perm = np.random.default_rng(seed).permutation(len(ordered))
-    val = sorted(ordered[i] for i in perm[fold::folds])
-    return {"val": val, "test": [], "train": sorted(set(ordered) - set(val))}
+    held_out = sorted(ordered[i] for i in perm[fold::folds])
+    rest = sorted(set(ordered) - set(held_out))
+    inner = make_split(rest, val, 0.0, seed + 1 + fold) if val > 0 and len(rest) >= 3 else {"val": [], "train": rest}
+    return {"val": inner["val"], "test": held_out, "train": inner["train"]}
 
 
 def split_for(keys: list[str], cfg, seed: int) -> dict[str, list[str]]:
     """The split a ``data.split`` config asks for (fractions, or one fold of k)."""
     if cfg.folds:
-        return make_fold_split(keys, cfg.folds, cfg.fold, seed)
+        return make_fold_split(keys, cfg.folds, cfg.fold, seed, cfg.val)
     return make_split(keys, cfg.val, cfg.test, seed)
 
 

@@ -259,7 +259,7 @@ class KerasStack:
         model = self.load_model(run, exp, checkpoint)
 
         def predict(image: np.ndarray) -> np.ndarray:
-            x = model_input(image, exp.data.size_hw)
+            x = model_input(image, exp.data.size_hw, exp.normalization)
             return at_image_size(np.asarray(model(x[None], training=False))[0, ..., 0], image)
 
         return predict

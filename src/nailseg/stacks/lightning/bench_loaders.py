@@ -85,7 +85,7 @@ def _batch_source(name: str, exp: Experiment, pairs, device: torch.device, worke
     if name == "kornia":
         from nailseg.stacks.lightning.loaders.kornia import GpuAugment
 
-        augment = GpuAugment(exp.augment.train, exp.data.size_hw).to(device)
+        augment = GpuAugment(exp.augment.train, exp.data.size_hw, exp.normalization).to(device)
 
     def next_batch():
         b = next(stream)

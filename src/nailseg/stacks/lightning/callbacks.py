@@ -2,22 +2,44 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
+from nailseg.core.io import atomic_path, disk_errors_as_one_line
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write checkpoints to a temporary name and rename, so a kill never leaves a torn file."""
+    """Write checkpoints to a temporary name and rename, so a kill never leaves a torn file.
+
+    The temporary file is named like every other atomic write (``.NAME.PID.RANDOM.tmp``), so the
+    next write to the folder removes one a killed process left; a full disk keeps the previous
+    file, removes the temporary one and ends the run with one line."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
+        with disk_errors_as_one_line(path), atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+
+
+class LastCheckpoint(Callback):
+    """``last.ckpt`` at the end of every training epoch, whatever the monitored metric did.
+
+    Lightning's ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` only when it also saves a
+    top-k checkpoint, so with a monitor the "last" file was the best epoch: resume re-trained
+    finished epochs and k-fold scores picked the held-out fold's best epoch. This callback runs
+    after :class:`EpochRecorder` (it comes later in the callback list), so a kill between the two
+    re-runs that epoch, whose metrics line is then replaced: never lost."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        trainer.save_checkpoint(str(self.path))
 
 
 class EpochRecorder(Callback):

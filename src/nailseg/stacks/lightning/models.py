@@ -42,20 +42,45 @@ def check_model_exists(cfg: ModelConfig) -> None:
     if cfg.arch.lower() not in archs:
         raise ConfigError(f"model.arch={cfg.arch!r}: smp has {', '.join(archs.values())}")
     encoders = smp.encoders.get_encoder_names()
-    if cfg.encoder not in encoders:
+    if cfg.encoder.startswith("tu-"):  # smp's universal encoder: any timm model with features_only
+        import timm
+
+        if not timm.is_model(cfg.encoder[3:]):
+            raise ConfigError(f"model.encoder={cfg.encoder!r}: timm has no model {cfg.encoder[3:]!r}")
+    elif cfg.encoder not in encoders:
         import difflib
 
         hint = difflib.get_close_matches(cfg.encoder, encoders, n=3)
         raise ConfigError(f"model.encoder={cfg.encoder!r}: not an smp encoder"
                           + (f" (did you mean {', '.join(hint)}?)" if hint else ""))
-    resolve_weights(cfg.encoder_weights, "model.encoder_weights", check_online="huggingface.co")
+    encoder_weights_source(cfg)
+
+
+def encoder_weights_source(cfg: SmpModel):
+    """Where ``model.encoder_weights`` comes from, in this order: ``none``; a local file; for
+    ``imagenet``, an installed weights package (offline, hash verified); smp's hub download when
+    online; else one line naming the package to install."""
+    from nailseg.core.runtime import WeightsSource
+    from nailseg.core.weights import missing_weights_message, provider_for
+
+    if cfg.encoder_weights == "imagenet" and not Path("imagenet").exists():
+        provider = provider_for(cfg.encoder)
+        if provider is not None and provider.locate() is not None:
+            provider.verified_file()
+            return WeightsSource("provider", cfg.encoder)
+        try:
+            return resolve_weights(cfg.encoder_weights, "model.encoder_weights", check_online="huggingface.co")
+        except ConfigError:
+            raise ConfigError(missing_weights_message(cfg.encoder)) from None
+    return resolve_weights(cfg.encoder_weights, "model.encoder_weights", check_online="huggingface.co")
 
 
 def build_smp_model(cfg: SmpModel) -> nn.Module:
-    """Any smp architecture with any smp encoder; weights: none, a hub name, or a local file."""
+    """Any smp architecture with any smp encoder; weights: none, an installed weights package, a hub
+    name, or a local file. ``model.nailseg_weights`` records where the encoder's weights came from."""
     import segmentation_models_pytorch as smp
 
-    source = resolve_weights(cfg.encoder_weights, "model.encoder_weights", check_online="huggingface.co")
+    source = encoder_weights_source(cfg)
     try:
         model = smp.create_model(cfg.arch, encoder_name=cfg.encoder,
                                  encoder_weights=source.value if source.kind == "hub" else None,
@@ -64,8 +89,18 @@ def build_smp_model(cfg: SmpModel) -> nn.Module:
         raise ConfigError(f"model.arch={cfg.arch!r} / model.encoder={cfg.encoder!r}: {err.args[0]}") from None
     except ValueError as err:
         raise ConfigError(f"model: {err}") from None
-    if source.kind == "file":
+    record: dict = {"source": source.kind, "value": source.value}
+    if source.kind == "provider":
+        from nailseg.core.weights import provider_for
+        from nailseg.stacks.lightning.weights import load_provider_weights
+
+        record = load_provider_weights(model.encoder, provider_for(cfg.encoder))
+    elif source.kind == "file":
         load_weights_file(model, Path(source.value), "model.encoder_weights")
+        from nailseg.core.weights import sha256_of
+
+        record = {"source": "file", "file": source.value, "sha256": sha256_of(Path(source.value))}
+    model.nailseg_weights = record
     return model
 
 
@@ -111,6 +146,14 @@ def load_weights_file(model: nn.Module, path: Path, key: str = "model.encoder_we
     if not isinstance(state, dict):
         raise ConfigError(f"{key}: {path}: not a state dict")
     state = {k.removeprefix("model."): v for k, v in state.items() if isinstance(k, str)}
+    if key == "model.encoder_weights" and getattr(model, "encoder", None) is not None \
+            and not set(model.state_dict()) <= set(state):
+        # An encoder file in another layout (timm, torchvision, EfficientNet-PyTorch): by name, or
+        # by order plus shape; every tensor lands or the first misfit is named.
+        from nailseg.stacks.lightning.weights import load_encoder_state
+
+        load_encoder_state(model.encoder, state, f"{key}: {path}")
+        return
     for target in (model, getattr(model, "encoder", None)):
         if target is None:
             continue

@@ -8,7 +8,8 @@ import torch
 from nailseg.config import Experiment
 from nailseg.core.metrics import scores
 from nailseg.core.runtime import encoder_lr_scale, lr_factor
-from nailseg.stacks.lightning.models import build_loss, build_model, foreground_probability, init_from
+from nailseg.stacks.lightning.models import (build_loss, build_model, foreground_probability, init_from,
+                                             without_pretrained)
 
 
 class SegmentationModule(L.LightningModule):
@@ -18,7 +19,8 @@ class SegmentationModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.exp = Experiment.model_validate(config)
-        self.model = build_model(self.exp.model)
+        # A resumed run takes every weight from its checkpoint: no pretrained weights to fetch.
+        self.model = build_model(self.exp.model if initialise else without_pretrained(self.exp.model))
         if initialise:
             init_from(self.model, self.exp.model)
         self.loss_fn = build_loss(self.exp.loss, self.exp.model.classes)
@@ -30,7 +32,7 @@ class SegmentationModule(L.LightningModule):
         if self.exp.pipeline == "kornia":
             from nailseg.stacks.lightning.loaders.kornia import GpuAugment
 
-            self.gpu_augment = GpuAugment(self.exp.augment.train, self.exp.data.size_hw)
+            self.gpu_augment = GpuAugment(self.exp.augment.train, self.exp.data.size_hw, self.exp.normalization)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.model(image)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nailseg.core.augment import IMAGENET_MEAN, IMAGENET_STD
+from nailseg.core.weights import IMAGENET, Normalization
 from nailseg.errors import ConfigError, MissingDependencyError
 from nailseg.stacks.lightning.models import foreground_probability
 
@@ -28,11 +28,11 @@ MULTIPLE = 32  # encoders downsample by 32
 class ExportWrapper(nn.Module):
     """uint8 NHWC in, foreground probability (N, H, W) out, for any H and W."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, norm: Normalization = IMAGENET):
         super().__init__()
         self.model = model
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("mean", torch.tensor(norm.mean).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(norm.std).view(1, 3, 1, 1) * 255.0)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = (image.permute(0, 3, 1, 2).float() - self.mean) / self.std
@@ -43,13 +43,14 @@ class ExportWrapper(nn.Module):
         return foreground_probability(self.model(x))[:, 0, :h, :w]
 
 
-def export_onnx(model: nn.Module, out: Path, metadata: dict[str, str], *, sample_hw: tuple[int, int]) -> str:
+def export_onnx(model: nn.Module, out: Path, metadata: dict, *, sample_hw: tuple[int, int],
+                norm: Normalization = IMAGENET) -> str:
     """Write ``out``; returns which exporter made it (``dynamo`` or ``torchscript``)."""
     try:
         import onnx
     except ImportError:
         raise MissingDependencyError("onnx", "export", "ONNX export (onnx, onnxscript)") from None
-    wrapper = ExportWrapper(model.float().eval()).eval()
+    wrapper = ExportWrapper(model.float().eval(), norm).eval()
     sample = torch.randint(0, 255, (1, *sample_hw, 3), dtype=torch.uint8)
     exporter = "dynamo"
     try:

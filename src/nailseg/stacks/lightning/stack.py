@@ -21,7 +21,7 @@ from nailseg.core.runtime import resolve_accelerator
 from nailseg.engine import FitResult, TrainContext
 from nailseg.errors import ConfigError
 from nailseg.stacks import STACKS
-from nailseg.stacks.lightning.callbacks import AtomicCheckpointIO, EpochRecorder
+from nailseg.stacks.lightning.callbacks import AtomicCheckpointIO, EpochRecorder, LastCheckpoint
 from nailseg.stacks.lightning.checkpoints import safe_load
 from nailseg.stacks.lightning.hardware import torch_precision
 from nailseg.stacks.lightning.loaders import build_loaders
@@ -82,12 +82,13 @@ class LightningStack:
         verify_init_source(exp.model)
 
     def resumable(self, run: RunDir) -> Path | None:
-        if not run.last_checkpoint.exists():
+        """The newest of ``last.ckpt`` and ``best.ckpt`` by finished epoch, each verified first.
+
+        ``best.ckpt`` counts too: a kill while the first ``last.ckpt`` was written leaves only it."""
+        found = [(p, _verified_epoch(p)) for p in (run.last_checkpoint, run.best_checkpoint) if p.is_file()]
+        if not found:
             return None
-        ckpt = safe_load(run.last_checkpoint, "checkpoint")
-        if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "epoch" not in ckpt:
-            raise ConfigError(f"{run.last_checkpoint}: not a Lightning checkpoint (no state_dict/epoch)")
-        return run.last_checkpoint
+        return max(found, key=lambda item: item[1])[0]
 
     def fit(self, ctx: TrainContext) -> FitResult | None:
         exp, run = ctx.exp, ctx.run
@@ -95,12 +96,14 @@ class LightningStack:
         L.seed_everything(exp.trainer.seed, workers=True, verbose=False)
         accelerator = resolve_accelerator(exp.trainer.accelerator, torch.cuda.is_available())
         precision = torch_precision(exp.trainer.precision, accelerator)
-        ckpt_path = str(run.last_checkpoint) if ctx.resume and run.last_checkpoint.exists() else None
+        resume_from = self.resumable(run) if ctx.resume else None
+        ckpt_path = str(resume_from) if resume_from else None
         module = SegmentationModule(exp.to_dict(), channels_last=precision.channels_last, initialise=ckpt_path is None)
         callbacks = [
             ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor="val_iou", mode="max",
-                            save_last=True, auto_insert_metric_name=False, enable_version_counter=False),
+                            auto_insert_metric_name=False, enable_version_counter=False),
             EpochRecorder(ctx.log_epoch, grouping, sampler),
+            LastCheckpoint(run.last_checkpoint),  # after EpochRecorder: the line first, then the checkpoint
         ]
         if sys.stderr.isatty():
             callbacks.append(TQDMProgressBar(refresh_rate=max(1, len(ctx.train_pairs) // exp.trainer.batch_size // 20)))
@@ -127,6 +130,9 @@ class LightningStack:
         if not trainer.is_global_zero:
             return None
         extras = {}
+        weights = getattr(module.model, "nailseg_weights", None)
+        if weights is not None and not ctx.resume:
+            extras["encoder_weights"] = weights  # provider, package version and SHA-256, or the file's
         if exp.model.family == "segformer":
             extras["hf"] = str(self.export(run, exp, "hf"))
         return FitResult(epochs=trainer.current_epoch, global_step=trainer.global_step, fit_time_s=fit_time,
@@ -146,8 +152,8 @@ class LightningStack:
         for path in candidates:
             try:
                 ckpt = safe_load(path, "checkpoint")
-                state = ckpt["state_dict"] if isinstance(ckpt, dict) and "state_dict" in ckpt else None
-                if state is None:
+                state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+                if not isinstance(state, dict):
                     raise ConfigError(f"{path}: not a Lightning checkpoint (no state_dict)")
                 model = build_model(without_pretrained(exp.model))
                 try:
@@ -172,7 +178,7 @@ class LightningStack:
 
         @torch.inference_mode()
         def predict(image: np.ndarray) -> np.ndarray:
-            x = model_input(image, exp.data.size_hw)
+            x = model_input(image, exp.data.size_hw, exp.normalization)
             tensor = torch.from_numpy(x.transpose(2, 0, 1))[None].to(device)
             return at_image_size(foreground_probability(model(tensor))[0, 0].float().cpu().numpy(), image)
 
@@ -219,16 +225,16 @@ def export_verified_onnx(stack: LightningStack, model, run: RunDir, exp: Experim
     metadata = {"nailseg.image_size": list(exp.data.size_hw),
                 "nailseg.threshold": str(load_run_options(run.path).threshold),
                 "nailseg.version": __version__, "nailseg.config_sha256": config_hash,
-                "nailseg.model": exp.model.describe(), "nailseg.run": str(run.path.resolve()),
+                "nailseg.model": exp.model.describe(), "nailseg.normalization": exp.normalization.as_dict(), "nailseg.run": str(run.path.resolve()),
                 "nailseg.input": "uint8 RGB (N, H, W, 3), any H and W",
                 "nailseg.output": "foreground probability float32 (N, H, W)"}
     images, source = verification_images(run, exp)
     with atomic_path(out) as tmp:
-        exporter = export_onnx(model, tmp, metadata, sample_hw=exp.data.size_hw)
+        exporter = export_onnx(model, tmp, metadata, sample_hw=exp.data.size_hw, norm=exp.normalization)
         onnx_model = OnnxSegmenter(tmp)
         reference = stack.load_predictor(run, exp, device="cpu")
         check = compare_predictors(reference, onnx_model, images)
-        native = compare_predictors(_native_torch(model), OnnxSegmenter(tmp, native=True), images[:2])
+        native = compare_predictors(_native_torch(model, exp), OnnxSegmenter(tmp, native=True), images[:2])
         tolerance = require_agreement(check, "onnx", "torch", source)
     report = {"format": "onnx", "file": str(out), "bytes": out.stat().st_size, "opset": OPSET, "exporter": exporter,
               "verified_on": source, **check, "tolerance": tolerance,
@@ -240,17 +246,33 @@ def export_verified_onnx(stack: LightningStack, model, run: RunDir, exp: Experim
     return out
 
 
-def _native_torch(model):
+def _native_torch(model, exp: Experiment):
     """The torch model fed at the image's own size (padded to 32), like ``OnnxSegmenter(native=True)``."""
     from nailseg.stacks.lightning.onnx_export import ExportWrapper
 
-    wrapper = ExportWrapper(model.float().eval()).eval()
+    wrapper = ExportWrapper(model.float().eval(), exp.normalization).eval()
 
     @torch.inference_mode()
     def predict(image: np.ndarray) -> np.ndarray:
         return wrapper(torch.from_numpy(np.array(image))[None])[0].numpy()
 
     return predict
+
+
+def _verified_epoch(path: Path) -> int:
+    """The epoch a Lightning checkpoint holds, after checking its structure (one line naming the
+    file otherwise), so that resume refuses a tampered file before anything is written."""
+    ckpt = safe_load(path, "checkpoint")
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) or not ckpt["state_dict"]:
+        raise ConfigError(f"{path}: not a Lightning checkpoint (no state_dict of tensors)")
+    epoch = ckpt.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ConfigError(f"{path}: not a Lightning checkpoint (no epoch number)")
+    if not isinstance(ckpt.get("pytorch-lightning_version"), str) or not isinstance(ckpt.get("loops"), dict):
+        raise ConfigError(f"{path}: not a Lightning checkpoint (no pytorch-lightning_version/loops)")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["state_dict"].items()):
+        raise ConfigError(f"{path}: not a Lightning checkpoint (its state_dict holds more than named tensors)")
+    return epoch
 
 
 def _device_name(trainer) -> str:

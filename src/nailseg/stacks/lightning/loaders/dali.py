@@ -20,7 +20,7 @@ import os
 
 import torch
 
-from nailseg.core.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentOp
+from nailseg.core.augment import IMAGENET, AugmentOp, Normalization
 from nailseg.core.data.discover import Pair
 
 
@@ -48,7 +48,7 @@ def _uniform(fn, lo: float, hi: float):
 
 def build_pipeline(image_files: list[str], mask_files: list[str], ops: list[AugmentOp], size: tuple[int, int], *,
                    batch_size: int, train: bool, seed: int, shard_id: int, num_shards: int,
-                   device_id: int | None, num_threads: int):
+                   device_id: int | None, num_threads: int, norm: Normalization = IMAGENET):
     """The DALI pipeline: (image float CHW normalised, mask float 1HW in {0, 1})."""
     fn, dmath, types = _dali()
     from nvidia.dali import pipeline_def
@@ -126,7 +126,7 @@ def build_pipeline(image_files: list[str], mask_files: list[str], ops: list[Augm
                 sigma = dmath.max(_uniform(fn, *op.sigma) * c, 0.01)
                 image = fn.gaussian_blur(image, sigma=sigma, window_size=2 * math.ceil(3 * op.sigma[1]) + 1)
         image = fn.crop_mirror_normalize(image, dtype=types.FLOAT, output_layout="CHW",
-                                         mean=[m * 255 for m in IMAGENET_MEAN], std=[s * 255 for s in IMAGENET_STD])
+                                         mean=[m * 255 for m in norm.mean], std=[s * 255 for s in norm.std])
         mask = fn.crop_mirror_normalize(mask, dtype=types.FLOAT, output_layout="CHW", mean=[0.0], std=[1.0])
         return image, mask
 
@@ -145,7 +145,8 @@ class DaliLoader:
 
     def __init__(self, pairs: list[Pair], ops: list[AugmentOp], size: tuple[int, int], *, batch_size: int,
                  train: bool, seed: int, drop_last: bool, num_threads: int | None = None,
-                 device: str | None = None):
+                 device: str | None = None, norm: Normalization = IMAGENET):
+        self.norm = norm
         self.image_files = [str(p.image) for p in pairs]
         self.mask_files = [str(p.mask) for p in pairs]
         self.ops, self.size, self.batch_size = ops, size, batch_size
@@ -171,7 +172,7 @@ class DaliLoader:
         device_id = (torch.cuda.current_device() if self.device == "gpu" else None)
         pipe = build_pipeline(self.image_files, self.mask_files, self.ops, self.size, batch_size=self.batch_size,
                               train=self.train, seed=self.seed, shard_id=rank, num_shards=world,
-                              device_id=device_id, num_threads=self.num_threads)
+                              device_id=device_id, num_threads=self.num_threads, norm=self.norm)
         policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
         return DALIGenericIterator(pipe, ["image", "mask"], reader_name="images", last_batch_policy=policy,
                                    auto_reset=True)

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from nailseg.core.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentOp
+from nailseg.core.augment import IMAGENET, AugmentOp, Normalization
 
 
 def _kornia_op(K, op: AugmentOp, size: tuple[int, int]):
@@ -44,7 +44,7 @@ def _kornia_op(K, op: AugmentOp, size: tuple[int, int]):
 class GpuAugment(nn.Module):
     """uint8 (N, 3, H, W) image + (N, 1, H, W) mask -> augmented, normalised float image + binary mask."""
 
-    def __init__(self, ops: list[AugmentOp], size: tuple[int, int]):
+    def __init__(self, ops: list[AugmentOp], size: tuple[int, int], norm: Normalization = IMAGENET):
         super().__init__()
         from nailseg.core.optional import require
 
@@ -53,8 +53,8 @@ class GpuAugment(nn.Module):
 
         self.sequential = K.AugmentationSequential(*[_kornia_op(K, op, size) for op in ops],
                                                    data_keys=["input", "mask"]) if ops else None
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(norm.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(norm.std).view(1, 3, 1, 1), persistent=False)
 
     @torch.no_grad()
     def forward(self, image: torch.Tensor, mask: torch.Tensor, *, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
