@@ -21,7 +21,7 @@ $(BIN)/python:
 # Re-install when the dependency declarations change. The demo needs the Lightning backend;
 # the tests need every backend that runs on a CPU (mmdet through scripts/install-mmdet.sh,
 # which takes mmcv from ../shared/wheels when present and builds it otherwise).
-TEST_EXTRAS := torch,hf,gpuaug,dali,tf,onnx,serve,export,dev
+TEST_EXTRAS := torch,hf,gpuaug,dali,tf,onnx,serve,export,weights,dev
 
 $(VENV)/.installed-torch: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e ".[torch]"

