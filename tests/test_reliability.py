@@ -60,6 +60,9 @@ def _cases(tmp: Path, data: Path) -> list[tuple[str, list[str]]]:
     bombs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{n}: &{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
     (tmp / "bomb.yaml").write_text(bombs + "data: *i\n")
+    (tmp / "dup.yaml").write_text(f"data:\n  root: {data}\ntrainer:\n  max_epochs: 1\ntrainer:\n  max_epochs: 2\n")
+    (tmp / "deep.yaml").write_text("data: " + "[" * 500 + "]" * 500 + "\n")
+    (tmp / "nul.yaml").write_text('run: {name: "a\\0b"}\n')
     alias_override = "data.root=" + "[&a [x,x,x,x,x,x,x,x,x], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a], " \
                      "&c [*b,*b,*b,*b,*b,*b,*b,*b,*b], &d [*c,*c,*c,*c,*c,*c,*c,*c,*c], [*d,*d,*d,*d,*d,*d,*d,*d,*d]]"
     return [
@@ -82,6 +85,37 @@ def _cases(tmp: Path, data: Path) -> list[tuple[str, list[str]]]:
         ("synth out is a file", ["data", "synth", str(tmp / "afile"), "--n", "2"]),
         ("synth --n 0", ["data", "synth", str(tmp / "s0"), "--n", "0"]),
         ("compare --folds 1", ["compare", CONFIG, "--folds", "1", "--out", str(tmp / "c1")]),
+        # refused before the run folder exists (each used to leave a folder that blocked resume)
+        ("more folds than pairs", ["train", CONFIG, f"data.root={data}", "data.split.folds=5"]),
+        ("fractions leave no training pair", ["train", CONFIG, f"data.root={data}", "data.split.val=0.5",
+                                              "data.split.test=0.5"]),
+        ("balance CSV missing", ["train", CONFIG, f"data.root={data}", "data.balance.by=csv",
+                                 f"data.balance.csv={tmp / 'nope.csv'}", "data.balance.column=g"]),
+        ("pretrain.synth_size=10x10", ["train", CONFIG, f"data.root={data}", "pretrain.synth_size=10x10"]),
+        ("data.seed=-1", ["train", CONFIG, f"data.root={data}", "data.seed=-1"]),
+        ("limit_train_batches=-1", ["train", CONFIG, f"data.root={data}", "trainer.limit_train_batches=-1"]),
+        ("limit_train_batches=1.5", ["train", CONFIG, f"data.root={data}", "trainer.limit_train_batches=1.5"]),
+        ("gradient_clip_val=nan", ["train", CONFIG, f"data.root={data}", "trainer.gradient_clip_val=.nan"]),
+        ("gradient_clip_val<0", ["train", CONFIG, f"data.root={data}", "trainer.gradient_clip_val=-1"]),
+        ("lr=inf", ["train", CONFIG, f"data.root={data}", "optim.lr=.inf"]),
+        ("fsdp on a CPU", ["train", CONFIG, f"data.root={data}", "trainer.strategy=fsdp"]),
+        ("deepspeed not installed", ["train", CONFIG, f"data.root={data}", "trainer.strategy=deepspeed"]),
+        ("num_nodes=2 without a cluster", ["train", CONFIG, f"data.root={data}", "trainer.num_nodes=2"]),
+        ("crop scale [0, 0]", ["train", CONFIG, f"data.root={data}",
+                               "augment.train=[{name: random_resized_crop, scale: [0, 0]}]"]),
+        ("affine scale [-1, 0]", ["train", CONFIG, f"data.root={data}",
+                                  "augment.train=[{name: affine, scale: [-1, 0]}]"]),
+        ("cache_dir is a file", ["train", CONFIG, f"data.root={data}", "data.cache=disk",
+                                 f"data.cache_dir={tmp / 'afile'}"]),
+        ("duplicated YAML keys", ["train", str(tmp / "dup.yaml")]),
+        ("YAML nested 500 deep (file)", ["train", str(tmp / "deep.yaml")]),
+        ("YAML nested 500 deep (override)", ["train", CONFIG, "data.root=" + "[" * 500 + "]" * 500]),
+        ("run.name with NUL", ["train", str(tmp / "nul.yaml"), f"data.root={data}"]),
+        ("run.name over 255 bytes", ["train", CONFIG, f"data.root={data}", "run.name=" + "n" * 300]),
+        ("run.dir is a file", ["train", CONFIG, f"data.root={data}", f"run.dir={tmp / 'afile'}"]),
+        ("run.dir under a file", ["train", CONFIG, f"data.root={data}", f"run.dir={tmp / 'afile' / 'runs'}"]),
+        ("synth --size 32x32", ["data", "synth", str(tmp / "s32"), "--n", "2", "--size", "32x32"]),
+        ("synth --size 40000x40000", ["data", "synth", str(tmp / "s40k"), "--n", "2", "--size", "40000x40000"]),
     ]
 
 
@@ -90,13 +124,15 @@ def test_table_of_bad_input_exits_2_with_one_line(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     for name, argv in _cases(tmp_path, data):
         started = time.monotonic()
-        extra = [f"run.dir={runs}"] if argv[0] == "train" and argv[1] == CONFIG else []
+        explicit = any(a.startswith("run.dir=") for a in argv)
+        extra = [f"run.dir={runs}"] if argv[0] == "train" and argv[1] == CONFIG and not explicit else []
         proc = run_cli(*argv, *extra, env={"HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
         errors = _one_error_line(proc)
         assert len(errors) == 1, (name, errors)
         assert len(proc.stderr) < 2000, (name, len(proc.stderr))  # echoed values are previews
         assert time.monotonic() - started < 120, name
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # refused runs leave nothing
+    assert not (tmp_path / "s32").exists() and not (tmp_path / "s40k").exists()
 
 
 def test_decompression_bomb_is_a_data_error_everywhere(tmp_path):

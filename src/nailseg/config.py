@@ -61,7 +61,7 @@ class DataConfig(_Section):
     root: str = "data/synth"
     image_size: int | tuple[int, int] = Field(384, description="side, or (height, width)")
     split: SplitConfig = SplitConfig()
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**32 - 1)
     num_workers: int | Literal["auto"] = "auto"
     balance: BalanceConfig | None = None
     pipeline: Literal["auto", "albumentations", "kornia", "dali", "tf", "mmdet"] = Field(
@@ -181,8 +181,8 @@ class LossConfig(_Section):
 
 class OptimConfig(_Section):
     name: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(1e-4, ge=0, allow_inf_nan=False)
     scheduler: Literal["cosine", "poly", "none"] = "cosine"
     poly_power: float = Field(1.0, gt=0, description="poly: lr * (1 - progress) ** power (SegFormer's schedule)")
     warmup_epochs: int = Field(0, ge=0)
@@ -202,11 +202,37 @@ class TrainerConfig(_Section):
     strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "ddp_notebook", "fsdp",
                       "deepspeed", "single_device"] = "auto"
     accumulate_grad_batches: int = Field(1, ge=1)
-    gradient_clip_val: float | None = None
-    seed: int = 42
-    limit_train_batches: int | float | None = None
-    limit_val_batches: int | float | None = None
+    gradient_clip_val: float | None = Field(None, ge=0, allow_inf_nan=False)
+    seed: int = Field(42, ge=0, le=2**32 - 1)
+    limit_train_batches: int | float | None = Field(None, description="batches per epoch: a whole number >= 1, "
+                                                                      "or a share in (0, 1]")
+    limit_val_batches: int | float | None = Field(None, description="as limit_train_batches")
     deterministic: bool = False
+
+    @field_validator("limit_train_batches", "limit_val_batches")
+    @classmethod
+    def _count_or_share(cls, v):
+        if v is None or isinstance(v, bool):
+            if isinstance(v, bool):
+                raise ValueError("must be a whole number >= 1 or a share in (0, 1]")
+            return v
+        if isinstance(v, int):
+            if v < 1:
+                raise ValueError(f"{v}: a number of batches must be at least 1")
+            return v
+        if not (0.0 < v <= 1.0):
+            raise ValueError(f"{v}: a share of the batches must be in (0, 1] (or give a whole number)")
+        return v
+
+    @model_validator(mode="after")
+    def _launchable_here(self):
+        import os as _os
+
+        cluster = any(v in _os.environ for v in ("SLURM_NTASKS", "WORLD_SIZE", "MASTER_ADDR", "TORCHELASTIC_RUN_ID"))
+        if self.num_nodes > 1 and not cluster:
+            raise ValueError(f"num_nodes={self.num_nodes}: several nodes need a cluster launcher (SLURM or torchrun "
+                             "sets WORLD_SIZE/MASTER_ADDR); none is set, so training would wait forever")
+        return self
 
 
 class WandbConfig(_Section):
@@ -227,8 +253,8 @@ class PretrainConfig(_Section):
     (``model.init_from``). No download: the synthetic nails are drawn by nailseg itself."""
 
     synth: int = Field(240, ge=8, le=20000, description="number of synthetic pictures to draw")
-    synth_size: str = Field("384x288", description="WIDTHxHEIGHT of each synthetic picture")
-    seed: int = 0
+    synth_size: str = Field("384x288", description="WIDTHxHEIGHT of each synthetic picture (64 to 2048 a side)")
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     image_size: int = Field(192, ge=32, le=MAX_IMAGE_SIDE, description="training side during pretraining")
     max_epochs: int = Field(12, ge=1)
     batch_size: int | None = Field(None, ge=1, description="default: trainer.batch_size")
@@ -241,10 +267,32 @@ class PretrainConfig(_Section):
             raise ValueError(f"{v} must be a multiple of 32")
         return v
 
+    @field_validator("synth_size")
+    @classmethod
+    def _drawable(cls, v: str) -> str:
+        from nailseg.core.data.synth import check_size
+
+        check_size(v)  # ValueError naming the bounds; pydantic names the key
+        return v
+
+
+MAX_NAME_BYTES = 255  # one path component on Linux/macOS file systems
+
 
 class RunConfig(_Section):
     dir: str = "runs"
     name: str | None = None
+
+    @field_validator("dir", "name")
+    @classmethod
+    def _plain_path(cls, v):
+        if v is None:
+            return v
+        if "\x00" in v:
+            raise ValueError("contains a NUL character")
+        if any(len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES for part in v.split("/")):
+            raise ValueError(f"a folder name is longer than {MAX_NAME_BYTES} bytes")
+        return v
 
 
 class Experiment(_Section):
@@ -369,9 +417,50 @@ def check_expansion(tree: Any, source: str, budget: int = MAX_CONFIG_NODES) -> N
             stack.extend(node)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML would silently keep
+    the last one, so half of a config could be ignored without a word)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            duplicate = key in seen
+        except TypeError:  # an unhashable key: let the constructor report it
+            break
+        if duplicate:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {preview(key)} (line {mark.line + 1})",
+                                                    mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+MAX_YAML_DEPTH = 64  # a real config nests 4 levels; 500 nested brackets exhaust Python's recursion
+
+
+def _too_deep(text: str) -> bool:
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    indent = max((len(line) - len(line.lstrip(" ")) for line in text.splitlines() if line.strip()), default=0)
+    return deepest > MAX_YAML_DEPTH or indent > 2 * MAX_YAML_DEPTH * 4
+
+
 def safe_yaml(text: str, source: str) -> Any:
+    if _too_deep(text):
+        raise ConfigError(f"{source}: nested more than {MAX_YAML_DEPTH} levels deep (a config nests a few)")
     try:
-        loaded = yaml.safe_load(text)
+        loaded = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deep to read (a config nests a few levels)") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{source}: not valid YAML ({preview(str(err).splitlines()[0] if str(err) else err, 120)})") from None
     check_expansion(loaded, source)
@@ -466,6 +555,8 @@ def experiment_from_dict(raw: dict[str, Any], source: str = "config") -> Experim
         return Experiment.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source)) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deep to validate") from None
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:

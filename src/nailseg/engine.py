@@ -144,7 +144,7 @@ def run_training(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict 
     started = time.time()
     stack = stack_for(exp)
     rank = global_rank()
-    if rank != 0 or os.environ.get(RUN_DIR_ENV):  # a DDP worker joins the run rank 0 prepared
+    if rank != 0:  # a DDP worker joins the run rank 0 prepared (rank 0 holds the lock)
         split = wait_for_split(run)
         data = PreparedData(split, pairs_of(exp, split), load_fg_share(run))
         ctx = TrainContext(exp, run, resume, data, rank=rank)
@@ -159,6 +159,7 @@ def run_training(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict 
                               f"start a new run instead")
     report = check_data(exp)
     if not resume:
+        preflight_split(exp, report)  # folds, fractions, balance groups: refused before the folder exists
         create_run_dir(run)
     with RunLock(run):
         fg_share = {s.key: s.fg_share for s in report.stats}
@@ -183,6 +184,23 @@ def run_training(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict 
         if result is None:
             return None
         return _finish(stack, ctx, result, started)
+
+
+def preflight_split(exp: Experiment, report) -> None:
+    """Make the split and the balance grouping once, in memory, so that a config they refuse
+    (more folds than pairs, fractions that leave no training pair, a balance CSV or group that is
+    not there) fails before anything is written."""
+    from nailseg.core.data.split import split_for
+
+    fg_share = {s.key: s.fg_share for s in report.stats}
+    split = split_for(sorted(fg_share), exp.data.split, exp.data.seed)
+    if exp.data.balance is not None:
+        from nailseg.core.data.balance import make_grouping
+
+        make_grouping(split["train"], exp.data.balance, fg_share)
+    cache_dir = exp.data.cache_dir
+    if cache_dir and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+        raise ConfigError(f"data.cache_dir={cache_dir}: exists and is not a folder")
 
 
 def pretrain_on_synthetic(exp: Experiment, run: RunDir) -> Experiment:

@@ -47,9 +47,12 @@ def _eval_onnx(args, out) -> int:
 
     if not args.data:
         raise NailsegError("nailseg eval MODEL.onnx: give the labelled images with --data DIR (a model file has no split)")
+    from nailseg.core.outputs import refuse_data_folder
+
+    overlays = refuse_data_folder(output_folder(args.overlays, "--overlays"), "--overlays", [args.data]) \
+        if args.overlays else None
     model = OnnxSegmenter(args.run)
     pairs, _ = find_pairs(args.data)
-    overlays = output_folder(args.overlays, "--overlays") if args.overlays else None
     if args.choose_threshold:
         raise NailsegError("--choose-threshold needs a run folder (it stores the threshold in the run)")
     from nailseg.core.postprocess import InferenceOptions
@@ -103,15 +106,30 @@ def cmd_eval(args) -> int:
     out = output_file(args.out) if args.out else None
     if is_onnx(args.run):
         return _eval_onnx(args, out)
+    from nailseg.core.outputs import refuse_data_folder, refuse_overwriting_inputs
+
     run, exp, stack = open_for_inference(args.run)
     root = args.data or exp.data.root
+    overlays = refuse_data_folder(output_folder(args.overlays, "--overlays"), "--overlays", [root]) \
+        if args.overlays else None
+    if out is not None:
+        refuse_data_folder(out, "--out", [root])
     pairs, _ = find_pairs(root)
     if args.split == "all" or args.data:
         chosen = pairs
     else:
-        keys = set(load_split(run.split)[args.split])
-        chosen = [p for p in pairs if p.key in keys]
-    overlays = output_folder(args.overlays, "--overlays") if args.overlays else None
+        keys = load_split(run.split)[args.split]
+        by_key = {p.key: p for p in pairs}
+        missing = [k for k in keys if k not in by_key]
+        if missing:  # scoring fewer images than the split names would be a silently wrong score
+            raise NailsegError([f"{run.split}: '{k}' is in the {args.split} split but not in {root}"
+                                for k in missing[:20]])
+        chosen = [by_key[k] for k in keys]
+    if overlays is not None:
+        from nailseg.core.evaluate import overlay_name
+
+        refuse_overwriting_inputs([overlays / overlay_name(p.key) for p in chosen],
+                                  [f for p in pairs for f in (p.image, p.mask)], "--overlays")
     predictor = stack.load_predictor(run, exp, args.checkpoint)
     options = _options(args, load_run_options(run.path))
     if args.choose_threshold:
@@ -141,8 +159,15 @@ def cmd_predict(args) -> int:
     from nailseg.core.evaluate import collect_inputs, predict_files, predict_instance_files
     from nailseg.engine import has_capability, open_for_inference
 
-    out = output_folder(args.out)
+    from nailseg.core.outputs import refuse_data_folder, refuse_overwriting_inputs
+
+    out = refuse_data_folder(output_folder(args.out), "--out")
     inputs = collect_inputs(args.inputs)
+    # every input counts, not only the images: a_mask.png beside a.jpg is somebody's data
+    present = [p for item in args.inputs for p in ([Path(item)] if Path(item).is_file()
+                                                      else Path(item).rglob("*") if Path(item).is_dir() else [])]
+    refuse_overwriting_inputs([out / f"{name}{suffix}" for name in inputs.names
+                               for suffix in ("_mask.png", "_overlay.png")], present, "--out")
     if is_onnx(args.run):
         from nailseg.deploy.onnx_model import OnnxSegmenter
 

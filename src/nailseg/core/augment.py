@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nailseg.core.weights import IMAGENET, IMAGENET_MEAN, IMAGENET_STD, Normalization  # noqa: F401 - re-exported
 
@@ -29,6 +29,18 @@ from nailseg.core.weights import IMAGENET, IMAGENET_MEAN, IMAGENET_STD, Normaliz
 class _Aug(BaseModel):
     model_config = ConfigDict(extra="forbid")
     p: float = Field(0.5, ge=0.0, le=1.0, description="probability of applying it")
+
+
+def _range(v: tuple[float, float], low: float, high: float, *, open_low: bool = False) -> tuple[float, float]:
+    """A (min, max) pair inside [low, high] (or (low, high] with ``open_low``), min <= max."""
+    lo, hi = v
+    if not all(x == x and abs(x) != float("inf") for x in v):
+        raise ValueError("must be finite numbers")
+    if lo > hi:
+        raise ValueError(f"[{lo}, {hi}]: the first value must not exceed the second")
+    if (lo <= low if open_low else lo < low) or hi > high:
+        raise ValueError(f"[{lo}, {hi}]: both values must be in {'(' if open_low else '['}{low}, {high}]")
+    return v
 
 
 class HFlip(_Aug):
@@ -45,12 +57,27 @@ class Affine(_Aug):
     scale: tuple[float, float] = (0.9, 1.1)
     translate: float = Field(0.05, ge=0, le=0.5, description="max shift, fraction of size")
 
+    @field_validator("scale")
+    @classmethod
+    def _zoom(cls, v):
+        return _range(v, 0.0, 10.0, open_low=True)
+
 
 class RandomResizedCrop(_Aug):
     name: Literal["random_resized_crop"]
     scale: tuple[float, float] = (0.5, 1.0)
     ratio: tuple[float, float] = (0.75, 1.3333)
     p: float = Field(1.0, ge=0.0, le=1.0)
+
+    @field_validator("scale")
+    @classmethod
+    def _area_share(cls, v):
+        return _range(v, 0.0, 1.0, open_low=True)
+
+    @field_validator("ratio")
+    @classmethod
+    def _aspect(cls, v):
+        return _range(v, 0.0, 100.0, open_low=True)
 
 
 class BrightnessContrast(_Aug):
@@ -69,10 +96,20 @@ class GaussNoise(_Aug):
     name: Literal["gauss_noise"]
     std: tuple[float, float] = Field((0.01, 0.05), description="noise std range, fraction of 255")
 
+    @field_validator("std")
+    @classmethod
+    def _std(cls, v):
+        return _range(v, 0.0, 1.0)
+
 
 class Blur(_Aug):
     name: Literal["blur"]
     sigma: tuple[float, float] = (0.1, 1.5)
+
+    @field_validator("sigma")
+    @classmethod
+    def _sigma(cls, v):
+        return _range(v, 0.0, 20.0, open_low=True)
 
 
 AugmentOp = Annotated[

@@ -57,22 +57,38 @@ def unique_names(configs: list[str]) -> list[str]:
 
 
 def eval_split_of(run: Path) -> str:
-    split = json.loads((run / "split.json").read_text(encoding="utf-8"))
+    split = _json_object(run / "split.json")
     return "test" if split.get("test") else "val"
 
 
-def row_from_run(run: Path, name: str, *, checkpoint: str, overlays: bool) -> dict:
-    """Evaluate a finished run (in its own process) and read its row back."""
+def _json_object(path: Path) -> dict:
+    """A run file that must hold a JSON object; one line naming it otherwise."""
+    try:
+        if not path.is_file():
+            raise ConfigError(f"{path}: missing or not a regular file")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, OSError) as err:
+        raise ConfigError(f"{path}: not valid JSON ({type(err).__name__})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: holds a {type(data).__name__}, not a JSON object")
+    return data
+
+
+def row_from_run(run: Path, name: str, *, checkpoint: str, overlays: bool, eval_dir: Path | None = None) -> dict:
+    """Evaluate a finished run (in its own process) and read its row back. What the evaluation
+    writes goes to ``eval_dir`` (default: the run folder, for runs compare trained itself); the
+    runs of ``compare --runs`` are only read."""
     split = eval_split_of(run)
+    eval_dir = eval_dir or run
     args = ["eval", str(run), "--split", split, "--checkpoint", checkpoint, "--quiet",
-            "--out", str(run / "compare-eval.json")]
+            "--out", str(eval_dir / "compare-eval.json")]
     if overlays:
-        args += ["--overlays", str(run / "overlays")]
-    proc = _nailseg(*args, log=run / "compare-eval.log")
+        args += ["--overlays", str(eval_dir / "overlays")]
+    proc = _nailseg(*args, log=eval_dir / "compare-eval.log")
     if proc.returncode != 0:
         raise ConfigError(f"{run}: evaluation failed: {_error_of(proc)}")
-    ev = json.loads((run / "compare-eval.json").read_text(encoding="utf-8"))
-    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    ev = _json_object(eval_dir / "compare-eval.json")
+    summary = _json_object(run / "summary.json")
     row = {
         "config": name, "run": str(run), "stack": summary.get("stack", summary.get("backend")),
         "family": summary.get("family"), "arch": summary.get("arch"), "encoder": summary.get("encoder"),
@@ -190,8 +206,9 @@ def collect_runs(runs: list[str], out: Path, *, checkpoint: str, say: Callable[[
     for p in paths:
         if not (p / "split.json").exists() or not (p / "summary.json").exists():
             raise ConfigError(f"{p}: not a finished run (needs split.json and summary.json)")
-    splits = {p: {k: v for k, v in json.loads((p / "split.json").read_text()).items()
-                  if k in ("train", "val", "test")} for p in paths}
+        _json_object(p / "summary.json")
+    splits = {p: {k: v for k, v in _json_object(p / "split.json").items() if k in ("train", "val", "test")}
+              for p in paths}
     reference = splits[paths[0]]
     differ = [str(p) for p in paths[1:] if splits[p] != reference]
     if differ:
@@ -200,7 +217,7 @@ def collect_runs(runs: list[str], out: Path, *, checkpoint: str, say: Callable[[
     rows = []
     for i, (p, name) in enumerate(zip(paths, unique_names([str(p) for p in paths]))):
         say(f"[{i + 1}/{len(paths)}] {name}")
-        rows.append(row_from_run(p, name, checkpoint=checkpoint, overlays=True))
+        rows.append(row_from_run(p, name, checkpoint=checkpoint, overlays=True, eval_dir=out / "runs" / name))
     write_outputs(rows, out, title=f"{len(paths)} run{'s' * (len(paths) != 1)} on one split", command="nailseg compare --runs "
                   + " ".join(runs) + f" --out {out}")
     return rows

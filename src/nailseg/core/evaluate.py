@@ -47,6 +47,11 @@ def at_image_size(prob: np.ndarray, image: np.ndarray) -> np.ndarray:
     return cv2.resize(prob.astype(np.float32), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
+def overlay_name(key: str) -> str:
+    """The file ``eval --overlays`` writes for a pair (sub-folders flattened with ``__``)."""
+    return Path(key).with_suffix("").as_posix().replace("/", "__") + ".png"
+
+
 def evaluate_pairs(predict: Predictor, pairs: list[Pair], *, progress: bool = True,
                    overlays: Path | None = None, options=None) -> dict:
     """Score ``predict`` on ``pairs``; returns the ``eval.json`` content. ``options``
@@ -75,8 +80,7 @@ def evaluate_pairs(predict: Predictor, pairs: list[Pair], *, progress: bool = Tr
         if overlays is not None:
             from nailseg.core.visualize import error_overlay
 
-            name = Path(pair.key).with_suffix("").as_posix().replace("/", "__")
-            save_png(Path(overlays) / f"{name}.png", error_overlay(image, pred, truth, per_image[-1]["iou"]))
+            save_png(Path(overlays) / overlay_name(pair.key), error_overlay(image, pred, truth, per_image[-1]["iou"]))
     agg = aggregate(counts)
     return {**agg["micro"], "mean_per_image": agg["mean_per_image"], "n_images": len(pairs),
             "threshold": options.threshold, "inference": options.as_dict(), "per_image": per_image}

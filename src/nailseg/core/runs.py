@@ -99,8 +99,22 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         import fcntl
+        import stat
 
-        fh = open(self.run.lock_file, "a+", encoding="utf-8")  # noqa: SIM115 - held until release
+        path = self.run.lock_file
+        try:  # O_NOFOLLOW: a symlinked .lock must never truncate the file it points to
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
+        except OSError as err:
+            kind = ("a symbolic link" if path.is_symlink() else "a folder" if path.is_dir()
+                    else err.strerror or "unusable")
+            raise ConfigError(f"{path}: the run's lock file is {kind}, not a regular file; remove it if no nailseg "
+                              "process uses this run") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ConfigError(f"{path}: the run's lock file is not a regular file; remove it if no nailseg "
+                              "process uses this run")
+        os.set_blocking(fd, True)
+        fh = os.fdopen(fd, "r+", encoding="utf-8", errors="replace")  # held until release
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -183,6 +197,9 @@ def choose_run_dir(exp: Experiment, config_path: str | os.PathLike[str] | None) 
     if name in (".", "..") or "/" in name or "\\" in name:
         raise ConfigError(f"run.name={name!r}: must be a plain folder name")
     path = Path(exp.run.dir) / name
+    for folder in (Path(exp.run.dir), *Path(exp.run.dir).parents):
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"run.dir={exp.run.dir}: {folder} is a file, not a folder")
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{path}: exists and is not a folder")
     if path.is_dir() and any(path.iterdir()):

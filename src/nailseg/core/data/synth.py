@@ -39,15 +39,26 @@ class SynthConfig:
     empty_share: float = 0.04  # pictures with no hand at all (true negatives)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """Parse ``WxH`` (e.g. ``384x288``) into ``(width, height)``."""
+MIN_SIDE, MAX_SIDE = 64, 2048  # below 64 the hand and nail shapes do not fit; above 2048 is a typo, not a picture
+
+
+def check_size(text: str) -> tuple[int, int]:
+    """``WxH`` -> ``(width, height)``, each side from 64 to 2048; ``ValueError`` otherwise."""
     try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError as err:
-        raise DataError(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 384x288") from err
-    if w < 32 or h < 32:
-        raise DataError(f"--size {text!r}: width and height must be at least 32 pixels")
+        w, h = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise ValueError(f"{text!r}: expected WIDTHxHEIGHT, e.g. 384x288") from None
+    if not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= h <= MAX_SIDE):
+        raise ValueError(f"{text!r}: width and height must each be {MIN_SIDE} to {MAX_SIDE} pixels")
     return w, h
+
+
+def parse_size(text: str, flag: str = "--size") -> tuple[int, int]:
+    """Parse ``WxH`` (e.g. ``384x288``) into ``(width, height)``, naming ``flag`` when it is refused."""
+    try:
+        return check_size(text)
+    except ValueError as err:
+        raise DataError(f"{flag} {err}") from None
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:

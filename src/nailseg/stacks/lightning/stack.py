@@ -70,6 +70,15 @@ class LightningStack:
         accelerator = resolve_accelerator(t.accelerator, torch.cuda.is_available())
         if isinstance(t.devices, int) and accelerator == "gpu" and t.devices > torch.cuda.device_count():
             raise ConfigError(f"trainer.devices={t.devices}: this machine has {torch.cuda.device_count()} GPU(s)")
+        if t.strategy == "deepspeed":
+            import importlib.util
+
+            if importlib.util.find_spec("deepspeed") is None or accelerator != "gpu":
+                raise ConfigError("trainer.strategy=deepspeed: needs the deepspeed package and a CUDA GPU "
+                                  "(pip install deepspeed on a GPU machine); use auto or ddp here")
+        if t.strategy == "fsdp" and accelerator != "gpu":
+            raise ConfigError("trainer.strategy=fsdp: FSDP shards a model across GPUs; this run is on the CPU "
+                              "(use auto or ddp)")
         if exp.pipeline == "dali":
             from nailseg.core.optional import require
 
