@@ -23,7 +23,8 @@ from nailseg.config import Experiment
 from nailseg.core.data.discover import Pair
 from nailseg.core.evaluate import Predictor, semantic_summary
 from nailseg.core.io import append_jsonl, write_json, write_yaml
-from nailseg.core.runs import (RUN_DIR_ENV, PreparedData, RunDir, RunLock, check_data, create_run_dir,
+from nailseg.core.data.split import load_split
+from nailseg.core.runs import (RUN_DIR_ENV, PreparedData, RunDir, RunLock, check_data, check_metrics, create_run_dir,
                                dedupe_metrics, fix_split, load_fg_share, pairs_of, resolved_config, save_fg_share,
                                wait_for_split)
 from nailseg.core.runtime import drop_last, global_rank
@@ -157,6 +158,8 @@ def run_training(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict 
         if stack.resumable(run) is None:
             raise ConfigError(f"{run.path}: no checkpoint to resume from (training never finished an epoch); "
                               f"start a new run instead")
+        check_metrics(run)
+        load_split(run.split)  # a tampered split.json is refused before config.yaml is rewritten
     report = check_data(exp)
     if not resume:
         preflight_split(exp, report)  # folds, fractions, balance groups: refused before the folder exists

@@ -182,3 +182,85 @@ def test_serve_refuses_a_bad_model_or_a_taken_port_before_announcing(onnx_run, t
     assert "serving" not in proc.stdout
     proc = run_cli("serve", str(onnx_run / "model.onnx"), "--port", "70000", timeout=120)
     assert proc.returncode == 2 and "--port 70000: must be between 0 and 65535" in proc.stderr
+
+
+def test_a_chunked_upload_is_cut_off_at_the_byte_limit(server):
+    """No Content-Length: the server counts bytes as they arrive and answers 413 at the limit
+    (2 MB here), long before a 200 MB body has been sent."""
+    import select
+
+    head = (b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.jpg\"\r\n"
+            b"Content-Type: image/jpeg\r\n\r\n")
+    sent, answer = 0, b""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/segment?format=json HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                     b"Content-Type: multipart/form-data; boundary=b\r\n\r\n")
+        sock.sendall(b"%x\r\n%s\r\n" % (len(head), head))
+        chunk = b"\0" * 2**20
+        for _ in range(200):
+            try:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            except OSError:  # the server closed the connection after refusing: also a stop
+                break
+            sent += len(chunk)
+            if select.select([sock], [], [], 0.05)[0]:
+                break
+        sock.settimeout(5)
+        try:
+            while b"}" not in answer:
+                part = sock.recv(4096)
+                if not part:
+                    break
+                answer += part
+        except OSError:
+            pass
+    assert sent < 50 * 2**20, sent
+    assert answer.startswith(b"HTTP/1.1 413") and b"limit" in answer, answer[:300]
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
+def test_healthz_answers_while_a_huge_image_is_post_processed(server):
+    """A 1 x 3,900,000 px PNG (under the pixel limit, a few KB) with format=json: the work runs off
+    the event loop, so /healthz still answers at once."""
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((1, 3_900_000, 3), np.uint8)).save(buf, "PNG")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(post, server, buf.getvalue(), "json", "long.png")
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
+        waited = time.monotonic() - started
+        assert pending.result().status_code in (200, 413)
+    assert waited < 2.0
+
+
+def test_sixteen_bit_grey_uploads_decode_like_predict(server):
+    """One decode path: a 16-bit grey PNG is scaled to 8 bits in serve, as in predict."""
+    from nailseg.core.data.decode import read_image, read_image_bytes
+
+    ramp = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, "PNG")
+    from_bytes = read_image_bytes(buf.getvalue(), "grey16.png")
+    assert from_bytes.mean() < 200  # not saturated
+    assert post(server, buf.getvalue(), "json", "grey16.png").status_code == 200
+
+
+@pytest.mark.parametrize("size, threshold", [("abc", "0.5"), ("[64]", "0.5"), ('{"a": 1}', "0.5"),
+                                             ("[0, 0]", "0.5"), ("[64, 64]", "abc"), ("[64, 64]", "[1]")])
+def test_bad_onnx_metadata_is_refused_when_the_model_loads(onnx_run, tmp_path, size, threshold):
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(onnx_run / "model.onnx"))
+    for prop in model.metadata_props:
+        if prop.key == "nailseg.image_size":
+            prop.value = size
+        if prop.key == "nailseg.threshold":
+            prop.value = threshold
+    bad = tmp_path / "bad.onnx"
+    onnx.save(model, str(bad))
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "hand.jpg").write_bytes(jpeg())
+    proc = run_cli("predict", str(bad), str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
+    assert "metadata" in proc.stderr and str(bad) in proc.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -33,8 +33,13 @@ def cmd_serve(args) -> int:
         raise NailsegError("nailseg serve needs FastAPI and uvicorn: pip install 'nailseg[serve]'") from None
     from nailseg.deploy.serve import ServeSettings, serve
 
+    from nailseg.core.data.decode import MAX_PIXELS
+
+    if args.max_pixels > MAX_PIXELS:
+        raise NailsegError(f"--max-pixels {args.max_pixels}: at most {MAX_PIXELS:,} (nailseg's decoding limit)")
     settings = ServeSettings(model=str(model_file(args.target).resolve()), max_bytes=args.max_bytes,
-                             max_pixels=args.max_pixels, max_concurrent=args.max_concurrent, threads=args.threads)
+                             max_pixels=args.max_pixels, max_concurrent=args.max_concurrent, threads=args.threads,
+                             body_timeout_s=args.body_timeout, max_connections=args.max_connections)
     serve(settings, host=args.host, port=args.port, workers=args.workers)
     return 0
 
@@ -56,4 +61,8 @@ def add_parser(sub) -> None:
                     help="largest image in pixels, read from its header (default: 40 MP)")
     sv.add_argument("--max-concurrent", type=positive, default=4,
                     help="segmentations in flight per worker; more get 503 + Retry-After (default: 4)")
+    sv.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
+                    help="an upload must arrive within S seconds, else 408 (default: 30)")
+    sv.add_argument("--max-connections", type=positive, default=64,
+                    help="open connections per worker; more get 503 from uvicorn (default: 64)")
     sv.set_defaults(func=cmd_serve)

@@ -164,9 +164,9 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read a JSON-lines file, skipping a trailing line that a killed writer left cut."""
     records = []
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         return records
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         if not line.strip():
             continue
         try:

@@ -277,6 +277,30 @@ def load_fg_share(run: RunDir) -> dict[str, float] | None:
     return json.loads(run.fg_share.read_text(encoding="utf-8"))
 
 
+def check_metrics(run: RunDir) -> None:
+    """Refuse a ``metrics.jsonl`` that resume could not extend: lines that are not objects with a
+    whole-number epoch, or bytes that are not UTF-8 (a line cut by a kill is fine: it is dropped)."""
+    if not run.metrics.exists():
+        return
+    if not run.metrics.is_file():
+        raise ConfigError(f"{run.metrics}: not a regular file")
+    try:
+        text = run.metrics.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{run.metrics}: not UTF-8 text (edited or damaged); move it away to resume") from None
+    lines = [x for x in text.splitlines() if x.strip()]
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                continue  # the last line, cut by a kill
+            raise ConfigError(f"{run.metrics}: line {number} is not JSON") from None
+        epoch = record.get("epoch") if isinstance(record, dict) else None
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ConfigError(f"{run.metrics}: line {number} has no whole-number epoch (got {str(epoch)[:40]})")
+
+
 def dedupe_metrics(run: RunDir) -> None:
     """Keep the last line of each epoch in ``metrics.jsonl``: an epoch re-run after a kill
     replaces the line its first attempt wrote."""

@@ -51,8 +51,8 @@ class OnnxSegmenter:
         if "image_size" not in self.metadata:
             raise ConfigError(f"{quote_name(self.path)}: not a nailseg export (no nailseg.image_size metadata); "
                               "export it with `nailseg export RUN --format onnx`")
-        self.size_hw = tuple(int(v) for v in self.metadata["image_size"])
-        self.threshold = float(self.metadata.get("threshold", 0.5))
+        self.size_hw = _image_size(self.metadata["image_size"], self.path)
+        self.threshold = _threshold(self.metadata.get("threshold", 0.5), self.path)
         self.native = native
         self.input_name = self.session.get_inputs()[0].name
 
@@ -73,6 +73,27 @@ class OnnxSegmenter:
 
     def describe(self) -> dict:
         return {**self.metadata, "file": str(self.path), "providers": self.session.get_providers()}
+
+
+def _image_size(value, path: Path) -> tuple[int, int]:
+    """``nailseg.image_size`` as (h, w): two whole numbers from 32 to 4096, else one line naming the file."""
+    ok = (isinstance(value, list) and len(value) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) and 32 <= v <= 4096 for v in value))
+    if not ok:
+        raise ConfigError(f"{quote_name(path)}: metadata nailseg.image_size={str(value)[:60]!r} is not [height, "
+                          "width] with sides from 32 to 4096; re-export the model")
+    return int(value[0]), int(value[1])
+
+
+def _threshold(value, path: Path) -> float:
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        threshold = float("nan")
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"{quote_name(path)}: metadata nailseg.threshold={str(value)[:60]!r} is not a "
+                          "probability from 0 to 1; re-export the model")
+    return threshold
 
 
 def _providers(ort) -> list[str]:

@@ -14,6 +14,7 @@ that the service answers 503 with ``Retry-After`` instead of queueing without bo
 """
 
 
+import asyncio
 import io
 import json
 import os
@@ -37,10 +38,12 @@ class ServeSettings:
     retry_after_s: int = 1
     min_nail_area: int = 20               # connected components smaller than this are not counted
     threads: int | None = None            # onnxruntime intra-op threads (default: its own)
+    body_timeout_s: float = 30.0          # an upload must arrive within this (slow clients are cut off)
+    max_connections: int = 64             # open connections per worker; more get 503 from uvicorn
 
     def __post_init__(self):
-        if self.max_pixels > MAX_PIXELS:
-            raise ValueError(f"max_pixels is at most {MAX_PIXELS:,}")
+        if not 1 <= self.max_pixels <= MAX_PIXELS:
+            raise ValueError(f"max_pixels must be from 1 to {MAX_PIXELS:,}")
 
 
 class ApiError(Exception):
@@ -122,8 +125,15 @@ def create_app(settings: ServeSettings):
             raise ApiError(415, f"content type {content_type or 'none'!r}: send multipart/form-data with an "
                                 "'image' file field")
         length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_bytes + 64 * 1024:
+        limit = settings.max_bytes + 64 * 1024  # the file plus the multipart envelope
+        if length and length.isdigit() and int(length) > limit:
             raise ApiError(413, f"upload of {int(length):,} bytes is above the limit of {settings.max_bytes:,} bytes")
+        # Count the bytes as they arrive (a chunked upload has no Content-Length), stop at the
+        # limit, and give up on a client that sends too slowly.
+        try:
+            request._body = await asyncio.wait_for(_read_body(request, limit), settings.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"the upload did not arrive within {settings.body_timeout_s:g} s") from None
         try:
             form = await request.form(max_files=1, max_fields=8)
         except Exception as err:  # noqa: BLE001 - malformed multipart bodies raise several types
@@ -146,21 +156,41 @@ def create_app(settings: ServeSettings):
             except DataError as err:
                 status = 413 if "limit" in str(err) else 400
                 raise ApiError(status, str(err)) from None
-            prob = await run_in_threadpool(model, image)
+            # inference and every post-processing step run off the event loop, inside the
+            # concurrency cap, so /healthz answers whatever is being segmented
+            body = await run_in_threadpool(_respond, model, image, format, settings.min_nail_area, overlay)
         finally:
             in_flight["n"] -= 1
-        mask = prob > model.threshold
-        if format == "png":
-            return Response(png_bytes(mask.astype(np.uint8) * 255), media_type="image/png")
-        if format == "overlay":
-            return Response(png_bytes(overlay(image, mask)), media_type="image/png")
-        return segment_summary(mask, settings.min_nail_area)
+        if format == "json":
+            return body
+        return Response(body, media_type="image/png")
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
         return UPLOAD_PAGE
 
     return app
+
+
+async def _read_body(request, limit: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"upload above the limit of {limit - 64 * 1024:,} bytes (stopped reading at "
+                                f"{size:,})")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _respond(model, image: np.ndarray, fmt: str, min_area: int, overlay):
+    prob = model(image)
+    mask = prob > model.threshold
+    if fmt == "png":
+        return png_bytes(mask.astype(np.uint8) * 255)
+    if fmt == "overlay":
+        return png_bytes(overlay(image, mask))
+    return segment_summary(mask, min_area)
 
 
 def _safe_name(filename: str | None) -> str:
@@ -203,7 +233,8 @@ def serve(settings: ServeSettings, *, host: str, port: int, workers: int = 1) ->
     print(f"serving {settings.model} on http://{host}:{port}/ ({workers} worker(s)); Ctrl-C stops", flush=True)
     os.environ[ENV] = json.dumps(asdict(settings))
     uvicorn.run("nailseg.deploy.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", timeout_graceful_shutdown=5)
+                log_level="warning", timeout_graceful_shutdown=5, limit_concurrency=settings.max_connections,
+                timeout_keep_alive=5)
 
 
 UPLOAD_PAGE = (Path(__file__).with_name("upload.html")).read_text(encoding="utf-8") \

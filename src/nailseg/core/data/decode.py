@@ -101,7 +101,12 @@ def read_image(path: str | os.PathLike[str], at_least: tuple[int, int] | None = 
     scaled to 8 bits. ``at_least``: allow reduced-size JPEG decoding down to that (w, h).
     """
     path = Path(path)
-    img = _open(path, at_least)
+    return to_rgb(_open(path, at_least))
+
+
+def to_rgb(img: Image.Image) -> np.ndarray:
+    """The one conversion of a decoded picture to RGB ``uint8``, for files and uploads alike
+    (16-bit grayscale is scaled to 8 bits, not clipped: Pillow's ``convert`` would saturate it)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img).astype(np.float32)
         peak = 65535.0 if arr.max() > 255 else 255.0
@@ -207,7 +212,4 @@ def read_image_bytes(data: bytes, name: str = "upload", *, max_pixels: int = MAX
 
     if not data:
         raise DataError(f"{name}: empty file (0 bytes)")
-    img = _decode(io.BytesIO(data), name, None, min(max_pixels, MAX_PIXELS))
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return np.asarray(img, dtype=np.uint8)
+    return to_rgb(_decode(io.BytesIO(data), name, None, min(max_pixels, MAX_PIXELS)))

@@ -78,14 +78,26 @@ def save_split(path: str | os.PathLike[str], split: dict[str, list[str]], **meta
 
 
 def load_split(path: str | os.PathLike[str]) -> dict[str, list[str]]:
+    """Read ``split.json``; a missing, non-regular, non-UTF-8 or malformed file is one line naming it."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise DataError(f"{path}: split file is not a regular file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise DataError(f"{path}: split file not found") from err
+    except FileNotFoundError:
+        raise DataError(f"{path}: split file not found") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: split file is not UTF-8 text") from None
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from err
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the split file ({err.strerror})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: split file holds a {type(data).__name__}, not an object with train/val/test")
     missing = [name for name in SPLITS if name not in data]
     if missing:
         raise DataError(f"{path}: split file lacks {', '.join(missing)}")
+    for name in SPLITS:
+        if not isinstance(data[name], list) or not all(isinstance(k, str) for k in data[name]):
+            raise DataError(f"{path}: '{name}' must be a list of file names")
     return {name: list(data[name]) for name in SPLITS}

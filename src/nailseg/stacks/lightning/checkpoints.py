@@ -21,6 +21,8 @@ def safe_load(path: str | Path, what: str = "checkpoint", map_location="cpu", lo
     """``torch.load(path, weights_only=True)`` (or ``loader``, a restricted equivalent), with every
     failure turned into one line naming the file."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO would block the read forever; /dev/zero never ends
+        raise ConfigError(f"{path}: not a {what} (not a regular file)")
     try:
         if loader is not None:
             return loader(path, map_location=map_location)

@@ -120,6 +120,8 @@ def init_source(cfg: ModelConfig) -> Path | None:
         path = candidates[0]
     elif not path.exists():
         raise ConfigError(f"model.init_from={source!r}: no such run folder or weights file")
+    elif not path.is_file():
+        raise ConfigError(f"model.init_from={source!r}: not a weights file (not a regular file)")
     return path
 
 
