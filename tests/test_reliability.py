@@ -297,3 +297,109 @@ def test_invalid_run_config_and_eval_mask_size(small_run, tmp_path):
                  ["predict", str(small_run), str(other / "images"), "--out", str(other / "images" / "img1.jpg")],
                  ["export", str(small_run), "--format", "state_dict", "--out", str(tmp_path)]):
         _one_error_line(run_cli(*argv))
+
+
+# ---- outputs never destroy data ------------------------------------------------------------------
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_outputs_never_go_into_a_data_set_or_over_an_input(small_run, tmp_path):
+    data = make_pair_folder(tmp_path / "data", n=3)
+    before = _snapshot(data)
+    for argv in (["eval", str(small_run), "--data", str(data), "--overlays", str(data / "labels"), "--quiet"],
+                 ["eval", str(small_run), "--data", str(data), "--overlays", str(data / "images" / "sub"), "--quiet"],
+                 ["eval", str(small_run), "--data", str(data), "--out", str(data / "labels" / "e.json"), "--quiet"],
+                 ["predict", str(small_run), str(data / "images"), "--out", str(data / "masks-here" / ".." / "labels")]):
+        errors = _one_error_line(run_cli(*argv))
+        assert "data set folder" in errors[0], (argv, errors)
+    photos = tmp_path / "photos"
+    write_image(photos / "a.jpg", np.zeros((30, 40, 3), np.uint8))
+    write_image(photos / "a_mask.png", np.full((30, 40), 255, np.uint8))  # somebody's mask, not ours
+    kept = _snapshot(photos)
+    errors = _one_error_line(run_cli("predict", str(small_run), str(photos), "--out", str(photos)))
+    assert "would overwrite the input" in errors[0] and "a_mask.png" in errors[0]
+    assert _snapshot(photos) == kept and _snapshot(data) == before
+
+
+def test_compare_runs_reads_the_runs_and_writes_under_out(small_run, tmp_path):
+    run = _copy_run(small_run, tmp_path / "a")
+    before = _snapshot(run)
+    proc = run_cli("compare", "--runs", str(run), "--out", str(tmp_path / "cmp"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _snapshot(run) == before
+    assert (tmp_path / "cmp" / "compare.json").exists() and (tmp_path / "cmp" / "runs" / "a" / "overlays").is_dir()
+
+
+# ---- the run lock and tampered run folders -------------------------------------------------------
+
+def test_a_lock_that_is_a_symlink_or_a_folder_is_refused(small_run, tmp_path):
+    run = _copy_run(small_run, tmp_path / "lock")
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    (run / ".lock").unlink(missing_ok=True)
+    (run / ".lock").symlink_to(victim)
+    errors = _one_error_line(run_cli("train", "--resume", str(run)))
+    assert "lock file is a symbolic link" in errors[0]
+    assert victim.read_text() == "keep me"
+    (run / ".lock").unlink()
+    (run / ".lock").mkdir()
+    assert "lock file is a folder" in _one_error_line(run_cli("train", "--resume", str(run)))[0]
+
+
+def _tamper_cases(run: Path, tmp: Path):
+    import torch
+
+    fifo = tmp / "fifo"
+    os.mkfifo(fifo)
+    ck = run / "checkpoints"
+    return [
+        ("empty Lightning checkpoint", lambda: torch.save({"state_dict": {}, "epoch": 0}, ck / "last.ckpt"),
+         ["train", "--resume", str(run), "trainer.max_epochs=9"], "not a Lightning checkpoint"),
+        ("state_dict is a list", lambda: [torch.save({"state_dict": [1], "epoch": 0}, ck / n)
+                                           for n in ("last.ckpt", "best.ckpt")],
+         ["eval", str(run), "--split", "val", "--quiet"], "not a Lightning checkpoint"),
+        ("metrics epoch is a list", lambda: (run / "metrics.jsonl").write_text('{"epoch": [1]}\n{"epoch": 0}\n'),
+         ["train", "--resume", str(run), "trainer.max_epochs=9"], "metrics.jsonl: line 1"),
+        ("metrics epoch is a string", lambda: (run / "metrics.jsonl").write_text('{"epoch": "7"}\n{"epoch": 0}\n'),
+         ["train", "--resume", str(run), "trainer.max_epochs=9"], "metrics.jsonl: line 1"),
+        ("metrics not UTF-8", lambda: (run / "metrics.jsonl").write_bytes(b'{"epoch": 0}\n\xff\xfe\n{"epoch": 1}\n'),
+         ["train", "--resume", str(run), "trainer.max_epochs=9"], "not UTF-8"),
+        ("split.json is a list", lambda: (run / "split.json").write_text("[1, 2]"),
+         ["eval", str(run), "--split", "val", "--quiet"], "split.json"),
+        ("split.json wrong types", lambda: (run / "split.json").write_text('{"train": 1, "val": [[1]], "test": []}'),
+         ["train", "--resume", str(run), "trainer.max_epochs=9"], "split.json"),
+        ("split.json not UTF-8", lambda: (run / "split.json").write_bytes(b"\xff\xfe{}"),
+         ["eval", str(run), "--split", "val", "--quiet"], "split.json"),
+        ("split.json is a folder", lambda: ((run / "split.json").unlink(), (run / "split.json").mkdir()),
+         ["eval", str(run), "--split", "val", "--quiet"], "split.json"),
+        ("split.json is a FIFO", lambda: ((run / "split.json").unlink(), os.mkfifo(run / "split.json")),
+         ["eval", str(run), "--split", "val", "--quiet"], "split.json"),
+        ("split names a missing file", lambda: (run / "split.json").write_text(
+            json.dumps({**json.loads((run / "split.json").read_text()),
+                        "val": json.loads((run / "split.json").read_text())["val"] + ["gone.jpg"]})),
+         ["eval", str(run), "--split", "val", "--quiet"], "gone.jpg"),
+        ("init_from is a FIFO", lambda: None,
+         ["train", CONFIG, f"data.root={json.loads((run / 'split.json').read_text()).get('data_root', '')}",
+          f"run.dir={tmp / 'new-runs'}", f"model.init_from={fifo}"], "not a weights file"),
+        ("init_from=/dev/zero", lambda: None,
+         ["train", CONFIG, f"data.root={json.loads((run / 'split.json').read_text()).get('data_root', '')}",
+          f"run.dir={tmp / 'new-runs'}", "model.init_from=/dev/zero"], "not a weights file"),
+    ]
+
+
+def test_tampered_run_files_give_one_line_and_change_nothing(small_run, tmp_path):
+    names = [c[0] for c in _tamper_cases(_copy_run(small_run, tmp_path / "probe"), tmp_path / "probe")]
+    for i, name in enumerate(names):
+        work = tmp_path / f"case{i}"
+        work.mkdir()
+        run = _copy_run(small_run, work / "run")
+        _, tamper, argv, expected = _tamper_cases(run, work)[i]
+        tamper()
+        config = (run / "config.yaml").read_text()
+        proc = run_cli(*argv, timeout=120)
+        errors = _one_error_line(proc)
+        assert expected in errors[0], (name, errors)
+        assert (run / "config.yaml").read_text() == config, name  # nothing rewritten
+        assert not (work / "new-runs").exists(), name
