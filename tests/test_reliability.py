@@ -61,6 +61,7 @@ def _cases(tmp: Path, data: Path) -> list[tuple[str, list[str]]]:
         f"{n}: &{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
     (tmp / "bomb.yaml").write_text(bombs + "data: *i\n")
     (tmp / "dup.yaml").write_text(f"data:\n  root: {data}\ntrainer:\n  max_epochs: 1\ntrainer:\n  max_epochs: 2\n")
+    (tmp / "wide.csv").write_text("file,g\nimg0.jpg," + "x" * 200_000 + "\n")
     (tmp / "deep.yaml").write_text("data: " + "[" * 500 + "]" * 500 + "\n")
     (tmp / "nul.yaml").write_text('run: {name: "a\\0b"}\n')
     alias_override = "data.root=" + "[&a [x,x,x,x,x,x,x,x,x], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a], " \
@@ -114,6 +115,14 @@ def _cases(tmp: Path, data: Path) -> list[tuple[str, list[str]]]:
         ("run.name over 255 bytes", ["train", CONFIG, f"data.root={data}", "run.name=" + "n" * 300]),
         ("run.dir is a file", ["train", CONFIG, f"data.root={data}", f"run.dir={tmp / 'afile'}"]),
         ("run.dir under a file", ["train", CONFIG, f"data.root={data}", f"run.dir={tmp / 'afile' / 'runs'}"]),
+        ("balance CSV not UTF-8", ["data", "balance", str(data), "--by", "csv", "--csv", str(tmp / "binary.yaml"),
+                                   "--column", "g"]),
+        ("balance CSV is a folder", ["data", "balance", str(data), "--by", "csv", "--csv", str(tmp / "cfgdir"),
+                                     "--column", "g"]),
+        ("balance CSV with a 200 KB field", ["data", "balance", str(data), "--by", "csv", "--csv",
+                                             str(tmp / "wide.csv"), "--column", "g"]),
+        ("balance --epoch-size 1e10", ["data", "balance", str(data), "--epoch-size", "10000000000"]),
+        ("serve --max-pixels 200000000", ["serve", str(tmp / "afile"), "--max-pixels", "200000000"]),
         ("synth --size 32x32", ["data", "synth", str(tmp / "s32"), "--n", "2", "--size", "32x32"]),
         ("synth --size 40000x40000", ["data", "synth", str(tmp / "s40k"), "--n", "2", "--size", "40000x40000"]),
     ]

@@ -50,7 +50,8 @@ class BalanceConfig(_Section):
     column: str | None = Field(None, description="csv: the column that names the group")
     key_column: str = Field("file", description="csv: the column with the file name")
     weights: Literal["equal", "inverse", "sqrt_inverse"] | dict[str, float] = "equal"
-    epoch_size: int | None = Field(None, ge=1, description="samples per epoch (default: training set size)")
+    epoch_size: int | None = Field(None, ge=1, le=10_000_000, description="samples per epoch (default: training "
+                                                                         "set size)")
 
 
 MAX_IMAGE_SIDE = 4096  # a side beyond this is a typo, not a training size (and would exhaust memory)

@@ -50,6 +50,8 @@ def cmd_data_balance(args) -> int:
     from nailseg.core.data.balance import balance_report, parse_weights, plot_balance
 
     out = output_file(args.out) if args.out else None
+    if args.epoch_size is not None and not 1 <= args.epoch_size <= 10_000_000:
+        raise NailsegError(f"--epoch-size {args.epoch_size}: must be from 1 to 10,000,000")
     flags = {"by": args.by, "bins": args.bins, "binning": args.binning, "csv": args.csv, "column": args.column,
              "weights": parse_weights(args.weights), "epoch_size": args.epoch_size}
     report = balance_report(args.source, {k: v for k, v in flags.items() if v is not None}, seed=args.seed,
@@ -88,9 +90,13 @@ def cmd_data_coco(args) -> int:
         targets = {name: [by_key[k] for k in keys] for name, keys in split.items()}
     else:
         targets = {None: pairs}
+    done = []  # every file converted first, then all written: a kill never mixes a new _train with an old _val
     for name, chosen in targets.items():
         coco, report = to_coco(chosen, ids, min_area=args.min_area, fmt=args.format, progress=not args.quiet)
-        path = out.with_name(f"{out.stem}_{name}{out.suffix}") if name else out
+        done.append((out.with_name(f"{out.stem}_{name}{out.suffix}") if name else out, coco, report))
+    for path, coco, _ in done:
+        output_file(str(path))
+    for path, coco, report in done:
         write_coco(path, coco)
         print(f"{path}: {report.images} images, {report.instances} instances, "
               f"{report.dropped_small} regions below {args.min_area} px dropped, {report.with_holes} with holes")
@@ -140,7 +146,7 @@ def add_parser(sub) -> None:
     bal.add_argument("--csv", help="csv: file with one row per image")
     bal.add_argument("--column", help="csv: column that names the group")
     bal.add_argument("--weights", help="equal | inverse | sqrt_inverse | GROUP=W,GROUP=W (default: equal)")
-    bal.add_argument("--epoch-size", type=int, help="samples per epoch (default: number of images)")
+    bal.add_argument("--epoch-size", type=int, help="samples per epoch, 1 to 10,000,000 (default: number of images)")
     bal.add_argument("--seed", type=int, default=42, help="seed of the simulated draw (default: 42)")
     bal.add_argument("--out", help="bar chart PNG to write (default: none)")
     bal.add_argument("--json", action="store_true", help="print the table as JSON")

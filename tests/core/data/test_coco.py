@@ -7,7 +7,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from nailseg.cli import main
-from nailseg.core.data.coco import image_ids, mask_instances, region_annotation, to_coco
+from nailseg.core.data.coco import encode_rle, image_ids, mask_instances, region_annotation, to_coco
 from nailseg.core.data.discover import find_pairs
 from tests.conftest import write_image
 
@@ -33,9 +33,30 @@ def test_regions_holes_and_specks():
     ann, holes = region_annotation(holed, ann_id=1, image_id=1, fmt="polygon")
     assert holes and isinstance(ann["segmentation"], dict)  # a hole forces RLE
     decoded = mask_utils.decode(ann["segmentation"]).astype(bool)
-    assert np.array_equal(decoded, holed)
+    assert np.array_equal(decoded, holed.full())
     assert not decoded[28, 39]  # the hole is still a hole, not an extra nail
     assert ann["bbox"] == [30.0, 22.0, 20.0, 14.0] and ann["area"] == float(holed.sum())
+    for region in regions:  # the RLE made from a crop is pycocotools' own for the full mask
+        ann, _ = region_annotation(region, ann_id=1, image_id=1)
+        assert ann["segmentation"] == encode_rle(region.full())
+
+
+def test_a_mask_of_many_specks_needs_little_memory():
+    """450 x 450 of 2 x 2 specks (about 12,600 regions): crops, not one full-size mask per region."""
+    import resource
+    import time
+
+    m = np.zeros((450, 450), np.uint8)
+    m[::4, ::4] = m[1::4, ::4] = m[::4, 1::4] = m[1::4, 1::4] = 1
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.monotonic()
+    regions, _ = mask_instances(m)
+    anns = [region_annotation(r, ann_id=i, image_id=1)[0] for i, r in enumerate(regions[:3000])]
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert len(regions) == 113 * 113
+    assert grown_mb < 300, grown_mb
+    assert all(a["area"] == 4.0 for a in anns)
+    assert time.monotonic() - started < 60
 
 
 def test_empty_mask_has_no_instances():

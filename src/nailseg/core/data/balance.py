@@ -90,19 +90,32 @@ def folder_groups(keys: list[str]) -> tuple[list[str], list[str]]:
     return groups, sorted(set(groups))
 
 
+MAX_CSV_BYTES = 64 * 2**20
+
+
 def csv_groups(keys: list[str], csv_path: str, column: str, key_column: str) -> tuple[list[str], list[str]]:
     """Groups from a CSV keyed by file name (relative path, file name, or name without suffix)."""
     path = Path(csv_path)
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"data.balance.csv: {path}: not a regular file")
+    if path.is_file() and path.stat().st_size > MAX_CSV_BYTES:
+        raise ConfigError(f"data.balance.csv: {path}: larger than {MAX_CSV_BYTES // 2**20} MiB; one row per image "
+                          "is far less")
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
             fields = reader.fieldnames or []
             for needed, what in ((key_column, "data.balance.key_column"), (column, "data.balance.column")):
                 if needed not in fields:
-                    raise ConfigError(f"{path}: no column '{needed}' ({what}); columns: {', '.join(fields)}")
-            table = {row[key_column].strip(): row[column].strip() for row in reader}
+                    raise ConfigError(f"{path}: no column '{needed}' ({what}); columns: "
+                                      f"{', '.join(f[:40] for f in fields[:20])}")
+            table = {(row.get(key_column) or "").strip(): (row.get(column) or "").strip() for row in reader}
     except FileNotFoundError:
         raise ConfigError(f"data.balance.csv: {path}: file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"data.balance.csv: {path}: not UTF-8 text") from None
+    except csv.Error as err:  # e.g. a field above the csv module's limit (131,072 characters)
+        raise ConfigError(f"data.balance.csv: {path}: not a readable CSV ({str(err)[:100]})") from None
     groups, missing = [], []
     for key in keys:
         p = Path(key)

@@ -32,44 +32,105 @@ class ConversionReport:
     per_image: dict[str, int] = field(default_factory=dict)
 
 
-def mask_instances(mask: np.ndarray, min_area: int = 0) -> tuple[list[np.ndarray], int]:
-    """Split a binary mask into one boolean mask per 4-connected region; returns (regions, dropped).
+@dataclass(frozen=True)
+class Region:
+    """One connected region, kept as a crop of its bounding box (not a full-size mask), so a mask
+    of many specks needs memory for its labels and the crops only, never regions x image size."""
+
+    crop: np.ndarray      # bool (h, w): the region inside its bounding box
+    x0: int
+    y0: int
+    height: int           # the full image's size
+    width: int
+
+    def sum(self) -> int:
+        return int(self.crop.sum())
+
+    def full(self) -> np.ndarray:
+        """The region as a full-size boolean mask (for checks and small images only)."""
+        out = np.zeros((self.height, self.width), bool)
+        out[self.y0:self.y0 + self.crop.shape[0], self.x0:self.x0 + self.crop.shape[1]] = self.crop
+        return out
+
+
+def mask_instances(mask: np.ndarray, min_area: int = 0) -> tuple[list[Region], int]:
+    """Split a binary mask into its 4-connected regions (as crops); returns (regions, dropped).
 
     4-connectivity: two nails whose masks meet only at a corner stay two nails.
     """
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
     regions, dropped = [], 0
+    h, w = mask.shape[:2]
     for label in range(1, count):
-        if stats[label, cv2.CC_STAT_AREA] < min_area:
+        x, y, bw, bh, area = (int(v) for v in stats[label])
+        if area < min_area:
             dropped += 1
             continue
-        regions.append(labels == label)
+        regions.append(Region(labels[y:y + bh, x:x + bw] == label, x, y, h, w))
     return regions, dropped
 
 
-def encode_rle(region: np.ndarray) -> dict:
+def as_region(region: Region | np.ndarray) -> Region:
+    if isinstance(region, Region):
+        return region
+    ys, xs = np.nonzero(region)
+    if not len(ys):
+        return Region(np.zeros((0, 0), bool), 0, 0, *region.shape[:2])
+    y0, x0 = int(ys.min()), int(xs.min())
+    return Region(np.asarray(region, bool)[y0:ys.max() + 1, x0:xs.max() + 1], x0, y0, *region.shape[:2])
+
+
+def encode_rle(region: Region | np.ndarray) -> dict:
+    """The exact COCO RLE of a region in its full image, computed from the crop: the runs of the
+    column-major pixel order, then pycocotools' own compression."""
     from pycocotools import mask as mask_utils
 
-    rle = mask_utils.encode(np.asfortranarray(region.astype(np.uint8)))
+    if not isinstance(region, Region):  # a full-size mask (small: predictions, tests)
+        rle = mask_utils.encode(np.asfortranarray(np.asarray(region).astype(np.uint8)))
+        rle["counts"] = rle["counts"].decode("ascii")
+        return rle
+    cols, rows = np.nonzero(region.crop.T)  # column-major order: by x, then y
+    index = (cols.astype(np.int64) + region.x0) * region.height + rows + region.y0
+    total = region.height * region.width
+    counts: list[int] = []
+    if len(index):
+        breaks = np.flatnonzero(np.diff(index) != 1) + 1
+        starts = np.concatenate([[index[0]], index[breaks]])
+        ends = np.concatenate([index[breaks - 1], [index[-1]]]) + 1
+        position = 0
+        for start, end in zip(starts.tolist(), ends.tolist()):
+            counts += [start - position, end - start]
+            position = end
+        counts.append(total - position)
+    else:
+        counts = [total]
+    rle = mask_utils.frPyObjects({"size": [region.height, region.width], "counts": counts},
+                                 region.height, region.width)
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
 
 
-def _has_hole(region: np.ndarray) -> bool:
-    _, hierarchy = cv2.findContours(region.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+def _padded(region: Region) -> np.ndarray:
+    return np.pad(region.crop.astype(np.uint8), 1)
+
+
+def _has_hole(region: Region) -> bool:
+    _, hierarchy = cv2.findContours(_padded(region), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
     return hierarchy is not None and bool((hierarchy[0][:, 3] >= 0).any())
 
 
-def _polygons(region: np.ndarray) -> list[list[float]]:
-    contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+def _polygons(region: Region) -> list[list[float]]:
+    contours, _ = cv2.findContours(_padded(region), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    offset = np.array([region.x0 - 1, region.y0 - 1], float)  # the crop's origin, less the padding
     # pixel-corner outline of the region (+0.5 keeps the polygon around the pixel centres)
-    return [(c.reshape(-1, 2).astype(float) + 0.5).ravel().tolist() for c in contours if len(c) >= 3]
+    return [(c.reshape(-1, 2).astype(float) + offset + 0.5).ravel().tolist() for c in contours if len(c) >= 3]
 
 
-def region_annotation(region: np.ndarray, *, ann_id: int, image_id: int, fmt: str = "rle") -> tuple[dict, bool]:
-    ys, xs = np.nonzero(region)
-    x0, y0 = int(xs.min()), int(ys.min())
-    bbox = [float(x0), float(y0), float(xs.max() - x0 + 1), float(ys.max() - y0 + 1)]
+def region_annotation(region: Region | np.ndarray, *, ann_id: int, image_id: int, fmt: str = "rle") -> tuple[dict, bool]:
+    region = as_region(region)
+    ys, xs = np.nonzero(region.crop)
+    x0, y0 = int(xs.min()) + region.x0, int(ys.min()) + region.y0
+    bbox = [float(x0), float(y0), float(xs.max() + region.x0 - x0 + 1), float(ys.max() + region.y0 - y0 + 1)]
     holes = _has_hole(region)
     polys = _polygons(region) if fmt == "polygon" and not holes else []
     segmentation = polys if polys else encode_rle(region)

@@ -248,9 +248,35 @@ def synthesize(out: str | os.PathLike[str], cfg: SynthConfig, *, progress: bool 
     if cfg.n < 1:
         raise DataError(f"--n {cfg.n}: need at least one image")
     out = Path(out)
+    for part in ("images", "labels", "masks"):
+        if (out / part).exists() and (not (out / part).is_dir() or any((out / part).iterdir())):
+            raise DataError(f"{out}: already holds {part}/; choose an empty or new folder")
+    # Drawn into a hidden temporary folder beside ``out`` and renamed into place at the end, so a
+    # killed run never leaves a half-drawn set that ``data check`` would accept as complete.
+    import shutil
+    import tempfile
+
+    from nailseg.core.io import clean_stale_temps
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(out.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
+    try:
+        _draw_into(tmp, cfg, progress)
+        if not out.exists():
+            os.replace(tmp, out)
+        else:
+            for part in ("labels", "images"):  # images/ last: without it the folder is no data set
+                if (out / part).exists():
+                    (out / part).rmdir()
+                os.replace(tmp / part, out / part)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _draw_into(out: Path, cfg: SynthConfig, progress: bool) -> None:
     images, labels = out / "images", out / "labels"
-    if images.exists() and any(images.iterdir()):
-        raise DataError(f"{out}: already holds images/; choose an empty or new folder")
     images.mkdir(parents=True, exist_ok=True)
     labels.mkdir(parents=True, exist_ok=True)
     indices = range(cfg.n)
@@ -267,7 +293,6 @@ def synthesize(out: str | os.PathLike[str], cfg: SynthConfig, *, progress: bool 
         _write_atomic(images / f"{name}.jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
                       [cv2.IMWRITE_JPEG_QUALITY, quality])
         _write_atomic(labels / f"{name}.png", mask.astype(np.uint8) * 255, [])
-    return out
 
 
 def _write_atomic(path: Path, array: np.ndarray, params: list[int]) -> None:
