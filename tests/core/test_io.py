@@ -1,3 +1,6 @@
+import json
+import os
+
 import pytest
 
 from nailseg.core.io import append_jsonl, atomic_path, read_jsonl, write_json
@@ -63,3 +66,36 @@ def test_stale_temp_files_of_dead_writers_are_cleaned(tmp_path):
     other.write_text("keep")
     write_json(tmp_path / "summary.json", {"ok": True})
     assert not stale.exists() and other.exists()
+
+
+def test_a_dead_writers_checkpoint_temp_is_cleaned(tmp_path):
+    """The checkpoint writer uses the same temp naming, so a 172 MB torn ``last.ckpt`` temp of a
+    killed run goes at the next write to the folder."""
+    from nailseg.core.io import write_text
+
+    dead = tmp_path / ".last.ckpt.999999999.k3j2.tmp"
+    dead.write_bytes(b"\0" * 1024)
+    write_text(tmp_path / "x.txt", "hello")
+    assert not dead.exists() and (tmp_path / "x.txt").read_text() == "hello"
+
+
+def test_a_full_disk_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
+    import errno
+
+    from nailseg.core.io import write_json
+    from nailseg.errors import NailsegError
+
+    target = tmp_path / "eval.json"
+    write_json(target, {"iou": 0.5})
+    real_replace = os.replace
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(NailsegError) as err:
+        write_json(target, {"iou": 0.9})
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert "no space left" in err.value.lines[0] and str(target) in err.value.lines[0]
+    assert json.loads(target.read_text()) == {"iou": 0.5}
+    assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]

@@ -62,6 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as err:
+        import errno
+
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"error: could not write{where}: {err.strerror.lower() if err.strerror else err}; "
+              "the files written before were kept", file=sys.stderr)
+        return 2
     except MemoryError:
         print("error: out of memory (lower data.image_size or trainer.batch_size)", file=sys.stderr)
         return 2
