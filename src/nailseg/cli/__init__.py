@@ -25,11 +25,13 @@ examples:
   nailseg compare configs/demo-cpu.yaml configs/keras-cpu.yaml --folds 5 --out compare/
   nailseg bench loaders --data data/synth --size 384 --batch 64
   nailseg weights list
+  nailseg config show configs/demo-cpu.yaml trainer.max_epochs=3
+  nailseg doctor
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nailseg.cli import bench, compare, data, serve, train, weights
+    from nailseg.cli import bench, compare, config, data, doctor, serve, train, weights
 
     parser = argparse.ArgumentParser(
         prog="nailseg",
@@ -46,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_parser(sub)
     serve.add_parser(sub)
     weights.add_parser(sub)
+    config.add_parser(sub)
+    doctor.add_parser(sub)
     return parser
 
 
@@ -59,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         for line in err.lines:
             print(f"error: {line}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:  # `nailseg config keys | head`: the reader left, nothing is wrong
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

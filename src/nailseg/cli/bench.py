@@ -100,6 +100,10 @@ def cmd_bench_serve(args) -> int:
     from nailseg.deploy.bench_serve import bench_serve
     from nailseg.errors import NailsegError
 
+    from nailseg.core.optional import require
+
+    for module in ("httpx", "fastapi", "uvicorn"):  # the load generator and the server it measures
+        require(module, "serve", "nailseg bench serve")
     out = output_folder(args.out)
     model = model_file(args.target)
     pairs, _ = find_pairs(args.data)

