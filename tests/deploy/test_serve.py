@@ -236,7 +236,7 @@ def test_healthz_answers_while_a_huge_image_is_post_processed(server):
 
 def test_sixteen_bit_grey_uploads_decode_like_predict(server):
     """One decode path: a 16-bit grey PNG is scaled to 8 bits in serve, as in predict."""
-    from nailseg.core.data.decode import read_image, read_image_bytes
+    from nailseg.core.data.decode import read_image_bytes
 
     ramp = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
     buf = io.BytesIO()

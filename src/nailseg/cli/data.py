@@ -94,7 +94,7 @@ def cmd_data_coco(args) -> int:
     for name, chosen in targets.items():
         coco, report = to_coco(chosen, ids, min_area=args.min_area, fmt=args.format, progress=not args.quiet)
         done.append((out.with_name(f"{out.stem}_{name}{out.suffix}") if name else out, coco, report))
-    for path, coco, _ in done:
+    for path, _coco, _ in done:
         output_file(str(path))
     for path, coco, report in done:
         write_coco(path, coco)

@@ -73,18 +73,6 @@ class RunDir:
     def lock_file(self) -> Path:
         return self.path / ".lock"
 
-    def checkpoint_candidates(self) -> list[Path]:
-        """Inference checkpoints, best first, that exist (any stack's naming)."""
-        names = ("best.ckpt", "last.ckpt", "best.weights.h5", "last.weights.h5", "best.pth", "last.pth")
-        return [self.checkpoints / n for n in names if (self.checkpoints / n).exists()]
-
-    def inference_checkpoint(self) -> Path:
-        """The best checkpoint when there is one, else the last."""
-        found = self.checkpoint_candidates()
-        if not found:
-            raise ConfigError(f"{self.path}: no checkpoint in {self.checkpoints} (did training finish an epoch?)")
-        return found[0]
-
 
 class RunLock:
     """An exclusive ``flock`` on the run folder, held by rank 0 for the whole training.

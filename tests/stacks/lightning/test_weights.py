@@ -1,7 +1,6 @@
 """Offline ImageNet encoder weights: the packaged files, their conversion, refusals and the
 normalisation every pipeline then uses."""
 
-import importlib
 
 import pytest
 import torch

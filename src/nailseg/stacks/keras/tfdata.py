@@ -1,6 +1,6 @@
 """tf.data input pipeline for the Keras backend: decode with ``tf.io``, augment, batch, prefetch.
 
-Two augmentation engines translate the same spec (``augment.engine``):
+Two augmentation libraries translate the same spec (``data.pipeline``: albumentations or tf):
 
 - ``albumentations``: the CPU translation every torch pipeline uses, run inside
   ``tf.numpy_function``; each element carries its own seed (drawn from a seeded

@@ -234,7 +234,8 @@ def export_verified_onnx(stack: LightningStack, model, run: RunDir, exp: Experim
     metadata = {"nailseg.image_size": list(exp.data.size_hw),
                 "nailseg.threshold": str(load_run_options(run.path).threshold),
                 "nailseg.version": __version__, "nailseg.config_sha256": config_hash,
-                "nailseg.model": exp.model.describe(), "nailseg.normalization": exp.normalization.as_dict(), "nailseg.run": str(run.path.resolve()),
+                "nailseg.model": exp.model.describe(), "nailseg.normalization": exp.normalization.as_dict(),
+                "nailseg.run": str(run.path.resolve()),
                 "nailseg.input": "uint8 RGB (N, H, W, 3), any H and W",
                 "nailseg.output": "foreground probability float32 (N, H, W)"}
     images, source = verification_images(run, exp)

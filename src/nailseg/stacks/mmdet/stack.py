@@ -2,7 +2,7 @@
 
 Same data folder, check and split as the semantic backends. The split's masks become COCO
 instance files (``nailseg.core.data.coco``) in the run folder; the mmdet config is generated from
-the typed config (``models/mmdet_config.py``). Besides COCO bbox/segm mAP, the union of the
+the typed config (``stacks/mmdet/config.py``). Besides COCO bbox/segm mAP, the union of the
 predicted instances is scored against the mask with the shared metrics, so instance and
 semantic models can be compared.
 """

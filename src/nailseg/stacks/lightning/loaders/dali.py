@@ -27,7 +27,7 @@ from nailseg.core.data.discover import Pair
 def _dali():
     from nailseg.core.optional import require
 
-    require("nvidia.dali", "dali", "The DALI loader (loader: dali)")
+    require("nvidia.dali", "dali", "The DALI pipeline (data.pipeline: dali)")
     import nvidia.dali.fn as fn
     import nvidia.dali.math as dmath
     import nvidia.dali.types as types

@@ -1,7 +1,7 @@
 """The default torch pipeline: decode (or read the decode cache) + albumentations in DataLoader workers.
 
 With ``data.pipeline: kornia`` the workers only decode and resize and hand over ``uint8``
-images; the augmentation and normalisation then run on the device (``kornia_gpu``).
+images; the augmentation and normalisation then run on the device (``data.pipeline: kornia``, ``loaders/kornia.py``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The augmentation spec as a kornia ``AugmentationSequential``, run where the batch is.
 
-With ``augment.device: gpu`` the DataLoader workers only decode and resize (and send
+With ``data.pipeline: kornia`` the DataLoader workers only decode and resize (and send
 ``uint8`` tensors, a quarter of the bytes of float32); the LightningModule runs this module
 in ``on_after_batch_transfer`` on the device, training batches only. Image and mask go
 through one sequential, so every geometric draw is shared; masks are resampled with nearest
@@ -48,7 +48,7 @@ class GpuAugment(nn.Module):
         super().__init__()
         from nailseg.core.optional import require
 
-        require("kornia", "gpuaug", "GPU augmentation (augment.device: gpu)")
+        require("kornia", "gpuaug", "GPU augmentation (data.pipeline: kornia)")
         import kornia.augmentation as K
 
         self.sequential = K.AugmentationSequential(*[_kornia_op(K, op, size) for op in ops],
