@@ -119,3 +119,23 @@ def test_the_onnx_graph_normalises_like_the_encoder():
     wrapper = ExportWrapper(torch.nn.Identity(), INCEPTION)
     assert torch.allclose(wrapper.mean.flatten(), torch.full((3,), 127.5))
     assert torch.allclose(wrapper.std.flatten(), torch.full((3,), 127.5))
+
+
+@pytest.mark.slow
+def test_the_pretrained_recipe_trains_offline_and_records_its_weights(synth_data, tmp_path):
+    """`nailseg train configs/nails-pretrained-cpu.yaml` with downloads off: ImageNet weights from the
+    package, their SHA-256 and the encoder's normalisation in summary.json."""
+    import json
+
+    from tests.conftest import REPO, run_cli
+
+    provider = _installed(LITE[0])
+    proc = run_cli("train", str(REPO / "configs" / "nails-pretrained-cpu.yaml"), f"data.root={synth_data}",
+                   f"run.dir={tmp_path}", "run.name=pre", "data.image_size=64", "trainer.batch_size=4",
+                   "data.num_workers=0", "trainer.max_epochs=1", "logging.predictions=0",
+                   "logging.tensorboard=false", env={"HF_HUB_OFFLINE": "1", "NAILSEG_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "pre" / "summary.json").read_text())
+    assert summary["encoder_weights"]["sha256"] == provider.sha256
+    assert summary["encoder_weights"]["provider"] == provider.package
+    assert summary["normalization"]["mean"] == [0.5, 0.5, 0.5]
