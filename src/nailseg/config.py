@@ -455,11 +455,20 @@ def _too_deep(text: str) -> bool:
     return deepest > MAX_YAML_DEPTH or indent > 2 * MAX_YAML_DEPTH * 4
 
 
+def _load_unique(text: str) -> Any:
+    """What ``yaml.safe_load`` does, with :class:`_UniqueKeyLoader` (a SafeLoader: no Python objects)."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def safe_yaml(text: str, source: str) -> Any:
     if _too_deep(text):
         raise ConfigError(f"{source}: nested more than {MAX_YAML_DEPTH} levels deep (a config nests a few)")
     try:
-        loaded = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        loaded = _load_unique(text)
     except RecursionError:
         raise ConfigError(f"{source}: nested too deep to read (a config nests a few levels)") from None
     except yaml.YAMLError as err:

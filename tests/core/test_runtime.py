@@ -34,3 +34,23 @@ def test_cpu_bf16_probe_can_be_turned_off(monkeypatch):
         assert hardware.torch_precision("auto", "cpu").name == "32-true"
     finally:
         hardware.cpu_has_fast_bf16.cache_clear()
+
+
+@pytest.mark.parametrize("flags, amx, expected", [
+    ({"avx512_bf16", "avx512f"}, False, True),   # AMD Zen 4/5, Cooper Lake: native bf16 dot products
+    ({"amx_bf16", "amx_tile"}, True, True),      # Sapphire Rapids and later
+    ({"avx512f", "avx2"}, False, False),         # bf16 would be emulated: slower than fp32
+    (set(), False, False),
+])
+def test_cpu_bf16_probe_reads_amx_or_avx512_bf16(monkeypatch, flags, amx, expected):
+    hardware = pytest.importorskip("nailseg.stacks.lightning.hardware")
+    import torch
+
+    monkeypatch.delenv("NAILSEG_CPU_BF16", raising=False)
+    monkeypatch.setattr(hardware, "_cpu_flags", lambda: flags)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    hardware.cpu_has_fast_bf16.cache_clear()
+    try:
+        assert hardware.cpu_has_fast_bf16() is expected
+    finally:
+        hardware.cpu_has_fast_bf16.cache_clear()
