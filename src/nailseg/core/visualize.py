@@ -63,7 +63,7 @@ def instance_overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -
 
 def save_png(path, rgb_or_gray: np.ndarray) -> None:
     """Write a PNG atomically (RGB arrays are converted to OpenCV's BGR)."""
-    from nailseg.core.io import atomic_path
+    from nailseg.core.io import atomic_path, disk_errors_as_one_line
 
     arr = rgb_or_gray
     if arr.ndim == 3:
@@ -71,5 +71,5 @@ def save_png(path, rgb_or_gray: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", arr)
     if not ok:
         raise OSError(f"{path}: could not encode PNG")
-    with atomic_path(path) as tmp:
+    with disk_errors_as_one_line(path), atomic_path(path) as tmp:
         tmp.write_bytes(buf.tobytes())
