@@ -412,3 +412,13 @@ def test_tampered_run_files_give_one_line_and_change_nothing(small_run, tmp_path
         assert expected in errors[0], (name, errors)
         assert (run / "config.yaml").read_text() == config, name  # nothing rewritten
         assert not (work / "new-runs").exists(), name
+
+
+def test_an_inherited_run_dir_never_joins_a_run_it_does_not_own(small_run, synth_data, tmp_path):
+    """NAILSEG_RUN_DIR is how Lightning's DDP workers (rank > 0) join rank 0's run. A rank-0
+    process that inherits it is no worker: it is refused instead of replacing the run's lines."""
+    run = _copy_run(small_run, tmp_path / "owned")
+    metrics = (run / "metrics.jsonl").read_text()
+    proc = run_cli("train", CONFIG, f"data.root={synth_data}", *TINY_TRAIN, env={"NAILSEG_RUN_DIR": str(run)})
+    assert "already exists" in _one_error_line(proc)[0]
+    assert (run / "metrics.jsonl").read_text() == metrics
