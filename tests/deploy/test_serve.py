@@ -31,13 +31,17 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+        import tempfile
+
+        # a file, not a pipe: the access log writes a line per request and a full pipe would block the server
+        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115
         self.proc = subprocess.Popen([sys.executable, "-m", "nailseg.cli", "serve", str(target), "--port",
-                                      str(self.port), *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      str(self.port), *flags], stdout=self.log, stderr=subprocess.STDOUT,
                                      text=True, env=env, cwd=REPO)
         deadline = time.time() + 90
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"server exited: {self.proc.stdout.read()}")
+                raise AssertionError(f"server exited: {self.output()}")
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return
@@ -45,6 +49,11 @@ class Server:
                 time.sleep(0.2)
         self.stop()
         raise AssertionError("server did not come up in 90 s")
+
+    def output(self) -> str:
+        self.log.flush()
+        with open(self.log.name, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
 
     def stop(self):
         self.proc.terminate()
@@ -78,6 +87,11 @@ def test_health_model_and_page(server):
     assert info["image_size"] == [64, 64] and info["limits"]["max_pixels"] == 4000000
     page = httpx.get(f"{server.url}/")
     assert page.status_code == 200 and 'type="file"' in page.text
+    # offline-safe: no Swagger page that would load from a CDN; the schema itself is there
+    assert httpx.get(f"{server.url}/docs").status_code == 404
+    assert httpx.get(f"{server.url}/openapi.json").json()["info"]["title"] == "nailseg"
+    time.sleep(0.5)
+    assert "GET /healthz" in server.output()  # the access log (--log-level info, the default)
 
 
 def test_segment_formats(server):

@@ -39,7 +39,8 @@ def cmd_serve(args) -> int:
         raise NailsegError(f"--max-pixels {args.max_pixels}: at most {MAX_PIXELS:,} (nailseg's decoding limit)")
     settings = ServeSettings(model=str(model_file(args.target).resolve()), max_bytes=args.max_bytes,
                              max_pixels=args.max_pixels, max_concurrent=args.max_concurrent, threads=args.threads,
-                             body_timeout_s=args.body_timeout, max_connections=args.max_connections)
+                             body_timeout_s=args.body_timeout, max_connections=args.max_connections,
+                             log_level=args.log_level)
     serve(settings, host=args.host, port=args.port, workers=args.workers)
     return 0
 
@@ -48,8 +49,9 @@ def add_parser(sub) -> None:
     sv = sub.add_parser(
         "serve", help="serve a model over HTTP (FastAPI + uvicorn on onnxruntime)",
         description="Serve an exported ONNX model. Endpoints: GET /healthz, GET /v1/model, "
-                    "POST /v1/segment?format=png|overlay|json (multipart field 'image'), and GET / (an upload "
-                    "page). Bad uploads get a 4xx JSON error; past --max-concurrent the answer is 503 with "
+                    "POST /v1/segment?format=png|overlay|json (multipart field 'image'), GET / (an upload "
+                    "page) and GET /openapi.json (the schema; /docs is off because Swagger UI loads from a CDN "
+                    "and is blank offline). Bad uploads get a 4xx JSON error; past --max-concurrent the answer is 503 with "
                     "Retry-After. Example: nailseg serve runs/nails-cpu/model.onnx --port 8000")
     sv.add_argument("target", help="MODEL.onnx, or a run folder (its model.onnx, exported first if missing)")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
@@ -65,4 +67,7 @@ def add_parser(sub) -> None:
                     help="an upload must arrive within S seconds, else 408 (default: 30)")
     sv.add_argument("--max-connections", type=positive, default=64,
                     help="open connections per worker; more get 503 from uvicorn (default: 64)")
+    sv.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info",
+                    help="uvicorn's log level; info and debug also print one access-log line per request "
+                         "(default: info)")
     sv.set_defaults(func=cmd_serve)

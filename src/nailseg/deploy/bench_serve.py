@@ -45,7 +45,9 @@ def start_server(model: Path, *flags: str, timeout_s: float = 90):
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "nailseg.cli", "serve", str(model), "--port", str(port), *flags],
+    # warning: no access-log line per request, which would cost time in the measured loop
+    proc = subprocess.Popen([sys.executable, "-m", "nailseg.cli", "serve", str(model), "--port", str(port),
+                             "--log-level", "warning", *flags],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
     deadline = time.time() + timeout_s

@@ -40,6 +40,7 @@ class ServeSettings:
     threads: int | None = None            # onnxruntime intra-op threads (default: its own)
     body_timeout_s: float = 30.0          # an upload must arrive within this (slow clients are cut off)
     max_connections: int = 64             # open connections per worker; more get 503 from uvicorn
+    log_level: str = "info"               # uvicorn's: critical, error, warning, info (access log), debug
 
     def __post_init__(self):
         if not 1 <= self.max_pixels <= MAX_PIXELS:
@@ -83,7 +84,10 @@ def create_app(settings: ServeSettings):
     from nailseg.deploy.onnx_model import OnnxSegmenter
 
     model = OnnxSegmenter(settings.model, threads=settings.threads)
-    app = FastAPI(title="nailseg", description="Nail segmentation on onnxruntime", version=str(model.metadata.get("version")))
+    # No /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a CDN, so they are blank on an
+    # offline machine. The schema itself is served at /openapi.json.
+    app = FastAPI(title="nailseg", description="Nail segmentation on onnxruntime", version=str(model.metadata.get("version")),
+                  docs_url=None, redoc_url=None)
     in_flight = {"n": 0}
 
     def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -233,7 +237,8 @@ def serve(settings: ServeSettings, *, host: str, port: int, workers: int = 1) ->
     print(f"serving {settings.model} on http://{host}:{port}/ ({workers} worker(s)); Ctrl-C stops", flush=True)
     os.environ[ENV] = json.dumps(asdict(settings))
     uvicorn.run("nailseg.deploy.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", timeout_graceful_shutdown=5, limit_concurrency=settings.max_connections,
+                log_level=settings.log_level, access_log=settings.log_level in ("info", "debug", "trace"),
+                timeout_graceful_shutdown=5, limit_concurrency=settings.max_connections,
                 timeout_keep_alive=5)
 
 
