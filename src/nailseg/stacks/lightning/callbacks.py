@@ -63,11 +63,14 @@ class EpochRecorder(Callback):
             self._train_end = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # Every rank reads the metrics here, so their DDP sync happens at the same point on every rank
+        # (a rank that skipped it would sync later, inside LastCheckpoint's barrier: a deadlock).
+        metrics = trainer.callback_metrics
         if not trainer.is_global_zero:
             return
         now = time.perf_counter()
         train_time = (self._train_end or now) - self._t0
-        m = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        m = {k: float(v) for k, v in metrics.items() if v.numel() == 1}
         record = {
             "epoch": trainer.current_epoch,
             "step": trainer.global_step,
