@@ -254,7 +254,7 @@ class PretrainConfig(_Section):
     (``model.init_from``). No download: the synthetic nails are drawn by nailseg itself."""
 
     synth: int = Field(240, ge=8, le=20000, description="number of synthetic pictures to draw")
-    synth_size: str = Field("384x288", description="WIDTHxHEIGHT of each synthetic picture (64 to 2048 a side)")
+    synth_size: str = Field("384x288", description="WIDTHxHEIGHT of each synthetic picture (36 to 2048 a side)")
     seed: int = Field(0, ge=0, le=2**32 - 1)
     image_size: int = Field(192, ge=32, le=MAX_IMAGE_SIDE, description="training side during pretraining")
     max_epochs: int = Field(12, ge=1)

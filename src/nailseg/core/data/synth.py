@@ -39,11 +39,11 @@ class SynthConfig:
     empty_share: float = 0.04  # pictures with no hand at all (true negatives)
 
 
-MIN_SIDE, MAX_SIDE = 64, 2048  # below 64 the hand and nail shapes do not fit; above 2048 is a typo, not a picture
+MIN_SIDE, MAX_SIDE = 36, 2048  # below 36 the finger shapes do not fit (32x32 crashed); above 2048 is a typo
 
 
 def check_size(text: str) -> tuple[int, int]:
-    """``WxH`` -> ``(width, height)``, each side from 64 to 2048; ``ValueError`` otherwise."""
+    """``WxH`` -> ``(width, height)``, each side from 36 to 2048; ``ValueError`` otherwise."""
     try:
         w, h = (int(v) for v in str(text).lower().split("x"))
     except ValueError:
