@@ -41,13 +41,9 @@ def _version(dist: str) -> str | None:
 
 
 def _cpu_bf16() -> bool:
-    flags = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            flags = next((set(line.split(":", 1)[1].split()) for line in fh if line.startswith("flags")), set())
-    except OSError:
-        pass
-    return os.environ.get("NAILSEG_CPU_BF16", "").strip() != "0" and bool(flags & {"amx_bf16", "avx512_bf16"})
+    from nailseg.core.runtime import cpu_has_bf16_flags
+
+    return cpu_has_bf16_flags()
 
 
 def _gpus() -> list[str]:

@@ -56,6 +56,26 @@ def resolve_precision(setting: str, accelerator: str, *, keras: bool = False, cp
     return Precision(name=name, channels_last=channels_last, on_gpu=on_gpu)
 
 
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # Intel AMX tiles; AVX-512 BF16 (e.g. AMD Zen 4/5, Cooper Lake)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_bf16_flags() -> bool:
+    """Native bf16 instructions on this CPU, unless ``NAILSEG_CPU_BF16=0`` turns them off."""
+    return os.environ.get("NAILSEG_CPU_BF16", "").strip() != "0" and bool(cpu_flags() & set(BF16_CPU_FLAGS))
+
+
 def global_rank() -> int:
     """This process's rank from the launcher's environment (0 when not distributed)."""
     for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):

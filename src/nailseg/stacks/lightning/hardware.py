@@ -7,21 +7,7 @@ import os
 
 import torch
 
-from nailseg.core.runtime import Precision, resolve_precision
-
-
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # Intel AMX tiles; AVX-512 BF16 (e.g. AMD Zen 4/5, Cooper Lake)
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+from nailseg.core.runtime import BF16_CPU_FLAGS, Precision, cpu_flags, resolve_precision
 
 
 @functools.lru_cache(maxsize=1)
@@ -40,6 +26,10 @@ def cpu_has_fast_bf16() -> bool:
     except (AttributeError, RuntimeError):  # a torch without the probe: fall back to the CPU flags
         pass
     return bool(_cpu_flags() & set(BF16_CPU_FLAGS))
+
+
+def _cpu_flags() -> set[str]:  # a seam the tests replace
+    return cpu_flags()
 
 
 def torch_precision(setting: str, accelerator: str) -> Precision:
