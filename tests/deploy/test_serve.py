@@ -101,6 +101,11 @@ def test_segment_formats(server):
     assert mask.shape == (120, 160) and set(np.unique(mask)) <= {0, 255}
     over = post(server, jpeg(), fmt="overlay")
     assert over.status_code == 200 and np.asarray(Image.open(io.BytesIO(over.content))).shape == (120, 160, 3)
+    bundle = post(server, jpeg(), fmt="bundle").json()  # what the upload page asks for: one inference
+    import base64
+
+    assert np.asarray(Image.open(io.BytesIO(base64.b64decode(bundle["mask_png"])))).shape == (120, 160)
+    assert np.asarray(Image.open(io.BytesIO(base64.b64decode(bundle["overlay_png"])))).shape == (120, 160, 3)
     summary = post(server, jpeg(), fmt="json").json()
     assert summary["height"] == 120 and summary["width"] == 160 and summary["nail_count"] >= 0
     from pycocotools import mask as mask_utils
@@ -143,7 +148,7 @@ def test_wrong_content_type_missing_field_and_format(server):
     r = post(server, jpeg(), field="photo")
     assert r.status_code == 422 and "'image' file field is missing" in r.json()["error"]
     r = post(server, jpeg(), fmt="gif")
-    assert r.status_code == 400 and "use png, overlay or json" in r.json()["error"]
+    assert r.status_code == 400 and "use png, overlay, json or bundle" in r.json()["error"]
     r = httpx.post(f"{server.url}/v1/segment", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data"})
     assert 400 <= r.status_code < 500
 

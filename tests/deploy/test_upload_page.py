@@ -43,6 +43,14 @@ def test_upload_page_shows_the_overlay_and_nail_count(onnx_run, synth_data, tmp_
         loaded = browser.execute_script("const i = document.getElementById('overlay');"
                                         "return !i.hidden && i.complete && i.naturalWidth;")
         assert loaded == 96  # the overlay has the photo's own size
+        shown = browser.execute_script("const i = document.getElementById('original');"
+                                       "return !document.getElementById('result').hidden && i.complete && i.naturalWidth;")
+        assert shown == 96  # the original beside it
+        posts = browser.execute_script("return performance.getEntriesByType('resource')"
+                                       ".filter((e) => e.name.includes('/v1/segment')).length;")
+        assert posts == 1  # one upload, one request, one inference
+        assert browser.find_element(By.ID, "download").get_attribute("href").startswith("data:image/png;base64,")
+        assert "threshold" in browser.find_element(By.ID, "model").text
         browser.save_screenshot(str(tmp_path / "page.png"))
 
         bad = write_image(tmp_path / "notes.png", np.zeros((4, 4, 3), np.uint8))

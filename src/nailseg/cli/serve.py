@@ -49,7 +49,7 @@ def add_parser(sub) -> None:
     sv = sub.add_parser(
         "serve", help="serve a model over HTTP (FastAPI + uvicorn on onnxruntime)",
         description="Serve an exported ONNX model. Endpoints: GET /healthz, GET /v1/model, "
-                    "POST /v1/segment?format=png|overlay|json (multipart field 'image'), GET / (an upload "
+                    "POST /v1/segment?format=png|overlay|json|bundle (multipart field 'image'), GET / (an upload "
                     "page) and GET /openapi.json (the schema; /docs is off because Swagger UI loads from a CDN "
                     "and is blank offline). Bad uploads get a 4xx JSON error; past --max-concurrent the answer is 503 with "
                     "Retry-After. Example: nailseg serve runs/nails-cpu/model.onnx --port 8000")

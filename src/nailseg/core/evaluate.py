@@ -186,6 +186,10 @@ def semantic_summary(predict: Predictor, val_pairs: list[Pair], run, exp) -> dic
     val = evaluate_pairs(predict, val_pairs, progress=False)
     write_overlays(predict, val_pairs[: exp.logging.predictions], run.predictions)
     records = read_jsonl(run.metrics)
+    from nailseg.core.visualize import plot_run_curves
+
+    model = exp.model.describe()
+    plot_run_curves(records, run.curves, f"{run.path.name}: {model['arch']} {model['encoder']}")
     speeds = [r["images_per_s"] for r in records if r.get("images_per_s")]
     ious = [r["val_iou"] for r in records if r.get("val_iou") is not None]
     return {
@@ -215,13 +219,16 @@ def predict_files(predict: Predictor, inputs: Inputs, out: str | os.PathLike[str
 
 
 def write_overlays(predict: Predictor, pairs: list[Pair], out: str | os.PathLike[str]) -> None:
-    """Validation overlays: the prediction filled, the truth outlined (one PNG per pair)."""
+    """Validation overlays: true positives, false positives and false negatives in the one palette,
+    with a legend and the image's IoU (one PNG per pair)."""
+    from nailseg.core.visualize import error_overlay
+
     out = Path(out)
     for pair in pairs:
-        image = read_image(pair.image)
+        image, truth = read_image(pair.image), read_mask(pair.mask)
         pred = predict(image) > THRESHOLD
         name = Path(pair.key).with_suffix("").as_posix().replace("/", "__")
-        save_png(out / f"{name}.png", overlay(image, pred, truth=read_mask(pair.mask)))
+        save_png(out / f"{name}.png", error_overlay(image, pred, truth, counts_scores(confusion(pred, truth))["iou"]))
 
 
 InstancePredictor = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]

@@ -62,6 +62,10 @@ class RunDir:
         return self.path / "summary.json"
 
     @property
+    def curves(self) -> Path:
+        return self.path / "curves.png"
+
+    @property
     def eval(self) -> Path:
         return self.path / "eval.json"
 

@@ -1,46 +1,93 @@
-"""Overlays that show a prediction on its photograph."""
+"""The pictures nailseg draws: one palette and one legend for every overlay (a run's
+``predictions/``, ``eval --overlays``, ``predict``, the ``serve`` response and page, the
+tutorials), and a run's ``curves.png``.
+
+The palette is Okabe-Ito's colour-blind-safe set: blue, vermillion and yellow stay apart under the
+common colour-vision deficiencies, and differ in lightness too."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
 
-PRED_COLOUR = (0, 255, 120)  # RGB
-TRUTH_COLOUR = (255, 60, 60)
+# RGB. A prediction with no truth to compare is drawn as a true positive would be.
+PALETTE = {
+    "tp": (0, 114, 178),     # blue: predicted and true
+    "fp": (213, 94, 0),      # vermillion: predicted, not true
+    "fn": (240, 228, 66),    # yellow: true, missed
+}
+LABELS = {"tp": "true positive", "fp": "false positive", "fn": "false negative", "pred": "predicted nail"}
+PRED_COLOUR = PALETTE["tp"]
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, colour=PRED_COLOUR, alpha: float = 0.45,
-            truth: np.ndarray | None = None) -> np.ndarray:
-    """Blend ``mask`` into ``image`` and outline it; outline ``truth`` too when given."""
+def _blend(out: np.ndarray, region: np.ndarray, colour: Sequence[int], alpha: float) -> None:
+    out[region] = out[region] * (1 - alpha) + np.asarray(colour, np.float32) * alpha
+
+
+def _outline(out: np.ndarray, mask: np.ndarray, colour: Sequence[int], width: int) -> None:
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(out, contours, -1, tuple(int(c) for c in colour), width, cv2.LINE_AA)
+
+
+def _line_width(shape: tuple[int, ...]) -> int:
+    """Outlines that stay visible on a 4000-px photo and do not swamp a 64-px one."""
+    return max(1, round(min(shape[:2]) / 250))
+
+
+def legend(width: int, entries: Iterable[tuple[str, Sequence[int]]], note: str = "") -> np.ndarray:
+    """A white strip with a coloured square and a label per entry (and ``note`` at the right),
+    ``width`` pixels wide, stacked under an overlay."""
+    scale = float(np.clip(width / 900, 0.35, 1.0))
+    height = int(28 * scale) + 8
+    strip = np.full((height, width, 3), 255, np.uint8)
+    x, box = 6, int(16 * scale)
+    y0 = (height - box) // 2
+    for label, colour in entries:
+        cv2.rectangle(strip, (x, y0), (x + box, y0 + box), tuple(int(c) for c in colour), -1)
+        cv2.rectangle(strip, (x, y0), (x + box, y0 + box), (60, 60, 60), 1)
+        x += box + 4
+        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, 1)
+        cv2.putText(strip, label, (x, y0 + box - 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (20, 20, 20), 1, cv2.LINE_AA)
+        x += tw + int(14 * scale)
+    if note:
+        (tw, th), _ = cv2.getTextSize(note, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, 1)
+        cv2.putText(strip, note, (max(x, width - tw - 6), y0 + box - 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale,
+                    (20, 20, 20), 1, cv2.LINE_AA)
+    return strip
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, *, with_legend: bool = True) -> np.ndarray:
+    """A prediction on its photograph: the mask filled and outlined in the palette's blue, with a
+    legend strip underneath (``with_legend=False`` keeps the image's own size)."""
     out = image.astype(np.float32).copy()
     m = mask.astype(bool)
-    out[m] = out[m] * (1 - alpha) + np.asarray(colour, np.float32) * alpha
+    _blend(out, m, PRED_COLOUR, alpha)
     out = out.astype(np.uint8)
-    contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(out, contours, -1, colour, 1, cv2.LINE_AA)
-    if truth is not None:
-        contours, _ = cv2.findContours(truth.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(out, contours, -1, TRUTH_COLOUR, 1, cv2.LINE_AA)
-    return out
+    _outline(out, m, PRED_COLOUR, _line_width(out.shape))
+    if not with_legend:
+        return out
+    share = f"{m.mean():.1%} of the image" if m.size else ""
+    return np.vstack([out, legend(out.shape[1], [(LABELS["pred"], PRED_COLOUR)], share)])
 
 
-ERROR_COLOURS = {"tp": (40, 200, 70), "fp": (235, 50, 50), "fn": (50, 110, 255)}  # RGB
-
-
-def error_overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, iou: float, alpha: float = 0.55) -> np.ndarray:
-    """Truth against prediction: true positives green, false positives red, false negatives blue,
-    and the image's IoU in the top-left corner. Shows at a glance what a model mistakes for a nail."""
+def error_overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, iou: float | None = None,
+                  alpha: float = 0.55, *, with_legend: bool = True) -> np.ndarray:
+    """Truth against prediction: true positives, false positives and false negatives each in their
+    palette colour, with a legend (and the image's IoU). Shows at a glance what a model mistakes
+    for a nail, and what it misses."""
     out = image.astype(np.float32).copy()
     pred, truth = pred.astype(bool), truth.astype(bool)
     for key, region in (("tp", pred & truth), ("fp", pred & ~truth), ("fn", ~pred & truth)):
-        out[region] = out[region] * (1 - alpha) + np.asarray(ERROR_COLOURS[key], np.float32) * alpha
+        _blend(out, region, PALETTE[key], alpha)
     out = out.astype(np.uint8)
-    text = f"IoU {iou:.3f}"
-    scale = max(0.4, min(image.shape[:2]) / 500)
-    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    cv2.rectangle(out, (0, 0), (w + 8, h + base + 8), (0, 0, 0), -1)
-    cv2.putText(out, text, (4, h + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
-    return out
+    _outline(out, truth, (255, 255, 255), _line_width(out.shape))
+    if not with_legend:
+        return out
+    note = f"IoU {iou:.3f}" if iou is not None else ""
+    return np.vstack([out, legend(out.shape[1], [(LABELS[k], PALETTE[k]) for k in ("tp", "fp", "fn")], note)])
 
 
 def instance_overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -73,3 +120,47 @@ def save_png(path, rgb_or_gray: np.ndarray) -> None:
         raise OSError(f"{path}: could not encode PNG")
     with disk_errors_as_one_line(path), atomic_path(path) as tmp:
         tmp.write_bytes(buf.tobytes())
+
+
+def plot_run_curves(records: list[dict], path: str | Path, title: str = "") -> Path | None:
+    """``curves.png`` of one run: training and validation loss, and the validation score (IoU, or
+    segm mAP for an instance stack) per epoch, with markers, so a single run can be read without
+    TensorBoard. ``None`` (and nothing written) when no epoch was recorded."""
+    if not records:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nailseg.core.io import atomic_path, disk_errors_as_one_line
+
+    epochs = [r.get("epoch", i) + 1 for i, r in enumerate(records)]
+    score_key = next((k for k in ("val_iou", "val_segm_map") if any(r.get(k) is not None for r in records)), None)
+    fig, (loss_ax, score_ax) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=110)
+    for key, style in (("train_loss", "o-"), ("val_loss", "s--")):
+        points = [(e, r[key]) for e, r in zip(epochs, records) if r.get(key) is not None]
+        if points:
+            loss_ax.plot(*zip(*points), style, ms=3.5, label=key.replace("_", " "))
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("loss")
+    if loss_ax.get_legend_handles_labels()[0]:
+        loss_ax.legend(fontsize=8)
+    if score_key:
+        points = [(e, r[score_key]) for e, r in zip(epochs, records) if r.get(score_key) is not None]
+        score_ax.plot(*zip(*points), "o-", ms=3.5, color="#0072B2")
+        best = max(points, key=lambda p: p[1])
+        score_ax.annotate(f"best {best[1]:.3f}", best, textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+        score_ax.set_ylabel({"val_iou": "validation IoU (model resolution)", "val_segm_map": "validation segm mAP"}[score_key])
+        score_ax.set_ylim(0, 1)
+    score_ax.set_xlabel("epoch")
+    for ax in (loss_ax, score_ax):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    with disk_errors_as_one_line(path), atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

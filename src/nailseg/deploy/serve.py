@@ -15,6 +15,7 @@ that the service answers 503 with ``Retry-After`` instead of queueing without bo
 
 
 import asyncio
+import base64
 import io
 import json
 import os
@@ -122,8 +123,8 @@ def create_app(settings: ServeSettings):
 
     @app.post("/v1/segment")
     async def segment(request: Request, format: str = "png"):  # noqa: A002 - the query parameter's name
-        if format not in ("png", "overlay", "json"):
-            raise ApiError(400, f"format={format!r}: use png, overlay or json")
+        if format not in FORMATS:
+            raise ApiError(400, f"format={format!r}: use png, overlay, json or bundle")
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith("multipart/form-data"):
             raise ApiError(415, f"content type {content_type or 'none'!r}: send multipart/form-data with an "
@@ -165,7 +166,7 @@ def create_app(settings: ServeSettings):
             body = await run_in_threadpool(_respond, model, image, format, settings.min_nail_area, overlay)
         finally:
             in_flight["n"] -= 1
-        if format == "json":
+        if format in ("json", "bundle"):
             return body
         return Response(body, media_type="image/png")
 
@@ -192,9 +193,20 @@ def _respond(model, image: np.ndarray, fmt: str, min_area: int, overlay):
     mask = prob > model.threshold
     if fmt == "png":
         return png_bytes(mask.astype(np.uint8) * 255)
+    # The API's overlay keeps the photo's pixel grid (an app lays it over the photo); the palette is
+    # the one every nailseg picture uses, and the upload page shows its legend.
     if fmt == "overlay":
-        return png_bytes(overlay(image, mask))
-    return segment_summary(mask, min_area)
+        return png_bytes(overlay(image, mask, with_legend=False))
+    summary = segment_summary(mask, min_area)
+    if fmt == "bundle":  # one inference for the upload page: the summary, the overlay and the mask
+        summary["overlay_png"] = base64.b64encode(png_bytes(overlay(image, mask, with_legend=False))).decode("ascii")
+        summary["mask_png"] = base64.b64encode(png_bytes(mask.astype(np.uint8) * 255)).decode("ascii")
+    return summary
+
+
+# png: the 0/255 mask; overlay: the mask over the photo; json: counts, share and the COCO RLE;
+# bundle: json plus both PNGs base64-encoded (what the upload page asks for, in one inference).
+FORMATS = ("png", "overlay", "json", "bundle")
 
 
 def _safe_name(filename: str | None) -> str:
