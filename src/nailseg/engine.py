@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class TrainContext:
     resume: bool
     data: PreparedData
     rank: int = 0
+    _epoch_times: list[float] = field(default_factory=list, repr=False)
 
     @property
     def train_pairs(self) -> list[Pair]:
@@ -89,6 +91,27 @@ class TrainContext:
         same keys: epoch, step, train_loss, val_loss, val_iou, val_dice, lr, images_per_s, epoch_time_s."""
         if self.rank == 0:
             append_jsonl(self.run.metrics, record)
+            if not sys.stderr.isatty():  # a log file gets one plain line per epoch (a terminal has the bar)
+                self._epoch_times.append(record.get("epoch_time_s") or 0.0)
+                print(epoch_line(record, self.exp.trainer.max_epochs, self._epoch_times), file=sys.stderr, flush=True)
+
+
+def epoch_line(record: dict[str, Any], max_epochs: int, epoch_times: list[float]) -> str:
+    """``epoch 3/8  train_loss 1.0123  val_iou 0.3830  lr 1.00e-04  2.1 s  ETA 0:00:10``: the ETA from
+    this run's own epochs so far (the mean of the last five)."""
+    epoch = int(record.get("epoch", 0)) + 1
+    parts = [f"epoch {epoch}/{max_epochs}"]
+    for key in ("train_loss", "val_loss", "val_iou", "val_segm_map"):
+        if isinstance(record.get(key), (int, float)):
+            parts.append(f"{key} {record[key]:.4f}")
+    if isinstance(record.get("lr"), (int, float)):
+        parts.append(f"lr {record['lr']:.2e}")
+    recent = [t for t in epoch_times[-5:] if t]
+    if recent:
+        parts.append(f"{recent[-1]:.1f} s")
+        left = max(0, max_epochs - epoch) * sum(recent) / len(recent)
+        parts.append(f"ETA {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}")
+    return "  ".join(parts)
 
 
 @runtime_checkable

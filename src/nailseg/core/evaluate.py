@@ -64,9 +64,9 @@ def evaluate_pairs(predict: Predictor, pairs: list[Pair], *, progress: bool = Tr
         raise DataError("nothing to evaluate: the chosen split is empty")
     iterator: Iterable[Pair] = pairs
     if progress:
-        from tqdm import tqdm
+        from nailseg.core.progress import progress as bar
 
-        iterator = tqdm(pairs, desc="evaluating", unit="img")
+        iterator = bar(pairs, "evaluating")
     per_image, counts = [], []
     for pair in iterator:
         image, truth = read_image(pair.image), read_mask(pair.mask)
@@ -94,9 +94,9 @@ def choose_threshold(predict: Predictor, pairs: list[Pair], options, *, progress
     predict = options.wrap(predict)
     iterator: Iterable[Pair] = pairs
     if progress:
-        from tqdm import tqdm
+        from nailseg.core.progress import progress as bar
 
-        iterator = tqdm(pairs, desc="choosing the threshold", unit="img")
+        iterator = bar(pairs, "choosing the threshold")
     probs = [(predict(read_image(p.image)), read_mask(p.mask)) for p in iterator]
     ious = {}
     for t in candidates:
@@ -166,9 +166,9 @@ def _readable_images(inputs: Inputs, progress: bool, failed: list[str], desc: st
     """Yield (path, output name, image) for every readable input; unreadable ones go to ``failed``."""
     iterator: Iterable = zip(inputs.files, inputs.names)
     if progress:
-        from tqdm import tqdm
+        from nailseg.core.progress import progress as bar
 
-        iterator = tqdm(list(iterator), desc=desc, unit="img")
+        iterator = bar(list(iterator), desc)
     for path, name in iterator:
         try:
             image = read_image(path)

@@ -252,7 +252,9 @@ def _previous(folder: Path, name: str, exclude: str) -> DecodeCache | None:
 
 def _build(pairs, keys, longest, bin_path: Path, manifest: Path, old: DecodeCache | None, *, progress: bool,
            threads: int | None) -> DecodeCache:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
+
+    from nailseg.core.progress import interactive
 
     reuse = {e.key: i for i, e in enumerate(old.entries)} if old is not None else {}
 
@@ -266,8 +268,9 @@ def _build(pairs, keys, longest, bin_path: Path, manifest: Path, old: DecodeCach
     workers = threads or min(8, os.cpu_count() or 1)
     with atomic_path(bin_path) as tmp, open(tmp, "wb") as fh, ThreadPoolExecutor(workers) as pool:
         # threads suffice: Pillow and OpenCV release the GIL while decoding and resizing
-        bar = tqdm(total=len(pairs), desc=f"caching {len(pairs)} images", unit="img", disable=not progress,
-                   leave=False)
+        # a bar on a terminal only: a log gets nothing per image
+        bar = tqdm(total=len(pairs), desc=f"caching {len(pairs)} images", unit="img",
+                   disable=not progress or not interactive(), leave=False)
         for i, (image, mask) in enumerate(pool.map(load, range(len(pairs)))):
             h, w = mask.shape
             fh.write(image.tobytes())

@@ -112,10 +112,10 @@ def check_dataset(
     stats: list[PairStats] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(_check_pair, pairs)
-        if progress and len(pairs) > 50:
-            from tqdm import tqdm
+        if len(pairs) > 50:
+            from nailseg.core.progress import progress as bar
 
-            results = tqdm(results, total=len(pairs), desc="checking pairs", unit="pair")
+            results = bar(results, "checking pairs", total=len(pairs), unit="pair", enabled=progress)
         for result in results:
             if isinstance(result, list):
                 problems.extend(result)

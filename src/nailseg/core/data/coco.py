@@ -148,10 +148,9 @@ def to_coco(pairs: list[Pair], ids: dict[str, int], *, min_area: int = 0, fmt: s
     report = ConversionReport()
     images, annotations = [], []
     iterator = sorted(pairs, key=lambda p: p.key)
-    if progress:
-        from tqdm import tqdm
+    from nailseg.core.progress import progress as bar
 
-        iterator = tqdm(iterator, desc="converting masks", unit="img")
+    iterator = bar(iterator, "converting masks", enabled=progress)
     for pair in iterator:
         mask = read_mask(pair.mask)
         image_id = ids[pair.key]

@@ -280,10 +280,9 @@ def _draw_into(out: Path, cfg: SynthConfig, progress: bool) -> None:
     images.mkdir(parents=True, exist_ok=True)
     labels.mkdir(parents=True, exist_ok=True)
     indices = range(cfg.n)
-    if progress:
-        from tqdm import tqdm
+    from nailseg.core.progress import progress as bar
 
-        indices = tqdm(indices, desc="drawing synthetic nails", unit="img")
+    indices = bar(indices, "drawing synthetic nails", enabled=progress)
     width = len(str(cfg.n - 1))
     for i in indices:
         rng = np.random.default_rng([cfg.seed, i])  # each picture reproducible on its own

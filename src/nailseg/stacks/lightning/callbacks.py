@@ -39,7 +39,7 @@ class LastCheckpoint(Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
-        trainer.save_checkpoint(str(self.path))
+        trainer.save_checkpoint(str(self.path), weights_only=False)
 
 
 class EpochRecorder(Callback):

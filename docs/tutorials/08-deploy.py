@@ -1,0 +1,149 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Tutorial 3: PyTorch Lightning + segmentation_models_pytorch
+# %% [markdown]
+# # Tutorial 8: deploy — ONNX export, plain onnxruntime, and `nailseg serve`
+#
+# A trained run becomes one `.onnx` file that any ONNX consumer can run: a phone app, a C++
+# service, a browser. This notebook:
+#
+# - exports a run to ONNX (`torch.onnx.export`), verified against the torch model;
+# - runs it with plain `onnxruntime` in about 15 lines, with no nailseg import;
+# - serves it over HTTP with `nailseg serve` (FastAPI + uvicorn) and calls the API.
+#
+# Install with `pip install -e '.[torch,export,serve]'`; inference alone needs only
+# `pip install -e '.[onnx]'` (onnxruntime, no torch).
+
+# %%
+import json
+from pathlib import Path
+
+from nailseg.tutorial import grid, real_data, sh, show, show_png, synth
+
+data = real_data() or synth("data/synth-tutorial", n=48, size="192x144")
+# A small Unet-resnet18 (the dynamo ONNX export of the EfficientNet-Lite encoders is far slower; see the results page)
+run = Path(sh(f"nailseg train configs/demo-cpu.yaml data.root={data} data.image_size=192 data.split.val=0.15 "
+              "data.split.test=0.2 trainer.max_epochs=12", tail=3))
+show_png(run / "curves.png")
+
+# %% [markdown]
+# ## 1. Export
+#
+# The exported graph takes what an app has — `uint8` RGB `(N, H, W, 3)` — and returns the
+# foreground probability `(N, H, W)`. The normalisation (the encoder's own mean/std), the padding
+# to a multiple of 32 and the sigmoid are inside the graph. `nailseg export` then runs the ONNX
+# model and the torch model on the run's validation photos and refuses the file if they disagree;
+# `export.json` records the check.
+
+# %%
+from nailseg.stacks.lightning import onnx_export
+
+show(onnx_export.ExportWrapper)
+sh(f"nailseg export {run} --format onnx", tail=3)
+report = json.loads((run / "export.json").read_text())
+print({k: report[k] for k in ("format", "opset", "exporter", "max_abs_diff", "mask_agreement", "verified_on")})
+print("metadata:", {k: report["metadata"][k] for k in ("image_size", "threshold", "normalization")})
+
+# %% [markdown]
+# ## 2. Plain onnxruntime, no nailseg
+#
+# The model was trained at a fixed size, stored in the file's metadata (`nailseg.image_size`). The
+# graph accepts any size, but a photo must be resized to the training size first, as nailseg does,
+# or the nails appear at a scale the model never saw. These lines are all an app needs:
+
+# %%
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+session = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
+meta = session.get_modelmeta().custom_metadata_map
+height, width = json.loads(meta["nailseg.image_size"])
+threshold = float(meta["nailseg.threshold"])
+
+photo_path = data / "images" / json.loads((run / "split.json").read_text())["test"][0]
+photo = cv2.cvtColor(cv2.imread(str(photo_path)), cv2.COLOR_BGR2RGB)               # uint8 RGB, any size
+small = cv2.resize(photo, (width, height), interpolation=cv2.INTER_LINEAR)            # the training size
+prob = session.run(None, {session.get_inputs()[0].name: small[None]})[0][0]          # (height, width)
+prob = cv2.resize(prob, (photo.shape[1], photo.shape[0]), interpolation=cv2.INTER_LINEAR)  # back to the photo
+mask = prob > threshold
+print(f"{photo_path.name}: {photo.shape[1]}x{photo.shape[0]}, {mask.mean():.1%} nail")
+
+# %% [markdown]
+# The same photo through `nailseg predict` (which runs the same ONNX file when given it), and the
+# agreement between the two masks:
+
+# %%
+sh(f"nailseg predict {run / 'model.onnx'} {photo_path} --out {run}/predicted", tail=2)
+from PIL import Image
+
+ours = np.asarray(Image.open(run / "predicted" / f"{photo_path.stem}_mask.png")) > 127
+print(f"plain onnxruntime vs nailseg predict: {np.mean(ours == mask):.4%} of the pixels agree")
+from nailseg.core.visualize import overlay
+
+grid([photo, overlay(photo, mask)], ["photo", "plain onnxruntime"], cols=2, width=4.5)
+
+# %% [markdown]
+# ## 3. `nailseg serve`
+#
+# `nailseg serve MODEL.onnx` starts FastAPI on uvicorn with onnxruntime: `POST /v1/segment`
+# (multipart field `image`) answers a PNG mask, an overlay, JSON (nail count, share, COCO RLE) or
+# all of it at once (`format=bundle`, what the upload page at `/` uses: one inference per upload).
+# Uploads are size-checked while they stream, and bad ones get one JSON error with a 4xx status.
+
+# %%
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+with socket.socket() as probe:  # a free port
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+server = subprocess.Popen([sys.executable, "-m", "nailseg.cli", "serve", str(run / "model.onnx"), "--port", str(port)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+base = f"http://127.0.0.1:{port}"
+for _ in range(120):
+    try:
+        print("healthz:", urllib.request.urlopen(f"{base}/healthz", timeout=1).read().decode())
+        break
+    except OSError:
+        time.sleep(0.5)
+
+
+def segment(path: Path, fmt: str) -> bytes:
+    """POST one photo as multipart/form-data, with the standard library only."""
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{path.name}\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(f"{base}/v1/segment?format={fmt}", data=body,
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    return urllib.request.urlopen(request, timeout=60).read()
+
+
+summary = json.loads(segment(photo_path, "json"))
+print({k: summary[k] for k in ("width", "height", "nail_count", "fg_share")})
+import io
+
+served = np.asarray(Image.open(io.BytesIO(segment(photo_path, "overlay"))))
+print("model info:", json.loads(urllib.request.urlopen(f"{base}/v1/model").read())["model"])
+server.terminate()
+server.wait(timeout=30)
+grid([served], ["the overlay the service returned"], cols=1, width=5)
+
+# %% [markdown]
+# Load-test a running service with `nailseg bench serve MODEL.onnx` (requests/s and latency
+# percentiles, JSON + PNG). Measured figures: [results](../results.md).

@@ -1,0 +1,143 @@
+"""Helpers the tutorial notebooks share: run a CLI line and fail the cell when it fails, show the
+source nailseg runs, and draw pictures inline.
+
+The notebooks live in ``docs/tutorials/`` as jupytext percent-format sources; ``make notebooks``
+executes them into ``docs/tutorials/NN-topic.ipynb``. Nothing here imports a deep-learning framework.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shlex
+import subprocess
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+REAL_DATA_ENV = "NAILSEG_REAL_DATA"
+
+
+def real_data() -> Path | None:
+    """The folder of real nail photos: ``$NAILSEG_REAL_DATA``, else ``../shared/data/nails_segmentation``
+    beside the current folder or beside the repository nailseg was installed from; ``None`` when
+    there is none (the notebooks then use synthetic pictures)."""
+    here = Path(__file__).resolve().parents[2]
+    candidates = [os.environ.get(REAL_DATA_ENV), Path.cwd().parent / "shared/data/nails_segmentation",
+                  here.parent / "shared/data/nails_segmentation"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "images").is_dir():
+            return Path(candidate).resolve()
+    return None
+
+
+def sh(command: str, *, expect: int = 0, quiet: bool = False, tail: int = 25) -> str:
+    """Run one ``nailseg ...`` line as a reader would type it, print its output (the last ``tail``
+    lines), and raise when its exit code is not ``expect``, so a broken command fails the notebook.
+    Returns the last line of standard output (``train`` prints its run folder there)."""
+    argv = shlex.split(command)
+    if argv[0] == "nailseg":  # the nailseg of this Python, whatever PATH says
+        argv = [sys.executable, "-m", "nailseg.cli", *argv[1:]]
+    print(f"$ {command}")
+    proc = subprocess.run(argv, capture_output=True, text=True,
+                          env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip() and "\r" not in line]
+    if not quiet:
+        shown = lines[-tail:]
+        if len(lines) > len(shown):
+            print(f"[... {len(lines) - len(shown)} earlier lines]")
+        print("\n".join(shown))
+    if proc.returncode != expect:
+        raise RuntimeError(f"{command!r} exited with {proc.returncode} (expected {expect})")
+    out = proc.stdout.strip().splitlines()
+    return out[-1].strip() if out else ""
+
+
+def synth(folder: str | os.PathLike[str], n: int, size: str) -> Path:
+    """Draw the synthetic set once; a second run of the notebook reuses it."""
+    folder = Path(folder)
+    if not (folder / "labels").is_dir():
+        sh(f"nailseg data synth {folder} --n {n} --size {size}")
+    return folder
+
+
+def source(*objects, lines: int | None = None) -> str:
+    """The source of nailseg's own functions and classes, as Markdown code blocks headed by their
+    file, so the notebook shows the code that runs (never a copy that could drift)."""
+    blocks = []
+    for obj in objects:
+        text = textwrap.dedent(inspect.getsource(obj))
+        if lines is not None and text.count("\n") > lines:
+            text = "\n".join(text.splitlines()[:lines]) + "\n    ..."
+        file = Path(inspect.getsourcefile(obj) or "?")
+        shown = file.as_posix().split("/src/", 1)[-1]
+        blocks.append(f"`{shown}` — `{obj.__qualname__}`\n\n```python\n{text.rstrip()}\n```")
+    return "\n\n".join(blocks)
+
+
+def source_unimported(module: str, name: str) -> str:
+    """The source of ``module.name`` read from its file without importing the module, for code
+    whose framework must not load in this process (TensorFlow beside torch)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(module)
+    text = Path(spec.origin).read_text(encoding="utf-8")
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)) and node.name == name:
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            body = "\n".join(text.splitlines()[first - 1:node.end_lineno])
+            shown = Path(spec.origin).as_posix().split("/src/", 1)[-1]
+            return f"`{shown}` — `{name}`\n\n```python\n{textwrap.dedent(body).rstrip()}\n```"
+    raise AttributeError(f"{module} has no {name}")
+
+
+def show(*objects, lines: int | None = None) -> None:
+    """Display :func:`source` in a notebook (plain text outside one); a ``(module, name)`` tuple is
+    read with :func:`source_unimported`."""
+    text = "\n\n".join(source_unimported(*o) if isinstance(o, tuple) else source(o, lines=lines) for o in objects)
+    try:
+        from IPython.display import Markdown, display
+
+        display(Markdown(text))
+    except ImportError:
+        print(text)
+
+
+def grid(images: Sequence, titles: Sequence[str] | None = None, *, cols: int = 4, width: float = 3.2,
+         suptitle: str = ""):
+    """Pictures (arrays or PNG/JPEG paths) in a grid, inline."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from nailseg.core.data.decode import read_image
+
+    images = [read_image(p) if isinstance(p, (str, os.PathLike)) else np.asarray(p) for p in images]
+    rows = max(1, -(-len(images) // cols))
+    cols = min(cols, max(1, len(images)))
+    heights = [im.shape[0] / im.shape[1] for im in images] or [1]
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, width * rows * max(heights)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ax, im) in enumerate(zip(axes.flat, images)):
+        ax.imshow(im, cmap="gray" if im.ndim == 2 else None)
+        if titles:
+            ax.set_title(titles[i], fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    plt.show()
+
+
+def show_png(path: str | os.PathLike[str], width: float = 9.0) -> None:
+    """One PNG nailseg wrote (``curves.png``, a benchmark chart), inline at its aspect ratio."""
+    grid([path], cols=1, width=width)
+
+
+def overlays(folder: str | os.PathLike[str], n: int = 4) -> None:
+    """The first ``n`` overlays ``nailseg eval --overlays`` wrote (by file name), shown in a grid."""
+    files = sorted(Path(folder).glob("*.png"))[:n]
+    grid(files, [f.stem[:24] for f in files], cols=min(n, 2), width=5.0)

@@ -1,0 +1,73 @@
+"""Every tutorial notebook runs from its jupytext source, top to bottom, and shows what it teaches.
+
+Each notebook runs in a fresh kernel in a temporary folder (``configs/`` copied in), as a reader
+would run it from the repository root. With ``NAILSEG_NOTEBOOK_OUT`` set (``make test`` sets it to
+``docs/tutorials``), the executed ``.ipynb`` is kept there for ``make docs``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+spec = importlib.util.spec_from_file_location("notebooks", REPO / "scripts" / "notebooks.py")
+notebooks = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(notebooks)
+
+# What each notebook must show of its framework's own API (in its source or in the code it prints).
+REQUIRED = {
+    "01-tensorflow": ["tf.numpy_function", "tf_augment", "AUTOTUNE", "prefetch", "set_global_policy",
+                      'dtype="float32"', "keras.callbacks.TensorBoard", "wandb"],
+    "02-balanced-data": ["BalancedSampler", "sample_from_datasets", "draw_epoch", "target_shares"],
+    "03-lightning": ["def training_step", "def validation_step", "def configure_optimizers", "LambdaLR",
+                     "smp.create_model", "torch_precision", "--resume"],
+    "04-gpu-augmentation": ["AugmentationSequential", "to_albumentations", "on the device"],
+    "05-dali": ["pipeline_def", "fn.decoders.image", '"mixed"', "DALIGenericIterator", "shard_id"],
+    "06-segformer": ["SegformerForSemanticSegmentation", "F.interpolate", "save_pretrained", "id2label"],
+    "07-instance-segmentation": ["mask_utils", "encode_rle", "MaskRCNN", "param_schedulers", "Runner", "segm"],
+    "08-deploy": ["torch.onnx.export", "onnxruntime", "InferenceSession", "nailseg.cli\", \"serve\""],
+}
+NEEDS = {"01-tensorflow": "tensorflow", "05-dali": "nvidia.dali", "04-gpu-augmentation": "kornia",
+         "06-segformer": "transformers", "07-instance-segmentation": "mmdet", "08-deploy": "onnxruntime"}
+
+
+def _params():
+    for source in notebooks.sources():
+        marks = [pytest.mark.slow]
+        if source.stem == "01-tensorflow":
+            marks.append(pytest.mark.tf)  # in the TensorFlow tests' process
+        yield pytest.param(source, id=source.stem, marks=marks)
+
+
+def test_every_tutorial_has_a_notebook_source():
+    assert sorted(s.stem for s in notebooks.sources()) == sorted(REQUIRED)
+
+
+@pytest.mark.parametrize("source", list(_params()))
+def test_notebook_runs_and_shows_its_framework(source: Path, tmp_path):
+    import nbformat
+
+    module = NEEDS.get(source.stem)
+    if module and importlib.util.find_spec(module.split(".")[0]) is None:
+        pytest.skip(f"{module} is not installed (its extra: see docs/dependencies.md)")
+    out_dir = Path(os.environ.get("NAILSEG_NOTEBOOK_OUT") or tmp_path / "out")
+    if not out_dir.is_absolute():
+        out_dir = REPO / out_dir
+    out = out_dir / f"{source.stem}.ipynb"
+    work = tmp_path / "work"
+    notebooks.prepare(work)
+    notebooks.execute(source, out, work)  # a failing cell raises CellExecutionError
+    nb = nbformat.read(out, as_version=4)
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    pictures = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(pictures) >= 2, f"{source.name}: a training curve and the topic's figure at least"
+    shown = source.read_text() + "\n".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
+    missing = [api for api in REQUIRED[source.stem] if api not in shown]
+    assert not missing, f"{source.name} never shows {missing}"
+    assert "results.md" in source.read_text()  # a link to the measured comparison
