@@ -16,12 +16,22 @@ from nailseg import __version__
 from nailseg.errors import NailsegError
 
 EPILOG = """\
+one convention for options:
+  KEY=VALUE  sets a key of the experiment config (dotted: trainer.max_epochs=3), wherever a verb
+             reads a config: train, compare, bench loaders|train|tfdata, config show.
+             `nailseg config keys` lists every key with its type and default.
+  --flag     sets an option of the verb itself (where to write, which split, how many): every
+             verb, the same spelling everywhere (--out, --data, --split, --quiet).
+  A verb that runs a trained model (eval, predict, export, serve) takes a run folder or a model
+  file and only --flags: the run's own config.yaml is the config.
+
 examples:
   nailseg data synth data/synth --n 200
   nailseg data check data/synth
   nailseg train configs/demo-cpu.yaml trainer.max_epochs=3
   nailseg eval runs/RUN --split test
   nailseg predict runs/RUN photos/ --out predictions/
+  nailseg export runs/RUN --format onnx --int8
   nailseg compare configs/demo-cpu.yaml configs/keras-cpu.yaml --folds 5 --out compare/
   nailseg bench loaders --data data/synth --size 384 --batch 64
   nailseg weights list

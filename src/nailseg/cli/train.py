@@ -237,7 +237,7 @@ def add_parser(sub) -> None:
     ev.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
                     help="which part of the run's split to score (default: test)")
     ev.add_argument("--data", help="score every pair of another data folder instead")
-    ev.add_argument("--out", help="where to write the JSON (default: RUN/eval.json)")
+    ev.add_argument("--out", help="where to write the JSON (default: RUN/eval.json, replaced by each eval of the run; give --out to keep one file per data set or options)")
     ev.add_argument("--checkpoint", choices=["best", "last"], default="best",
                     help="best (default; falls back to last) or last")
     _inference_flags(ev, choose=True)
