@@ -208,7 +208,14 @@ def cmd_export(args) -> int:
                 args.format == "state_dict" and exp.stack == "mmdet"):
             raise NailsegError(f"--out {args.out}: exists and is a {'folder' if out.is_dir() else 'file'}; "
                                f"--format {args.format} writes a {'folder' if args.format in ('hf', 'savedmodel') else 'file'}")
-    print(stack.export(run, exp, args.format, out))
+    onnx_options = {"opset": args.opset, "int8": args.int8}
+    if args.format != "onnx":
+        used = [flag for flag, value in (("--opset", args.opset), ("--int8", args.int8)) if value]
+        if used:
+            raise NailsegError(f"{' and '.join(used)}: only with --format onnx")
+        print(stack.export(run, exp, args.format, out))
+    else:
+        print(stack.export(run, exp, args.format, out, **onnx_options))
     return 0
 
 
@@ -237,7 +244,7 @@ def add_parser(sub) -> None:
     ev.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
                     help="which part of the run's split to score (default: test)")
     ev.add_argument("--data", help="score every pair of another data folder instead")
-    ev.add_argument("--out", help="where to write the JSON (default: RUN/eval.json, replaced by each eval of the run; give --out to keep one file per data set or options)")
+    ev.add_argument("--out", help="where to write the JSON (default: RUN/eval.json)")
     ev.add_argument("--checkpoint", choices=["best", "last"], default="best",
                     help="best (default; falls back to last) or last")
     _inference_flags(ev, choose=True)
@@ -264,13 +271,20 @@ def add_parser(sub) -> None:
                                       "state_dict: a plain PyTorch state dict, loadable with weights_only=True "
                                       "(default RUN/model.pt). savedmodel: a TensorFlow SavedModel folder (Keras "
                                       "runs; default RUN/savedmodel). keras: a .keras file (default RUN/model.keras). "
-                                      "onnx: uint8 RGB in, probability out, normalisation and padding inside "
+                                      "onnx: uint8 RGB in, probability out, resize, normalisation and sigmoid inside "
                                       "(Lightning runs; default RUN/model.onnx), verified against the torch model "
-                                      "on the run's validation images into export.json. tflite: a TensorFlow Lite "
-                                      "file (Keras runs; default RUN/model.tflite), verified the same way.")
+                                      "on the run's validation images into export.json; the graph resizes a photo of "
+                                      "any size to the training size and the probability back, so any ONNX consumer "
+                                      "gets nailseg predict's answer. --int8 adds model.int8.onnx (ONNX Runtime static "
+                                      "quantisation, calibrated on the run's training images, refused when its masks "
+                                      "stray from the float32 model's; figures in export.int8.json). tflite: a "
+                                      "TensorFlow Lite file (Keras runs; default RUN/model.tflite), verified the same way.")
     exp_.add_argument("run", help="run folder")
     exp_.add_argument("--format", required=True, choices=["hf", "state_dict", "savedmodel", "keras", "onnx", "tflite"],
                       help="hf / state_dict / onnx (Lightning runs), savedmodel / keras / tflite (Keras runs), "
                            "state_dict (mmdet)")
     exp_.add_argument("--out", help="output path")
+    exp_.add_argument("--opset", type=int, help="ONNX opset (default: 18; 17 for older runtimes)")
+    exp_.add_argument("--int8", action="store_true",
+                      help="also write MODEL.int8.onnx: static int8 quantisation (QDQ, per-channel weights), verified")
     exp_.set_defaults(func=cmd_export)

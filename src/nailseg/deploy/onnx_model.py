@@ -26,9 +26,11 @@ def _onnxruntime():
 class OnnxSegmenter:
     """``nailseg export --format onnx`` output, run by onnxruntime.
 
-    Like a run's predictor, an image is resized to the size the model was trained at (stored in
-    the file), segmented, and the probability map resized back, so scores match the run's.
-    ``native=True`` instead feeds the image at its own size (the graph pads it to a multiple of 32).
+    The graph itself resizes a photo to the size the model was trained at and the probability map
+    back (``nailseg.resize_in_graph``), so the photo goes in as it is and scores match the run's.
+    An export made before the resize moved into the graph is resized here instead, with the same
+    OpenCV calls as the run's predictor; ``native=True`` feeds such a model the photo at its own
+    size (its graph pads it to a multiple of 32).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None, native: bool = False):
@@ -54,6 +56,7 @@ class OnnxSegmenter:
         self.size_hw = _image_size(self.metadata["image_size"], self.path)
         self.threshold = _threshold(self.metadata.get("threshold", 0.5), self.path)
         self.native = native
+        self.resize_in_graph = self.metadata.get("resize_in_graph") is True
         self.input_name = self.session.get_inputs()[0].name
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -65,7 +68,7 @@ class OnnxSegmenter:
 
         from nailseg.core.evaluate import at_image_size
 
-        if self.native:
+        if self.native or self.resize_in_graph:
             return self.run(image[None])[0]
         h, w = self.size_hw
         resized = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
