@@ -24,7 +24,12 @@ def test_compare_two_stacks_with_folds_then_runs(synth_data, tmp_path):
     proc = run_cli("compare", str(lightning), str(keras), str(broken), f"data.root={synth_data}",
                    "model.encoder=resnet18", *TINY, "--folds", "2", "--out", str(out), timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "[1/6]" in proc.stdout and "fold 2/2" in proc.stdout and "ETA" in proc.stdout
+    assert "[1/6]" in proc.stdout and "fold 2/2" in proc.stdout
+    lines = proc.stdout.splitlines()
+    # the ETA comes from each config's own folds: none before the Keras config has finished one
+    assert not any("ETA" in x for x in lines if x.startswith(("[1/6]", "[2/6]", "[3/6]")))
+    assert any(x.startswith("[4/6] keras-cpu fold 2/2, ETA ") for x in lines)
+    assert any(x.startswith("  epoch 1/1  train_loss") for x in lines)  # the children's epochs, streamed
     rows = json.loads((out / "compare.json").read_text())
     assert [r["config"] for r in rows] == ["demo-cpu", "keras-cpu", "broken"]
     assert "NoSuchArch" in rows[2]["error"]
@@ -64,3 +69,18 @@ def test_a_failing_config_is_reported_in_its_row(synth_data, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert rows[0]["config"] == "bad" and "data.image_size" in rows[0]["error"]
+
+
+def test_compare_refuses_run_dir_and_names_the_key(synth_data, tmp_path):
+    proc = run_cli("compare", str(REPO / "configs" / "demo-cpu.yaml"), f"data.root={synth_data}",
+                   f"run.dir={tmp_path / 'elsewhere'}", "--out", str(tmp_path / "cmp"))
+    assert proc.returncode == 2 and "run.dir: compare places every run itself, under --out" in proc.stderr
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_eta_comes_from_each_configs_own_jobs():
+    from nailseg.core.compare import eta_text
+
+    assert eta_text({"a": [100.0, 140.0], "b": []}, ["a", "b"]) == ""  # b's pace is unknown
+    assert eta_text({"a": [100.0, 140.0], "b": [30.0]}, ["a", "b", "b"]) == ", ETA 0:03:00"
+    assert eta_text({"a": [10.0]}, []) == ""

@@ -23,6 +23,10 @@ def cmd_compare(args) -> int:
         overrides = [x for x in args.items if "=" in x and not os.path.exists(x)]
         if not configs:
             raise NailsegError("nailseg compare: give at least one config (or --runs RUN ...)")
+        placed = [x.split("=", 1)[0] for x in overrides if x.split("=", 1)[0] in ("run.dir", "run.name")]
+        if placed:
+            raise NailsegError(f"{placed[0]}: compare places every run itself, under --out ({out}/runs/CONFIG[-foldK]); "
+                               "give --out instead")
         rows = run_compare(configs, overrides, out, folds=args.folds, seed=0, checkpoint=args.checkpoint)
     print(f"{'config':24} {'stack':10} {'IoU':>8} {'sd':>7} {'Dice':>7} {'img/s':>8}")
     for r in rows:

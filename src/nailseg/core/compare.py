@@ -31,14 +31,42 @@ class Job:
     fold: int | None = None
 
 
-def _nailseg(*args: str, log: Path | None = None) -> subprocess.CompletedProcess:
+def _nailseg(*args: str, log: Path | None = None, echo: Callable[[str], None] | None = None) -> subprocess.CompletedProcess:
+    """Run one ``nailseg`` child; with ``echo``, pass on its progress lines (one per epoch: the
+    child's stderr is not a terminal, so it prints plain lines) while it runs."""
+    import threading
+
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("NAILSEG_RUN_DIR", None)
-    proc = subprocess.run([sys.executable, "-m", "nailseg.cli", *args], capture_output=True, text=True, env=env)
+    child = subprocess.Popen([sys.executable, "-m", "nailseg.cli", *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.append(child.stdout.read()), daemon=True)
+    reader.start()
+    err: list[str] = []
+    for line in child.stderr:
+        err.append(line)
+        if echo is not None and line.startswith(PROGRESS_PREFIXES):
+            echo("  " + line.rstrip())
+    child.wait()
+    reader.join()
+    proc = subprocess.CompletedProcess(child.args, child.returncode, "".join(out), "".join(err))
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         write_text(log, f"$ nailseg {' '.join(args)}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+PROGRESS_PREFIXES = ("epoch ", "pretraining on ")
+
+
+def eta_text(durations: dict[str, list[float]], remaining: list[str]) -> str:
+    """The time left, from each config's own finished jobs; empty while a config still to run has
+    none (another config's pace says nothing about it: the running job's epoch lines carry its ETA)."""
+    if not remaining or any(not durations.get(name) for name in remaining):
+        return ""
+    left = sum(sum(durations[name]) / len(durations[name]) for name in remaining)
+    return f", ETA {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}"
 
 
 def _error_of(proc: subprocess.CompletedProcess) -> str:
@@ -164,15 +192,13 @@ def run_compare(configs: list[str], overrides: list[str], out: Path, *, folds: i
     jobs = [Job(c, n, k) for c, n in zip(configs, names) for k in (range(folds) if folds else [None])]
     runs_dir = out / "runs"
     rows_by_config: dict[str, list[dict]] = {n: [] for n in names}
-    started = time.monotonic()
+    durations: dict[str, list[float]] = {n: [] for n in names}
     for i, job in enumerate(jobs):
         exp = exps[configs.index(job.config)]
         label = job.name + (f" fold {job.fold + 1}/{folds}" if folds else "")
-        eta = ""
-        if i:
-            left = (time.monotonic() - started) / i * (len(jobs) - i)
-            eta = f", ETA {int(left // 60)}:{int(left % 60):02d}"
-        say(f"[{i + 1}/{len(jobs)}] {label}{eta}")
+        trainable = [j.name for j in jobs[i:] if not isinstance(exps[configs.index(j.config)], ConfigError)]
+        say(f"[{i + 1}/{len(jobs)}] {label}{eta_text(durations, trainable)}")
+        job_started = time.monotonic()
         if isinstance(exp, ConfigError):
             rows_by_config[job.name].append({"config": job.name, "error": exp.lines[0]})
             say(f"  failed: {exp.lines[0]}")
@@ -180,7 +206,8 @@ def run_compare(configs: list[str], overrides: list[str], out: Path, *, folds: i
         run_name = job.name + (f"-fold{job.fold}" if folds else "")
         fold_args = [f"data.split.fold={job.fold}"] if folds else []
         proc = _nailseg("train", job.config, *overrides, *shared, *fold_args, f"run.dir={runs_dir}",
-                        f"run.name={run_name}", log=runs_dir / f"{run_name}.log")
+                        f"run.name={run_name}", log=runs_dir / f"{run_name}.log", echo=say)
+        durations[job.name].append(time.monotonic() - job_started)
         if proc.returncode != 0:
             rows_by_config[job.name].append({"config": job.name, "stack": exp.stack, "error": _error_of(proc)})
             say(f"  failed: {_error_of(proc)}")

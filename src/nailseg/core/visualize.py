@@ -38,24 +38,28 @@ def _line_width(shape: tuple[int, ...]) -> int:
 
 
 def legend(width: int, entries: Iterable[tuple[str, Sequence[int]]], note: str = "") -> np.ndarray:
-    """A white strip with a coloured square and a label per entry (and ``note`` at the right),
-    ``width`` pixels wide, stacked under an overlay."""
+    """A white strip, ``width`` pixels wide, with a coloured square and a label per entry (and
+    ``note`` last), stacked under an overlay; entries wrap onto more rows on a narrow picture."""
     scale = float(np.clip(width / 900, 0.35, 1.0))
-    height = int(28 * scale) + 8
-    strip = np.full((height, width, 3), 255, np.uint8)
-    x, box = 6, int(16 * scale)
-    y0 = (height - box) // 2
-    for label, colour in entries:
-        cv2.rectangle(strip, (x, y0), (x + box, y0 + box), tuple(int(c) for c in colour), -1)
-        cv2.rectangle(strip, (x, y0), (x + box, y0 + box), (60, 60, 60), 1)
-        x += box + 4
-        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, 1)
-        cv2.putText(strip, label, (x, y0 + box - 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (20, 20, 20), 1, cv2.LINE_AA)
-        x += tw + int(14 * scale)
-    if note:
-        (tw, th), _ = cv2.getTextSize(note, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, 1)
-        cv2.putText(strip, note, (max(x, width - tw - 6), y0 + box - 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale,
-                    (20, 20, 20), 1, cv2.LINE_AA)
+    font, size = cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale
+    box, gap, row_h = max(6, int(16 * scale)), max(6, int(14 * scale)), max(12, int(28 * scale))
+    items = [(label, colour) for label, colour in entries] + ([(note, None)] if note else [])
+    placed, x, row = [], 6, 0
+    for label, colour in items:
+        text_w = cv2.getTextSize(label, font, size, 1)[0][0]
+        item_w = (box + 4 if colour is not None else 0) + text_w
+        if x > 6 and x + item_w > width - 4:  # wrap
+            x, row = 6, row + 1
+        placed.append((x, row, label, colour))
+        x += item_w + gap
+    strip = np.full(((row + 1) * row_h + 6, width, 3), 255, np.uint8)
+    for x, r, label, colour in placed:
+        y0 = 3 + r * row_h + (row_h - box) // 2
+        if colour is not None:
+            cv2.rectangle(strip, (x, y0), (x + box, y0 + box), tuple(int(c) for c in colour), -1)
+            cv2.rectangle(strip, (x, y0), (x + box, y0 + box), (60, 60, 60), 1)
+            x += box + 4
+        cv2.putText(strip, label, (x, y0 + box - 1), font, size, (20, 20, 20), 1, cv2.LINE_AA)
     return strip
 
 

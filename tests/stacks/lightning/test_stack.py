@@ -258,3 +258,20 @@ def test_synthetic_pretraining_then_fine_tuning(synth_data, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "pretraining: reusing" in again.stdout and "pretraining on" not in again.stdout
     assert json.loads((tmp_path / "pre2" / "pretrain.json").read_text())["key"] == record["key"]
+
+
+def test_a_log_gets_one_plain_line_per_epoch_and_no_bar_frames(synth_data, tmp_path):
+    """stderr that is not a terminal (a log file, CI): epoch, losses, val IoU, lr, time and ETA on one
+    line per epoch; no tqdm carriage returns, no Lightning advert; eval and predict print a start and
+    an end line."""
+    proc = _train(synth_data, tmp_path, "trainer.max_epochs=2", "run.name=log")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("epoch ")]
+    assert [x.split("  ")[0] for x in lines] == ["epoch 1/2", "epoch 2/2"]
+    for line in lines:
+        assert " train_loss " in line and " val_iou " in line and " lr " in line and " ETA 0:" in line
+    assert "\r" not in proc.stderr and "litlogger" not in proc.stderr
+    ev = run_cli("eval", str(tmp_path / "log"), "--split", "val")
+    assert ev.returncode == 0 and "\r" not in ev.stderr
+    assert any(x.startswith("evaluating: ") and x.endswith(" s") for x in ev.stderr.splitlines())
+    assert (tmp_path / "log" / "curves.png").stat().st_size > 5000  # the run's own loss and IoU curves

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -29,6 +31,19 @@ from nailseg.stacks.lightning.models import (build_model, check_model_exists, fo
                                              without_pretrained)
 from nailseg.stacks.lightning.module import SegmentationModule
 from nailseg.stacks.lightning.tensorboard import use_tensorboard_without_tensorflow
+
+
+class _DropAdverts(logging.Filter):
+    """Lightning's 'try litlogger' tip on every fit is an advert, not information about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
+# torch.utils._pytree's deprecation of register_pytree_node, raised from inside libraries at import
+warnings.filterwarnings("ignore", message=r".*_pytree.*", category=FutureWarning)
+warnings.filterwarnings("ignore", message=r".*_pytree.*", category=DeprecationWarning)
 
 use_tensorboard_without_tensorflow()
 

@@ -1,0 +1,37 @@
+"""One palette and one legend for every overlay, and a run's curves.png."""
+
+import numpy as np
+
+from nailseg.core.visualize import PALETTE, error_overlay, overlay, plot_run_curves
+
+
+def test_error_overlay_colours_each_kind_of_pixel_and_adds_a_legend():
+    image = np.full((60, 80, 3), 128, np.uint8)
+    truth = np.zeros((60, 80), bool)
+    pred = np.zeros((60, 80), bool)
+    truth[10:30, 10:30] = True
+    pred[20:40, 20:40] = True
+    out = error_overlay(image, pred, truth, iou=0.14, alpha=1.0)
+    assert out.shape[1] == 80 and out.shape[0] > 60  # the legend strip underneath
+    assert tuple(out[35, 35]) == PALETTE["fp"] and tuple(out[12, 12]) == PALETTE["fn"]
+    assert tuple(out[25, 25]) == PALETTE["tp"] and tuple(out[50, 5]) == (128, 128, 128)
+    legend = out[60:]
+    for key in ("tp", "fp", "fn"):  # each colour has its square in the legend
+        assert (legend == np.array(PALETTE[key], np.uint8)).all(axis=-1).any()
+    assert error_overlay(image, pred, truth, with_legend=False).shape == image.shape
+
+
+def test_prediction_overlay_keeps_the_photo_grid_without_legend():
+    image = np.zeros((40, 50, 3), np.uint8)
+    mask = np.zeros((40, 50), bool)
+    mask[5:15, 5:15] = True
+    plain = overlay(image, mask, alpha=1.0, with_legend=False)
+    assert plain.shape == image.shape and tuple(plain[10, 10]) == PALETTE["tp"] and not plain[30, 40].any()
+    assert overlay(image, mask).shape[0] > 40
+
+
+def test_run_curves_png(tmp_path):
+    records = [{"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.2 / (e + 1), "val_iou": 0.1 * e} for e in range(4)]
+    path = plot_run_curves(records, tmp_path / "curves.png", "a run")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+    assert plot_run_curves([], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
