@@ -16,10 +16,24 @@ def test_public_key_names_exist():
             node = getattr(node, part)
 
 
-@pytest.mark.parametrize("name", ["lightning-unet.yaml", "demo-cpu.yaml"])
-def test_shipped_configs_load(name):
+SHIPPED = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
+FAMILY_OF = {"keras": "sm", "mmdet": "maskrcnn", "segformer": "segformer"}
+
+
+def test_configs_are_all_covered():
+    assert len(SHIPPED) >= 12 and "nails-pretrained-cpu.yaml" in SHIPPED
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_config_validates_and_names_a_stack(name):
+    from nailseg.stacks import spec_for_family
+
     exp = load_experiment(REPO / "configs" / name)
-    assert exp.model.family == "smp"
+    family = next((f for prefix, f in FAMILY_OF.items() if name.startswith(prefix)), "smp")
+    assert exp.model.family == family
+    spec = spec_for_family(exp.model.family)
+    assert exp.pipeline in spec.pipelines and exp.stack == spec.name
+    assert exp.trainer.max_epochs >= 1 and exp.data.size_hw[0] >= 32
 
 
 def test_overrides_are_typed():

@@ -39,8 +39,13 @@ def test_run_folder_matches_lightning_keys(keras_run):
         assert all(r[key] is not None for r in records), key
     summary = json.loads((keras_run / "summary.json").read_text())
     assert summary["backend"] == "keras" and summary["precision"] == "float32"
-    assert 0 <= summary["val_iou"] <= 1 and 0 <= summary["val_dice"] <= 1
     assert (keras_run / "checkpoints" / "best.weights.h5").exists()
+    # summary.json's scores are exactly the shared evaluation's on the validation split
+    ev = run_cli("eval", str(keras_run), "--split", "val", "--out", str(keras_run / "val-eval.json"), "--quiet")
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    evaluated = json.loads((keras_run / "val-eval.json").read_text())
+    assert summary["val_iou"] == pytest.approx(evaluated["iou"], abs=1e-9)
+    assert summary["val_dice"] == pytest.approx(evaluated["dice"], abs=1e-9)
 
 
 def test_eval_predict_export(keras_run, tmp_path):

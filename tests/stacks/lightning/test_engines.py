@@ -42,7 +42,8 @@ FIXED = {
 def test_fixed_ops_agree_across_engines(name, tmp_path):
     image, mask = coded_pair()
     results = {engine: fn(FIXED[name], image, mask, (64, 64)) for engine, fn in _engines(tmp_path).items()}
-    assert len(results) == 3, f"engines available: {sorted(results)}"
+    if len(results) < 3:
+        pytest.skip(f"kornia and DALI both needed (installed: {sorted(results)}; nailseg[gpuaug,dali])")
     ref_image, ref_mask = results["albumentations"]
     if name == "hflip":
         assert np.array_equal(ref_mask, mask[:, ::-1])
@@ -60,6 +61,8 @@ GEOMETRIC = [
 
 @pytest.mark.parametrize("ops", GEOMETRIC, ids=["affine", "rrc", "mixed"])
 def test_random_geometry_keeps_masks_binary_and_aligned(ops, tmp_path):
+    pytest.importorskip("kornia")
+    pytest.importorskip("nvidia.dali")
     image, mask = coded_pair()
     outputs = []
     for seed in range(4):

@@ -36,7 +36,12 @@ def test_run_folder(mmdet_run):
     assert list((mmdet_run / "mmdet").rglob("events.out.tfevents.*"))  # TensorBoard through mmengine
     summary = json.loads((mmdet_run / "summary.json").read_text())
     for key in ("val_segm_map", "val_bbox_map", "val_iou", "val_dice"):
-        assert 0.0 <= summary[key] <= 1.0, key
+        assert isinstance(summary[key], float) and 0.0 <= summary[key] <= 1.0, key
+    # the mAP recorded at the last validation round is the one summary.json reports for that checkpoint
+    records = [json.loads(x) for x in (mmdet_run / "metrics.jsonl").read_text().splitlines()]
+    assert all(set(r) >= {"val_segm_map", "val_bbox_map", "train_loss"} for r in records)
+    # Dice and IoU of the union mask are tied exactly: dice = 2 iou / (1 + iou)
+    assert summary["val_dice"] == pytest.approx(2 * summary["val_iou"] / (1 + summary["val_iou"]), abs=1e-9)
     import torch
 
     state = torch.load(mmdet_run / "checkpoints" / "best.pth", weights_only=True)  # plain state dict
