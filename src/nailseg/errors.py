@@ -28,13 +28,17 @@ class ConfigError(NailsegError):
     """The experiment config has an unknown key, a wrong type or a bad value."""
 
 
+def install_hint(extra: str) -> str:
+    """The one way nailseg spells an install, the same in errors, ``doctor`` and the README."""
+    return f"pip install 'nailseg[{extra}]' (in a checkout: pip install -e '.[{extra}]')"
+
+
 class MissingDependencyError(NailsegError):
     """An optional dependency is not installed; names the extra that provides it."""
 
     def __init__(self, module: str, extra: str, purpose: str):
         super().__init__(
-            f"{purpose} needs the Python package '{module}', which is not installed: "
-            f"pip install 'nailseg[{extra}]'"
+            f"{purpose} needs the Python package '{module}', which is not installed: {install_hint(extra)}"
         )
         self.module, self.extra = module, extra
 

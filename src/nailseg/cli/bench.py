@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from nailseg.cli.common import choices, output_folder, positive
@@ -30,6 +31,29 @@ def _experiment(args, shorthands: dict):
     return load_experiment(config, overrides + flags)
 
 
+# The package each optional pipeline needs, and the extra that installs it.
+PIPELINE_NEEDS = {"kornia": ("kornia", "gpuaug"), "dali": ("nvidia.dali", "dali")}
+
+
+def runnable_pipelines(pipelines: list[str]) -> list[str]:
+    """The asked-for pipelines that can run here; each one that cannot is named, with why, and
+    skipped (none at all is an error)."""
+    import importlib.util
+
+    from nailseg.errors import NailsegError, install_hint
+
+    kept = []
+    for name in pipelines:
+        module, extra = PIPELINE_NEEDS.get(name, (None, None))
+        if module and importlib.util.find_spec(module.split(".")[0]) is None:
+            print(f"skipped {name}: {module} is not installed ({install_hint(extra)})", file=sys.stderr)
+            continue
+        kept.append(name)
+    if not kept:
+        raise NailsegError(f"--pipelines {','.join(pipelines)}: none of them can run here (see the lines above)")
+    return kept
+
+
 def cmd_bench_loaders(args) -> int:
     from nailseg.stacks import load_stack
 
@@ -39,7 +63,7 @@ def cmd_bench_loaders(args) -> int:
     from nailseg.core.benchmark import write_report
     from nailseg.stacks.lightning.bench_loaders import PIPELINES, bench_loaders
 
-    pipelines = choices(args.pipelines, PIPELINES, "--pipelines")
+    pipelines = runnable_pipelines(choices(args.pipelines, PIPELINES, "--pipelines"))
     workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) - 1)
     caches = choices(args.cache, ("none", "ram", "disk"), "--cache")
     results = bench_loaders(exp, pipelines, workers=workers, batches=args.batches, repeats=args.repeats,

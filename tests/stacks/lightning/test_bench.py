@@ -47,3 +47,16 @@ def test_bench_train_reports_share_of_limit(synth_data, tmp_path):
     for r in loader_rows:
         limit = limits[r["precision"]]["images_per_s"]
         assert limit > 0 and r["ratio"] == pytest.approx(r["images_per_s"] / limit, rel=1e-12)
+
+
+def test_bench_loaders_skips_a_pipeline_that_cannot_run_here(synth_data, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "kornia" else real_find_spec(name, *a))
+    code = main(["bench", "loaders", "--data", str(synth_data), "--size", "64", "--batch", "4", "--workers", "1",
+                 "--batches", "1", "--repeats", "1", "--pipelines", "cpu,kornia", "--out", str(tmp_path)])
+    assert code == 0
+    assert "skipped kornia: kornia is not installed (pip install 'nailseg[gpuaug]'" in capsys.readouterr().err
+    assert [r["pipeline"] for r in json.loads((tmp_path / "bench.json").read_text())] == ["cpu"]
+    assert main(["bench", "loaders", "--data", str(synth_data), "--pipelines", "kornia", "--out", str(tmp_path / "x")]) == 2
