@@ -306,7 +306,7 @@ def _finish(stack: Stack, ctx: TrainContext, result: FitResult, started: float) 
     dedupe_metrics(run)
     common = semantic_summary(stack.load_predictor(run, exp), ctx.val_pairs, run, exp)
     summary: dict[str, Any] = {
-        "stack": stack.spec.name, "backend": stack.spec.name, "pipeline": exp.pipeline, **exp.model.describe(),
+        "stack": stack.spec.name, "pipeline": exp.pipeline, **exp.model.describe(),
         **common, "epochs": result.epochs, "global_step": result.global_step, "fit_time_s": result.fit_time_s,
         "wall_time_s": time.time() - started, "precision": result.precision, "parameters": result.parameters,
         "device": result.device, "world_size": result.world_size, "peak_memory_mb": peak_memory_mb(),

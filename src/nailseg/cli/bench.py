@@ -55,18 +55,17 @@ def runnable_pipelines(pipelines: list[str]) -> list[str]:
 
 
 def cmd_bench_loaders(args) -> int:
-    from nailseg.stacks import load_stack
+    from nailseg.stacks import load_bench
 
     exp = _experiment(args, {"data.root": args.data, "data.image_size": args.size, "trainer.batch_size": args.batch})
     out = output_folder(args.out)
-    load_stack("lightning")  # torch is needed to deliver batches on the device
+    bench = load_bench("loaders")  # torch delivers the batches on the device
     from nailseg.core.benchmark import write_report
-    from nailseg.stacks.lightning.bench_loaders import PIPELINES, bench_loaders
 
-    pipelines = runnable_pipelines(choices(args.pipelines, PIPELINES, "--pipelines"))
+    pipelines = runnable_pipelines(choices(args.pipelines, bench.CHOICES, "--pipelines"))
     workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) - 1)
     caches = choices(args.cache, ("none", "ram", "disk"), "--cache")
-    results = bench_loaders(exp, pipelines, workers=workers, batches=args.batches, repeats=args.repeats,
+    results = bench.run(exp, pipelines, workers=workers, batches=args.batches, repeats=args.repeats,
                             caches=caches, repeat_files_to=args.files or 0)
     paths = write_report(out, results, title=f"input pipelines: {exp.data.size_hw[0]} px, batch "
                          f"{exp.trainer.batch_size}, {workers} CPU threads, {results[0]['device']}")
@@ -75,17 +74,16 @@ def cmd_bench_loaders(args) -> int:
 
 
 def cmd_bench_tfdata(args) -> int:
-    from nailseg.stacks import load_stack
+    from nailseg.stacks import load_bench
 
     exp = _experiment(args, {"data.root": args.data, "data.image_size": args.size, "trainer.batch_size": args.batch,
                              "model.family": "sm", "model.encoder": "resnet18"})
     out = output_folder(args.out)
-    load_stack("keras")
+    bench = load_bench("tfdata")
     from nailseg.core.benchmark import write_report
-    from nailseg.stacks.keras.bench import ENGINES, bench_tfdata
 
-    engines = choices(args.engines, ENGINES, "--engines")
-    results = bench_tfdata(exp, engines, batches=args.batches, repeats=args.repeats)
+    engines = choices(args.engines, bench.CHOICES, "--engines")
+    results = bench.run(exp, engines, batches=args.batches, repeats=args.repeats)
     paths = write_report(out, results, title=f"tf.data engines: {exp.data.size_hw[0]} px, batch "
                          f"{exp.trainer.batch_size}, CPU")
     _print_rates(results, "engine", paths)
@@ -93,18 +91,17 @@ def cmd_bench_tfdata(args) -> int:
 
 
 def cmd_bench_train(args) -> int:
-    from nailseg.stacks import load_stack
+    from nailseg.stacks import load_bench
 
     exp = _experiment(args, {"data.root": args.data, "data.image_size": args.size, "trainer.batch_size": args.batch})
     out = output_folder(args.out)
-    load_stack(exp.stack)
+    bench = load_bench("train", exp.stack)
     from nailseg.core.benchmark import write_report
-    from nailseg.stacks.lightning.bench_train import bench_train
 
     precisions = choices(args.precision, ("32", "32-true", "bf16-mixed", "16-mixed"), "--precision")
     pipelines = choices(args.pipelines, ("albumentations", "kornia", "dali"), "--pipelines") if args.pipelines else None
     caches = choices(args.cache, ("none", "ram", "disk"), "--cache") if args.cache else None
-    results = bench_train(exp, precisions, batches=args.batches, repeats=args.repeats, pipelines=pipelines,
+    results = bench.run(exp, precisions, batches=args.batches, repeats=args.repeats, pipelines=pipelines,
                           caches=caches)
     paths = write_report(out, results, title=f"training images/s: {results[0]['model']}, "
                          f"{exp.data.size_hw[0]} px, batch {exp.trainer.batch_size}, {results[0]['device']}")

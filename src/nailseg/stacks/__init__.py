@@ -26,6 +26,7 @@ class StackSpec:
     exports: tuple[str, ...]        # nailseg export --format values
     capabilities: frozenset[str] = frozenset()  # "instances": COCO mAP and per-instance predictions
     optim_unsupported: tuple[str, ...] = ()     # optim keys this stack cannot honour (refused at config time)
+    benches: tuple[str, ...] = ()   # `nailseg bench VERB` it runs: stacks/<name>/bench_<verb>.py, with run() and CHOICES
     purpose: str = ""
 
     @property
@@ -36,9 +37,9 @@ class StackSpec:
 STACKS: dict[str, StackSpec] = {spec.name: spec for spec in (
     StackSpec("lightning", ("smp", "segformer"), ("albumentations", "kornia", "dali"), "torch",
               ("torch", "lightning", "segmentation_models_pytorch"), ("state_dict", "hf", "onnx"),
-              purpose="The PyTorch Lightning stack (model.family: smp or segformer)"),
+              benches=("loaders", "train"), purpose="The PyTorch Lightning stack (model.family: smp or segformer)"),
     StackSpec("keras", ("sm",), ("albumentations", "tf"), "tf", ("tensorflow", "tf_keras", "segmentation_models"),
-              ("savedmodel", "keras", "tflite"), optim_unsupported=("encoder_lr_scale",),
+              ("savedmodel", "keras", "tflite"), optim_unsupported=("encoder_lr_scale",), benches=("tfdata",),
               purpose="The Keras stack (model.family: sm)"),
     StackSpec("mmdet", ("maskrcnn",), ("mmdet",), "mmdet", ("torch", "mmengine", "mmcv", "mmdet", "pycocotools"),
               ("state_dict",), capabilities=frozenset({"instances"}),
@@ -61,3 +62,15 @@ def load_stack(name: str):
         if importlib.util.find_spec(dep) is None:
             raise MissingDependencyError(dep, spec.extra, spec.purpose)
     return importlib.import_module(spec.module).STACK
+
+
+def load_bench(verb: str, stack: str | None = None):
+    """The module behind ``nailseg bench VERB`` (``stack``: the config's stack, when the benchmark
+    runs a config), found through the specs: the CLI names no stack module."""
+    specs = [s for s in STACKS.values() if verb in s.benches and (stack is None or s.name == stack)]
+    if not specs:
+        owners = [s.name for s in STACKS.values() if verb in s.benches]
+        raise ConfigError(f"nailseg bench {verb}: the {stack} stack has no such benchmark "
+                          f"(it runs on: {', '.join(owners) or 'no stack'})")
+    load_stack(specs[0].name)
+    return importlib.import_module(f"nailseg.stacks.{specs[0].name}.bench_{verb}")

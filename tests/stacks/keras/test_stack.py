@@ -38,7 +38,7 @@ def test_run_folder_matches_lightning_keys(keras_run):
     for key in ("train_loss", "val_loss", "val_iou", "val_dice", "images_per_s", "epoch_time_s", "lr", "step"):
         assert all(r[key] is not None for r in records), key
     summary = json.loads((keras_run / "summary.json").read_text())
-    assert summary["backend"] == "keras" and summary["precision"] == "float32"
+    assert summary["stack"] == "keras" and "backend" not in summary and summary["precision"] == "float32"
     assert (keras_run / "checkpoints" / "best.weights.h5").exists()
     # summary.json's scores are exactly the shared evaluation's on the validation split
     ev = run_cli("eval", str(keras_run), "--split", "val", "--out", str(keras_run / "val-eval.json"), "--quiet")

@@ -141,3 +141,8 @@ def bench_loaders(exp: Experiment, pipelines: list[str], *, workers: int, batche
                                          cache_scale=exp.data.cache_scale,
                                          augment=[op.name for op in exp.augment.train], **env))
     return results
+
+
+# What `nailseg bench` calls (nailseg.stacks.load_bench).
+run = bench_loaders
+CHOICES = PIPELINES

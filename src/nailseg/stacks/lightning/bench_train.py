@@ -112,3 +112,7 @@ def bench_train(exp: Experiment, precisions: list[str], *, batches: int, repeats
 
     shutil.rmtree(cache_dir, ignore_errors=True)
     return results
+
+
+# What `nailseg bench` calls (nailseg.stacks.load_bench).
+run = bench_train

@@ -48,3 +48,8 @@ def bench_tfdata(exp: Experiment, engines: list[str], *, batches: int, repeats: 
                                         f"of {repeats} repeats of {batches} batches after {warmup} warm-up batches; "
                                         "decode-only = no augmentation"))
     return results
+
+
+# What `nailseg bench` calls (nailseg.stacks.load_bench).
+run = bench_tfdata
+CHOICES = ENGINES

@@ -1,0 +1,66 @@
+"""The import rules the package is built on, checked over every module's source (no imports run):
+
+- only ``nailseg/stacks/`` imports a deep-learning or inference framework at module level, so
+  ``nailseg --help``, the data tools and the config never load one;
+- no module outside ``stacks/`` names a stack's own module (the CLI and the engine reach a stack
+  through its ``StackSpec``: ``load_stack``, ``load_bench``);
+- nothing imports the CLI but the CLI.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+FRAMEWORKS = {"torch", "torchvision", "tensorflow", "lightning", "keras", "tf_keras", "mmdet", "mmengine", "mmcv",
+              "transformers", "kornia", "nvidia", "segmentation_models", "segmentation_models_pytorch", "timm",
+              "onnx", "onnxruntime"}
+MODULES = sorted(SRC.glob("nailseg/**/*.py"))
+
+
+def _imports(tree: ast.AST, top_level_only: bool) -> list[str]:
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    names = []
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+def _name(path: Path) -> str:
+    return ".".join(path.relative_to(SRC).with_suffix("").parts)
+
+
+@pytest.mark.parametrize("path", MODULES, ids=_name)
+def test_imports_point_down(path: Path):
+    module = _name(path)
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    if not module.startswith("nailseg.stacks."):
+        loaded = [m for m in _imports(tree, top_level_only=True) if m.split(".")[0] in FRAMEWORKS]
+        assert not loaded, f"{module} imports {loaded} at module level (only stacks/ may)"
+        named = [m for m in _imports(tree, top_level_only=False) if m.startswith("nailseg.stacks.")]
+        assert not named, f"{module} names a stack's module {named}: go through nailseg.stacks' specs"
+    if not module.startswith("nailseg.cli"):
+        cli = [m for m in _imports(tree, top_level_only=False) if m.startswith("nailseg.cli")]
+        assert not cli, f"{module} imports the CLI {cli}"
+
+
+def test_the_rule_sees_every_module():
+    assert len(MODULES) > 60 and any(_name(p) == "nailseg.cli.bench" for p in MODULES)
+
+
+def test_a_benchmark_is_found_through_the_specs():
+    from nailseg.errors import ConfigError
+    from nailseg.stacks import STACKS, load_bench
+
+    claimed = {verb: name for name, spec in STACKS.items() for verb in spec.benches}
+    assert claimed == {"loaders": "lightning", "train": "lightning", "tfdata": "keras"}
+    for verb, name in claimed.items():
+        assert (SRC / "nailseg" / "stacks" / name / f"bench_{verb}.py").exists()
+    with pytest.raises(ConfigError, match="the keras stack has no such benchmark"):
+        load_bench("train", "keras")
