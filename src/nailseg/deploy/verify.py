@@ -15,10 +15,11 @@ from nailseg.errors import ConfigError
 # while every mask pixel still agrees (seen at 1.01e-3 in CI): it gets a wider probability bound.
 # "onnx-pipeline": an ONNX graph that resizes inside (bilinear on float) against nailseg's predictor,
 # which resizes with OpenCV's fixed-point arithmetic and rounds the photo to uint8: a pixel moves by
-# up to one level, and where a barely trained model's probability is steep (an edge) that moves it by
-# up to ~0.15: the probabilities are reported, the masks must agree.
+# up to one level. Where a model's probability is steep (an edge) that moves it by up to ~0.15 while
+# the masks agree; where an untrained model's probability sits at the threshold, a 1e-3 move flips
+# pixels. So the pipeline check passes on either bound: the same numbers, or the same masks.
 TOLERANCES = {"onnx": {"max_abs_diff": 1e-3, "mask_agreement": 0.999},
-              "onnx-pipeline": {"max_abs_diff": 1.0, "mask_agreement": 0.998},
+              "onnx-pipeline": {"max_abs_diff": 1e-2, "mask_agreement": 0.998, "either": True},
               "tflite": {"max_abs_diff": 1e-2, "mask_agreement": 0.999}}
 
 
@@ -26,7 +27,8 @@ def require_agreement(check: dict, fmt: str, reference: str, source: str) -> dic
     """Refuse an export whose ``check`` is past ``fmt``'s tolerance (one line; the caller's atomic
     write then keeps nothing); return that tolerance for ``export.json``."""
     tolerance = TOLERANCES[fmt]
-    if check["max_abs_diff"] > tolerance["max_abs_diff"] or check["mask_agreement"] < tolerance["mask_agreement"]:
+    misses = [check["max_abs_diff"] > tolerance["max_abs_diff"], check["mask_agreement"] < tolerance["mask_agreement"]]
+    if all(misses) if tolerance.get("either") else any(misses):
         raise ConfigError(f"--format {fmt.split('-')[0]}: the exported model strays from the {reference} model on {source} "
                           f"(max |diff| {check['max_abs_diff']:.2e}, mask agreement {check['mask_agreement']:.5f}; "
                           f"tolerance {tolerance}); nothing written")
