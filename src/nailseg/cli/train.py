@@ -208,14 +208,13 @@ def cmd_export(args) -> int:
                 args.format == "state_dict" and exp.stack == "mmdet"):
             raise NailsegError(f"--out {args.out}: exists and is a {'folder' if out.is_dir() else 'file'}; "
                                f"--format {args.format} writes a {'folder' if args.format in ('hf', 'savedmodel') else 'file'}")
-    onnx_options = {"opset": args.opset, "int8": args.int8}
-    if args.format != "onnx":
-        used = [flag for flag, value in (("--opset", args.opset), ("--int8", args.int8)) if value]
-        if used:
-            raise NailsegError(f"{' and '.join(used)}: only with --format onnx")
+    used = [flag for flag, value in (("--opset", args.opset), ("--int8", args.int8)) if value]
+    if used and args.format != "onnx":
+        raise NailsegError(f"{' and '.join(used)}: only with --format onnx")
+    if args.format == "onnx" and "onnx" in stack.spec.exports:
+        print(stack.export(run, exp, args.format, out, opset=args.opset, int8=args.int8))
+    else:  # the stack refuses a format it cannot write, in its own words
         print(stack.export(run, exp, args.format, out))
-    else:
-        print(stack.export(run, exp, args.format, out, **onnx_options))
     return 0
 
 
