@@ -68,12 +68,12 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-session = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
-threshold = float(session.get_modelmeta().custom_metadata_map["nailseg.threshold"])
+onnx_model = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
+threshold = float(onnx_model.get_modelmeta().custom_metadata_map["nailseg.threshold"])
 
 photo_path = data / "images" / json.loads((run / "split.json").read_text())["test"][0]
 photo = cv2.cvtColor(cv2.imread(str(photo_path)), cv2.COLOR_BGR2RGB)               # uint8 RGB, any size
-prob = session.run(None, {session.get_inputs()[0].name: photo[None]})[0][0]          # (H, W) of the photo
+prob = onnx_model.run(None, {onnx_model.get_inputs()[0].name: photo[None]})[0][0]          # (H, W) of the photo
 mask = prob > threshold
 print(f"{photo_path.name}: {photo.shape[1]}x{photo.shape[0]}, {mask.mean():.1%} nail")
 

@@ -39,6 +39,9 @@ class LastCheckpoint(Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
+        # A save, not a load: weights_only=False here means "write the optimizer and loop state too",
+        # so resume continues exactly. Nothing is unpickled; loading goes through
+        # checkpoints.safe_load (torch.load with weights_only=True).
         trainer.save_checkpoint(str(self.path), weights_only=False)
 
 
