@@ -1,4 +1,4 @@
-"""The typed experiment config: one YAML file drives every backend.
+"""The typed experiment config: one YAML file drives every stack.
 
 ``load_experiment(path, overrides)`` reads the YAML, applies dotted ``key=value``
 overrides, and validates the result. Unknown keys and wrong types fail before anything
@@ -11,14 +11,15 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator,
+                      model_validator)
 
-from nailseg.core.augment import ENGINE_OPS, AugmentOp, default_train_augment
-from nailseg.core.data.cache import CACHE_REFUSALS
+from nailseg.core.augment import AugmentOp, default_train_augment
 from nailseg.errors import ConfigError
+from nailseg.specs import PIPELINE_SPECS, PIPELINES, STACKS, load_plugins, spec_for_family
 
 
 class _Section(BaseModel):
@@ -55,8 +56,6 @@ class BalanceConfig(_Section):
 
 
 MAX_IMAGE_SIDE = 4096  # a side beyond this is a typo, not a training size (and would exhaust memory)
-PIPELINES = ("auto", "albumentations", "kornia", "dali", "tf", "mmdet")
-
 
 class DataConfig(_Section):
     root: str = "data/synth"
@@ -65,7 +64,7 @@ class DataConfig(_Section):
     seed: int = Field(42, ge=0, le=2**32 - 1)
     num_workers: int | Literal["auto"] = "auto"
     balance: BalanceConfig | None = None
-    pipeline: Literal["auto", "albumentations", "kornia", "dali", "tf", "mmdet"] = Field(
+    pipeline: Literal[PIPELINES] = Field(  # type: ignore[valid-type]  # the rows of specs.PIPELINE_SPECS
         "auto", description="auto: the stack's default; albumentations: CPU workers (DataLoader or tf.data); "
                             "kornia: augmentation on the GPU; dali: NVIDIA DALI; tf: tf.image ops (Keras); "
                             "mmdet: MMDetection's own pipeline (Mask R-CNN)")
@@ -112,10 +111,15 @@ class AugmentConfig(_Section):
 
 
 class _ModelBase(_Section):
+    default_encoder_lr_scale: ClassVar[float] = 1.0  # optim.encoder_lr_scale when it is not set
+
     def describe(self) -> dict[str, str]:
         """family / arch / encoder for tables (``nailseg compare``), whatever the family calls them."""
         return {"family": self.family, "arch": getattr(self, "arch", self.family),
                 "encoder": getattr(self, "encoder", "")}
+
+
+ModelBase = _ModelBase  # what a plugin's model family subclasses (with register_family)
 
 
 class SmpModel(_ModelBase):
@@ -137,6 +141,7 @@ class SegformerModel(_ModelBase):
     """transformers SegFormer inside Lightning."""
 
     family: Literal["segformer"]
+    default_encoder_lr_scale: ClassVar[float] = 0.1  # its encoder is the pretrained-style half
     variant: Literal["b0", "b1", "b2", "b3", "b4", "b5"] = "b0"
     pretrained: str = Field("none", description="none | hub id | local folder (save_pretrained)")
     classes: int = Field(1, ge=1, le=2, description="1: one logit + sigmoid; 2: softmax over background/nail")
@@ -170,8 +175,40 @@ class MaskrcnnModel(_ModelBase):
         return {"family": "maskrcnn", "arch": "MaskRCNN", "encoder": self.encoder}
 
 
-ModelConfig = Annotated[Union[SmpModel, SegformerModel, SmModel, MaskrcnnModel], Field(discriminator="family")]
-MODEL_CLASSES = {"smp": SmpModel, "segformer": SegformerModel, "sm": SmModel, "maskrcnn": MaskrcnnModel}
+ModelConfig = Union[SmpModel, SegformerModel, SmModel, MaskrcnnModel]  # the built-in families, for type hints
+MODEL_CLASSES: dict[str, type[_ModelBase]] = {}
+
+
+def register_family(cls: type[_ModelBase]) -> type[_ModelBase]:
+    """Add a ``model.family`` (its class declares ``family: Literal["name"]``). A plugin stack calls
+    this for its own family, next to :func:`nailseg.specs.register_stack`."""
+    (family,) = get_args(cls.model_fields["family"].annotation)
+    MODEL_CLASSES[family] = cls
+    return cls
+
+
+for _cls in (SmpModel, SegformerModel, SmModel, MaskrcnnModel):
+    register_family(_cls)
+
+
+def _model_section(raw: Any) -> tuple[_ModelBase | None, list[dict[str, Any]]]:
+    """The ``model:`` section as its family's class, or the errors (in pydantic's shape, located
+    under ``model.<family>``) that say why not. Families are a registry, so the section is
+    dispatched here rather than by a fixed union."""
+    if isinstance(raw, _ModelBase):
+        return raw, []
+    if not isinstance(raw, dict):
+        return None, [{"type": "model_type", "loc": ("model",), "msg": "must be a mapping (family:, ...)",
+                       "input": raw}]
+    load_plugins()
+    family = raw.get("family", "smp")
+    cls = MODEL_CLASSES.get(family) if isinstance(family, str) else None
+    if cls is None:
+        return None, [{"type": "union_tag_invalid", "loc": ("model",), "msg": "unknown family", "input": family}]
+    try:
+        return cls.model_validate({**raw, "family": family}), []
+    except ValidationError as err:
+        return None, [{**e, "loc": ("model", family, *e["loc"])} for e in err.errors()]
 
 
 class LossConfig(_Section):
@@ -301,7 +338,7 @@ class Experiment(_Section):
 
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
-    model: ModelConfig = SmpModel()
+    model: SerializeAsAny[_ModelBase] = SmpModel()  # one of MODEL_CLASSES, chosen by model.family
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
     trainer: TrainerConfig = TrainerConfig()
@@ -311,9 +348,14 @@ class Experiment(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _default_family(cls, raw):
-        if isinstance(raw, dict) and isinstance(raw.get("model"), dict) and "family" not in raw["model"]:
-            raw = {**raw, "model": {**raw["model"], "family": "smp"}}
+    def _family_model(cls, raw):
+        """``model:`` as its family's class (``experiment_from_dict`` reports its errors key by key)."""
+        if isinstance(raw, dict) and "model" in raw:
+            model, errors = _model_section(raw["model"])
+            if errors:
+                e = errors[0]
+                raise ValueError(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}")
+            raw = {**raw, "model": model}
         return raw
 
     @model_validator(mode="after")
@@ -323,20 +365,22 @@ class Experiment(_Section):
         if self.data.pipeline != "auto" and self.data.pipeline not in spec.pipelines:
             raise ValueError(f"data.pipeline: {self.data.pipeline} is not a pipeline of the {spec.name} stack "
                              f"(model.family {self.model.family}); it supports auto, {', '.join(spec.pipelines)}")
-        pipeline = self.pipeline
-        missing = [op.name for op in self.augment.train if op.name not in ENGINE_OPS[pipeline]]
+        pipeline = PIPELINE_SPECS[self.pipeline]
+        missing = [op.name for op in self.augment.train if op.name not in pipeline.ops]
         if missing:
-            raise ValueError(f"augment.train: {', '.join(missing)} cannot run on the {pipeline} pipeline "
-                             f"(it has {', '.join(sorted(ENGINE_OPS[pipeline]))})")
-        if self.data.cache in ("ram", "disk") and pipeline in CACHE_REFUSALS:
-            raise ValueError(f"data.cache: {self.data.cache} cannot serve the {pipeline} pipeline: "
-                             f"{CACHE_REFUSALS[pipeline]}; use data.cache: none (or auto)")
-        if self.data.balance is not None and pipeline in ("dali", "mmdet"):
-            raise ValueError(f"data.balance: the {pipeline} pipeline cannot draw weighted samples "
+            raise ValueError(f"augment.train: {', '.join(missing)} cannot run on the {pipeline.name} pipeline "
+                             f"(it has {', '.join(sorted(pipeline.ops))})")
+        if self.data.cache in ("ram", "disk") and not pipeline.reads_cache:
+            raise ValueError(f"data.cache: {self.data.cache} cannot serve the {pipeline.name} pipeline: "
+                             f"{pipeline.why_no_cache}; use data.cache: none (or auto)")
+        if self.data.balance is not None and not pipeline.can_balance:
+            raise ValueError(f"data.balance: the {pipeline.name} pipeline cannot draw weighted samples "
                              f"(use data.pipeline: {spec.pipelines[0]})")
-        if self.pretrain is not None and (spec.name != "lightning" or self.model.init_from not in ("", "none")):
-            raise ValueError("pretrain: synthetic pretraining needs the lightning stack and no model.init_from "
-                             "(pretraining sets it)")
+        pretrainable = [s.name for s in STACKS.values() if "pretrain" in s.capabilities]
+        if self.pretrain is not None and ("pretrain" not in spec.capabilities
+                                          or getattr(self.model, "init_from", "none") not in ("", "none")):
+            raise ValueError(f"pretrain: synthetic pretraining needs a stack that can start from it "
+                             f"({', '.join(pretrainable)}) and no model.init_from (pretraining sets it)")
         for key in spec.optim_unsupported:
             value = getattr(self.optim, key)
             if value is not None and value != 1.0:
@@ -345,9 +389,10 @@ class Experiment(_Section):
 
     @property
     def stack_spec(self):
-        from nailseg.stacks import spec_for_family
-
-        return spec_for_family(self.model.family)
+        try:
+            return spec_for_family(self.model.family)
+        except KeyError:
+            raise ValueError(f"model.family={self.model.family!r}: no stack trains it") from None
 
     @property
     def stack(self) -> str:
@@ -514,11 +559,12 @@ def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
-def _format_errors(err: ValidationError, source: str) -> list[str]:
+def _format_errors(errors: list[dict[str, Any]], source: str) -> list[str]:
     valid = _valid_keys(Experiment)
+    tags = _UNION_TAGS | set(MODEL_CLASSES)
     lines, seen = [], set()
-    for e in err.errors():
-        parts = [p for p in e["loc"] if not (isinstance(p, str) and (p in _UNION_TAGS or _TYPE_TAG.match(p)))]
+    for e in errors:
+        parts = [p for p in e["loc"] if not (isinstance(p, str) and (p in tags or _TYPE_TAG.match(p)))]
         key = ".".join(str(p) for p in parts)
         if e["type"] != "extra_forbidden":  # a union gives one error per member: report the key once
             if key in seen:
@@ -543,7 +589,7 @@ def _format_errors(err: ValidationError, source: str) -> list[str]:
 
 _TYPE_TAG = re.compile(r"^(constrained-|literal\[|function-|tuple\[|list\[|dict\[|int$|float$|str$|bool$|none$)")
 _UNION_TAGS = {"hflip", "vflip", "affine", "random_resized_crop", "brightness_contrast",
-               "hue_saturation", "gauss_noise", "blur", *MODEL_CLASSES}
+               "hue_saturation", "gauss_noise", "blur"}
 
 
 def _refuse_replaced_keys(raw: dict[str, Any], source: str) -> None:
@@ -553,7 +599,7 @@ def _refuse_replaced_keys(raw: dict[str, Any], source: str) -> None:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and path[-1] in node:
             raise ConfigError(f"{source}: '{'.'.join(path)}' was replaced by '{new}' "
-                              f"(auto, albumentations, kornia, dali, tf or mmdet)")
+                              f"({', '.join(PIPELINES)})")
 
 
 def _type_name(annotation) -> str:
@@ -599,9 +645,16 @@ def experiment_from_dict(raw: dict[str, Any], source: str = "config") -> Experim
     check_expansion(raw, source)
     _refuse_replaced_keys(raw, source)
     try:
-        return Experiment.model_validate(raw)
+        model, errors = _model_section(raw.get("model", {}))
+        if errors:  # the other sections are still checked, so one run reports every bad key
+            try:
+                Experiment.model_validate({k: v for k, v in raw.items() if k != "model"})
+            except ValidationError as err:
+                errors += [e for e in err.errors() if e["loc"]]  # not the stack checks of a default model
+            raise ConfigError(_format_errors(errors, source))
+        return Experiment.model_validate({**raw, "model": model})
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
+        raise ConfigError(_format_errors(err.errors(), source)) from None
     except RecursionError:
         raise ConfigError(f"{source}: nested too deep to validate") from None
 

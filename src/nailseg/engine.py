@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -25,12 +25,13 @@ from nailseg.core.data.discover import Pair
 from nailseg.core.evaluate import Predictor, semantic_summary
 from nailseg.core.io import append_jsonl, write_json, write_yaml
 from nailseg.core.data.split import load_split
-from nailseg.core.runs import (RUN_DIR_ENV, PreparedData, RunDir, RunLock, check_data, check_metrics, create_run_dir,
+from nailseg.runs import (RUN_DIR_ENV, PreparedData, RunDir, RunLock, check_data, check_metrics, create_run_dir,
                                dedupe_metrics, fix_split, load_fg_share, pairs_of, resolved_config, save_fg_share,
                                wait_for_split)
 from nailseg.core.runtime import drop_last, global_rank
 from nailseg.errors import ConfigError
-from nailseg.stacks import StackSpec, load_stack
+from nailseg.registry import load_stack
+from nailseg.specs import StackSpec
 
 
 @dataclass
@@ -46,6 +47,40 @@ class FitResult:
     world_size: int = 1
     versions: dict[str, str] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EpochRecord:
+    """One ``metrics.jsonl`` line: what every stack reports for each finished epoch (``None``
+    where a stack cannot measure it, e.g. a validation loss). ``extras`` add stack-only keys
+    (``val_segm_map``, group shares) beside these, never instead of them."""
+
+    epoch: int
+    step: int
+    train_loss: float | None
+    val_loss: float | None
+    val_iou: float | None
+    val_dice: float | None
+    lr: float | None
+    images_per_s: float | None
+    epoch_time_s: float | None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> EpochRecord:
+        """A stack's dict as a record; a missing key is a bug in that stack, named here."""
+        missing = [k for k in EPOCH_KEYS if k not in record]
+        if missing:
+            raise ValueError(f"metrics record of epoch {record.get('epoch')} lacks {', '.join(missing)}")
+        return cls(**{k: record[k] for k in EPOCH_KEYS},
+                   extras={k: v for k, v in record.items() if k not in EPOCH_KEYS})
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        return {**{k: out[k] for k in EPOCH_KEYS}, **out["extras"]}
+
+
+EPOCH_KEYS: tuple[str, ...] = tuple(f.name for f in fields(EpochRecord) if f.name != "extras")
 
 
 @dataclass
@@ -86,10 +121,13 @@ class TrainContext:
         cfg = self.exp.data.balance
         return (cfg.epoch_size if cfg is not None and cfg.epoch_size else None) or len(self.train_pairs)
 
-    def log_epoch(self, record: dict[str, Any]) -> None:
-        """One ``metrics.jsonl`` line per finished epoch (rank 0 only). Every stack writes the
-        same keys: epoch, step, train_loss, val_loss, val_iou, val_dice, lr, images_per_s, epoch_time_s."""
+    def log_epoch(self, record: EpochRecord | dict[str, Any]) -> None:
+        """One ``metrics.jsonl`` line per finished epoch (rank 0 only), with every
+        :data:`EPOCH_KEYS` key whichever stack wrote it."""
         if self.rank == 0:
+            if not isinstance(record, EpochRecord):
+                record = EpochRecord.from_dict(record)
+            record = record.as_dict()
             append_jsonl(self.run.metrics, record)
             if not sys.stderr.isatty():  # a log file gets one plain line per epoch (a terminal has the bar)
                 self._epoch_times.append(record.get("epoch_time_s") or 0.0)
@@ -332,7 +370,7 @@ def peak_memory_mb() -> float:
 
 def open_for_inference(run_dir: str | os.PathLike[str]):
     """(run, exp, stack) of a finished run folder."""
-    from nailseg.core.runs import open_run
+    from nailseg.runs import open_run
 
     run, exp = open_run(run_dir)
     return run, exp, stack_for(exp)

@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from nailseg.stacks import load_stack
+from nailseg.registry import load_stack
 from nailseg.cli import main
 from nailseg.errors import MissingDependencyError
 

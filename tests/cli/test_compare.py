@@ -79,7 +79,7 @@ def test_compare_refuses_run_dir_and_names_the_key(synth_data, tmp_path):
 
 
 def test_eta_comes_from_each_configs_own_jobs():
-    from nailseg.core.compare import eta_text
+    from nailseg.workflows.compare import eta_text
 
     assert eta_text({"a": [100.0, 140.0], "b": []}, ["a", "b"]) == ""  # b's pace is unknown
     assert eta_text({"a": [100.0, 140.0], "b": [30.0]}, ["a", "b", "b"]) == ", ETA 0:03:00"

@@ -21,7 +21,9 @@ from nailseg.core.runtime import resolve_precision
     ("float32", "gpu", False, False, "32-true", False),
 ])
 def test_precision_rule(setting, accelerator, keras, cpu_bf16, name, channels_last):
-    p = resolve_precision(setting, accelerator, keras=keras, cpu_bf16=cpu_bf16)
+    # what the Keras stack passes: float16 on a GPU, no NHWC switch, and no CPU bf16 (slower there)
+    stack = dict(gpu_auto="16-mixed", channels_last_ok=False) if keras else dict(cpu_bf16=cpu_bf16)
+    p = resolve_precision(setting, accelerator, **stack)
     assert (p.name, p.channels_last, p.on_gpu) == (name, channels_last, accelerator == "gpu")
 
 

@@ -55,7 +55,7 @@ def runnable_pipelines(pipelines: list[str]) -> list[str]:
 
 
 def cmd_bench_loaders(args) -> int:
-    from nailseg.stacks import load_bench
+    from nailseg.registry import load_bench
 
     exp = _experiment(args, {"data.root": args.data, "data.image_size": args.size, "trainer.batch_size": args.batch})
     out = output_folder(args.out)
@@ -74,7 +74,7 @@ def cmd_bench_loaders(args) -> int:
 
 
 def cmd_bench_tfdata(args) -> int:
-    from nailseg.stacks import load_bench
+    from nailseg.registry import load_bench
 
     exp = _experiment(args, {"data.root": args.data, "data.image_size": args.size, "trainer.batch_size": args.batch,
                              "model.family": "sm", "model.encoder": "resnet18"})
@@ -91,7 +91,7 @@ def cmd_bench_tfdata(args) -> int:
 
 
 def cmd_bench_train(args) -> int:
-    from nailseg.stacks import load_bench
+    from nailseg.registry import load_bench
 
     exp = _experiment(args, {"data.root": args.data, "data.image_size": args.size, "trainer.batch_size": args.batch})
     out = output_folder(args.out)

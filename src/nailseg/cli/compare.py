@@ -9,7 +9,7 @@ from nailseg.errors import NailsegError
 
 
 def cmd_compare(args) -> int:
-    from nailseg.core.compare import collect_runs, run_compare
+    from nailseg.workflows.compare import collect_runs, run_compare
 
     out = output_folder(args.out)
     if args.folds is not None and args.folds < 2:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from nailseg.specs import STACKS
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("config", help="print a resolved config, or every key with its type and default",
@@ -16,7 +18,7 @@ def add_parser(sub) -> None:
     show.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
     show.set_defaults(func=cmd_show)
     keys = verbs.add_parser("keys", help="every key with its type and default")
-    keys.add_argument("--family", choices=["smp", "segformer", "sm", "maskrcnn"], default=None,
+    keys.add_argument("--family", choices=[f for s in STACKS.values() for f in s.families], default=None,
                       help="list the model keys of this family only (default: all families)")
     keys.set_defaults(func=cmd_keys)
 

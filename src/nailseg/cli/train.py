@@ -6,11 +6,12 @@ from pathlib import Path
 
 from nailseg.cli.common import output_file, output_folder
 from nailseg.errors import NailsegError
+from nailseg.specs import export_formats
 
 
 def cmd_train(args) -> int:
     from nailseg.config import load_experiment
-    from nailseg.core.runs import choose_run_dir, resume_run
+    from nailseg.runs import choose_run_dir, resume_run
     from nailseg.engine import run_training
 
     if args.resume:
@@ -204,10 +205,10 @@ def cmd_export(args) -> int:
     out = None
     if args.out:
         out = Path(args.out)
-        if out.exists() and out.is_dir() != (args.format in ("hf", "savedmodel")) and not (
-                args.format == "state_dict" and exp.stack == "mmdet"):
+        writes_folder = args.format in stack.spec.folder_exports
+        if out.exists() and out.is_dir() != writes_folder:
             raise NailsegError(f"--out {args.out}: exists and is a {'folder' if out.is_dir() else 'file'}; "
-                               f"--format {args.format} writes a {'folder' if args.format in ('hf', 'savedmodel') else 'file'}")
+                               f"--format {args.format} writes a {'folder' if writes_folder else 'file'}")
     used = [flag for flag, value in (("--opset", args.opset), ("--int8", args.int8)) if value]
     if used and args.format != "onnx":
         raise NailsegError(f"{' and '.join(used)}: only with --format onnx")
@@ -279,7 +280,7 @@ def add_parser(sub) -> None:
                                       "stray from the float32 model's; figures in export.int8.json). tflite: a "
                                       "TensorFlow Lite file (Keras runs; default RUN/model.tflite), verified the same way.")
     exp_.add_argument("run", help="run folder")
-    exp_.add_argument("--format", required=True, choices=["hf", "state_dict", "savedmodel", "keras", "onnx", "tflite"],
+    exp_.add_argument("--format", required=True, choices=export_formats(),
                       help="hf / state_dict / onnx (Lightning runs), savedmodel / keras / tflite (Keras runs), "
                            "state_dict (mmdet)")
     exp_.add_argument("--out", help="output path")

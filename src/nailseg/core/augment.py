@@ -117,12 +117,8 @@ AugmentOp = Annotated[
     Field(discriminator="name"),
 ]
 GEOMETRIC = {"hflip", "vflip", "affine", "random_resized_crop"}
-ALL_OPS = frozenset({"hflip", "vflip", "affine", "random_resized_crop", "brightness_contrast", "hue_saturation",
-                     "gauss_noise", "blur"})
-# What each engine can translate; a config asking an engine for anything else is refused.
-# MMDetection's pipeline is generated with RandomFlip only (``stacks/mmdet/config.py``).
-ENGINE_OPS: dict[str, frozenset[str]] = {"albumentations": ALL_OPS, "kornia": ALL_OPS, "dali": ALL_OPS,
-                                         "tf": ALL_OPS, "mmdet": frozenset({"hflip", "vflip"})}
+# What each pipeline translates is its ``PipelineSpec.ops`` row (``nailseg.specs``); each pipeline
+# module holds one translation per op in a table, and a test checks the two agree.
 
 
 def default_train_augment() -> list[AugmentOp]:
@@ -155,32 +151,33 @@ def to_albumentations(
     return A.Compose(steps)
 
 
+def _albu_resized_crop(A, cv2, op, h, w):
+    # when skipped (p < 1), the image is resized instead
+    return A.OneOf([
+        A.RandomResizedCrop(size=(h, w), scale=op.scale, ratio=op.ratio, mask_interpolation=cv2.INTER_NEAREST,
+                            p=op.p),
+        A.Resize(h, w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST, p=1.0 - op.p),
+    ], p=1.0)
+
+
+# One albumentations translation per op: (A, cv2, op, h, w) -> transform. Its keys are the
+# albumentations row's ``ops`` in nailseg.specs (tests/core/test_augment_table.py).
+ALBUMENTATIONS_OPS = {
+    "hflip": lambda A, cv2, op, h, w: A.HorizontalFlip(p=op.p),
+    "vflip": lambda A, cv2, op, h, w: A.VerticalFlip(p=op.p),
+    "affine": lambda A, cv2, op, h, w: A.Affine(
+        rotate=(-op.rotate, op.rotate), scale=op.scale, translate_percent=(-op.translate, op.translate),
+        interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT,
+        fill=0, fill_mask=0, p=op.p),
+    "random_resized_crop": _albu_resized_crop,
+    "brightness_contrast": lambda A, cv2, op, h, w: A.RandomBrightnessContrast(
+        brightness_limit=op.brightness, contrast_limit=op.contrast, p=op.p),
+    "hue_saturation": lambda A, cv2, op, h, w: A.HueSaturationValue(
+        hue_shift_limit=op.hue * 180, sat_shift_limit=op.saturation * 255, val_shift_limit=0, p=op.p),
+    "gauss_noise": lambda A, cv2, op, h, w: A.GaussNoise(std_range=op.std, p=op.p),
+    "blur": lambda A, cv2, op, h, w: A.GaussianBlur(sigma_limit=op.sigma, blur_limit=0, p=op.p),
+}
+
+
 def _albu_op(A, cv2, op: AugmentOp, h: int, w: int):
-    if op.name == "hflip":
-        return A.HorizontalFlip(p=op.p)
-    if op.name == "vflip":
-        return A.VerticalFlip(p=op.p)
-    if op.name == "affine":
-        return A.Affine(
-            rotate=(-op.rotate, op.rotate), scale=op.scale,
-            translate_percent=(-op.translate, op.translate), interpolation=cv2.INTER_LINEAR,
-            mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT, fill=0,
-            fill_mask=0, p=op.p,
-        )
-    if op.name == "random_resized_crop":  # when skipped (p < 1), the image is resized instead
-        return A.OneOf([
-            A.RandomResizedCrop(size=(h, w), scale=op.scale, ratio=op.ratio,
-                                mask_interpolation=cv2.INTER_NEAREST, p=op.p),
-            A.Resize(h, w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
-                     p=1.0 - op.p),
-        ], p=1.0)
-    if op.name == "brightness_contrast":
-        return A.RandomBrightnessContrast(brightness_limit=op.brightness, contrast_limit=op.contrast, p=op.p)
-    if op.name == "hue_saturation":
-        return A.HueSaturationValue(hue_shift_limit=op.hue * 180, sat_shift_limit=op.saturation * 255,
-                                    val_shift_limit=0, p=op.p)
-    if op.name == "gauss_noise":
-        return A.GaussNoise(std_range=op.std, p=op.p)
-    if op.name == "blur":
-        return A.GaussianBlur(sigma_limit=op.sigma, blur_limit=0, p=op.p)
-    raise ValueError(f"augmentation {op.name!r} has no albumentations translation")  # pragma: no cover
+    return ALBUMENTATIONS_OPS[op.name](A, cv2, op, h, w)

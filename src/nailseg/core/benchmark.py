@@ -40,16 +40,18 @@ def summarize(name: str, rates: list[float], **extra) -> dict:
             "images_per_s_max": max(rates), "repeats": rates, **extra}
 
 
-def environment() -> dict:
-    info = {"nailseg": __version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "machine": platform.machine()}
-    try:
-        import torch
+def environment(device: str = "cpu") -> dict:
+    """Where a benchmark ran. ``device``: the caller's (a torch benchmark names its GPU); the
+    framework versions come from the package metadata, so this module imports no framework."""
+    from importlib.metadata import PackageNotFoundError, version
 
-        info["torch"] = torch.__version__
-        info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        info["device"] = "cpu"
+    info = {"nailseg": __version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "machine": platform.machine(), "device": device}
+    for dist in ("torch", "tensorflow", "onnxruntime"):
+        try:
+            info[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
     return info
 
 

@@ -26,10 +26,6 @@ class Precision:
     on_gpu: bool
 
     @property
-    def keras_policy(self) -> str:
-        return {"32-true": "float32", "16-mixed": "mixed_float16", "bf16-mixed": "mixed_bfloat16"}[self.name]
-
-    @property
     def amp(self) -> bool:
         return self.name != "32-true"
 
@@ -40,19 +36,20 @@ def resolve_accelerator(setting: str, has_gpu: bool) -> str:
     return "gpu" if setting == "cuda" else setting
 
 
-def resolve_precision(setting: str, accelerator: str, *, keras: bool = False, cpu_bf16: bool = False) -> Precision:
-    """``auto``: mixed precision on a GPU (bf16 + channels_last for torch, float16 with loss
-    scaling for Keras, whose kernels prefer it). On a CPU, torch gets bf16 + channels_last only
-    where the CPU has bf16 matrix units (``cpu_bf16``: Intel AMX), which run oneDNN's bf16
-    convolutions ~3x faster than fp32 (docs/results.md); elsewhere bf16 is slower than fp32 on a
-    CPU, so ``auto`` stays 32-bit there, and Keras stays 32-bit on every CPU."""
+def resolve_precision(setting: str, accelerator: str, *, cpu_bf16: bool = False, gpu_auto: str = "bf16-mixed",
+                      channels_last_ok: bool = True) -> Precision:
+    """``auto``: mixed precision on a GPU (``gpu_auto``: bf16 for torch; a stack whose kernels
+    prefer float16 with loss scaling passes "16-mixed"). On a CPU, bf16 only where the stack says
+    the CPU runs it fast (``cpu_bf16``: bf16 matrix units, where oneDNN's bf16 convolutions beat
+    fp32, docs/results.md); elsewhere ``auto`` stays 32-bit. ``channels_last_ok``: the stack can use
+    the NHWC memory format (torch) when it pays."""
     on_gpu = accelerator == "gpu"
-    amx = cpu_bf16 and accelerator == "cpu" and not keras
+    fast_bf16 = cpu_bf16 and accelerator == "cpu"
     if setting == "auto":
-        name = ("16-mixed" if keras else "bf16-mixed") if on_gpu else ("bf16-mixed" if amx else "32-true")
+        name = gpu_auto if on_gpu else ("bf16-mixed" if fast_bf16 else "32-true")
     else:
         name = _PRECISION_ALIASES.get(setting, setting)
-    channels_last = not keras and ((on_gpu and name != "32-true") or (amx and name == "bf16-mixed"))
+    channels_last = channels_last_ok and ((on_gpu and name != "32-true") or (fast_bf16 and name == "bf16-mixed"))
     return Precision(name=name, channels_last=channels_last, on_gpu=on_gpu)
 
 
@@ -119,11 +116,10 @@ def lr_factor(epoch: int, epochs: int, warmup: int, schedule: str, power: float 
     return 1.0
 
 
-def encoder_lr_scale(scale: float | None, family: str) -> float:
-    """Default: 0.1 for SegFormer's pretrained-style encoder, 1.0 otherwise."""
-    if scale is not None:
-        return scale
-    return 0.1 if family == "segformer" else 1.0
+def encoder_lr_scale(scale: float | None, default: float) -> float:
+    """``optim.encoder_lr_scale``, or the model family's own default (``ModelBase.default_encoder_lr_scale``)
+    when it is not set."""
+    return default if scale is None else scale
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,13 @@
 """The Keras backend end to end through the real CLI (subprocesses: TensorFlow stays out of pytest)."""
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.conftest import REPO, run_cli
+from tests.contract import StackContract
 
 CONFIG = str(REPO / "configs" / "keras-cpu.yaml")
 TINY = ["data.image_size=64", "trainer.batch_size=4", "logging.predictions=2"]
@@ -40,12 +37,7 @@ def test_run_folder_matches_lightning_keys(keras_run):
     summary = json.loads((keras_run / "summary.json").read_text())
     assert summary["stack"] == "keras" and "backend" not in summary and summary["precision"] == "float32"
     assert (keras_run / "checkpoints" / "best.weights.h5").exists()
-    # summary.json's scores are exactly the shared evaluation's on the validation split
-    ev = run_cli("eval", str(keras_run), "--split", "val", "--out", str(keras_run / "val-eval.json"), "--quiet")
-    assert ev.returncode == 0, ev.stderr[-2000:]
-    evaluated = json.loads((keras_run / "val-eval.json").read_text())
-    assert summary["val_iou"] == pytest.approx(evaluated["iou"], abs=1e-9)
-    assert summary["val_dice"] == pytest.approx(evaluated["dice"], abs=1e-9)
+    # summary.json's scores are exactly the shared evaluation's: TestKerasContract
 
 
 def test_eval_predict_export(keras_run, tmp_path):
@@ -93,22 +85,18 @@ def test_tf_engine_and_balance(synth_data, tmp_path):
     assert all(abs(sum(r["group_share"].values()) - 1) < 1e-9 for r in records)
 
 
-@pytest.mark.slow
-def test_resume_after_sigkill(synth_data, tmp_path):
-    pytest.importorskip("segmentation_models")
-    args = [sys.executable, "-m", "nailseg.cli", "train", CONFIG, f"data.root={synth_data}", f"run.dir={tmp_path}",
-            "run.name=killed", "trainer.max_epochs=6", *TINY]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = tmp_path / "killed" / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 2 <= len(metrics.read_text().splitlines()) < 6
-    resumed = run_cli("train", "--resume", str(tmp_path / "killed"))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    first_epoch_run = next(line for line in resumed.stdout.splitlines() if line.startswith("Epoch "))
-    assert first_epoch_run != "Epoch 1/6"  # continued, not restarted
-    epochs = [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()]
-    assert epochs == list(range(6))
+class TestKerasContract(StackContract):
+    """The shared stack contract (tests/contract.py) on the Keras stack."""
+
+    stack = "keras"
+    best_files = ("checkpoints/best.weights.h5",)
+
+    @pytest.fixture
+    def contract_run(self, keras_run):
+        return keras_run
+
+    @pytest.fixture
+    def train_args(self, synth_data):
+        pytest.importorskip("segmentation_models")
+        return lambda runs, name, epochs: [CONFIG, f"data.root={synth_data}", f"run.dir={runs}", f"run.name={name}",
+                                           f"trainer.max_epochs={epochs}", *TINY]

@@ -116,3 +116,24 @@ def test_tf_data_reads_the_decode_cache(tf, synth_data, tmp_path, engine):
     for (a, am), (b, bm) in zip(first(FileSource(pairs, 80)), first(cache)):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(am, bm)
+
+
+def test_tf_table_translates_every_claimed_op(tf):
+    """The tf row of nailseg.specs: its table has exactly the claimed ops, and each one runs in
+    tf_augment (p = 1) keeping the mask binary and, for geometry, on the red pixels."""
+    from pydantic import TypeAdapter
+
+    from nailseg.core.augment import AugmentOp
+    from nailseg.specs import PIPELINE_SPECS
+    from nailseg.stacks.keras.tfdata import TF_OPS, tf_augment
+
+    assert set(TF_OPS) == PIPELINE_SPECS["tf"].ops
+    image, mask = coded_pair(64, 64)
+    for name in sorted(TF_OPS):
+        op = TypeAdapter(AugmentOp).validate_python({"name": name, "p": 1.0})
+        out, m = tf_augment(tf.constant(image, tf.float32), tf.constant(mask[..., None], tf.float32),
+                            tf.constant([3, 4], tf.int64), [op], (64, 64), True)
+        out, m = out.numpy(), m.numpy()[..., 0]
+        assert out.shape == (64, 64, 3) and set(np.unique(m)) <= {0.0, 1.0} and m.sum() > 0, name
+        if name in {"hflip", "vflip", "affine", "random_resized_crop"}:
+            assert ((out[..., 0] > 127) == m.astype(bool)).mean() > 0.9, name

@@ -74,7 +74,7 @@ def test_train_export_and_plain_transformers_round_trip(synth_data, tmp_path):
     from transformers import SegformerForSemanticSegmentation
 
     from nailseg.stacks.lightning.stack import STACK
-    from nailseg.core.runs import open_run
+    from nailseg.runs import open_run
 
     plain = SegformerForSemanticSegmentation.from_pretrained(run / "hf").eval()
     assert plain.config.id2label == {0: "nail"}

@@ -1,11 +1,7 @@
 """End to end through the real CLI on tiny synthetic data: train, eval, predict, resume, DDP."""
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +9,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, TINY_TRAIN, run_cli
+from tests.contract import StackContract
 
 pytest.importorskip("lightning")
 pytest.importorskip("segmentation_models_pytorch")
@@ -62,7 +59,7 @@ def test_run_folder_complete(trained_run):
     for r in records:
         for key in ("train_loss", "val_loss", "val_iou", "val_dice", "images_per_s", "epoch_time_s"):
             assert r[key] is not None and np.isfinite(r[key]), key
-    summary = assert_summary_is_the_evaluation(trained_run)
+    summary = json.loads((trained_run / "summary.json").read_text())  # == eval: TestLightningContract
     # auto: bf16 on a CPU with AMX, else 32-bit (tests/core/test_runtime.py)
     assert summary["precision"] == torch_precision("auto", "cpu").name and summary["epochs"] == 2
     assert summary["stack"] == "lightning" and summary["pipeline"] == "albumentations"
@@ -159,36 +156,19 @@ def test_config_error_before_anything_runs(synth_data, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.slow
-def test_resume_after_sigkill_loses_no_epoch(synth_data, tmp_path):
-    runs = tmp_path / "runs"
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
-    args = [sys.executable, "-m", "nailseg.cli", "train", CONFIG, f"data.root={synth_data}", f"run.dir={runs}",
-            *TINY_TRAIN, "trainer.max_epochs=6", "run.name=killed"]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = runs / "killed" / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    before = [json.loads(line) for line in metrics.read_text().splitlines()]
-    assert 2 <= len(before) < 6
-    # last.ckpt is the last finished epoch (or the one before, when the kill fell between that
-    # epoch's metrics line and its checkpoint), whatever the best epoch was
-    import torch
+class TestLightningContract(StackContract):
+    """The shared stack contract (tests/contract.py) on the Lightning stack."""
 
-    kept = torch.load(runs / "killed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["epoch"]
-    assert kept in (len(before) - 1, len(before) - 2)
-    resumed = run_cli("train", "--resume", str(runs / "killed"))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    after = [json.loads(line) for line in metrics.read_text().splitlines()]
-    assert [r["epoch"] for r in after] == list(range(6))  # every epoch once: none lost, none repeated
-    # the epochs the checkpoint held were not trained again: their lines are the first attempt's
-    assert [r["train_loss"] for r in after[: kept + 1]] == [r["train_loss"] for r in before[: kept + 1]]
-    assert json.loads((runs / "killed" / "summary.json").read_text())["epochs"] == 6
+    stack = "lightning"
+
+    @pytest.fixture
+    def contract_run(self, trained_run):
+        return trained_run
+
+    @pytest.fixture
+    def train_args(self, synth_data):
+        return lambda runs, name, epochs: [CONFIG, f"data.root={synth_data}", f"run.dir={runs}", *TINY_TRAIN,
+                                           f"trainer.max_epochs={epochs}", f"run.name={name}"]
 
 
 def test_last_checkpoint_is_the_last_epoch(trained_run):

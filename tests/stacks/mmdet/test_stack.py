@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, run_cli
+from tests.contract import StackContract
 
 pytest.importorskip("mmdet")
 pytest.importorskip("mmcv.ops")
@@ -118,3 +119,21 @@ def test_planted_pickles_in_mmdet_files_never_run(mmdet_run, tmp_path):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, (argv, proc.stderr[-1500:])
         assert "refused to load" in proc.stderr, (argv, proc.stderr[-800:])
     assert not marker.exists()
+
+
+@pytest.mark.slow
+class TestMmdetContract(StackContract):
+    """The shared stack contract (tests/contract.py) on MMDetection; its resume is tested above."""
+
+    stack = "mmdet"
+    best_files = ("checkpoints/best.pth",)
+    semantic_iou_per_epoch = False  # scored by COCO mAP each epoch
+    kill_resume = False
+
+    @pytest.fixture
+    def contract_run(self, mmdet_run):
+        return mmdet_run
+
+    @pytest.fixture
+    def train_args(self):
+        return None

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from nailseg.core.data.decode import decode_scaled, image_size
+from nailseg.specs import PIPELINE_SPECS
 from nailseg.core.data.discover import Pair
 from nailseg.core.io import atomic_path, pid_alive, write_json
 from nailseg.errors import ConfigError, DataError
@@ -327,7 +328,7 @@ def open_source(data, pairs: list[Pair], split: str, run_folder: Path | None, *,
     Both give identical pairs, downscaled to ``data.cache_scale`` x the training side."""
     longest = cache_longest_side(data.size_hw, data.cache_scale)
     mode = resolve_mode(data.cache, pairs, longest, data.cache_ram_share)
-    if mode == "none" or pipeline not in CACHED_PIPELINES:
+    if mode == "none" or not PIPELINE_SPECS[pipeline].reads_cache:
         return FileSource(pairs, longest)
     if mode == "ram":
         remove_orphaned_ram_caches(ram_cache_dir())
@@ -339,10 +340,3 @@ def open_source(data, pairs: list[Pair], split: str, run_folder: Path | None, *,
     return open_cache(pairs, longest, folder, split, progress=progress)
 
 
-# Pipelines that read through :func:`open_source`; DALI and MMDetection decode on their own.
-CACHED_PIPELINES = ("albumentations", "kornia", "tf")
-CACHE_REFUSALS = {
-    "dali": "DALI reads and decodes the files itself (on the GPU with nvJPEG), so a CPU decode cache would "
-            "undo what it is for",
-    "mmdet": "MMDetection's pipeline reads the files itself",
-}

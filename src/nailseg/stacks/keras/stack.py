@@ -30,11 +30,11 @@ from nailseg.config import Experiment  # noqa: E402
 from nailseg.core.evaluate import Predictor, at_image_size, model_input  # noqa: E402
 from nailseg.core.io import atomic_dir, atomic_path, read_jsonl  # noqa: E402
 from nailseg.core.metrics import scores  # noqa: E402
-from nailseg.core.runs import RunDir  # noqa: E402
+from nailseg.runs import RunDir  # noqa: E402
 from nailseg.core.runtime import lr_factor, resolve_accelerator, resolve_precision  # noqa: E402
-from nailseg.engine import FitResult, TrainContext  # noqa: E402
+from nailseg.engine import EpochRecord, FitResult, TrainContext  # noqa: E402
 from nailseg.errors import ConfigError  # noqa: E402
-from nailseg.stacks import STACKS  # noqa: E402
+from nailseg.specs import STACKS  # noqa: E402
 from nailseg.stacks.keras.models import build_sm_loss, build_sm_model, check_sm_model  # noqa: E402
 from nailseg.core.data.cache import open_source  # noqa: E402
 from nailseg.stacks.keras.tfdata import GroupCounter, build_dataset  # noqa: E402
@@ -49,7 +49,9 @@ def _has_gpu() -> bool:
 def resolve_policy(exp: Experiment) -> str:
     """``auto``: mixed_float16 on a GPU (with loss scaling), float32 on a CPU (core.runtime's rule)."""
     accelerator = resolve_accelerator(exp.trainer.accelerator, _has_gpu())
-    return resolve_precision(exp.trainer.precision, accelerator, keras=True).keras_policy
+    # Keras: float16 with loss scaling on a GPU (its kernels prefer it), 32-bit on every CPU, no NHWC switch
+    name = resolve_precision(exp.trainer.precision, accelerator, gpu_auto="16-mixed", channels_last_ok=False).name
+    return {"32-true": "float32", "16-mixed": "mixed_float16", "bf16-mixed": "mixed_bfloat16"}[name]
 
 
 class ConfusionCounts(keras.metrics.Metric):
@@ -103,19 +105,18 @@ class RunRecorder(keras.callbacks.Callback):
         confusion = _find_confusion(self.model)
         val_scores = scores(*confusion.counts.numpy().tolist()) if "val_loss" in logs else {}
         train_time = (self._train_end or now) - self._t0
-        record = {
-            "epoch": epoch, "step": (epoch + 1) * self.steps,
-            "train_loss": logs.get("loss"), "val_loss": logs.get("val_loss"),
-            "val_iou": val_scores.get("iou"), "val_dice": val_scores.get("dice"),
-            "lr": self._lr, "images_per_s": self.steps * self.batch_size / train_time if train_time > 0 else None,
-            "epoch_time_s": now - self._t0,
-        }
+        record = EpochRecord(
+            epoch=epoch, step=(epoch + 1) * self.steps, train_loss=logs.get("loss"), val_loss=logs.get("val_loss"),
+            val_iou=val_scores.get("iou"), val_dice=val_scores.get("dice"), lr=self._lr,
+            images_per_s=self.steps * self.batch_size / train_time if train_time > 0 else None,
+            epoch_time_s=now - self._t0,
+        )
         if self.counter is not None:
-            record["group_share"] = self.counter.take_shares()
+            record.extras["group_share"] = self.counter.take_shares()
         self.run.checkpoints.mkdir(parents=True, exist_ok=True)
         _save_weights(self.model, self.run.checkpoints / LAST)
-        if record["val_iou"] is not None and record["val_iou"] > self.best:
-            self.best = record["val_iou"]
+        if record.val_iou is not None and record.val_iou > self.best:
+            self.best = record.val_iou
             _save_weights(self.model, self.run.checkpoints / BEST)
         self.ctx.log_epoch(record)
 
@@ -228,9 +229,10 @@ class KerasStack:
         history = model.fit(train_ds, validation_data=val_ds, epochs=t.max_epochs, steps_per_epoch=steps,
                             callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
         fit_time = time.perf_counter() - fit_started
-        records = read_jsonl(run.metrics)
+        records = read_jsonl(run.metrics)  # an epoch re-run after a kill has two lines until the engine dedupes
         return FitResult(
-            epochs=len(records), global_step=records[-1]["step"] if records else 0, fit_time_s=fit_time,
+            epochs=len({r["epoch"] for r in records}), global_step=records[-1]["step"] if records else 0,
+            fit_time_s=fit_time,
             precision=policy, parameters=int(model.count_params()), device=_device_name(), world_size=1,
             versions={"nailseg": __version__, "python": platform.python_version(), "tensorflow": tf.__version__,
                       "tf_keras": keras.__version__, "segmentation_models": sm.__version__},

@@ -83,6 +83,65 @@ def _gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor
     return tf.nn.depthwise_conv2d(out, kernel_v, [1, 1, 1, 1], "SAME")[0]
 
 
+def _tf_flip(axis: int):
+    def flip(s, op, image, mask, h, w):
+        use = _coin(s, op.p)
+        return tf.where(use, tf.reverse(image, [axis]), image), tf.where(use, tf.reverse(mask, [axis]), mask)
+    return flip
+
+
+def _tf_affine(s, op, image, mask, h, w):
+    use = _coin(_sub(s, 1), op.p)
+    matrix = _affine_matrix(_sub(s, 2), op, h, w)
+    return tf.where(use, _warp(image, matrix, "BILINEAR"), image), tf.where(use, _warp(mask, matrix, "NEAREST"), mask)
+
+
+def _tf_brightness_contrast(s, op, image, mask, h, w):
+    use = _coin(_sub(s, 1), op.p)
+    shift = tf.random.stateless_uniform([], _sub(s, 2), -op.brightness, op.brightness) * 255.0
+    factor = tf.random.stateless_uniform([], _sub(s, 3), 1 - op.contrast, 1 + op.contrast)
+    mean = tf.reduce_mean(image)
+    return tf.where(use, (image - mean) * factor + mean + shift, image), mask
+
+
+def _tf_hue_saturation(s, op, image, mask, h, w):
+    use = _coin(_sub(s, 1), op.p)
+    out = tf.image.stateless_random_hue(image / 255.0, op.hue, _sub(s, 2)) if op.hue > 0 else image / 255.0
+    if op.saturation > 0:
+        out = tf.image.stateless_random_saturation(out, 1 - op.saturation, 1 + op.saturation, _sub(s, 3))
+    return tf.where(use, out * 255.0, image), mask
+
+
+def _tf_gauss_noise(s, op, image, mask, h, w):
+    use = _coin(_sub(s, 1), op.p)
+    std = tf.random.stateless_uniform([], _sub(s, 2), op.std[0], op.std[1]) * 255.0
+    return tf.where(use, image + tf.random.stateless_normal(tf.shape(image), _sub(s, 3)) * std, image), mask
+
+
+def _tf_blur(s, op, image, mask, h, w):
+    use = _coin(_sub(s, 1), op.p)
+    sigma = tf.random.stateless_uniform([], _sub(s, 2), op.sigma[0], op.sigma[1])
+    return tf.where(use, _gaussian_blur(image, sigma, math.ceil(3 * op.sigma[1])), image), mask
+
+
+def _tf_resized_crop(s, op, image, mask, h, w):
+    return image, mask  # cropped before the resize, in tf_augment
+
+
+# One tf.image translation per op: (seed, op, image, mask, h, w) -> (image, mask), after the resize.
+# Its keys are the tf row's ``ops`` in nailseg.specs (tests/core/test_augment_table.py).
+TF_OPS = {
+    "hflip": _tf_flip(1),
+    "vflip": _tf_flip(0),
+    "affine": _tf_affine,
+    "random_resized_crop": _tf_resized_crop,
+    "brightness_contrast": _tf_brightness_contrast,
+    "hue_saturation": _tf_hue_saturation,
+    "gauss_noise": _tf_gauss_noise,
+    "blur": _tf_blur,
+}
+
+
 def tf_augment(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, ops: list[AugmentOp],
                size: tuple[int, int], train: bool) -> tuple[tf.Tensor, tf.Tensor]:
     """float32 image in [0, 255] (h, w, 3) and float32 0/1 mask (h, w, 1) after the spec."""
@@ -109,41 +168,7 @@ def tf_augment(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, ops: list[Aug
     image = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear", antialias=False)
     mask = tf.cast(tf.image.resize(mask, size, method="nearest"), tf.float32)
     for i, op in enumerate(ops):
-        s = _sub(seed, i)
-        if op.name == "hflip":
-            flip = _coin(s, op.p)
-            image = tf.where(flip, tf.reverse(image, [1]), image)
-            mask = tf.where(flip, tf.reverse(mask, [1]), mask)
-        elif op.name == "vflip":
-            flip = _coin(s, op.p)
-            image = tf.where(flip, tf.reverse(image, [0]), image)
-            mask = tf.where(flip, tf.reverse(mask, [0]), mask)
-        elif op.name == "affine":
-            use = _coin(_sub(s, 1), op.p)
-            matrix = _affine_matrix(_sub(s, 2), op, h, w)
-            image = tf.where(use, _warp(image, matrix, "BILINEAR"), image)
-            mask = tf.where(use, _warp(mask, matrix, "NEAREST"), mask)
-        elif op.name == "brightness_contrast":
-            use = _coin(_sub(s, 1), op.p)
-            shift = tf.random.stateless_uniform([], _sub(s, 2), -op.brightness, op.brightness) * 255.0
-            factor = tf.random.stateless_uniform([], _sub(s, 3), 1 - op.contrast, 1 + op.contrast)
-            mean = tf.reduce_mean(image)
-            out = (image - mean) * factor + mean + shift
-            image = tf.where(use, out, image)
-        elif op.name == "hue_saturation":
-            use = _coin(_sub(s, 1), op.p)
-            out = tf.image.stateless_random_hue(image / 255.0, op.hue, _sub(s, 2)) if op.hue > 0 else image / 255.0
-            if op.saturation > 0:
-                out = tf.image.stateless_random_saturation(out, 1 - op.saturation, 1 + op.saturation, _sub(s, 3))
-            image = tf.where(use, out * 255.0, image)
-        elif op.name == "gauss_noise":
-            use = _coin(_sub(s, 1), op.p)
-            std = tf.random.stateless_uniform([], _sub(s, 2), op.std[0], op.std[1]) * 255.0
-            image = tf.where(use, image + tf.random.stateless_normal(tf.shape(image), _sub(s, 3)) * std, image)
-        elif op.name == "blur":
-            use = _coin(_sub(s, 1), op.p)
-            sigma = tf.random.stateless_uniform([], _sub(s, 2), op.sigma[0], op.sigma[1])
-            image = tf.where(use, _gaussian_blur(image, sigma, math.ceil(3 * op.sigma[1])), image)
+        image, mask = TF_OPS[op.name](_sub(seed, i), op, image, mask, h, w)
     return tf.clip_by_value(image, 0.0, 255.0), mask
 
 

@@ -118,7 +118,7 @@ def bench_loaders(exp: Experiment, pipelines: list[str], *, workers: int, batche
         pairs = list(itertools.islice(itertools.cycle(pairs), target))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    env = environment()
+    env = environment(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
     method = METHOD.format(warmup=warmup, repeats=repeats, batches=batches, device=device.type)
     results = []
     with tempfile.TemporaryDirectory(prefix="nailseg-bench-cache-") as disk_dir:

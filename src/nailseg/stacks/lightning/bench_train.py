@@ -48,7 +48,7 @@ def bench_train(exp: Experiment, precisions: list[str], *, batches: int, repeats
     pairs, _ = find_pairs(exp.data.root)
     if len(pairs) < exp.trainer.batch_size:
         pairs = list(itertools.islice(itertools.cycle(pairs), exp.trainer.batch_size))
-    env = environment()
+    env = environment(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
     results = []
     for precision in precisions:
         torch.manual_seed(0)

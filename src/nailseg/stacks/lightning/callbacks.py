@@ -9,6 +9,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
 from nailseg.core.io import atomic_path, disk_errors_as_one_line
+from nailseg.engine import EpochRecord
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -74,17 +75,11 @@ class EpochRecorder(Callback):
         now = time.perf_counter()
         train_time = (self._train_end or now) - self._t0
         m = {k: float(v) for k, v in metrics.items() if v.numel() == 1}
-        record = {
-            "epoch": trainer.current_epoch,
-            "step": trainer.global_step,
-            "train_loss": m.get("train_loss_epoch"),
-            "val_loss": m.get("val_loss"),
-            "val_iou": m.get("val_iou"),
-            "val_dice": m.get("val_dice"),
-            "lr": self._lr,
-            "images_per_s": self._seen / train_time if train_time > 0 else None,
-            "epoch_time_s": now - self._t0,
-        }
+        record = EpochRecord(
+            epoch=trainer.current_epoch, step=trainer.global_step, train_loss=m.get("train_loss_epoch"),
+            val_loss=m.get("val_loss"), val_iou=m.get("val_iou"), val_dice=m.get("val_dice"), lr=self._lr,
+            images_per_s=self._seen / train_time if train_time > 0 else None, epoch_time_s=now - self._t0,
+        )
         if self.sampler is not None:  # what the balanced sampler really drew this epoch
-            record["group_share"] = self.grouping.shares(self.sampler.full_stream(trainer.current_epoch))
+            record.extras["group_share"] = self.grouping.shares(self.sampler.full_stream(trainer.current_epoch))
         self.log_epoch(record)

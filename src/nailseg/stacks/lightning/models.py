@@ -10,7 +10,7 @@ from torch import nn
 from nailseg.config import LossConfig, SegformerModel, SmpModel
 from nailseg.core.runtime import resolve_weights
 from nailseg.errors import ConfigError
-from nailseg.stacks.lightning.checkpoints import safe_load
+from nailseg.stacks._torch.checkpoints import safe_load
 
 ModelConfig = SmpModel | SegformerModel
 
@@ -111,7 +111,7 @@ def init_source(cfg: ModelConfig) -> Path | None:
         return None
     path = Path(source).expanduser()
     if path.is_dir():
-        from nailseg.core.runs import RunDir
+        from nailseg.runs import RunDir
 
         run = RunDir(path)
         candidates = [p for p in (run.best_checkpoint, run.last_checkpoint, path / "model.pt") if p.exists()]

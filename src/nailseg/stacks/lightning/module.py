@@ -74,7 +74,7 @@ class SegmentationModule(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.exp.optim
-        scale = encoder_lr_scale(o.encoder_lr_scale, self.exp.model.family)
+        scale = encoder_lr_scale(o.encoder_lr_scale, self.exp.model.default_encoder_lr_scale)
         encoder_ids = {id(p) for p in self.model.encoder.parameters()}
         groups = [  # the decoder/head group last: its lr is the one metrics.jsonl records
             {"params": [p for p in self.model.parameters() if id(p) in encoder_ids], "lr": o.lr * scale},

@@ -18,19 +18,19 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 from nailseg import __version__
 from nailseg.config import Experiment
 from nailseg.core.evaluate import Predictor, at_image_size, model_input
-from nailseg.core.runs import RunDir
+from nailseg.runs import RunDir
 from nailseg.core.runtime import resolve_accelerator
 from nailseg.engine import FitResult, TrainContext
 from nailseg.errors import ConfigError
-from nailseg.stacks import STACKS
+from nailseg.specs import STACKS
 from nailseg.stacks.lightning.callbacks import AtomicCheckpointIO, EpochRecorder, LastCheckpoint
-from nailseg.stacks.lightning.checkpoints import safe_load
+from nailseg.stacks._torch.checkpoints import safe_load
 from nailseg.stacks.lightning.hardware import torch_precision
 from nailseg.stacks.lightning.loaders import build_loaders
 from nailseg.stacks.lightning.models import (build_model, check_model_exists, foreground_probability, verify_init_source,
                                              without_pretrained)
 from nailseg.stacks.lightning.module import SegmentationModule
-from nailseg.stacks.lightning.tensorboard import use_tensorboard_without_tensorflow
+from nailseg.stacks._torch.tensorboard import use_tensorboard_without_tensorflow
 
 
 class _DropAdverts(logging.Filter):

@@ -14,7 +14,7 @@ from torch import nn
 
 from nailseg.core.weights import WeightProvider
 from nailseg.errors import ConfigError
-from nailseg.stacks.lightning.checkpoints import safe_load
+from nailseg.stacks._torch.checkpoints import safe_load
 
 PREFIXES = ("module.", "model.", "encoder.", "backbone.")
 HEADS = ("_fc.", "fc.", "classifier.", "head.", "heads.", "last_linear.")  # ImageNet classifiers, never in an encoder

@@ -97,16 +97,20 @@ def param_schedulers(exp: Experiment, iters_per_epoch: int) -> list[dict]:
     return schedulers
 
 
+# One MMDetection transform per op it translates; its keys are the mmdet row's ``ops`` in
+# nailseg.specs (tests/core/test_augment_table.py).
+MMDET_OPS = {
+    "hflip": lambda op: dict(type="RandomFlip", prob=op.p, direction="horizontal"),
+    "vflip": lambda op: dict(type="RandomFlip", prob=op.p, direction="vertical"),
+}
+
 def build_mmdet_config(exp: Experiment, *, work_dir: Path, images_dir: Path, ann_files: dict[str, Path],
                        iters_per_epoch: int, on_gpu: bool, launcher: str) -> dict:
     h, w = exp.data.size_hw
     scale = (max(h, w), min(h, w))
-    flips = [op for op in exp.augment.train if op.name in ("hflip", "vflip")]
     train_pipeline = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
                       dict(type="Resize", scale=scale, keep_ratio=True)]
-    for op in flips:
-        train_pipeline.append(dict(type="RandomFlip", prob=op.p,
-                                   direction="horizontal" if op.name == "hflip" else "vertical"))
+    train_pipeline += [MMDET_OPS[op.name](op) for op in exp.augment.train]  # the config refused any other op
     train_pipeline.append(dict(type="PackDetInputs"))
     meta = ("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")
     # The test pipeline needs the Resize, or the mask head fails on a missing scale_factor.
@@ -148,7 +152,7 @@ def build_mmdet_config(exp: Experiment, *, work_dir: Path, images_dir: Path, ann
         optim_wrapper=dict(type="AmpOptimWrapper" if precision_amp else "OptimWrapper",
                            optimizer=_optimizer(exp),
                            paramwise_cfg=dict(custom_keys={"backbone": dict(lr_mult=encoder_lr_scale(
-                               o.encoder_lr_scale, exp.model.family))}),
+                               o.encoder_lr_scale, exp.model.default_encoder_lr_scale))}),
                            clip_grad=dict(max_norm=t.gradient_clip_val or 10.0, norm_type=2)),
         param_scheduler=param_schedulers(exp, iters_per_epoch),
         default_hooks=dict(

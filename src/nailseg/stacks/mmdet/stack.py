@@ -29,13 +29,13 @@ from nailseg.core.data.decode import read_image
 from nailseg.core.data.discover import Pair
 from nailseg.core.evaluate import Predictor
 from nailseg.core.io import atomic_path, read_jsonl, write_json, write_text
-from nailseg.core.runs import RunDir
+from nailseg.runs import RunDir
 from nailseg.core.runtime import global_rank, resolve_accelerator, world_size
-from nailseg.engine import FitResult, TrainContext
+from nailseg.engine import EpochRecord, FitResult, TrainContext
 from nailseg.errors import ConfigError
-from nailseg.stacks import STACKS
-from nailseg.stacks.lightning.checkpoints import safe_load
-from nailseg.stacks.lightning.tensorboard import use_tensorboard_without_tensorflow
+from nailseg.specs import STACKS
+from nailseg.stacks._torch.checkpoints import safe_load
+from nailseg.stacks._torch.tensorboard import use_tensorboard_without_tensorflow
 from nailseg.stacks.mmdet.config import DEPTHS, build_mmdet_config, model_config
 
 use_tensorboard_without_tensorflow()
@@ -165,15 +165,17 @@ def _recorder_hook(log_epoch, iters_per_epoch: int, batch_size: int):
             metrics = metrics or {}
             now = time.perf_counter()
             iters = max(1, len(self.losses))
-            log_epoch({
-                "epoch": runner.iter // iters_per_epoch - 1, "step": runner.iter,
-                "train_loss": float(np.mean(self.losses)) if self.losses else None,
-                "val_segm_map": metrics.get("coco/segm_mAP"), "val_bbox_map": metrics.get("coco/bbox_mAP"),
-                "val_segm_map_50": metrics.get("coco/segm_mAP_50"), "val_bbox_map_50": metrics.get("coco/bbox_mAP_50"),
-                "lr": max(float(x) for x in runner.optim_wrapper.get_lr()["lr"]),  # the head's (unscaled) lr
-                "images_per_s": iters * batch_size * runner.world_size / self.train_time if self.train_time else None,
-                "epoch_time_s": now - self.t0,
-            })
+            log_epoch(EpochRecord(
+                epoch=runner.iter // iters_per_epoch - 1, step=runner.iter,
+                train_loss=float(np.mean(self.losses)) if self.losses else None,
+                val_loss=None, val_iou=None, val_dice=None,  # scored by COCO mAP per epoch; IoU once, at the end
+                lr=max(float(x) for x in runner.optim_wrapper.get_lr()["lr"]),  # the head's (unscaled) lr
+                images_per_s=iters * batch_size * runner.world_size / self.train_time if self.train_time else None,
+                epoch_time_s=now - self.t0,
+                extras={"val_segm_map": metrics.get("coco/segm_mAP"), "val_bbox_map": metrics.get("coco/bbox_mAP"),
+                        "val_segm_map_50": metrics.get("coco/segm_mAP_50"),
+                        "val_bbox_map_50": metrics.get("coco/bbox_mAP_50")},
+            ))
             self.losses, self.t0, self.train_time = [], now, 0.0
 
     return RunRecorder()

@@ -46,6 +46,72 @@ def _uniform(fn, lo: float, hi: float):
     return fn.random.uniform(range=[lo, hi])
 
 
+def _dali_flip(axis: str):
+    def flip(fn, dmath, types, op, image, mask, h, w):
+        c = fn.random.coin_flip(probability=op.p)
+        args = {"horizontal": c} if axis == "horizontal" else {"vertical": c, "horizontal": 0}
+        return fn.flip(image, **args), fn.flip(mask, **args)
+    return flip
+
+
+def _dali_affine(fn, dmath, types, op, image, mask, h, w):
+    c = _coin(fn, op.p)
+    angle = _uniform(fn, -op.rotate, op.rotate) * c
+    s = 1.0 + (_uniform(fn, *op.scale) - 1.0) * c
+    tx = _uniform(fn, -op.translate, op.translate) * c * w
+    ty = _uniform(fn, -op.translate, op.translate) * c * h
+    centre = [w / 2.0 + 0.5, h / 2.0 + 0.5]  # matches OpenCV's grid (albumentations) exactly
+    matrix = fn.transforms.combine(
+        fn.transforms.scale(scale=fn.stack(s, s), center=centre),
+        fn.transforms.rotation(angle=angle, center=centre),
+        fn.transforms.translation(offset=fn.stack(tx, ty)),
+    )
+    image = fn.warp_affine(image, matrix=matrix, fill_value=0, inverse_map=False, interp_type=types.INTERP_LINEAR)
+    mask = fn.warp_affine(mask, matrix=matrix, fill_value=0, inverse_map=False, interp_type=types.INTERP_NN)
+    return image, mask
+
+
+def _dali_brightness_contrast(fn, dmath, types, op, image, mask, h, w):
+    c = _coin(fn, op.p)
+    return fn.brightness_contrast(image, brightness_shift=_uniform(fn, -op.brightness, op.brightness) * c,
+                                  contrast=1.0 + _uniform(fn, -op.contrast, op.contrast) * c), mask
+
+
+def _dali_hue_saturation(fn, dmath, types, op, image, mask, h, w):
+    c = _coin(fn, op.p)
+    return fn.hsv(image, hue=_uniform(fn, -op.hue, op.hue) * 360.0 * c,
+                  saturation=1.0 + _uniform(fn, -op.saturation, op.saturation) * c), mask
+
+
+def _dali_gauss_noise(fn, dmath, types, op, image, mask, h, w):
+    c = _coin(fn, op.p)
+    return fn.noise.gaussian(image, stddev=_uniform(fn, *op.std) * 255.0 * c), mask
+
+
+def _dali_blur(fn, dmath, types, op, image, mask, h, w):
+    c = _coin(fn, op.p)
+    sigma = dmath.max(_uniform(fn, *op.sigma) * c, 0.01)
+    return fn.gaussian_blur(image, sigma=sigma, window_size=2 * math.ceil(3 * op.sigma[1]) + 1), mask
+
+
+def _dali_resized_crop(fn, dmath, types, op, image, mask, h, w):
+    return image, mask  # drawn before the resize (its window is the resize's region of interest)
+
+
+# One DALI translation per op: (fn, dmath, types, op, image, mask, h, w) -> (image, mask), applied
+# after the resize. Its keys are the dali row's ``ops`` in nailseg.specs (tests/core/test_augment_table.py).
+DALI_OPS = {
+    "hflip": _dali_flip("horizontal"),
+    "vflip": _dali_flip("vertical"),
+    "affine": _dali_affine,
+    "random_resized_crop": _dali_resized_crop,
+    "brightness_contrast": _dali_brightness_contrast,
+    "hue_saturation": _dali_hue_saturation,
+    "gauss_noise": _dali_gauss_noise,
+    "blur": _dali_blur,
+}
+
+
 def build_pipeline(image_files: list[str], mask_files: list[str], ops: list[AugmentOp], size: tuple[int, int], *,
                    batch_size: int, train: bool, seed: int, shard_id: int, num_shards: int,
                    device_id: int | None, num_threads: int, norm: Normalization = IMAGENET):
@@ -88,43 +154,7 @@ def build_pipeline(image_files: list[str], mask_files: list[str], ops: list[Augm
         mask = fn.resize(mask, interp_type=types.INTERP_NN, **resize_args)
 
         for op in ops:
-            if op.name == "hflip":
-                c = fn.random.coin_flip(probability=op.p)
-                image, mask = fn.flip(image, horizontal=c), fn.flip(mask, horizontal=c)
-            elif op.name == "vflip":
-                c = fn.random.coin_flip(probability=op.p)
-                image, mask = fn.flip(image, vertical=c, horizontal=0), fn.flip(mask, vertical=c, horizontal=0)
-            elif op.name == "affine":
-                c = _coin(fn, op.p)
-                angle = _uniform(fn, -op.rotate, op.rotate) * c
-                s = 1.0 + (_uniform(fn, *op.scale) - 1.0) * c
-                tx = _uniform(fn, -op.translate, op.translate) * c * w
-                ty = _uniform(fn, -op.translate, op.translate) * c * h
-                centre = [w / 2.0 + 0.5, h / 2.0 + 0.5]  # matches OpenCV's grid (albumentations) exactly
-                matrix = fn.transforms.combine(
-                    fn.transforms.scale(scale=fn.stack(s, s), center=centre),
-                    fn.transforms.rotation(angle=angle, center=centre),
-                    fn.transforms.translation(offset=fn.stack(tx, ty)),
-                )
-                image = fn.warp_affine(image, matrix=matrix, fill_value=0, inverse_map=False,
-                                       interp_type=types.INTERP_LINEAR)
-                mask = fn.warp_affine(mask, matrix=matrix, fill_value=0, inverse_map=False,
-                                      interp_type=types.INTERP_NN)
-            elif op.name == "brightness_contrast":
-                c = _coin(fn, op.p)
-                image = fn.brightness_contrast(image, brightness_shift=_uniform(fn, -op.brightness, op.brightness) * c,
-                                               contrast=1.0 + _uniform(fn, -op.contrast, op.contrast) * c)
-            elif op.name == "hue_saturation":
-                c = _coin(fn, op.p)
-                image = fn.hsv(image, hue=_uniform(fn, -op.hue, op.hue) * 360.0 * c,
-                               saturation=1.0 + _uniform(fn, -op.saturation, op.saturation) * c)
-            elif op.name == "gauss_noise":
-                c = _coin(fn, op.p)
-                image = fn.noise.gaussian(image, stddev=_uniform(fn, *op.std) * 255.0 * c)
-            elif op.name == "blur":
-                c = _coin(fn, op.p)
-                sigma = dmath.max(_uniform(fn, *op.sigma) * c, 0.01)
-                image = fn.gaussian_blur(image, sigma=sigma, window_size=2 * math.ceil(3 * op.sigma[1]) + 1)
+            image, mask = DALI_OPS[op.name](fn, dmath, types, op, image, mask, h, w)
         image = fn.crop_mirror_normalize(image, dtype=types.FLOAT, output_layout="CHW",
                                          mean=[m * 255 for m in norm.mean], std=[s * 255 for s in norm.std])
         mask = fn.crop_mirror_normalize(mask, dtype=types.FLOAT, output_layout="CHW", mean=[0.0], std=[1.0])

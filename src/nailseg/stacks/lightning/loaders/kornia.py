@@ -17,28 +17,32 @@ from torch import nn
 from nailseg.core.augment import IMAGENET, AugmentOp, Normalization
 
 
+def _kornia_blur(K, op, size):
+    kernel = 2 * math.ceil(3 * op.sigma[1]) + 1
+    return K.RandomGaussianBlur(kernel_size=(kernel, kernel), sigma=op.sigma, p=op.p)
+
+
+# One kornia translation per op: (K, op, size) -> augmentation. Its keys are the kornia row's
+# ``ops`` in nailseg.specs (tests/core/test_augment_table.py).
+KORNIA_OPS = {
+    "hflip": lambda K, op, size: K.RandomHorizontalFlip(p=op.p),
+    "vflip": lambda K, op, size: K.RandomVerticalFlip(p=op.p),
+    "affine": lambda K, op, size: K.RandomAffine(degrees=op.rotate, translate=(op.translate, op.translate),
+                                                 scale=op.scale, padding_mode="zeros", p=op.p),
+    "random_resized_crop": lambda K, op, size: K.RandomResizedCrop(size=size, scale=op.scale, ratio=op.ratio,
+                                                                   p=op.p),
+    # albumentations: brightness adds beta * 255, contrast scales around the mean
+    "brightness_contrast": lambda K, op, size: K.ColorJiggle(brightness=op.brightness, contrast=op.contrast,
+                                                             p=op.p),
+    "hue_saturation": lambda K, op, size: K.ColorJiggle(hue=op.hue, saturation=op.saturation, p=op.p),
+    # kornia draws with one std: the middle of the spec's range
+    "gauss_noise": lambda K, op, size: K.RandomGaussianNoise(mean=0.0, std=sum(op.std) / 2, p=op.p),
+    "blur": _kornia_blur,
+}
+
+
 def _kornia_op(K, op: AugmentOp, size: tuple[int, int]):
-    if op.name == "hflip":
-        return K.RandomHorizontalFlip(p=op.p)
-    if op.name == "vflip":
-        return K.RandomVerticalFlip(p=op.p)
-    if op.name == "affine":
-        return K.RandomAffine(degrees=op.rotate, translate=(op.translate, op.translate), scale=op.scale,
-                              padding_mode="zeros", p=op.p)
-    if op.name == "random_resized_crop":
-        return K.RandomResizedCrop(size=size, scale=op.scale, ratio=op.ratio, p=op.p)
-    if op.name == "brightness_contrast":
-        # albumentations: brightness adds beta * 255, contrast scales around the mean
-        return K.ColorJiggle(brightness=op.brightness, contrast=op.contrast, p=op.p)
-    if op.name == "hue_saturation":
-        return K.ColorJiggle(hue=op.hue, saturation=op.saturation, p=op.p)
-    if op.name == "gauss_noise":
-        # kornia draws with one std: the middle of the spec's range
-        return K.RandomGaussianNoise(mean=0.0, std=sum(op.std) / 2, p=op.p)
-    if op.name == "blur":
-        kernel = 2 * math.ceil(3 * op.sigma[1]) + 1
-        return K.RandomGaussianBlur(kernel_size=(kernel, kernel), sigma=op.sigma, p=op.p)
-    raise ValueError(f"augmentation {op.name!r} has no kornia translation")  # pragma: no cover
+    return KORNIA_OPS[op.name](K, op, size)
 
 
 class GpuAugment(nn.Module):
