@@ -4,7 +4,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# constraints.txt: the exact versions the tests ran with (pyproject.toml keeps ranges for users).
 PIP    := $(BIN)/python -m pip
+PIN    := -c $(CURDIR)/constraints.txt
 PYTEST_ARGS ?=
 
 .PHONY: demo test install install-torch browser lint clean help notebooks docs
@@ -25,13 +27,13 @@ $(BIN)/python:
 # which takes mmcv from ../shared/wheels when present and builds it otherwise).
 TEST_EXTRAS := torch,hf,gpuaug,dali,tf,onnx,serve,export,weights,docs,dev
 
-$(VENV)/.installed-torch: pyproject.toml | $(BIN)/python
-	$(PIP) install -q -e ".[torch]"
+$(VENV)/.installed-torch: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) install -q $(PIN) -e ".[torch]"
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml scripts/install-mmdet.sh | $(BIN)/python
-	$(PIP) install -q -e ".[$(TEST_EXTRAS)]"
-	PIP="$(PIP)" bash scripts/install-mmdet.sh
+$(VENV)/.installed-test: pyproject.toml constraints.txt scripts/install-mmdet.sh | $(BIN)/python
+	$(PIP) install -q $(PIN) -e ".[$(TEST_EXTRAS)]"
+	PIP_CONSTRAINT=$(CURDIR)/constraints.txt PIP="$(PIP)" bash scripts/install-mmdet.sh
 	touch $@ $(VENV)/.installed-torch
 
 install: $(VENV)/.installed-test

@@ -1,6 +1,7 @@
 """ONNX export, its verification, and inference on onnxruntime alone."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -122,25 +123,73 @@ def test_onnx_eval_matches_the_run(onnx_run, synth_data, tmp_path):
     assert abs(onnx_result["iou"] - torch_iou) <= 0.001
 
 
-NO_FRAMEWORK = """
+# Runs nailseg with some packages made uninstallable (an import of them fails as if they were not
+# there): what `pip install 'nailseg[onnx]'` / `[serve]` leave out must not be needed.
+WITHOUT = """
+import importlib.abc
 import sys
-from nailseg.cli import main
-code = main(sys.argv[1:])
-loaded = sorted(m for m in ("torch", "tensorflow", "lightning", "keras", "tf_keras") if m in sys.modules)
-print("LOADED", loaded)
+
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def __init__(self, names):
+        self.names = names
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in self.names:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NotInstalled(set(sys.argv[1].split(","))))
+if sys.argv[2] == "serve":
+    from fastapi.testclient import TestClient
+    from nailseg.deploy.serve import ServeSettings, create_app
+
+    with TestClient(create_app(ServeSettings(model=sys.argv[3]))) as client:
+        with open(sys.argv[4], "rb") as fh:
+            answer = client.post("/v1/segment?format=json", files={"image": ("a.jpg", fh, "image/jpeg")})
+    assert answer.status_code == 200 and "rle" in answer.json(), answer.text
+    code = 0
+else:
+    from nailseg.cli import main
+
+    code = main(sys.argv[2:])
+print("LOADED", sorted(m for m in sys.modules if m.split(".")[0] in sys.argv[1].split(",")))
 sys.exit(code)
 """
+FRAMEWORKS = "torch,tensorflow,lightning,keras,tf_keras,segmentation_models_pytorch,timm,transformers"
+ONNX_LEAVES_OUT = f"{FRAMEWORKS},albumentations,matplotlib,scipy,pycocotools,onnx"
+SERVE_LEAVES_OUT = f"{FRAMEWORKS},albumentations,matplotlib,scipy,onnx"
 
 
-def test_predict_and_eval_on_onnxruntime_never_import_a_framework(onnx_run, synth_data, tmp_path):
+def without(blocked: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", WITHOUT, blocked, *args], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+
+
+def test_onnx_inference_needs_none_of_the_training_packages(onnx_run, synth_data, tmp_path):
+    """predict and eval on a .onnx run with torch, TensorFlow, albumentations, matplotlib, scipy and
+    pycocotools unimportable: what nailseg[onnx] installs (onnxruntime + the core) is enough."""
     for args in (["predict", str(onnx_run / "model.onnx"), str(synth_data / "images"), "--out", str(tmp_path / "p"),
                   "--quiet"],
                  ["eval", str(onnx_run / "model.onnx"), "--data", str(synth_data), "--out", str(tmp_path / "e.json"),
                   "--quiet"]):
-        proc = subprocess.run([sys.executable, "-c", NO_FRAMEWORK, *args], capture_output=True, text=True, timeout=300)
+        proc = without(ONNX_LEAVES_OUT, *args)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "LOADED []" in proc.stdout
     assert len(list((tmp_path / "p").glob("*_mask.png"))) == 32
+
+
+def test_serving_needs_none_of_the_training_packages(onnx_run, synth_data):
+    image = sorted((synth_data / "images").iterdir())[0]
+    proc = without(SERVE_LEAVES_OUT, "serve", str(onnx_run / "model.onnx"), str(image))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "LOADED []" in proc.stdout
+
+
+def test_a_plot_without_matplotlib_names_the_extra(tmp_path):
+    proc = without("matplotlib", "data", "synth", str(tmp_path / "d"), "--n", "4", "--size", "64x48", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = without("matplotlib", "data", "balance", str(tmp_path / "d"), "--out", str(tmp_path / "b"))
+    assert proc.returncode == 2 and "pip install 'nailseg[train]'" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_bad_model_files_are_refused_by_name(tmp_path):

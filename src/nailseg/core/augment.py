@@ -136,8 +136,11 @@ def to_albumentations(
     encoder's input normalisation (``Experiment.normalization``).
     """
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    import albumentations as A
     import cv2
+
+    from nailseg.core.optional import require
+
+    A = require("albumentations", "train", "the CPU augmentation pipeline (albumentations)")
 
     h, w = size
     ops = list(ops) if train else []

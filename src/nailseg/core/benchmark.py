@@ -58,10 +58,9 @@ def environment(device: str = "cpu") -> dict:
 def write_report(out: str | os.PathLike[str], results: list[dict], *, title: str, value: str = "images_per_s",
                  label: str = "images / s") -> tuple[Path, Path]:
     """``bench.json`` (the list of results) and ``bench.png`` (a bar chart with min-max spread)."""
-    import matplotlib
+    from nailseg.core.optional import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the benchmark chart (bench.png)")
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,3 +18,11 @@ def require(module: str, extra: str, purpose: str) -> ModuleType:
         if err.name and module.split(".")[0] == err.name.split(".")[0]:
             raise MissingDependencyError(module, extra, purpose) from err
         raise
+
+
+def pyplot(purpose: str) -> ModuleType:
+    """matplotlib's pyplot on the file-only Agg backend, or one line naming the ``train`` extra
+    (inference installs, ``nailseg[onnx]``/``[serve]``, leave matplotlib out)."""
+    matplotlib = require("matplotlib", "train", purpose)
+    matplotlib.use("Agg")
+    return importlib.import_module("matplotlib.pyplot")

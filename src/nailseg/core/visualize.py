@@ -132,10 +132,9 @@ def plot_run_curves(records: list[dict], path: str | Path, title: str = "") -> P
     TensorBoard. ``None`` (and nothing written) when no epoch was recorded."""
     if not records:
         return None
-    import matplotlib
+    from nailseg.core.optional import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the training curves (curves.png)")
 
     from nailseg.core.io import atomic_path, disk_errors_as_one_line
 

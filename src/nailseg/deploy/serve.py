@@ -57,7 +57,10 @@ class ApiError(Exception):
 def segment_summary(mask: np.ndarray, min_area: int) -> dict:
     """COCO RLE of the mask, its foreground share and the count of nails (connected regions)."""
     import cv2
-    from pycocotools import mask as mask_utils
+
+    from nailseg.core.optional import require
+
+    mask_utils = require("pycocotools.mask", "serve", "the COCO run-length encoding of each answer")
 
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)

@@ -263,10 +263,9 @@ def write_outputs(rows: list[dict], out: Path, *, title: str, command: str) -> N
 
 
 def plot_compare(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
+    from nailseg.core.optional import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the comparison charts")
 
     from nailseg.core.io import atomic_path
 
@@ -293,10 +292,9 @@ def plot_compare(rows: list[dict], path: Path, title: str) -> None:
 
 
 def plot_curves(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
+    from nailseg.core.optional import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the comparison charts")
 
     from nailseg.core.io import atomic_path
 

@@ -210,10 +210,9 @@ def balance_table(grouping: Grouping, epoch_size: int, seed: int, epochs: int = 
 
 def plot_balance(rows: list[dict], out: str | os.PathLike[str], title: str) -> None:
     """Bar chart of data, target and observed shares per group (PNG, written atomically)."""
-    import matplotlib
+    from nailseg.core.optional import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the balance chart")
 
     from nailseg.core.io import atomic_path
 

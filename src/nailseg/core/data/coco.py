@@ -83,7 +83,9 @@ def as_region(region: Region | np.ndarray) -> Region:
 def encode_rle(region: Region | np.ndarray) -> dict:
     """The exact COCO RLE of a region in its full image, computed from the crop: the runs of the
     column-major pixel order, then pycocotools' own compression."""
-    from pycocotools import mask as mask_utils
+    from nailseg.core.optional import require
+
+    mask_utils = require("pycocotools.mask", "train", "COCO run-length encoding")
 
     if not isinstance(region, Region):  # a full-size mask (small: predictions, tests)
         rle = mask_utils.encode(np.asfortranarray(np.asarray(region).astype(np.uint8)))
