@@ -22,8 +22,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip "setuptools>=77,<82" wheel
 
-# Re-install when the dependency declarations change. The demo needs the Lightning backend;
-# the tests need every backend that runs on a CPU (mmdet through scripts/install-mmdet.sh,
+# Re-install when the dependency declarations change. The demo needs the Lightning stack;
+# the tests need every stack that runs on a CPU (mmdet through scripts/install-mmdet.sh,
 # which takes mmcv from ../shared/wheels when present and builds it otherwise).
 TEST_EXTRAS := torch,hf,gpuaug,dali,tf,onnx,serve,export,weights,docs,dev
 

@@ -15,7 +15,7 @@ from nailseg.config import load_experiment
 from nailseg.core.augment import AugmentOp
 from nailseg.errors import ConfigError
 from nailseg.specs import ALL_OPS, PIPELINE_SPECS, PIPELINES, STACKS
-from tests.engines import albumentations_apply, coded_pair, dali_apply, kornia_apply
+from tests.pipelines import albumentations_apply, coded_pair, dali_apply, kornia_apply
 
 
 def op_of(name: str):

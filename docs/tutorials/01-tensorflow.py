@@ -75,7 +75,7 @@ print([op.name for op in exp.augment.train])
 batches = {}
 for pipeline in ("albumentations", "tf"):
     ds = tfdata.build_dataset(pairs[:8], exp.augment.train, exp.data.size_hw, batch_size=4, train=True, seed=0,
-                              engine=pipeline)
+                              pipeline=pipeline)
     images, masks = next(iter(ds))
     batches[pipeline] = (images.numpy(), masks.numpy())
     print(pipeline, images.shape, images.dtype, masks.shape, "mask values", np.unique(masks.numpy()))

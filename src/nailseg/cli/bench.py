@@ -82,11 +82,11 @@ def cmd_bench_tfdata(args) -> int:
     bench = load_bench("tfdata")
     from nailseg.core.benchmark import write_report
 
-    engines = choices(args.engines, bench.CHOICES, "--engines")
-    results = bench.run(exp, engines, batches=args.batches, repeats=args.repeats)
-    paths = write_report(out, results, title=f"tf.data engines: {exp.data.size_hw[0]} px, batch "
+    pipelines = choices(args.pipelines, bench.CHOICES, "--pipelines")
+    results = bench.run(exp, pipelines, batches=args.batches, repeats=args.repeats)
+    paths = write_report(out, results, title=f"tf.data pipelines: {exp.data.size_hw[0]} px, batch "
                          f"{exp.trainer.batch_size}, CPU")
-    _print_rates(results, "engine", paths)
+    _print_rates(results, "pipeline", paths)
     return 0
 
 
@@ -179,13 +179,14 @@ def add_parser(sub) -> None:
     bl.add_argument("--repeats", type=positive, default=3, help="timed repeats (default: 3)")
     bl.add_argument("--out", default="bench/loaders", help="output folder (default: bench/loaders)")
     bl.set_defaults(func=cmd_bench_loaders)
-    btf = bsub.add_parser("tfdata", help="time the Keras tf.data pipeline's augmentation engines",
+    btf = bsub.add_parser("tfdata", help="time the Keras stack's tf.data pipelines (albumentations, tf)",
                           description="Time tf.data batches with albumentations (tf.numpy_function), with the "
-                                      "tf.image engine, and with decode + resize only (needs nailseg[tf]).")
+                                      "tf.image pipeline, and with decode + resize only (needs nailseg[tf]).")
     _config_args(btf)
     btf.add_argument("--size", type=positive, help="image side in pixels (shorthand for data.image_size)")
     btf.add_argument("--batch", type=positive, default=16, help="batch size (default: 16)")
-    btf.add_argument("--engines", default="decode-only,albumentations,tf", help="comma-separated")
+    btf.add_argument("--pipelines", "--engines", dest="pipelines", default="decode-only,albumentations,tf",
+                     help="comma-separated (--engines: the older spelling)")
     btf.add_argument("--batches", type=positive, default=10, help="timed batches per repeat (default: 10)")
     btf.add_argument("--repeats", type=positive, default=3, help="timed repeats (default: 3)")
     btf.add_argument("--out", default="bench/tfdata", help="output folder (default: bench/tfdata)")

@@ -1,6 +1,6 @@
-"""One backend-neutral augmentation spec, translated per engine.
+"""One stack-neutral augmentation spec, translated by each pipeline.
 
-A config lists augmentations by name with engine-neutral parameters::
+A config lists augmentations by name with pipeline-neutral parameters::
 
     augment:
       train:

@@ -1,6 +1,6 @@
-"""Evaluation and prediction at each image's original resolution, for every backend.
+"""Evaluation and prediction at each image's original resolution, for every stack.
 
-A backend supplies a *predictor*: a function from an RGB ``uint8`` image (H, W, 3) to a
+A stack supplies a *predictor*: a function from an RGB ``uint8`` image (H, W, 3) to a
 foreground probability map (H, W) at that same size. Everything else (reading files,
 metrics, overlays, ``eval.json``) is here, so a Keras run and a Lightning run on the same
 split are scored by the same code, number for number.
@@ -179,7 +179,7 @@ def _readable_images(inputs: Inputs, progress: bool, failed: list[str], desc: st
 
 
 def semantic_summary(predict: Predictor, val_pairs: list[Pair], run, exp) -> dict:
-    """What every backend's ``summary.json`` shares: val metrics at original resolution (and the
+    """What every stack's ``summary.json`` shares: val metrics at original resolution (and the
     overlays), plus figures read back from ``metrics.jsonl``."""
     from nailseg.core.io import read_jsonl
 

@@ -1,11 +1,11 @@
-"""IoU, Dice, precision and recall: the one reference implementation every backend uses.
+"""IoU, Dice, precision and recall: the one reference implementation every stack uses.
 
 Metrics come from confusion counts (tp, fp, fn, tn). Over a set they are *micro*
 averaged (counts summed over all pixels of all images, then the ratio), which is what
 ``iou``/``dice`` mean in ``eval.json`` and ``summary.json``; the per-image mean is
 reported beside it. When prediction and truth are both empty an image scores 1.0 (a
 correct "no nails here"), and precision/recall with an empty denominator are 1.0 too.
-Backends accumulate counts in their own framework and call :func:`scores` on them.
+Stacks accumulate counts in their own framework and call :func:`scores` on them.
 """
 
 from __future__ import annotations

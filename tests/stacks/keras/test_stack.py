@@ -74,7 +74,7 @@ def test_predict_files(keras_run, synth_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_tf_engine_and_balance(synth_data, tmp_path):
+def test_tf_pipeline_and_balance(synth_data, tmp_path):
     pytest.importorskip("segmentation_models")
     proc = run_cli("train", CONFIG, f"data.root={synth_data}", f"run.dir={tmp_path}", "run.name=t",
                    "trainer.max_epochs=2", "data.pipeline=tf", "data.balance={by: fg_bins, bins: 2, epoch_size: 16}",

@@ -7,7 +7,7 @@ from nailseg.core.data.discover import Pair, find_pairs
 from nailseg.config import BalanceConfig
 from tests.conftest import write_image
 from tests.core.data.test_balance import KEYS, assert_shares_hold
-from tests.engines import coded_pair, denormalize
+from tests.pipelines import coded_pair, denormalize
 
 GEOMETRY = [HFlip(name="hflip"), VFlip(name="vflip"), Affine(name="affine", rotate=40, scale=(0.7, 1.3), p=0.8),
             RandomResizedCrop(name="random_resized_crop", scale=(0.4, 1.0), p=0.5)]
@@ -23,11 +23,11 @@ def _coded_pairs(tmp_path, n=6):
     return pairs
 
 
-@pytest.mark.parametrize("engine", ["albumentations", "tf"])
-def test_masks_binary_and_aligned(tf, tmp_path, engine):
+@pytest.mark.parametrize("pipeline", ["albumentations", "tf"])
+def test_masks_binary_and_aligned(tf, tmp_path, pipeline):
     from nailseg.stacks.keras.tfdata import build_dataset
 
-    ds = build_dataset(_coded_pairs(tmp_path), GEOMETRY, (64, 64), batch_size=6, train=True, seed=1, engine=engine)
+    ds = build_dataset(_coded_pairs(tmp_path), GEOMETRY, (64, 64), batch_size=6, train=True, seed=1, pipeline=pipeline)
     moved = 0
     for images, masks in ds.take(1):
         assert images.shape == (6, 64, 64, 3) and images.dtype == tf.float32
@@ -40,15 +40,15 @@ def test_masks_binary_and_aligned(tf, tmp_path, engine):
     assert moved > 0
 
 
-@pytest.mark.parametrize("engine", ["albumentations", "tf"])
-def test_deterministic_for_a_fixed_seed(tf, synth_data, engine):
+@pytest.mark.parametrize("pipeline", ["albumentations", "tf"])
+def test_deterministic_for_a_fixed_seed(tf, synth_data, pipeline):
     from nailseg.stacks.keras.tfdata import build_dataset
 
     pairs = find_pairs(synth_data)[0][:8]
     ops = GEOMETRY + [BrightnessContrast(name="brightness_contrast")]
 
     def first(seed):
-        ds = build_dataset(pairs, ops, (64, 64), batch_size=4, train=True, seed=seed, engine=engine)
+        ds = build_dataset(pairs, ops, (64, 64), batch_size=4, train=True, seed=seed, pipeline=pipeline)
         return [b[0].numpy() for b in ds.take(2)]
 
     a, b, c = first(3), first(3), first(4)
@@ -99,8 +99,8 @@ def test_bench_tfdata_writes_json_and_png(tf, synth_data, tmp_path):
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("engine", ["albumentations", "tf"])
-def test_tf_data_reads_the_decode_cache(tf, synth_data, tmp_path, engine):
+@pytest.mark.parametrize("pipeline", ["albumentations", "tf"])
+def test_tf_data_reads_the_decode_cache(tf, synth_data, tmp_path, pipeline):
     """The same tf.data pipeline fed from the disk cache gives the batches it gets from the files
     (through the same reduced-size loading), for a fixed seed."""
     from nailseg.core.data.cache import FileSource, open_cache
@@ -110,7 +110,7 @@ def test_tf_data_reads_the_decode_cache(tf, synth_data, tmp_path, engine):
     cache = open_cache(pairs, 80, tmp_path, "train", progress=False)
 
     def first(source):
-        ds = build_dataset(pairs, GEOMETRY, (64, 64), batch_size=4, train=True, seed=3, engine=engine, source=source)
+        ds = build_dataset(pairs, GEOMETRY, (64, 64), batch_size=4, train=True, seed=3, pipeline=pipeline, source=source)
         return [(b[0].numpy(), b[1].numpy()) for b in ds.take(2)]
 
     for (a, am), (b, bm) in zip(first(FileSource(pairs, 80)), first(cache)):

@@ -1,8 +1,8 @@
-"""The framework-free data layer every backend shares.
+"""The framework-free data layer every stack shares.
 
 It finds image/mask pairs, decodes and validates them (catching bad input once, with an
 error naming the file), turns masks into binary arrays by one stated rule, makes the
-seeded split that every backend reuses, and draws the synthetic nails set.
+seeded split that every stack reuses, and draws the synthetic nails set.
 """
 
 from nailseg.core.data.decode import MASK_RULE, read_image, read_mask

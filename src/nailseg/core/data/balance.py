@@ -13,7 +13,7 @@ Weight schemes, with ``n_g`` the number of files in group ``g``:
 - ``{group: weight}``: shares proportional to the given weights (every group must be named).
 
 This module is framework-free; the torch sampler and the tf.data loader both draw from
-:func:`draw_epoch`, so the two backends draw the same way.
+:func:`draw_epoch`, so the two stacks draw the same way.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The seeded train/val/test split, written once per run as ``split.json``.
 
 The split depends only on the sorted pair keys, the fractions and the seed, so every
-backend (Lightning, Keras, MMDetection) that reads the same ``split.json`` trains and
+stack (Lightning, Keras, MMDetection) that reads the same ``split.json`` trains and
 evaluates on exactly the same files.
 """
 

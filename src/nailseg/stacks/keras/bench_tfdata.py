@@ -1,4 +1,4 @@
-"""``nailseg bench tfdata``: the Keras input pipeline's engines against decode + resize only.
+"""``nailseg bench tfdata``: the Keras stack's two pipelines against decode + resize only.
 
 A separate command from ``bench loaders`` because TensorFlow and torch must not share a process.
 """
@@ -11,10 +11,10 @@ from nailseg.core.benchmark import summarize, time_repeats
 from nailseg.core.data.discover import find_pairs
 from nailseg.config import Experiment
 
-ENGINES = ("decode-only", "albumentations", "tf")
+PIPELINES = ("decode-only", "albumentations", "tf")
 
 
-def bench_tfdata(exp: Experiment, engines: list[str], *, batches: int, repeats: int, warmup: int = 3) -> list[dict]:
+def bench_tfdata(exp: Experiment, pipelines: list[str], *, batches: int, repeats: int, warmup: int = 3) -> list[dict]:
     import os
     import platform
 
@@ -28,11 +28,10 @@ def bench_tfdata(exp: Experiment, engines: list[str], *, batches: int, repeats: 
     if len(pairs) < exp.trainer.batch_size:
         pairs = list(itertools.islice(itertools.cycle(pairs), exp.trainer.batch_size))
     results = []
-    for name in engines:
+    for name in pipelines:
         ops = [] if name == "decode-only" else exp.augment.train
-        engine = "tf" if name == "tf" else "albumentations"
         ds = build_dataset(pairs, ops, exp.data.size_hw, batch_size=exp.trainer.batch_size, train=True, seed=0,
-                           engine=engine, drop_remainder=True).repeat()
+                           pipeline="tf" if name == "tf" else "albumentations", drop_remainder=True).repeat()
         stream = iter(ds)
 
         def step():
@@ -52,4 +51,4 @@ def bench_tfdata(exp: Experiment, engines: list[str], *, batches: int, repeats: 
 
 # What `nailseg bench` calls (nailseg.stacks.load_bench).
 run = bench_tfdata
-CHOICES = ENGINES
+CHOICES = PIPELINES

@@ -65,5 +65,5 @@ def build_sm_loss(cfg: LossConfig):
     table = {"dice": lambda: dice, "bce": sm.losses.BinaryCELoss, "focal": sm.losses.BinaryFocalLoss,
              "jaccard": sm.losses.JaccardLoss}
     if cfg.name not in table:
-        raise ConfigError(f"loss.name={cfg.name!r}: the Keras backend has {', '.join(['dice_bce', *table])}")
+        raise ConfigError(f"loss.name={cfg.name!r}: the Keras stack has {', '.join(['dice_bce', *table])}")
     return table[cfg.name]()

@@ -1,6 +1,6 @@
-"""tf.keras + segmentation_models + tf.data: the ``keras`` backend.
+"""tf.keras + segmentation_models + tf.data: the ``keras`` stack.
 
-It shares everything framework-free with the Lightning backend (data check, split file,
+It shares everything framework-free with the Lightning stack (data check, split file,
 augmentation spec, metrics, run folder, evaluation at original resolution), so a Keras run
 and a Lightning run on the same split are comparable number for number. TensorFlow is never
 imported together with torch in one process (importing TensorFlow before torch loads triton
@@ -55,7 +55,7 @@ def resolve_policy(exp: Experiment) -> str:
 
 
 class ConfusionCounts(keras.metrics.Metric):
-    """tp, fp, fn, tn over the epoch, so val IoU/Dice are micro scores like the Lightning backend's."""
+    """tp, fp, fn, tn over the epoch, so val IoU/Dice are micro scores like the Lightning stack's."""
 
     def __init__(self, name: str = "iou_micro", **kwargs):
         super().__init__(name=name, **kwargs)
@@ -189,15 +189,14 @@ class KerasStack:
         counter = GroupCounter(grouping.names) if grouping is not None else None
         drop = ctx.drop_last
         steps = ctx.epoch_size // t.batch_size if drop else -(-ctx.epoch_size // t.batch_size)
-        engine = "tf" if exp.pipeline == "tf" else "albumentations"
         train_ds = build_dataset(ctx.train_pairs, exp.augment.train, exp.data.size_hw, batch_size=t.batch_size,
-                                 train=True, seed=t.seed, engine=engine, grouping=grouping, counter=counter,
+                                 train=True, seed=t.seed, pipeline=exp.pipeline, grouping=grouping, counter=counter,
                                  drop_remainder=drop, source=open_source(exp.data, ctx.train_pairs, "train", run.path,
                                                                          pipeline=exp.pipeline))
         if grouping is None:
             train_ds = train_ds.repeat()  # steps_per_epoch sets the epoch, as with balancing
         val_ds = build_dataset(ctx.val_pairs, [], exp.data.size_hw, batch_size=t.batch_size, train=False,
-                               seed=t.seed, engine=engine,
+                               seed=t.seed, pipeline=exp.pipeline,
                                source=open_source(exp.data, ctx.val_pairs, "val", run.path, pipeline=exp.pipeline))
         if isinstance(t.limit_train_batches, int):
             steps = min(steps, t.limit_train_batches)

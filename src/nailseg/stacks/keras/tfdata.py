@@ -1,4 +1,4 @@
-"""tf.data input pipeline for the Keras backend: decode with ``tf.io``, augment, batch, prefetch.
+"""tf.data input pipeline for the Keras stack: decode with ``tf.io``, augment, batch, prefetch.
 
 Two augmentation libraries translate the same spec (``data.pipeline``: albumentations or tf):
 
@@ -39,7 +39,7 @@ def decode_pair(image_path: tf.Tensor, mask_path: tf.Tensor) -> tuple[tf.Tensor,
     return image, tf.cast(mask, tf.uint8)
 
 
-# ---- tf.image engine ----------------------------------------------------------------------------
+# ---- the tf pipeline: tf.image ops-------------------------------------------------------------------------
 
 def _coin(seed, p: float) -> tf.Tensor:
     return tf.random.stateless_uniform([], seed) < p
@@ -172,7 +172,7 @@ def tf_augment(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, ops: list[Aug
     return tf.clip_by_value(image, 0.0, 255.0), mask
 
 
-# ---- albumentations engine ----------------------------------------------------------------------
+# ---- the albumentations pipeline ---------------------------------------------------------------------
 
 def _albumentations_fn(ops: list[AugmentOp], size: tuple[int, int], train: bool):
     """A numpy function for ``tf.numpy_function``; one Compose per tf.data thread (each holds its RNG)."""
@@ -247,7 +247,7 @@ def source_reader(pairs: list[Pair], source):
 
 
 def build_dataset(pairs: list[Pair], ops: list[AugmentOp], size: tuple[int, int], *, batch_size: int,
-                  train: bool, seed: int, engine: str, grouping=None, counter: GroupCounter | None = None,
+                  train: bool, seed: int, pipeline: str, grouping=None, counter: GroupCounter | None = None,
                   drop_remainder: bool = False, source=None) -> tf.data.Dataset:
     """Batches of (normalised float32 image (N, h, w, 3), float32 0/1 mask (N, h, w, 1)).
 
@@ -270,7 +270,7 @@ def build_dataset(pairs: list[Pair], ops: list[AugmentOp], size: tuple[int, int]
     mean = tf.constant(IMAGENET_MEAN, tf.float32) * 255.0
     std = tf.constant(IMAGENET_STD, tf.float32) * 255.0
 
-    if engine == "tf":
+    if pipeline == "tf":
         def load(item, element_seed):
             image, mask = decode(item[0], item[1])
             image, mask = tf_augment(image, mask, element_seed, ops, size, train)

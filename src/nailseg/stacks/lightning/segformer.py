@@ -1,4 +1,4 @@
-"""SegFormer from Hugging Face transformers, as a plain ``nn.Module`` for the Lightning backend.
+"""SegFormer from Hugging Face transformers, as a plain ``nn.Module`` for the Lightning stack.
 
 ``pretrained: none`` builds the model from a ``SegformerConfig`` with the published sizes of
 each variant (so it trains offline); a local folder loads from disk; a hub id (e.g.

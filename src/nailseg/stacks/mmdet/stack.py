@@ -1,6 +1,6 @@
-"""MMDetection Mask R-CNN through mmengine's Runner: the ``mmdet`` backend (instance segmentation).
+"""MMDetection Mask R-CNN through mmengine's Runner: the ``mmdet`` stack (instance segmentation).
 
-Same data folder, check and split as the semantic backends. The split's masks become COCO
+Same data folder, check and split as the semantic stacks. The split's masks become COCO
 instance files (``nailseg.core.data.coco``) in the run folder; the mmdet config is generated from
 the typed config (``stacks/mmdet/config.py``). Besides COCO bbox/segm mAP, the union of the
 predicted instances is scored against the mask with the shared metrics, so instance and

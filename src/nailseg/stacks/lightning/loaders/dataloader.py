@@ -63,7 +63,7 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
 
     All ranks draw the same seeded stream (see :func:`nailseg.core.data.balance.draw_epoch`) and
     each takes a disjoint part of it, so the sampler works unchanged under DDP (Lightning
-    must not wrap it: the backend sets ``use_distributed_sampler=False``).
+    must not wrap it: the stack sets ``use_distributed_sampler=False``).
     """
 
     def __init__(self, probabilities: np.ndarray, epoch_size: int, seed: int):

@@ -1,4 +1,4 @@
-"""Run one augmentation spec through each engine on a single (image, mask), for comparison tests."""
+"""Run one augmentation spec through each pipeline on a single (image, mask), for comparison tests."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from nailseg.core.augment import Affine, HFlip, RandomResizedCrop, VFlip
-from tests.engines import albumentations_apply, coded_pair, dali_apply, kornia_apply
+from tests.pipelines import albumentations_apply, coded_pair, dali_apply, kornia_apply
 
 pytest.importorskip("torch")
 
@@ -14,21 +14,21 @@ def _iou(a, b):
     return (a & b).sum() / max(1, (a | b).sum())
 
 
-def _engines(tmp_path):
-    engines = {"albumentations": lambda ops, im, m, size: albumentations_apply(ops, im, m, size)}
+def _pipelines(tmp_path):
+    pipelines = {"albumentations": lambda ops, im, m, size: albumentations_apply(ops, im, m, size)}
     try:
         import kornia  # noqa: F401
 
-        engines["kornia"] = kornia_apply
+        pipelines["kornia"] = kornia_apply
     except ImportError:
         pass
     try:
         import nvidia.dali  # noqa: F401
 
-        engines["dali"] = lambda ops, im, m, size: dali_apply(ops, im, m, size, tmp_path)[0]
+        pipelines["dali"] = lambda ops, im, m, size: dali_apply(ops, im, m, size, tmp_path)[0]
     except ImportError:
         pass
-    return engines
+    return pipelines
 
 
 FIXED = {
@@ -39,17 +39,17 @@ FIXED = {
 
 
 @pytest.mark.parametrize("name", list(FIXED))
-def test_fixed_ops_agree_across_engines(name, tmp_path):
+def test_fixed_ops_agree_across_pipelines(name, tmp_path):
     image, mask = coded_pair()
-    results = {engine: fn(FIXED[name], image, mask, (64, 64)) for engine, fn in _engines(tmp_path).items()}
+    results = {pipeline: fn(FIXED[name], image, mask, (64, 64)) for pipeline, fn in _pipelines(tmp_path).items()}
     if len(results) < 3:
         pytest.skip(f"kornia and DALI both needed (installed: {sorted(results)}; nailseg[gpuaug,dali])")
     ref_image, ref_mask = results["albumentations"]
     if name == "hflip":
         assert np.array_equal(ref_mask, mask[:, ::-1])
-    for engine, (img, m) in results.items():
-        assert _iou(m, ref_mask) > 0.93, engine
-        assert np.abs(img - ref_image).mean() < 6.0, engine  # 0-255 scale; edges resample differently
+    for pipeline, (img, m) in results.items():
+        assert _iou(m, ref_mask) > 0.93, pipeline
+        assert np.abs(img - ref_image).mean() < 6.0, pipeline  # 0-255 scale; edges resample differently
 
 
 GEOMETRIC = [
