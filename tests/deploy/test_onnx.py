@@ -105,6 +105,36 @@ def test_int8_export_is_verified_or_refused_with_its_figures(onnx_run, tmp_path)
         assert not list(run.glob(".*.tmp"))
 
 
+def test_half_export_is_verified_and_half_the_size(onnx_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(onnx_run, run)
+    proc = run_cli("export", str(run), "--format", "onnx", "--half")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((run / "export.fp16.json").read_text())
+    assert report["format"] == "onnx-fp16" and report["mask_agreement"] >= 0.995 and report["mask_iou"] >= 0.95
+    assert report["bytes"] < 0.55 * report["bytes_fp32"]
+    from nailseg.deploy.onnx_model import OnnxSegmenter
+
+    half, full = OnnxSegmenter(run / "model.fp16.onnx"), OnnxSegmenter(run / "model.onnx")
+    assert half.metadata["quantization"]["type"] == "float16" and half.resize_in_graph
+    photo = np.random.default_rng(0).integers(0, 255, (90, 130, 3), dtype=np.uint8)
+    a, b = full(photo), half(photo)
+    assert a.dtype == b.dtype == np.float32 and a.shape == b.shape == (90, 130) and np.abs(a - b).max() < 0.01
+
+
+def test_a_half_copy_past_its_tolerance_is_refused_and_not_written(onnx_run, tmp_path, monkeypatch):
+    from nailseg.deploy import quantize
+    from nailseg.errors import ConfigError
+
+    monkeypatch.setattr(quantize, "HALF_TOLERANCE", {"mask_agreement": 1.01, "mask_iou": 0.95})
+    photos = [np.full((64, 64, 3), v, np.uint8) for v in (40, 200)]
+    with pytest.raises(ConfigError, match="--half: the float16 model strays from the float32 one"):
+        quantize.convert_half(onnx_run / "model.onnx", tmp_path / "m.fp16.onnx", photos, "two flat photos")
+    assert not list(tmp_path.iterdir())
+
+
 def test_export_options_only_with_onnx(onnx_run):
     proc = run_cli("export", str(onnx_run), "--format", "state_dict", "--int8")
     assert proc.returncode == 2 and "--int8: only with --format onnx" in proc.stderr

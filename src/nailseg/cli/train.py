@@ -209,11 +209,11 @@ def cmd_export(args) -> int:
         if out.exists() and out.is_dir() != writes_folder:
             raise NailsegError(f"--out {args.out}: exists and is a {'folder' if out.is_dir() else 'file'}; "
                                f"--format {args.format} writes a {'folder' if writes_folder else 'file'}")
-    used = [flag for flag, value in (("--opset", args.opset), ("--int8", args.int8)) if value]
+    used = [flag for flag, value in (("--opset", args.opset), ("--int8", args.int8), ("--half", args.half)) if value]
     if used and args.format != "onnx":
         raise NailsegError(f"{' and '.join(used)}: only with --format onnx")
     if args.format == "onnx" and "onnx" in stack.spec.exports:
-        print(stack.export(run, exp, args.format, out, opset=args.opset, int8=args.int8))
+        print(stack.export(run, exp, args.format, out, opset=args.opset, int8=args.int8, half=args.half))
     else:  # the stack refuses a format it cannot write, in its own words
         print(stack.export(run, exp, args.format, out))
     return 0
@@ -287,4 +287,7 @@ def add_parser(sub) -> None:
     exp_.add_argument("--opset", type=int, help="ONNX opset (default: 18; 17 for older runtimes)")
     exp_.add_argument("--int8", action="store_true",
                       help="also write MODEL.int8.onnx: static int8 quantisation (QDQ, per-channel weights), verified")
+    exp_.add_argument("--half", action="store_true",
+                      help="also write MODEL.fp16.onnx: float16 weights and activations (half the file; uint8 in, "
+                           "float32 out as before), verified against float32 into export.fp16.json")
     exp_.set_defaults(func=cmd_export)

@@ -1,6 +1,7 @@
-"""``nailseg export RUN --format onnx --int8``: static int8 quantisation of a verified ONNX export
-with ONNX Runtime's own tools, calibrated on the run's training photos and checked against the
-float32 model on its validation photos.
+"""``nailseg export RUN --format onnx --int8`` / ``--half``: smaller copies of a verified ONNX
+export, made with ONNX Runtime's own tools and checked against the float32 model on the run's
+validation photos. int8: static quantisation calibrated on the run's training photos. half: the
+weights and activations in float16 (half the file; input uint8 and output float32 unchanged).
 
 QDQ format with per-channel weights is what ONNX Runtime's CPU kernels (VNNI / AMX-INT8) run
 fastest. The graph's own pre- and post-processing (the uint8 resize, the normalisation, the
@@ -22,6 +23,8 @@ from nailseg.errors import ConfigError, MissingDependencyError
 
 # An int8 model is allowed to move probabilities (that is the point), not the masks.
 INT8_TOLERANCE = {"mask_agreement": 0.99, "mask_iou": 0.90}
+# float16 keeps 11 bits of mantissa: the masks should hardly move.
+HALF_TOLERANCE = {"mask_agreement": 0.995, "mask_iou": 0.95}
 QUANTIZED_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Mul", "Concat", "MaxPool", "Relu", "Clip",
                  "Sigmoid", "GlobalAveragePool", "AveragePool"]
 
@@ -91,6 +94,41 @@ def quantize_int8(fp32: Path, out: Path, calibration: list[np.ndarray], check_im
     return report
 
 
+def convert_half(fp32: Path, out: Path, check_images: list[np.ndarray], source: str) -> dict:
+    """Write the float16 copy ``out`` (atomically) and return its check; raise ``ConfigError`` past
+    :data:`HALF_TOLERANCE`. ONNX Runtime's ``convert_float_to_float16`` with ``keep_io_types``, so a
+    caller feeds and reads exactly what it does with the float32 file."""
+    try:
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    except ImportError:
+        raise MissingDependencyError("onnx", "export", "float16 conversion (--half)") from None
+    from nailseg.core.io import atomic_path, write_json
+    from nailseg.deploy.onnx_model import OnnxSegmenter
+    from nailseg.deploy.verify import compare_predictors
+
+    reference = OnnxSegmenter(fp32)
+    started = time.perf_counter()
+    with atomic_path(out) as tmp:
+        onnx.save(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True), str(tmp))
+        _copy_metadata(fp32, tmp, {"type": "float16", "tool": "onnxruntime.transformers.float16", "keep_io_types": True})
+        candidate = OnnxSegmenter(tmp)
+        check = compare_predictors(reference, candidate, check_images, threshold=reference.threshold)
+        check["mask_iou"] = _mask_iou(reference, candidate, check_images)
+        if check["mask_agreement"] < HALF_TOLERANCE["mask_agreement"] or check["mask_iou"] < HALF_TOLERANCE["mask_iou"]:
+            raise ConfigError(f"--half: the float16 model strays from the float32 one on {source} (mask agreement "
+                              f"{check['mask_agreement']:.4f}, mask IoU {check['mask_iou']:.4f}; tolerance "
+                              f"{HALF_TOLERANCE}); nothing written")
+    report = {"format": "onnx-fp16", "file": str(out), "bytes": out.stat().st_size, "from": str(fp32),
+              "bytes_fp32": fp32.stat().st_size, "verified_on": source, **check, "tolerance": HALF_TOLERANCE,
+              "convert_time_s": round(time.perf_counter() - started, 1)}
+    write_json(out.with_name("export.fp16.json"), report)
+    print(f"half: verified on {source}: mask agreement {100 * check['mask_agreement']:.3f}%, mask IoU "
+          f"{check['mask_iou']:.4f} against float32, {report['bytes'] / 2**20:.1f} MiB "
+          f"({out.with_name('export.fp16.json')})", file=sys.stderr)
+    return report
+
+
 def _mask_iou(a, b, images: list[np.ndarray]) -> float:
     inter = union = 0
     for image in images:
@@ -100,11 +138,11 @@ def _mask_iou(a, b, images: list[np.ndarray]) -> float:
     return inter / union if union else 1.0
 
 
-def _copy_metadata(src: Path, dst: Path) -> None:
+def _copy_metadata(src: Path, dst: Path, quantization: dict | None = None) -> None:
     import onnx
 
     meta = {p.key: p.value for p in onnx.load(str(src)).metadata_props}
-    meta["nailseg.quantization"] = json.dumps({"type": "int8", "format": "QDQ", "per_channel": True})
+    meta["nailseg.quantization"] = json.dumps(quantization or {"type": "int8", "format": "QDQ", "per_channel": True})
     model = onnx.load(str(dst))
     del model.metadata_props[:]
     for key, value in meta.items():

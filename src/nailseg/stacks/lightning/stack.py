@@ -209,9 +209,9 @@ class LightningStack:
         return predict
 
     def export(self, run: RunDir, exp: Experiment, fmt: str, out: Path | None = None, *, opset: int | None = None,
-               int8: bool = False) -> Path:
-        """``onnx``: see :func:`export_verified_onnx` (``opset``; ``int8`` adds a verified quantised
-        copy). ``hf`` (SegFormer runs): a ``save_pretrained`` folder that
+               int8: bool = False, half: bool = False) -> Path:
+        """``onnx``: see :func:`export_verified_onnx` (``opset``; ``int8`` and ``half`` add verified
+        int8 and float16 copies). ``hf`` (SegFormer runs): a ``save_pretrained`` folder that
         ``SegformerForSemanticSegmentation.from_pretrained`` loads. ``state_dict``: a plain state
         dict (``model.pt``) that loads with ``torch.load(..., weights_only=True)``."""
         from nailseg.core.io import atomic_dir, atomic_path
@@ -223,12 +223,15 @@ class LightningStack:
         model = self.load_model(run, exp)
         if fmt == "onnx":
             path = export_verified_onnx(self, model, run, exp, Path(out or run.path / "model.onnx"), opset=opset)
-            if int8:
-                from nailseg.deploy.quantize import quantize_int8
+            if int8 or half:
+                from nailseg.deploy.quantize import convert_half, quantize_int8
                 from nailseg.deploy.verify import training_images, verification_images
 
                 images, source = verification_images(run, exp)
-                quantize_int8(path, path.with_suffix(".int8.onnx"), training_images(run, exp), images, source)
+                if int8:
+                    quantize_int8(path, path.with_suffix(".int8.onnx"), training_images(run, exp), images, source)
+                if half:
+                    convert_half(path, path.with_suffix(".fp16.onnx"), images, source)
             return path
         if fmt == "hf":
             out = Path(out or run.path / "hf")
