@@ -85,7 +85,7 @@ STACKS: dict[str, StackSpec] = {spec.name: spec for spec in (
               capabilities=frozenset({"pretrain"}), benches=("loaders", "train"), folder_exports=("hf",),
               purpose="The PyTorch Lightning stack (model.family: smp or segformer)"),
     StackSpec("keras", ("sm",), ("albumentations", "tf"), "tf", ("tensorflow", "tf_keras", "segmentation_models"),
-              ("savedmodel", "keras", "tflite"), optim_unsupported=("encoder_lr_scale",), benches=("tfdata",),
+              ("savedmodel", "keras", "tflite"), optim_unsupported=("encoder_lr_scale",), benches=("tfdata", "train"),
               folder_exports=("savedmodel",),
               purpose="The Keras stack (model.family: sm)"),
     StackSpec("mmdet", ("maskrcnn",), ("mmdet",), "mmdet", ("torch", "mmengine", "mmcv", "mmdet", "pycocotools"),

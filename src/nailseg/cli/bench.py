@@ -99,7 +99,7 @@ def cmd_bench_train(args) -> int:
     from nailseg.core.benchmark import write_report
 
     precisions = choices(args.precision, ("32", "32-true", "bf16-mixed", "16-mixed"), "--precision")
-    pipelines = choices(args.pipelines, ("albumentations", "kornia", "dali"), "--pipelines") if args.pipelines else None
+    pipelines = choices(args.pipelines, exp.stack_spec.pipelines, "--pipelines") if args.pipelines else None
     caches = choices(args.cache, ("none", "ram", "disk"), "--cache") if args.cache else None
     results = bench.run(exp, precisions, batches=args.batches, repeats=args.repeats, pipelines=pipelines,
                           caches=caches)
@@ -194,13 +194,14 @@ def add_parser(sub) -> None:
     bt = bsub.add_parser("train", help="training images/s with the configured pipeline vs the model's limit",
                          description="For each precision: training steps fed by the configured pipeline, and the "
                                      "same steps on one batch already in device memory (the model's limit); "
-                                     "prints the pipeline's share of the limit.")
+                                     "prints the pipeline's share of the limit. A Keras config (model.family: sm) "
+                                     "runs each precision as its Keras policy, without and with XLA (jit_compile).")
     _config_args(bt)
     bt.add_argument("--size", type=positive, help="image side in pixels (shorthand for data.image_size)")
     bt.add_argument("--batch", type=positive, help="batch size (shorthand for trainer.batch_size)")
     bt.add_argument("--precision", default="32-true", help="comma-separated: 32-true, bf16-mixed, 16-mixed")
-    bt.add_argument("--pipelines", help="comma-separated data.pipeline values to feed the steps "
-                                        "(albumentations, kornia, dali; default: the config's)")
+    bt.add_argument("--pipelines", help="comma-separated data.pipeline values of the config's stack to feed the "
+                                        "steps (Lightning: albumentations, kornia, dali; default: the config's)")
     bt.add_argument("--cache", help="comma-separated data.cache modes: none,ram,disk (default: the config's)")
     bt.add_argument("--batches", type=positive, default=10, help="timed steps per repeat (default: 10)")
     bt.add_argument("--repeats", type=positive, default=3, help="timed repeats (default: 3)")

@@ -5,7 +5,7 @@ from nailseg.core.augment import Affine, BrightnessContrast, HFlip, RandomResize
 from nailseg.core.data.balance import make_grouping
 from nailseg.core.data.discover import Pair, find_pairs
 from nailseg.config import BalanceConfig
-from tests.conftest import write_image
+from tests.conftest import REPO, write_image
 from tests.core.data.test_balance import KEYS, assert_shares_hold
 from tests.pipelines import coded_pair, denormalize
 
@@ -97,6 +97,25 @@ def test_bench_tfdata_writes_json_and_png(tf, synth_data, tmp_path):
     assert [r["pipeline"] for r in results] == ["decode-only", "albumentations", "tf"]
     assert all(r["images_per_s"] > 0 for r in results)
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_train_runs_each_keras_policy_with_and_without_xla(tf, synth_data, tmp_path, capsys):
+    """``nailseg bench train`` on a Keras config: one limit row and one pipeline row per policy and
+    XLA setting that compiles; a setting XLA cannot compile is skipped with its reason, not a traceback."""
+    import json
+
+    from nailseg.cli import main
+
+    assert main(["bench", "train", str(REPO / "configs" / "keras-cpu.yaml"), f"data.root={synth_data}",
+                 "--size", "64", "--batch", "4", "--batches", "1", "--repeats", "1",
+                 "--precision", "32-true", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())
+    plain = [r for r in rows if not r["jit_compile"]]
+    assert [r["pipeline"] for r in plain] == ["model limit (batch in memory)", "albumentations pipeline"]
+    assert all(r["keras_policy"] == "float32" and r["images_per_s"] > 0 for r in rows)
+    assert plain[1]["ratio"] == pytest.approx(plain[1]["images_per_s"] / plain[0]["images_per_s"])
+    if not any(r["jit_compile"] for r in rows):  # sm's Unet upsamples with a gradient XLA lacks on CPU
+        assert "XLA cannot compile this model here" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("pipeline", ["albumentations", "tf"])
