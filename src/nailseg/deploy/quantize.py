@@ -52,14 +52,11 @@ def _network_nodes(model_path: Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type in QUANTIZED_OPS]
 
 
-def quantize_int8(fp32: Path, out: Path, calibration: list[np.ndarray], check_images: list[np.ndarray],
-                  source: str) -> dict:
-    """Write ``out`` (atomically) and return the check; raise ``ConfigError`` past the tolerance."""
-    try:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-    except ImportError:
-        raise MissingDependencyError("onnxruntime", "onnx", "int8 quantisation (onnxruntime.quantization)") from None
+def _verified_copy(fp32: Path, out: Path, write, check_images: list[np.ndarray], source: str, *, flag: str,
+                   what: str, tolerance: dict, report_name: str, **report) -> dict:
+    """What ``--int8`` and ``--half`` share: ``write(reference, tmp)`` makes the copy beside a
+    temporary name; it is kept at ``out`` only when its masks agree with the float32 model's within
+    ``tolerance`` on ``check_images``, and its figures go to ``report_name`` beside it."""
     from nailseg.core.io import atomic_path, write_json
     from nailseg.deploy.onnx_model import OnnxSegmenter
     from nailseg.deploy.verify import compare_predictors
@@ -67,6 +64,34 @@ def quantize_int8(fp32: Path, out: Path, calibration: list[np.ndarray], check_im
     reference = OnnxSegmenter(fp32)
     started = time.perf_counter()
     with atomic_path(out) as tmp:
+        write(reference, tmp)
+        candidate = OnnxSegmenter(tmp)
+        check = compare_predictors(reference, candidate, check_images, threshold=reference.threshold)
+        check["mask_iou"] = _mask_iou(reference, candidate, check_images)
+        if check["mask_agreement"] < tolerance["mask_agreement"] or check["mask_iou"] < tolerance["mask_iou"]:
+            raise ConfigError(f"{flag}: the {what} model strays from the float32 one on {source} (mask agreement "
+                              f"{check['mask_agreement']:.4f}, mask IoU {check['mask_iou']:.4f}; tolerance "
+                              f"{tolerance}); nothing written")
+    full = {**report, "file": str(out), "bytes": out.stat().st_size, "from": str(fp32),
+            "bytes_fp32": fp32.stat().st_size, "verified_on": source, **check, "tolerance": tolerance,
+            "convert_time_s": round(time.perf_counter() - started, 1)}
+    write_json(out.with_name(report_name), full)
+    print(f"{flag.lstrip('-')}: verified on {source}: mask agreement {100 * check['mask_agreement']:.3f}%, mask IoU "
+          f"{check['mask_iou']:.4f} against float32, {full['bytes'] / 2**20:.1f} MiB ({out.with_name(report_name)})",
+          file=sys.stderr)
+    return full
+
+
+def quantize_int8(fp32: Path, out: Path, calibration: list[np.ndarray], check_images: list[np.ndarray],
+                  source: str) -> dict:
+    """Write ``out`` (atomically) and return the check; raise ``ConfigError`` past :data:`INT8_TOLERANCE`."""
+    try:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError:
+        raise MissingDependencyError("onnxruntime", "onnx", "int8 quantisation (onnxruntime.quantization)") from None
+
+    def write(reference, tmp: Path) -> None:
         prepared = tmp.with_name(tmp.name + ".pre.onnx")
         try:
             quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
@@ -77,21 +102,11 @@ def quantize_int8(fp32: Path, out: Path, calibration: list[np.ndarray], check_im
         finally:
             prepared.unlink(missing_ok=True)
         _copy_metadata(fp32, tmp)
-        candidate = OnnxSegmenter(tmp)
-        check = compare_predictors(reference, candidate, check_images, threshold=reference.threshold)
-        check["mask_iou"] = _mask_iou(reference, candidate, check_images)
-        if check["mask_agreement"] < INT8_TOLERANCE["mask_agreement"] or check["mask_iou"] < INT8_TOLERANCE["mask_iou"]:
-            raise ConfigError(f"--int8: the quantised model strays from the float32 one on {source} (mask agreement "
-                              f"{check['mask_agreement']:.4f}, mask IoU {check['mask_iou']:.4f}; tolerance "
-                              f"{INT8_TOLERANCE}); nothing written")
-    report = {"format": "onnx-int8", "file": str(out), "bytes": out.stat().st_size, "from": str(fp32),
-              "bytes_fp32": fp32.stat().st_size, "calibrated_on": f"{len(calibration)} training images of the run",
-              "verified_on": source, **check, "tolerance": INT8_TOLERANCE, "quant_format": "QDQ",
-              "per_channel": True, "quantize_time_s": round(time.perf_counter() - started, 1)}
-    write_json(out.with_name("export.int8.json"), report)
-    print(f"int8: verified on {source}: mask agreement {100 * check['mask_agreement']:.3f}%, mask IoU "
-          f"{check['mask_iou']:.4f} against float32 ({out.with_name('export.int8.json')})", file=sys.stderr)
-    return report
+
+    return _verified_copy(fp32, out, write, check_images, source, flag="--int8", what="quantised",
+                          tolerance=INT8_TOLERANCE, report_name="export.int8.json", format="onnx-int8",
+                          calibrated_on=f"{len(calibration)} training images of the run", quant_format="QDQ",
+                          per_channel=True)
 
 
 def convert_half(fp32: Path, out: Path, check_images: list[np.ndarray], source: str) -> dict:
@@ -103,30 +118,13 @@ def convert_half(fp32: Path, out: Path, check_images: list[np.ndarray], source: 
         from onnxruntime.transformers.float16 import convert_float_to_float16
     except ImportError:
         raise MissingDependencyError("onnx", "export", "float16 conversion (--half)") from None
-    from nailseg.core.io import atomic_path, write_json
-    from nailseg.deploy.onnx_model import OnnxSegmenter
-    from nailseg.deploy.verify import compare_predictors
 
-    reference = OnnxSegmenter(fp32)
-    started = time.perf_counter()
-    with atomic_path(out) as tmp:
+    def write(reference, tmp: Path) -> None:
         onnx.save(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True), str(tmp))
         _copy_metadata(fp32, tmp, {"type": "float16", "tool": "onnxruntime.transformers.float16", "keep_io_types": True})
-        candidate = OnnxSegmenter(tmp)
-        check = compare_predictors(reference, candidate, check_images, threshold=reference.threshold)
-        check["mask_iou"] = _mask_iou(reference, candidate, check_images)
-        if check["mask_agreement"] < HALF_TOLERANCE["mask_agreement"] or check["mask_iou"] < HALF_TOLERANCE["mask_iou"]:
-            raise ConfigError(f"--half: the float16 model strays from the float32 one on {source} (mask agreement "
-                              f"{check['mask_agreement']:.4f}, mask IoU {check['mask_iou']:.4f}; tolerance "
-                              f"{HALF_TOLERANCE}); nothing written")
-    report = {"format": "onnx-fp16", "file": str(out), "bytes": out.stat().st_size, "from": str(fp32),
-              "bytes_fp32": fp32.stat().st_size, "verified_on": source, **check, "tolerance": HALF_TOLERANCE,
-              "convert_time_s": round(time.perf_counter() - started, 1)}
-    write_json(out.with_name("export.fp16.json"), report)
-    print(f"half: verified on {source}: mask agreement {100 * check['mask_agreement']:.3f}%, mask IoU "
-          f"{check['mask_iou']:.4f} against float32, {report['bytes'] / 2**20:.1f} MiB "
-          f"({out.with_name('export.fp16.json')})", file=sys.stderr)
-    return report
+
+    return _verified_copy(fp32, out, write, check_images, source, flag="--half", what="float16",
+                          tolerance=HALF_TOLERANCE, report_name="export.fp16.json", format="onnx-fp16")
 
 
 def _mask_iou(a, b, images: list[np.ndarray]) -> float:
