@@ -186,7 +186,10 @@ class InstanceStack(Stack, Protocol):
 
     def evaluate_instances(self, run: RunDir, exp: Experiment, chosen: list[Pair], all_pairs: list[Pair],
                            checkpoint: str = "best") -> dict:
-        ...
+        """The instance scores of ``chosen`` (``nailseg eval`` prints and writes them)."""
+
+    def instance_summary(self, run: RunDir, exp: Experiment, val_pairs: list[Pair], all_pairs: list[Pair]) -> dict:
+        """The ``summary.json`` keys this stack adds for the validation split (e.g. ``val_segm_map``)."""
 
 
 def stack_for(exp: Experiment) -> Stack:
@@ -351,9 +354,8 @@ def _finish(stack: Stack, ctx: TrainContext, result: FitResult, started: float) 
         "versions": result.versions, "normalization": exp.normalization.as_dict(),
     }
     if "instances" in stack.spec.capabilities:
-        coco = stack.evaluate_instances(run, exp, ctx.val_pairs, [p for part in ctx.data.pairs.values() for p in part])
-        summary.update({f"val_{k.lower()}": v for k, v in coco.items() if k.endswith(("mAP", "mAP_50", "mAP_75"))})
-        summary["val_metrics_at"] += "; IoU/Dice of the union of instances scoring >= 0.5"
+        summary.update(stack.instance_summary(run, exp, ctx.val_pairs,
+                                              [p for part in ctx.data.pairs.values() for p in part]))
     summary.update(result.extras)
     write_json(run.summary, summary)
     return summary

@@ -262,6 +262,13 @@ class MmdetStack:
                            checkpoint: str = "best") -> dict:
         return evaluate_coco(load_instance_predictor(run, exp, checkpoint), chosen, all_pairs, exp.model.min_area)
 
+    def instance_summary(self, run: RunDir, exp: Experiment, val_pairs: list[Pair], all_pairs: list[Pair]) -> dict:
+        """COCO segm/bbox mAP (@50, @75) of the best checkpoint on the validation split."""
+        coco = self.evaluate_instances(run, exp, val_pairs, all_pairs)
+        keys = {f"val_{k.lower()}": v for k, v in coco.items() if k.endswith(("mAP", "mAP_50", "mAP_75"))}
+        return {**keys, "val_metrics_at": "original resolution, best checkpoint; IoU/Dice of the union of "
+                                          "instances scoring >= 0.5"}
+
     def export(self, run: RunDir, exp: Experiment, fmt: str, out: Path | None = None) -> Path:
         """``state_dict``: the plain inference weights (loadable with weights_only=True) plus the mmdet config."""
         if fmt not in self.spec.exports:
