@@ -55,6 +55,7 @@ def runnable_pipelines(pipelines: list[str]) -> list[str]:
 
 
 def cmd_bench_loaders(args) -> int:
+    from nailseg.core.runtime import resolve_workers
     from nailseg.registry import load_bench
 
     exp = _experiment(args, {"data.root": args.data, "data.image_size": args.size, "trainer.batch_size": args.batch})
@@ -63,7 +64,7 @@ def cmd_bench_loaders(args) -> int:
     from nailseg.core.benchmark import write_report
 
     pipelines = runnable_pipelines(choices(args.pipelines, bench.CHOICES, "--pipelines"))
-    workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) - 1)
+    workers = args.workers if args.workers is not None else max(1, resolve_workers("auto"))  # the training rule
     caches = choices(args.cache, ("none", "ram", "disk"), "--cache")
     results = bench.run(exp, pipelines, workers=workers, batches=args.batches, repeats=args.repeats,
                             caches=caches, repeat_files_to=args.files or 0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nailseg.core.augment import IMAGENET_MEAN, IMAGENET_STD
-from nailseg.core.runtime import encoder_lr_scale, resolve_workers
+from nailseg.core.runtime import encoder_lr_scale, resolve_precision, resolve_workers
 from nailseg.config import Experiment
 
 DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
@@ -130,7 +130,8 @@ def build_mmdet_config(exp: Experiment, *, work_dir: Path, images_dir: Path, ann
     evaluator = lambda split: dict(type="CocoMetric", ann_file=str(ann_files[split]), metric=["bbox", "segm"],  # noqa: E731
                                    format_only=False, backend_args=None)
     load_from = None if exp.model.load_from in ("", "none") else exp.model.load_from
-    precision_amp = on_gpu and t.precision in ("auto", "16-mixed", "mixed_float16", "bf16-mixed")
+    # the shared precision rule (MMDetection's AmpOptimWrapper: mixed precision on a GPU only)
+    precision_amp = on_gpu and resolve_precision(t.precision, "gpu").amp
     return dict(
         default_scope="mmdet",
         model=model_config(DEPTHS[exp.model.encoder], exp.model.max_instances),
