@@ -22,6 +22,7 @@ import torch
 
 from nailseg.core.augment import IMAGENET, AugmentOp, Normalization
 from nailseg.core.data.discover import Pair
+from nailseg.stacks._torch.distributed import rank_world
 
 
 def _dali():
@@ -163,13 +164,6 @@ def build_pipeline(image_files: list[str], mask_files: list[str], ops: list[Augm
     return pipeline()
 
 
-def _rank_world() -> tuple[int, int]:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 class DaliLoader:
     """A DALI pipeline as an iterable of ``{"image", "mask"}`` batches for Lightning."""
 
@@ -187,7 +181,7 @@ class DaliLoader:
         self._finished_epoch = True
 
     def _shard_size(self) -> int:
-        _, world = _rank_world()
+        _, world = rank_world()
         return math.ceil(len(self.image_files) / world)  # readers pad shards to equal size
 
     def __len__(self) -> int:
@@ -198,7 +192,7 @@ class DaliLoader:
         from nvidia.dali.plugin.base_iterator import LastBatchPolicy
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-        rank, world = _rank_world()
+        rank, world = rank_world()
         device_id = (torch.cuda.current_device() if self.device == "gpu" else None)
         pipe = build_pipeline(self.image_files, self.mask_files, self.ops, self.size, batch_size=self.batch_size,
                               train=self.train, seed=self.seed, shard_id=rank, num_shards=world,

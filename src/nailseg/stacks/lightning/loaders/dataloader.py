@@ -15,6 +15,7 @@ from nailseg.core.data.cache import DecodeCache, FileSource, open_source
 from nailseg.core.data.discover import Pair
 from nailseg.config import Experiment
 from nailseg.core.runtime import resolve_workers
+from nailseg.stacks._torch.distributed import rank_world
 
 
 class SegmentationDataset(Dataset):
@@ -72,24 +73,17 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
         self.seed = seed
         self.epoch = 0
 
-    @staticmethod
-    def _rank_world() -> tuple[int, int]:
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return 0, 1
-
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        _, world = self._rank_world()
+        _, world = rank_world()
         return -(-self.epoch_size // world)
 
     def __iter__(self):
         from nailseg.core.data.balance import draw_epoch
 
-        rank, world = self._rank_world()
+        rank, world = rank_world()
         yield from draw_epoch(self.probabilities, self.epoch_size, self.seed, self.epoch, rank, world).tolist()
 
     def full_stream(self, epoch: int) -> np.ndarray:
