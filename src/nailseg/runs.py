@@ -211,6 +211,30 @@ def create_run_dir(run: RunDir) -> None:
                               "choose another run.name") from None
 
 
+def load_with_fallback(run: RunDir, checkpoint: str, best: Path, last: Path, load):
+    """The best -> last rule every stack's inference follows: ``checkpoint="best"`` tries ``best``,
+    then ``last``; ``"last"`` tries ``last`` only. ``load(path)`` raises ``ConfigError`` for a file
+    it cannot use (corrupt, unsafe, the wrong model); the next one is tried with a warning, and when
+    none loads the error names every file and why."""
+    import sys
+
+    order = (best, last) if checkpoint == "best" else (last,)
+    candidates = [p for p in order if p.exists()]
+    if not candidates:
+        raise ConfigError(f"{run.path}: no checkpoint in {last.parent} (did training finish an epoch?)")
+    errors: list[str] = []
+    for path in candidates:
+        try:
+            loaded = load(path)
+        except ConfigError as err:
+            errors += err.lines
+            continue
+        if errors:
+            print(f"warning: {errors[0]}; using {path.name} instead", file=sys.stderr)
+        return loaded
+    raise ConfigError(errors)
+
+
 @dataclass
 class PreparedData:
     """What every stack trains on: the split and its pairs, decoded once by rank 0's check."""

@@ -30,7 +30,7 @@ from nailseg.config import Experiment  # noqa: E402
 from nailseg.core.evaluate import Predictor, at_image_size, model_input  # noqa: E402
 from nailseg.core.io import atomic_dir, atomic_path, read_jsonl  # noqa: E402
 from nailseg.core.metrics import scores  # noqa: E402
-from nailseg.runs import RunDir  # noqa: E402
+from nailseg.runs import RunDir, load_with_fallback  # noqa: E402
 from nailseg.core.runtime import lr_factor, resolve_accelerator, resolve_precision  # noqa: E402
 from nailseg.engine import EpochRecord, FitResult, TrainContext  # noqa: E402
 from nailseg.errors import ConfigError  # noqa: E402
@@ -240,21 +240,15 @@ class KerasStack:
     def load_model(self, run: RunDir, exp: Experiment, checkpoint: str = "best"):
         keras.mixed_precision.set_global_policy("float32")
         model = build_sm_model(exp.model.model_copy(update={"encoder_weights": "none"}), exp.data.size_hw)
-        names = (BEST, LAST) if checkpoint == "best" else (LAST,)
-        candidates = [run.checkpoints / n for n in names if (run.checkpoints / n).exists()]
-        if not candidates:
-            raise ConfigError(f"{run.path}: no checkpoint in {run.checkpoints} (did training finish an epoch?)")
-        errors = []
-        for path in candidates:  # .weights.h5 holds arrays only: loading it runs no code
+
+        def load(path: Path):  # .weights.h5 holds arrays only: loading it runs no code
             try:
                 model.load_weights(str(path))
             except (OSError, ValueError, KeyError) as err:
-                errors.append(f"{path}: corrupt or truncated weights file ({str(err).splitlines()[0][:120]})")
-                continue
-            if errors:
-                print(f"warning: {errors[0]}; using {path.name} instead", file=sys.stderr)
+                raise ConfigError(f"{path}: corrupt or truncated weights file ({str(err).splitlines()[0][:120]})") from None
             return model
-        raise ConfigError(errors)
+
+        return load_with_fallback(run, checkpoint, run.checkpoints / BEST, run.checkpoints / LAST, load)
 
     def load_predictor(self, run: RunDir, exp: Experiment, checkpoint: str = "best") -> Predictor:
         model = self.load_model(run, exp, checkpoint)

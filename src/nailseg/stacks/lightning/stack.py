@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 from nailseg import __version__
 from nailseg.config import Experiment
 from nailseg.core.evaluate import Predictor, at_image_size, model_input
-from nailseg.runs import RunDir
+from nailseg.runs import RunDir, load_with_fallback
 from nailseg.core.runtime import resolve_accelerator
 from nailseg.engine import FitResult, TrainContext
 from nailseg.errors import ConfigError
@@ -168,31 +168,20 @@ class LightningStack:
         """The trained network of a run (best checkpoint, else last; or the last one only), on the
         CPU, in eval mode. Checkpoints are read with ``weights_only=True``; a corrupt best
         checkpoint falls back to the last one with a warning."""
-        order = (run.best_checkpoint, run.last_checkpoint) if checkpoint == "best" else (run.last_checkpoint,)
-        candidates = [p for p in order if p.exists()]
-        if not candidates:
-            raise ConfigError(f"{run.path}: no checkpoint in {run.checkpoints} (did training finish an epoch?)")
-        errors = []
-        for path in candidates:
+        def load(path: Path) -> torch.nn.Module:
+            ckpt = safe_load(path, "checkpoint")
+            state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+            if not isinstance(state, dict):
+                raise ConfigError(f"{path}: not a Lightning checkpoint (no state_dict)")
+            model = build_model(without_pretrained(exp.model))
             try:
-                ckpt = safe_load(path, "checkpoint")
-                state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-                if not isinstance(state, dict):
-                    raise ConfigError(f"{path}: not a Lightning checkpoint (no state_dict)")
-                model = build_model(without_pretrained(exp.model))
-                try:
-                    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()
-                                           if k.startswith("model.")})
-                except RuntimeError as err:
-                    raise ConfigError(f"{path}: does not fit the model in config.yaml "
-                                      f"({str(err).splitlines()[0][:120]})") from None
-            except ConfigError as err:
-                errors.append(err)
-                continue
-            if errors:
-                print(f"warning: {errors[0].lines[0]}; using {path.name} instead", file=sys.stderr)
+                model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+            except RuntimeError as err:
+                raise ConfigError(f"{path}: does not fit the model in config.yaml "
+                                  f"({str(err).splitlines()[0][:120]})") from None
             return model.eval()
-        raise ConfigError([line for err in errors for line in err.lines])
+
+        return load_with_fallback(run, checkpoint, run.best_checkpoint, run.last_checkpoint, load)
 
     def load_predictor(self, run: RunDir, exp: Experiment, checkpoint: str = "best", *,
                        device: str | None = None) -> Predictor:

@@ -15,7 +15,6 @@ import pickle
 import math
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from nailseg.core.data.decode import read_image
 from nailseg.core.data.discover import Pair
 from nailseg.core.evaluate import Predictor
 from nailseg.core.io import atomic_path, read_jsonl, write_json, write_text
-from nailseg.runs import RunDir
+from nailseg.runs import RunDir, load_with_fallback
 from nailseg.core.runtime import global_rank, resolve_accelerator, world_size
 from nailseg.engine import EpochRecord, FitResult, TrainContext
 from nailseg.errors import ConfigError
@@ -326,27 +325,18 @@ def load_model(run: RunDir, exp: Experiment, device: str | None = None, checkpoi
         with mmengine_safe_loading():
             model = init_detector(cfg, checkpoint=None, device=device)
     model.dataset_meta = {"classes": ("nail",), "palette": [(220, 20, 60)]}
-    names = ("best.pth", "last.pth") if checkpoint == "best" else ("last.pth",)
-    candidates = [run.checkpoints / n for n in names if (run.checkpoints / n).exists()]
-    if not candidates:
-        raise ConfigError(f"{run.path}: no exported weights in {run.checkpoints} (did training finish?)")
-    errors = []
-    for weights in candidates:
+
+    def load(weights: Path):
+        state = safe_load(weights, "weights file", map_location=device)
+        if not isinstance(state, dict):
+            raise ConfigError(f"{weights}: not a state dict")
         try:
-            state = safe_load(weights, "weights file", map_location=device)
-            if not isinstance(state, dict):
-                raise ConfigError(f"{weights}: not a state dict")
-            try:
-                model.load_state_dict(state)
-            except RuntimeError as err:
-                raise ConfigError(f"{weights}: does not fit the model ({str(err).splitlines()[0][:120]})") from None
-        except ConfigError as err:
-            errors += err.lines
-            continue
-        if errors:
-            print(f"warning: {errors[0]}; using {weights.name} instead", file=sys.stderr)
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise ConfigError(f"{weights}: does not fit the model ({str(err).splitlines()[0][:120]})") from None
         return model.eval()
-    raise ConfigError(errors)
+
+    return load_with_fallback(run, checkpoint, run.checkpoints / "best.pth", run.checkpoints / "last.pth", load)
 
 
 def _restore_tuples(obj, key: str | None = None):
