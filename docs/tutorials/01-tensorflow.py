@@ -67,7 +67,7 @@ print(len(pairs), "pairs from", data, "| TensorFlow", tf.__version__)
 from nailseg.stacks.keras import tfdata
 
 show(tfdata.build_dataset, tfdata._albumentations_fn)
-show(tfdata.tf_augment, lines=30)
+show(tfdata.tf_augment, tfdata._tf_affine, tfdata._tf_hue_saturation)
 
 # %%
 exp = load_experiment("configs/keras-cpu.yaml", [f"data.root={data}", "data.image_size=160"])

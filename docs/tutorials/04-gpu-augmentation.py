@@ -45,7 +45,9 @@ print("augmenting on", device, "(no CUDA device here: the same code on the CPU)"
 # %% [markdown]
 # ## 1. One spec, two translations
 #
-# The spec is a list of ops in the config. Each op has one translation per pipeline:
+# The spec is a list of ops in the config. Each op has one translation per pipeline, in a table
+# whose keys are the ops that pipeline's row in `nailseg/specs.py` claims (a test holds the two
+# together, and the config refuses an op a pipeline does not claim):
 
 # %%
 exp = load_experiment("configs/nails-pretrained-cpu.yaml", [f"data.root={data}", "data.image_size=192"])
@@ -56,8 +58,8 @@ for op in exp.augment.train:
 from nailseg.core import augment
 from nailseg.stacks.lightning.loaders import kornia as kornia_pipeline
 
-show(augment.to_albumentations, augment._albu_op)
-show(kornia_pipeline._kornia_op, kornia_pipeline.GpuAugment)
+show(augment.to_albumentations, ("nailseg.core.augment", "ALBUMENTATIONS_OPS"))
+show(("nailseg.stacks.lightning.loaders.kornia", "KORNIA_OPS"), kornia_pipeline.GpuAugment)
 
 # %% [markdown]
 # ## 2. `AugmentationSequential` on a batch on the device

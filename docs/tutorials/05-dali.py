@@ -50,7 +50,7 @@ print("DALI on the", "GPU (mixed decode)" if on_gpu else "CPU (no CUDA device he
 # %%
 from nailseg.stacks.lightning.loaders import dali as dali_pipeline
 
-show(dali_pipeline.build_pipeline)
+show(dali_pipeline.build_pipeline, dali_pipeline._dali_affine, dali_pipeline._dali_brightness_contrast)
 
 # %% [markdown]
 # ## 2. Run the pipeline and look at a batch

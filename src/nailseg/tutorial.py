@@ -77,8 +77,9 @@ def source(*objects, lines: int | None = None) -> str:
 
 
 def source_unimported(module: str, name: str) -> str:
-    """The source of ``module.name`` read from its file without importing the module, for code
-    whose framework must not load in this process (TensorFlow beside torch)."""
+    """The source of ``module.name`` (a function, a class or a module-level table) read from its
+    file without importing the module: for code whose framework must not load in this process
+    (TensorFlow beside torch), and for tables, which ``inspect`` cannot show."""
     import ast
     import importlib.util
 
@@ -87,8 +88,11 @@ def source_unimported(module: str, name: str) -> str:
         raise ModuleNotFoundError(module)
     text = Path(spec.origin).read_text(encoding="utf-8")
     for node in ast.walk(ast.parse(text)):
-        if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)) and node.name == name:
-            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+        assigned = (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name
+                                                         for t in node.targets)) or \
+            (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name)
+        if assigned or (isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)) and node.name == name):
+            first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
             body = "\n".join(text.splitlines()[first - 1:node.end_lineno])
             shown = Path(spec.origin).as_posix().split("/src/", 1)[-1]
             return f"`{shown}` — `{name}`\n\n```python\n{textwrap.dedent(body).rstrip()}\n```"
