@@ -28,7 +28,7 @@ def assert_shares_hold(draw, groups: list[str], target: dict[str, float], epochs
 
 
 def _seed_tutorial_draw(groups: list[str], epoch_size: int, repeats: int = 3):
-    """The seed's recipe: each group's files repeated a fixed number of epochs, mixed with equal
+    """The original tutorials' recipe: each group's files repeated a fixed number of epochs, mixed with equal
     weights; once the small groups are used up only the big group is left."""
     rng = np.random.default_rng(0)
     pools = {g: [i for i, x in enumerate(groups) if x == g] * repeats for g in set(groups)}
