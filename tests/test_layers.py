@@ -93,7 +93,7 @@ def test_no_import_points_up_a_layer(path: Path):
 
 def test_specs_is_plain_data():
     tree = ast.parse((SRC / "nailseg" / "specs.py").read_text(encoding="utf-8"))
-    assert not [m for m in _imports(tree, top_level_only=False) if m.split(".")[0] == "nailseg"]
+    assert [m for m in _imports(tree, top_level_only=False) if m.split(".")[0] == "nailseg"] == ["nailseg.errors"]
 
 
 def test_the_rule_sees_every_module():

@@ -115,3 +115,10 @@ def test_without_the_plugin_the_family_is_refused_in_one_line(pixel_config, tmp_
     proc = run_cli("train", str(pixel_config), f"data.root={tmp_path}", fresh=True)
     assert proc.returncode == 2 and "model.family: must be one of smp, segformer, sm, maskrcnn" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_plugin_that_cannot_be_imported_is_one_line(pixel_config, tmp_path):
+    proc = run_cli("train", str(pixel_config), f"data.root={tmp_path}", fresh=True,
+                   env={"NAILSEG_STACKS": "no_such_plugin_module"})
+    assert proc.returncode == 2 and "NAILSEG_STACKS=no_such_plugin_module: cannot import the stack plugin" in proc.stderr
+    assert "Traceback" not in proc.stderr

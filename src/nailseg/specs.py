@@ -1,6 +1,6 @@
 """What nailseg can train and how, as plain data: one row per stack and one per pipeline.
 
-This module imports nothing from nailseg or any framework, so the config, the CLI, ``doctor``
+This module imports nothing from nailseg but its errors, and no framework, so the config, the CLI, ``doctor``
 and the data layer all read the same rows without importing torch or TensorFlow. Adding a
 pipeline is one :class:`PipelineSpec` row plus its translations; adding a stack is one folder
 plus one :class:`StackSpec` row (or :func:`register_stack` from a plugin, see below).
@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
+
+from nailseg.errors import ConfigError
 
 # The augmentation ops of the config (``augment.train[*].name``), in spec order.
 ALL_OPS: frozenset[str] = frozenset({"hflip", "vflip", "affine", "random_resized_crop", "brightness_contrast",
@@ -117,7 +119,12 @@ def load_plugins() -> None:
     for name in filter(None, (n.strip() for n in os.environ.get(PLUGIN_ENV, "").split(","))):
         if name not in _loaded:  # checked each time: a forked or re-configured process may add some
             _loaded.add(name)
-            importlib.import_module(name)
+            try:
+                importlib.import_module(name)
+            except ImportError as err:
+                _loaded.discard(name)
+                raise ConfigError(f"{PLUGIN_ENV}={os.environ[PLUGIN_ENV]}: cannot import the stack plugin "
+                                  f"{name!r} ({err}); check the name and that it is on the Python path") from None
     if "" not in _loaded:
         _loaded.add("")
         from importlib.metadata import entry_points

@@ -65,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        parser = build_parser()  # reads the stack rows, plugins included (a broken plugin is one error line)
+        args = parser.parse_args(argv)
         return args.func(args)
     except NailsegError as err:
         for line in err.lines:
