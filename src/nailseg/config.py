@@ -376,9 +376,9 @@ class Experiment(_Section):
         if self.data.balance is not None and not pipeline.can_balance:
             raise ValueError(f"data.balance: the {pipeline.name} pipeline cannot draw weighted samples "
                              f"(use data.pipeline: {spec.pipelines[0]})")
-        pretrainable = [s.name for s in STACKS.values() if "pretrain" in s.capabilities]
         if self.pretrain is not None and ("pretrain" not in spec.capabilities
                                           or getattr(self.model, "init_from", "none") not in ("", "none")):
+            pretrainable = [s.name for s in STACKS.values() if "pretrain" in s.capabilities]
             raise ValueError(f"pretrain: synthetic pretraining needs a stack that can start from it "
                              f"({', '.join(pretrainable)}) and no model.init_from (pretraining sets it)")
         for key in spec.optim_unsupported:

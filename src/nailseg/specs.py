@@ -95,7 +95,6 @@ STACKS: dict[str, StackSpec] = {spec.name: spec for spec in (
               folder_exports=("state_dict",),  # the weights and the mmdet config they need, side by side
               purpose="The MMDetection stack (model.family: maskrcnn)"),
 )}
-BUILTIN_STACKS = frozenset(STACKS)
 PLUGIN_ENV = "NAILSEG_STACKS"
 _loaded: set[str] = set()  # plugin modules imported so far ("" stands for the entry points)
 
@@ -147,7 +146,3 @@ def spec_for_family(family: str) -> StackSpec:
             return spec
     raise KeyError(family)
 
-
-def stack_names() -> list[str]:
-    load_plugins()
-    return list(STACKS)
