@@ -26,25 +26,25 @@ def denormalize(chw: np.ndarray) -> np.ndarray:
     return np.clip((chw * std + mean) * 255.0, 0, 255).transpose(1, 2, 0)
 
 
-def albumentations_apply(ops, image, mask, size):
-    out = to_albumentations(ops, size, normalize=False)(image=image, mask=mask)
+def albumentations_apply(ops, image, mask, size, crop=None):
+    out = to_albumentations(ops, size, normalize=False, crop=crop)(image=image, mask=mask)
     return out["image"].astype(np.float32), out["mask"]
 
 
-def kornia_apply(ops, image, mask, size, seed=0):
+def kornia_apply(ops, image, mask, size, seed=0, crop=None):
     import torch
 
     from nailseg.stacks.lightning.loaders.kornia import GpuAugment
 
     torch.manual_seed(seed)
-    aug = GpuAugment(ops, size)
+    aug = GpuAugment(ops, size, crop=crop)
     x = torch.from_numpy(image.transpose(2, 0, 1))[None]
     m = torch.from_numpy(mask)[None, None]
     xi, mi = aug(x, m, train=True)
     return denormalize(xi[0].numpy()), mi[0, 0].numpy().astype(np.uint8)
 
 
-def dali_apply(ops, image, mask, size, tmp_path, n=1, seed=0):
+def dali_apply(ops, image, mask, size, tmp_path, n=1, seed=0, crop=None):
     """Write the pair to disk and read it back through the DALI pipeline (CPU), ``n`` times."""
     from nailseg.core.data.discover import Pair
     from nailseg.stacks.lightning.loaders.dali import DaliLoader
@@ -53,6 +53,6 @@ def dali_apply(ops, image, mask, size, tmp_path, n=1, seed=0):
     mask_path = write_image(tmp_path / "labels" / "a.png", mask * 255)
     pairs = [Pair("a.png", img_path, mask_path)] * n
     loader = DaliLoader(pairs, ops, size, batch_size=n, train=True, seed=seed, drop_last=False, device="cpu",
-                        num_threads=1)
+                        num_threads=1, window=crop)
     batch = next(iter(loader))
     return [(denormalize(batch["image"][i].numpy()), batch["mask"][i, 0].numpy().astype(np.uint8)) for i in range(n)]

@@ -48,6 +48,8 @@ def test_overrides_are_typed():
     ("trainer.max_epoch=3", "unknown key 'trainer.max_epoch' (did you mean 'trainer.max_epochs'?)"),
     ("trainer.max_epochs=many", "trainer.max_epochs"),
     ("data.image_size=100", "data.image_size"),
+    ("data.crop_size=100", "data.crop_size"),
+    ("data.crop_size=[512,64]", "data.crop_size: [512, 64] is larger than data.image_size"),
     ("model.family=keras2", "model.family"),
     ("augment.train=[{name: spin}]", "augment.train.0"),
     ("nonsense", "expected key=value"),
@@ -67,6 +69,22 @@ def test_bad_files(tmp_path):
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_experiment(tmp_path / "list.yaml")
+
+
+@pytest.mark.parametrize("config,reason", [
+    ("keras-cpu.yaml", "the keras stack does not train on windows (the lightning stack does)"),
+    ("mmdet-cpu.yaml", "the mmdet stack does not train on windows"),
+])
+def test_crop_size_refused_where_it_cannot_run(config, reason):
+    with pytest.raises(ConfigError) as info:
+        load_experiment(REPO / "configs" / config, ["data.crop_size=64"])
+    assert len(info.value.lines) == 1 and "data.crop_size" in info.value.lines[0] and reason in info.value.lines[0]
+
+
+def test_crop_size_is_a_window_of_the_picture():
+    exp = load_experiment(REPO / "configs" / "demo-cpu.yaml", ["data.image_size=[96,128]", "data.crop_size=[64,96]"])
+    assert exp.data.crop_hw == (64, 96) and exp.data.size_hw == (96, 128)
+    assert load_experiment(REPO / "configs" / "demo-cpu.yaml").data.crop_hw is None
 
 
 @pytest.mark.parametrize("override", ["loader=dali", "augment.device=gpu", "augment.engine=tf"])

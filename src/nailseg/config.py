@@ -60,6 +60,10 @@ MAX_IMAGE_SIDE = 4096  # a side beyond this is a typo, not a training size (and 
 class DataConfig(_Section):
     root: str = "data/synth"
     image_size: int | tuple[int, int] = Field(384, description="side, or (height, width)")
+    crop_size: int | tuple[int, int] | None = Field(
+        None, description="train on random windows of this side (or (height, width)) cut from the image_size "
+                          "picture, so the network sees image_size detail at crop_size cost; validation, test, "
+                          "export and serving see the whole image_size picture")
     split: SplitConfig = SplitConfig()
     seed: int = Field(42, ge=0, le=2**32 - 1)
     num_workers: int | Literal["auto"] = "auto"
@@ -91,9 +95,11 @@ class DataConfig(_Section):
             raise ValueError("must be auto or a whole number >= 0")
         return v
 
-    @field_validator("image_size")
+    @field_validator("image_size", "crop_size")
     @classmethod
     def _positive_multiple_of_32(cls, v):
+        if v is None:
+            return v
         sides = (v, v) if isinstance(v, int) else v
         for side in sides:
             if side < 32 or side % 32 or side > MAX_IMAGE_SIDE:
@@ -101,9 +107,22 @@ class DataConfig(_Section):
                                  "(encoders downsample by 32)")
         return v
 
+    @model_validator(mode="after")
+    def _crop_inside_picture(self):
+        if self.crop_size is not None and any(c > s for c, s in zip(self.crop_hw, self.size_hw)):
+            raise ValueError(f"data.crop_size: {list(self.crop_hw)} is larger than data.image_size "
+                             f"{list(self.size_hw)}; a crop is a window of the resized picture")
+        return self
+
     @property
     def size_hw(self) -> tuple[int, int]:
         return (self.image_size, self.image_size) if isinstance(self.image_size, int) else tuple(self.image_size)
+
+    @property
+    def crop_hw(self) -> tuple[int, int] | None:
+        """``crop_size`` as (height, width), or None: training sees whole pictures."""
+        c = self.crop_size
+        return None if c is None else (c, c) if isinstance(c, int) else tuple(c)
 
 
 class AugmentConfig(_Section):
@@ -373,6 +392,11 @@ class Experiment(_Section):
         if self.data.cache in ("ram", "disk") and not pipeline.reads_cache:
             raise ValueError(f"data.cache: {self.data.cache} cannot serve the {pipeline.name} pipeline: "
                              f"{pipeline.why_no_cache}; use data.cache: none (or auto)")
+        if self.data.crop_size is not None and not ("crop" in spec.capabilities and pipeline.can_crop):
+            croppers = [s.name for s in STACKS.values() if "crop" in s.capabilities]
+            why = (f"the {spec.name} stack does not train on windows (the {', '.join(croppers)} stack does)"
+                   if "crop" not in spec.capabilities else f"the {pipeline.name} pipeline cannot cut windows")
+            raise ValueError(f"data.crop_size: {why}; remove it and train on the whole data.image_size picture")
         if self.data.balance is not None and not pipeline.can_balance:
             raise ValueError(f"data.balance: the {pipeline.name} pipeline cannot draw weighted samples "
                              f"(use data.pipeline: {spec.pipelines[0]})")
@@ -579,12 +603,21 @@ def _format_errors(errors: list[dict[str, Any]], source: str) -> list[str]:
             else:
                 hint = difflib.get_close_matches(loc, valid, n=1)
                 msg = f"{source}: unknown key '{clip(loc)}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+        elif e["type"] == "value_error" and _NAMED_REFUSAL.match(_refusal(e)):
+            msg = f"{source}: {clip(_refusal(e), 500)}"  # a cross-key refusal names its own key
         elif e["type"] == "union_tag_invalid" and loc == "model":
             msg = f"{source}: model.family: must be one of {', '.join(MODEL_CLASSES)} (got {preview(e.get('input'))})"
         else:
             msg = f"{source}: {loc or 'config'}: {preview(e['msg'], 200)} (got {preview(e.get('input'))})"
         lines.append(msg)
     return lines
+
+
+_NAMED_REFUSAL = re.compile(r"^[a-z_]+(\.[a-z_0-9]+)*: ")
+
+
+def _refusal(e: dict[str, Any]) -> str:
+    return str(e.get("msg", "")).removeprefix("Value error, ")
 
 
 _TYPE_TAG = re.compile(r"^(constrained-|literal\[|function-|tuple\[|list\[|dict\[|int$|float$|str$|bool$|none$)")

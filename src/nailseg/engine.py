@@ -303,7 +303,7 @@ def _pretrain_experiment(exp: Experiment) -> dict:
     raw.pop("pretrain")
     raw["data"].update(root="", image_size=p.image_size, split={"val": 0.1, "test": 0.0, "folds": None,
                                                                "fold": 0},
-                       balance=None)
+                       balance=None, crop_size=None)  # whole synthetic pictures at the pretraining side
     raw["trainer"].update(max_epochs=p.max_epochs, batch_size=p.batch_size or exp.trainer.batch_size)
     raw["optim"]["lr"] = p.lr or exp.optim.lr
     raw["logging"].update(predictions=0, tensorboard=False)

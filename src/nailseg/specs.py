@@ -35,14 +35,17 @@ class PipelineSpec:
     extras: tuple[str, ...] = ()  # extras it needs beyond its stack's own
     why_no_cache: str = ""       # the refusal of data.cache: ram/disk when it does not read the cache
     purpose: str = ""
+    can_crop: bool = False       # can train on random windows of the picture (``data.crop_size``)
 
 
 PIPELINE_SPECS: dict[str, PipelineSpec] = {p.name: p for p in (
-    PipelineSpec("albumentations", ALL_OPS, reads_cache=True, can_balance=True, device="cpu",
+    PipelineSpec("albumentations", ALL_OPS, reads_cache=True, can_balance=True, device="cpu", can_crop=True,
                  purpose="albumentations in the loader workers (torch DataLoader or tf.numpy_function)"),
     PipelineSpec("kornia", ALL_OPS, reads_cache=True, can_balance=True, device="device", extras=("gpuaug",),
+                 can_crop=True,
                  purpose="decode + resize in the workers, kornia augments the batch on the training device"),
     PipelineSpec("dali", ALL_OPS, reads_cache=False, can_balance=False, device="cpu+gpu", extras=("dali",),
+                 can_crop=True,
                  why_no_cache="DALI reads and decodes the files itself (on the GPU with nvJPEG), so a CPU "
                               "decode cache would undo what it is for",
                  purpose="NVIDIA DALI reads, decodes and augments (on the GPU when there is one)"),
@@ -65,7 +68,8 @@ class StackSpec:
     extra: str                      # pip install 'nailseg[extra]'
     requires: tuple[str, ...]       # import names checked before the stack is imported
     exports: tuple[str, ...]        # nailseg export --format values
-    # "instances": COCO mAP and per-instance predictions; "pretrain": synthetic pretraining (model.init_from)
+    # "instances": COCO mAP and per-instance predictions; "pretrain": synthetic pretraining (model.init_from);
+    # "crop": its networks take any input size, so they can train on windows (data.crop_size)
     capabilities: frozenset[str] = frozenset()
     optim_unsupported: tuple[str, ...] = ()     # optim keys this stack cannot honour (refused at config time)
     benches: tuple[str, ...] = ()   # `nailseg bench VERB` it runs: <package>.bench_<verb>, with run() and CHOICES
@@ -84,7 +88,7 @@ class StackSpec:
 STACKS: dict[str, StackSpec] = {spec.name: spec for spec in (
     StackSpec("lightning", ("smp", "segformer"), ("albumentations", "kornia", "dali"), "torch",
               ("torch", "lightning", "segmentation_models_pytorch"), ("state_dict", "hf", "onnx"),
-              capabilities=frozenset({"pretrain"}), benches=("loaders", "train"), folder_exports=("hf",),
+              capabilities=frozenset({"pretrain", "crop"}), benches=("loaders", "train"), folder_exports=("hf",),
               purpose="The PyTorch Lightning stack (model.family: smp or segformer)"),
     StackSpec("keras", ("sm",), ("albumentations", "tf"), "tf", ("tensorflow", "tf_keras", "segmentation_models"),
               ("savedmodel", "keras", "tflite"), optim_unsupported=("encoder_lr_scale",), benches=("tfdata", "train"),

@@ -127,13 +127,15 @@ def default_train_augment() -> list[AugmentOp]:
 
 def to_albumentations(
     ops: list[AugmentOp], size: tuple[int, int], *, normalize: bool = True, train: bool = True,
-    norm: Normalization = IMAGENET,
+    norm: Normalization = IMAGENET, crop: tuple[int, int] | None = None,
 ):
     """Build an ``albumentations.Compose`` for (image, mask) at ``size`` = (height, width).
 
     Training: the spec's ops in order, with the resize to ``size`` placed first (or the
-    spec's ``random_resized_crop`` in its place). Evaluation: the resize only. ``norm`` is the
-    encoder's input normalisation (``Experiment.normalization``).
+    spec's ``random_resized_crop`` in its place). ``crop`` (``data.crop_size``): a random window
+    of that (height, width) is cut from the ``size`` picture as soon as it exists, so the ops
+    after it run on the window (cheaper) and the network trains on it. Evaluation: the resize
+    only. ``norm`` is the encoder's input normalisation (``Experiment.normalization``).
     """
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     import cv2
@@ -145,10 +147,13 @@ def to_albumentations(
     h, w = size
     ops = list(ops) if train else []
     steps = []
+    window = [A.RandomCrop(*crop)] if crop is not None and train and tuple(crop) != (h, w) else []
     if not any(op.name == "random_resized_crop" for op in ops):
-        steps.append(A.Resize(h, w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST))
+        steps += [A.Resize(h, w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST), *window]
     for op in ops:
         steps.append(_albu_op(A, cv2, op, h, w))
+        if op.name == "random_resized_crop":
+            steps += window
     if normalize:
         steps.append(A.Normalize(mean=norm.mean, std=norm.std, max_pixel_value=255.0))
     return A.Compose(steps)

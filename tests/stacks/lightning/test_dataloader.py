@@ -21,6 +21,19 @@ def test_loader_batches_are_aligned(synth_data):
     assert set(torch.unique(batch["mask"]).tolist()) <= {0.0, 1.0}
 
 
+def test_crop_size_windows_the_training_batches_only(synth_data):
+    from nailseg.stacks.lightning.loaders import build_loaders
+
+    exp = load_experiment(REPO / "configs" / "demo-cpu.yaml",
+                          [f"data.root={synth_data}", "data.image_size=96", "data.crop_size=[32,64]",
+                           "trainer.batch_size=4", "data.num_workers=0"])
+    pairs, _ = find_pairs(synth_data)
+    train, val = build_loaders(exp, pairs[:8], pairs[8:12])
+    batch = next(iter(train))
+    assert batch["image"].shape == (4, 3, 32, 64) and batch["mask"].shape == (4, 1, 32, 64)
+    assert next(iter(val))["image"].shape == (4, 3, 96, 96)
+
+
 def test_balanced_sampler_long_run():
     grouping = make_grouping(KEYS, BalanceConfig(by="folder"))
     sampler = BalancedSampler(grouping.sample_weights(), epoch_size=75, seed=0)

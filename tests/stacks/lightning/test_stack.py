@@ -225,11 +225,13 @@ def test_balanced_training_logs_group_shares(synth_data, tmp_path):
     assert records[0]["group_share"] != records[1]["group_share"]  # a fresh draw each epoch
 
 
-@pytest.mark.parametrize("switch", ["data.pipeline=kornia", "data.pipeline=dali"])
+@pytest.mark.parametrize("switch", ["data.pipeline=kornia", "data.pipeline=dali", "data.crop_size=32",
+                                    "data.pipeline=dali data.crop_size=[32,64]"])
 def test_one_epoch_with_fast_pipelines_on_cpu(synth_data, tmp_path, switch):
-    """kornia augmentation on CPU tensors, and DALI in CPU mode, inside a real Trainer."""
-    pytest.importorskip("kornia" if "kornia" in switch else "nvidia.dali")
-    proc = _train(synth_data, tmp_path, "trainer.max_epochs=1", "run.name=fast", switch)
+    """kornia augmentation on CPU tensors, and DALI in CPU mode, inside a real Trainer; and training
+    on crop_size windows while validation sees the whole 64 px picture."""
+    pytest.importorskip("kornia" if "kornia" in switch else "nvidia.dali" if "dali" in switch else "torch")
+    proc = _train(synth_data, tmp_path, "trainer.max_epochs=1", "run.name=fast", *switch.split())
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "fast" / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["step"] == 5  # 22 training pairs in batches of 4, the ragged last batch dropped

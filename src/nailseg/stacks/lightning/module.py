@@ -32,7 +32,8 @@ class SegmentationModule(L.LightningModule):
         if self.exp.pipeline == "kornia":
             from nailseg.stacks.lightning.loaders.kornia import GpuAugment
 
-            self.gpu_augment = GpuAugment(self.exp.augment.train, self.exp.data.size_hw, self.exp.normalization)
+            self.gpu_augment = GpuAugment(self.exp.augment.train, self.exp.data.size_hw, self.exp.normalization,
+                                          crop=self.exp.data.crop_hw)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.model(image)

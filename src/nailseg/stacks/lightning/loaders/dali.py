@@ -115,8 +115,12 @@ DALI_OPS = {
 
 def build_pipeline(image_files: list[str], mask_files: list[str], ops: list[AugmentOp], size: tuple[int, int], *,
                    batch_size: int, train: bool, seed: int, shard_id: int, num_shards: int,
-                   device_id: int | None, num_threads: int, norm: Normalization = IMAGENET):
-    """The DALI pipeline: (image float CHW normalised, mask float 1HW in {0, 1})."""
+                   device_id: int | None, num_threads: int, norm: Normalization = IMAGENET,
+                   window: tuple[int, int] | None = None):
+    """The DALI pipeline: (image float CHW normalised, mask float 1HW in {0, 1}).
+
+    ``window`` (``data.crop_size``, training only): a random window of that (height, width) is cut
+    right after the resize, the same place for image and mask, and the ops run on it."""
     fn, dmath, types = _dali()
     from nvidia.dali import pipeline_def
 
@@ -153,9 +157,15 @@ def build_pipeline(image_files: list[str], mask_files: list[str], ops: list[Augm
             resize_args.update(roi_start=fn.stack(y0, x0), roi_end=fn.stack(y0 + ch, x0 + cw), roi_relative=True)
         image = fn.resize(image, interp_type=types.INTERP_LINEAR, antialias=False, **resize_args)
         mask = fn.resize(mask, interp_type=types.INTERP_NN, **resize_args)
+        oh, ow = h, w
+        if train and window is not None and tuple(window) != (h, w):
+            oh, ow = window
+            x, y = _uniform(fn, 0.0, 1.0), _uniform(fn, 0.0, 1.0)  # drawn once: image and mask move together
+            image = fn.crop(image, crop_h=oh, crop_w=ow, crop_pos_x=x, crop_pos_y=y)
+            mask = fn.crop(mask, crop_h=oh, crop_w=ow, crop_pos_x=x, crop_pos_y=y)
 
         for op in ops:
-            image, mask = DALI_OPS[op.name](fn, dmath, types, op, image, mask, h, w)
+            image, mask = DALI_OPS[op.name](fn, dmath, types, op, image, mask, oh, ow)
         image = fn.crop_mirror_normalize(image, dtype=types.FLOAT, output_layout="CHW",
                                          mean=[m * 255 for m in norm.mean], std=[s * 255 for s in norm.std])
         mask = fn.crop_mirror_normalize(mask, dtype=types.FLOAT, output_layout="CHW", mean=[0.0], std=[1.0])
@@ -169,8 +179,9 @@ class DaliLoader:
 
     def __init__(self, pairs: list[Pair], ops: list[AugmentOp], size: tuple[int, int], *, batch_size: int,
                  train: bool, seed: int, drop_last: bool, num_threads: int | None = None,
-                 device: str | None = None, norm: Normalization = IMAGENET):
-        self.norm = norm
+                 device: str | None = None, norm: Normalization = IMAGENET,
+                 window: tuple[int, int] | None = None):
+        self.norm, self.window = norm, window
         self.image_files = [str(p.image) for p in pairs]
         self.mask_files = [str(p.mask) for p in pairs]
         self.ops, self.size, self.batch_size = ops, size, batch_size
@@ -196,7 +207,8 @@ class DaliLoader:
         device_id = (torch.cuda.current_device() if self.device == "gpu" else None)
         pipe = build_pipeline(self.image_files, self.mask_files, self.ops, self.size, batch_size=self.batch_size,
                               train=self.train, seed=self.seed, shard_id=rank, num_shards=world,
-                              device_id=device_id, num_threads=self.num_threads, norm=self.norm)
+                              device_id=device_id, num_threads=self.num_threads, norm=self.norm,
+                              window=self.window)
         policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
         return DALIGenericIterator(pipe, ["image", "mask"], reader_name="images", last_batch_policy=policy,
                                    auto_reset=True)

@@ -44,7 +44,8 @@ def build_loader(exp: Experiment, pairs: list[Pair], *, train: bool, sampler=Non
     if exp.pipeline == "kornia":  # resize only; kornia augments and normalises on the device
         transform = to_albumentations([], exp.data.size_hw, train=False, normalize=False)
     else:
-        transform = to_albumentations(exp.augment.train, exp.data.size_hw, train=train, norm=exp.normalization)
+        transform = to_albumentations(exp.augment.train, exp.data.size_hw, train=train, norm=exp.normalization,
+                                      crop=exp.data.crop_hw)
     workers = resolve_workers(exp.data.num_workers)
     return DataLoader(
         SegmentationDataset(open_source(exp.data, pairs, "train" if train else "val", run_folder,

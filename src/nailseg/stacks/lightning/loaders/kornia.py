@@ -48,15 +48,21 @@ def _kornia_op(K, op: AugmentOp, size: tuple[int, int]):
 class GpuAugment(nn.Module):
     """uint8 (N, 3, H, W) image + (N, 1, H, W) mask -> augmented, normalised float image + binary mask."""
 
-    def __init__(self, ops: list[AugmentOp], size: tuple[int, int], norm: Normalization = IMAGENET):
+    def __init__(self, ops: list[AugmentOp], size: tuple[int, int], norm: Normalization = IMAGENET,
+                 crop: tuple[int, int] | None = None):
         super().__init__()
         from nailseg.core.optional import require
 
         require("kornia", "gpuaug", "GPU augmentation (data.pipeline: kornia)")
         import kornia.augmentation as K
 
-        self.sequential = K.AugmentationSequential(*[_kornia_op(K, op, size) for op in ops],
-                                                   data_keys=["input", "mask"]) if ops else None
+        # data.crop_size: the window is cut as soon as the size picture exists (after a
+        # random_resized_crop, else first), as in the albumentations pipeline.
+        steps = [_kornia_op(K, op, size) for op in ops]
+        if crop is not None and tuple(crop) != tuple(size):
+            at = next((i + 1 for i, op in enumerate(ops) if op.name == "random_resized_crop"), 0)
+            steps.insert(at, K.RandomCrop(tuple(crop)))
+        self.sequential = K.AugmentationSequential(*steps, data_keys=["input", "mask"]) if steps else None
         self.register_buffer("mean", torch.tensor(norm.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(norm.std).view(1, 3, 1, 1), persistent=False)
 
