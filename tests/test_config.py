@@ -123,3 +123,11 @@ def test_every_optim_key_has_one_meaning():
     assert warm[0] < warm[1] < warm[2] == 1.0 and warm[-1] < 0.1
     assert [lr_factor(e, 4, 0, "none") for e in range(4)] == [1.0] * 4
     assert lr_factor(3, 4, 0, "poly", 1.0) == pytest.approx(0.25)
+
+
+def test_keras_refuses_the_optim_keys_it_cannot_honour():
+    for override in ("optim.freeze_encoder_bn=true", "optim.encoder_lr_scale=0.5"):
+        with pytest.raises(ConfigError, match=f"{override.split('=')[0]}: the keras stack cannot honour it"):
+            load_experiment(REPO / "configs" / "keras-cpu.yaml", [override])
+    for neutral in ("optim.freeze_encoder_bn=false", "optim.encoder_lr_scale=1.0"):
+        load_experiment(REPO / "configs" / "keras-cpu.yaml", [neutral])

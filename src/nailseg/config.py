@@ -131,6 +131,12 @@ class AugmentConfig(_Section):
 
 class _ModelBase(_Section):
     default_encoder_lr_scale: ClassVar[float] = 1.0  # optim.encoder_lr_scale when it is not set
+    encoder_has_batchnorm: ClassVar[bool] = True     # optim.freeze_encoder_bn has something to freeze
+
+    def starts_pretrained(self) -> bool:
+        """Whether the encoder starts from trained weights (so its BatchNorm statistics mean something)."""
+        return any(str(getattr(self, key, "none")) not in ("", "none")
+                   for key in ("encoder_weights", "init_from", "pretrained", "load_from"))
 
     def describe(self) -> dict[str, str]:
         """family / arch / encoder for tables (``nailseg compare``), whatever the family calls them."""
@@ -161,6 +167,7 @@ class SegformerModel(_ModelBase):
 
     family: Literal["segformer"]
     default_encoder_lr_scale: ClassVar[float] = 0.1  # its encoder is the pretrained-style half
+    encoder_has_batchnorm: ClassVar[bool] = False    # Mix Transformer blocks use LayerNorm
     variant: Literal["b0", "b1", "b2", "b3", "b4", "b5"] = "b0"
     pretrained: str = Field("none", description="none | hub id | local folder (save_pretrained)")
     classes: int = Field(1, ge=1, le=2, description="1: one logit + sigmoid; 2: softmax over background/nail")
@@ -245,6 +252,10 @@ class OptimConfig(_Section):
     warmup_epochs: int = Field(0, ge=0)
     encoder_lr_scale: float | None = Field(
         None, gt=0, description="encoder lr = lr * scale; default 0.1 for segformer, 1.0 for smp")
+    freeze_encoder_bn: bool = Field(
+        False, description="keep the encoder's BatchNorm running statistics at their pretrained values while "
+                           "training (its affine weights still learn), as when fine-tuning an ImageNet encoder "
+                           "on small batches of few photos")
 
 
 class TrainerConfig(_Section):
@@ -407,8 +418,16 @@ class Experiment(_Section):
                              f"({', '.join(pretrainable)}) and no model.init_from (pretraining sets it)")
         for key in spec.optim_unsupported:
             value = getattr(self.optim, key)
-            if value is not None and value != 1.0:
+            neutral = (OptimConfig.model_fields[key].default, *((1.0,) if key == "encoder_lr_scale" else ()))
+            if not any(value is n or (type(value) is type(n) and value == n) for n in neutral):
                 raise ValueError(f"optim.{key}: the {spec.name} stack cannot honour it (got {value}); remove it")
+        if self.optim.freeze_encoder_bn and not self.model.encoder_has_batchnorm:
+            raise ValueError(f"optim.freeze_encoder_bn: the {self.model.family} encoder has no BatchNorm layers "
+                             "to freeze; remove it")
+        if self.optim.freeze_encoder_bn and not (self.model.starts_pretrained() or self.pretrain is not None):
+            raise ValueError("optim.freeze_encoder_bn: the encoder starts from random weights, so its BatchNorm "
+                             "statistics are not worth keeping; set model.encoder_weights (or init_from, "
+                             "load_from, pretrain) or remove it")
         return self
 
     @property

@@ -142,3 +142,41 @@ def test_the_pretrained_recipe_trains_offline_and_records_its_weights(synth_data
     assert summary["encoder_weights"]["sha256"] == provider.sha256
     assert summary["encoder_weights"]["provider"] == provider.package
     assert summary["normalization"]["mean"] == [0.5, 0.5, 0.5]
+
+
+def test_freeze_encoder_bn_keeps_the_pretrained_statistics():
+    """optim.freeze_encoder_bn: a training step leaves the encoder's BatchNorm running statistics
+    exactly as loaded, while the decoder's move; without it the encoder's move too."""
+    _installed("tu-tf_efficientnet_lite0")
+    from nailseg.stacks.lightning.module import SegmentationModule
+
+    def stats_after_a_step(freeze: bool):
+        config = {"model": {"family": "smp", "arch": "Unet", "encoder": "tu-tf_efficientnet_lite0",
+                            "encoder_weights": "imagenet"},
+                  "optim": {"freeze_encoder_bn": freeze}}
+        module = SegmentationModule(Experiment.model_validate(config).to_dict())
+        bns = lambda part: [m for m in part.modules() if isinstance(m, torch.nn.BatchNorm2d)]  # noqa: E731
+        encoder, decoder = bns(module.model.encoder), bns(module.model.decoder)
+        assert encoder and decoder
+        before = [m.running_mean.clone() for m in encoder + decoder]
+        module.train()
+        assert all(not m.training for m in encoder) == freeze and all(m.training for m in decoder)
+        module.model(torch.rand(2, 3, 64, 64))
+        after = [m.running_mean for m in encoder + decoder]
+        moved = [not torch.equal(a, b) for a, b in zip(before, after)]
+        return moved[:len(encoder)], moved[len(encoder):]
+
+    encoder_moved, decoder_moved = stats_after_a_step(freeze=True)
+    assert not any(encoder_moved) and all(decoder_moved)
+    encoder_moved, _ = stats_after_a_step(freeze=False)
+    assert all(encoder_moved)
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    ({"model": {"family": "smp", "encoder": "resnet18"}}, "starts from random weights"),
+    ({"model": {"family": "segformer"}}, "the segformer encoder has no BatchNorm layers"),
+    ({"model": {"family": "maskrcnn"}, "augment": {"train": []}}, "starts from random weights"),
+])
+def test_freeze_encoder_bn_refused_where_it_means_nothing(overrides, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        Experiment.model_validate({**overrides, "optim": {"freeze_encoder_bn": True}})

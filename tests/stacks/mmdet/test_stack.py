@@ -27,6 +27,13 @@ def mmdet_run(synth_data, tmp_path_factory):
     return runs / "m"
 
 
+def test_freeze_encoder_bn_is_mmdets_norm_eval():
+    from nailseg.stacks.mmdet.config import model_config
+
+    assert model_config(18, freeze_bn=True)["backbone"]["norm_eval"] is True
+    assert model_config(18)["backbone"]["norm_eval"] is False
+
+
 @pytest.mark.slow
 def test_run_folder(mmdet_run):
     names = {p.name for p in mmdet_run.iterdir()}
@@ -34,6 +41,7 @@ def test_run_folder(mmdet_run):
             "summary.json", "checkpoints", "predictions"} <= names
     mmdet_config = (mmdet_run / "mmdet_config.py").read_text().replace(" ", "")
     assert "num_classes=1" in mmdet_config and "max_per_img=30," in mmdet_config  # model.max_instances
+    assert "norm_eval=False" in mmdet_config  # optim.freeze_encoder_bn is off (it needs model.load_from)
     assert list((mmdet_run / "mmdet").rglob("events.out.tfevents.*"))  # TensorBoard through mmengine
     summary = json.loads((mmdet_run / "summary.json").read_text())
     for key in ("val_segm_map", "val_bbox_map", "val_iou", "val_dice"):

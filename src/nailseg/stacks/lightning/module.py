@@ -38,6 +38,17 @@ class SegmentationModule(L.LightningModule):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.model(image)
 
+    def train(self, mode: bool = True):
+        """``optim.freeze_encoder_bn``: the encoder's BatchNorm layers stay in eval mode, so their
+        running statistics keep the pretrained values (mmdet's ``norm_eval``); Lightning calls this
+        at the start of every training epoch."""
+        super().train(mode)
+        if mode and getattr(self, "exp", None) is not None and self.exp.optim.freeze_encoder_bn:
+            for m in self.model.encoder.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self.gpu_augment is not None:
             batch["image"], batch["mask"] = self.gpu_augment(batch["image"], batch["mask"], train=self.trainer.training)

@@ -16,16 +16,18 @@ from nailseg.config import Experiment
 DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 
 
-def model_config(depth: int, max_instances: int = 30) -> dict:
+def model_config(depth: int, max_instances: int = 30, freeze_bn: bool = False) -> dict:
     in_channels = [64, 128, 256, 512] if depth < 50 else [256, 512, 1024, 2048]
     return dict(
         type="MaskRCNN",
         data_preprocessor=dict(type="DetDataPreprocessor", mean=[m * 255 for m in IMAGENET_MEAN],
                                std=[s * 255 for s in IMAGENET_STD], bgr_to_rgb=True, pad_mask=True,
                                pad_size_divisor=32),
-        # init_cfg=None: nothing is downloaded; trained from scratch, so no frozen stages or frozen BN.
+        # init_cfg=None: nothing is downloaded. No frozen stages; BN statistics frozen (norm_eval) only
+        # with optim.freeze_encoder_bn, which needs model.load_from.
         backbone=dict(type="ResNet", depth=depth, num_stages=4, out_indices=(0, 1, 2, 3), frozen_stages=-1,
-                      norm_cfg=dict(type="BN", requires_grad=True), norm_eval=False, style="pytorch", init_cfg=None),
+                      norm_cfg=dict(type="BN", requires_grad=True), norm_eval=freeze_bn, style="pytorch",
+                      init_cfg=None),
         neck=dict(type="FPN", in_channels=in_channels, out_channels=256, num_outs=5),
         rpn_head=dict(
             type="RPNHead", in_channels=256, feat_channels=256,
@@ -134,7 +136,7 @@ def build_mmdet_config(exp: Experiment, *, work_dir: Path, images_dir: Path, ann
     precision_amp = on_gpu and resolve_precision(t.precision, "gpu").amp
     return dict(
         default_scope="mmdet",
-        model=model_config(DEPTHS[exp.model.encoder], exp.model.max_instances),
+        model=model_config(DEPTHS[exp.model.encoder], exp.model.max_instances, exp.optim.freeze_encoder_bn),
         train_dataloader=dict(batch_size=t.batch_size, num_workers=workers, persistent_workers=workers > 0,
                               # InfiniteSampler: DefaultSampler with an iteration loop sleeps 2 s at every epoch end
                               sampler=dict(type="InfiniteSampler", shuffle=True),
