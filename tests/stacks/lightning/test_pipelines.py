@@ -93,7 +93,7 @@ def test_crop_size_cuts_random_windows_of_the_picture(tmp_path):
     coded = image.copy()
     coded[..., 2] = stripes * 255
     draws = {}
-    for pipeline, fn in _pipelines(tmp_path).items():
+    for pipeline in _pipelines(tmp_path):
         if pipeline == "dali":
             outputs = dali_apply([], coded, stripes, (64, 64), tmp_path, n=6, seed=1, crop=(48, 32))
         elif pipeline == "kornia":

@@ -93,7 +93,8 @@ def bench_train(exp: Experiment, precisions: list[str], *, batches: int, repeats
             if pipeline == "kornia":
                 from nailseg.stacks.lightning.loaders.kornia import GpuAugment
 
-                gpu_augment = GpuAugment(exp.augment.train, exp.data.size_hw, exp.normalization).to(device)
+                gpu_augment = GpuAugment(exp.augment.train, exp.data.size_hw, exp.normalization,
+                                         crop=exp.data.crop_hw).to(device)
 
             def from_loader():
                 b = next(stream)
