@@ -1,6 +1,7 @@
 """nailseg compare end to end: a Lightning config and a Keras config on the same folds, then --runs."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +85,43 @@ def test_eta_comes_from_each_configs_own_jobs():
     assert eta_text({"a": [100.0, 140.0], "b": []}, ["a", "b"]) == ""  # b's pace is unknown
     assert eta_text({"a": [100.0, 140.0], "b": [30.0]}, ["a", "b", "b"]) == ", ETA 0:03:00"
     assert eta_text({"a": [10.0]}, []) == ""
+
+
+def test_sigterm_stops_compare_and_its_training_child(synth_data, tmp_path):
+    """`kill COMPARE_PID` (or a scheduler's timeout) must not leave the fold's training running alone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "cmp"
+    compare = subprocess.Popen(
+        [sys.executable, "-m", "nailseg.cli", "compare", str(REPO / "configs" / "demo-cpu.yaml"),
+         f"data.root={synth_data}", "model.encoder=resnet18", *TINY, "data.image_size=160", "trainer.max_epochs=200",
+         "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def children() -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == compare.pid:
+                found.append(int(stat.parent.name))
+        return found
+
+    metrics = out / "runs" / "demo-cpu" / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (metrics.is_file() and metrics.read_text().strip()) and time.monotonic() < deadline:
+        assert compare.poll() is None, compare.communicate()[1][-2000:]
+        time.sleep(0.5)
+    trainers = children()
+    assert trainers, "compare started no training child"
+    compare.send_signal(signal.SIGTERM)
+    compare.communicate(timeout=60)
+    assert compare.returncode == 128 + signal.SIGTERM
+    # compare waits for its child before it exits: gone now, not at the child's next write to a closed pipe
+    assert not any(Path(f"/proc/{pid}").exists() for pid in trainers), "the training child outlived compare"

@@ -8,9 +8,19 @@ from nailseg.cli.common import output_folder
 from nailseg.errors import NailsegError
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM (``kill``, a scheduler's timeout) unwinds like Ctrl-C, so the training child that
+    compare is waiting on is stopped with it instead of running on alone."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def cmd_compare(args) -> int:
     from nailseg.workflows.compare import collect_runs, run_compare
 
+    _exit_on_sigterm()
     out = output_folder(args.out)
     if args.folds is not None and args.folds < 2:
         raise NailsegError(f"--folds {args.folds}: k-fold cross-validation needs at least 2 folds")

@@ -44,11 +44,15 @@ def _nailseg(*args: str, log: Path | None = None, echo: Callable[[str], None] | 
     reader = threading.Thread(target=lambda: out.append(child.stdout.read()), daemon=True)
     reader.start()
     err: list[str] = []
-    for line in child.stderr:
-        err.append(line)
-        if echo is not None and line.startswith(PROGRESS_PREFIXES):
-            echo("  " + line.rstrip())
-    child.wait()
+    try:
+        for line in child.stderr:
+            err.append(line)
+            if echo is not None and line.startswith(PROGRESS_PREFIXES):
+                echo("  " + line.rstrip())
+        child.wait()
+    except BaseException:  # Ctrl-C, or SIGTERM (see cli/compare.py): the training stops with compare
+        _stop(child)
+        raise
     reader.join()
     proc = subprocess.CompletedProcess(child.args, child.returncode, "".join(out), "".join(err))
     if log is not None:
@@ -58,6 +62,19 @@ def _nailseg(*args: str, log: Path | None = None, echo: Callable[[str], None] | 
 
 
 PROGRESS_PREFIXES = ("epoch ", "pretraining on ")
+
+
+def _stop(child: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """End a training child: SIGTERM first (its checkpoint writes are atomic, so ``train --resume``
+    continues it later), SIGKILL if it has not gone after ``grace_s``."""
+    if child.poll() is not None:
+        return
+    child.terminate()
+    try:
+        child.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 def eta_text(durations: dict[str, list[float]], remaining: list[str]) -> str:
