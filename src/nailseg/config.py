@@ -111,7 +111,8 @@ class DataConfig(_Section):
     def _crop_inside_picture(self):
         if self.crop_size is not None and any(c > s for c, s in zip(self.crop_hw, self.size_hw)):
             raise ValueError(f"data.crop_size: {list(self.crop_hw)} is larger than data.image_size "
-                             f"{list(self.size_hw)}; a crop is a window of the resized picture")
+                             f"{list(self.size_hw)}; a crop is a window of the resized picture (set data.crop_size "
+                             "too, or data.crop_size=null to train on whole pictures)")
         return self
 
     @property
