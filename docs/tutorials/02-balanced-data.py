@@ -150,7 +150,7 @@ plt.show()
 # small experiment: read a difference of a few hundredths as noise.
 
 # %%
-COMMON = (f"data.root={data} model.encoder=tu-tf_efficientnet_lite0 data.image_size=160 data.split.val=0.15 "
+COMMON = (f"data.root={data} model.encoder=tu-tf_efficientnet_lite0 data.image_size=160 data.crop_size=null data.split.val=0.15 "
           "data.split.test=0.2 trainer.max_epochs=10 optim.lr=0.002 optim.warmup_epochs=1")
 scores = {}
 runs = {}

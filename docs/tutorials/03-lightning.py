@@ -47,7 +47,7 @@ print("photos from", data)
 from nailseg.config import load_experiment
 
 OVERRIDES = [f"data.root={data}", "model.encoder=tu-tf_efficientnet_lite0", "data.image_size=192",
-             "data.split.val=0.15", "data.split.test=0.2", "trainer.max_epochs=12", "optim.lr=0.002", "optim.warmup_epochs=1"]
+             "data.crop_size=null", "data.split.val=0.15", "data.split.test=0.2", "trainer.max_epochs=12", "optim.lr=0.002", "optim.warmup_epochs=1"]
 exp = load_experiment("configs/nails-pretrained-cpu.yaml", OVERRIDES)
 print(exp.model)
 print(exp.optim)
@@ -57,6 +57,11 @@ print("normalisation the encoder expects:", exp.normalization.as_dict())
 # The encoder's input normalisation comes from the encoder (the TF-ported EfficientNet-Lite
 # weights expect mean = std = 0.5, not ImageNet's mean/std); every pipeline and the ONNX export
 # read `exp.normalization`.
+#
+# `data.crop_size=null`: the full recipe trains on random 384 px windows of 512 px pictures
+# (`data.crop_size: 384`), so the network sees 512 px detail at the cost of 384 px, and validates,
+# exports and serves on the whole 512 px picture. At this notebook's 192 px the windows would not
+# fit, so it trains on whole pictures.
 #
 # ## 2. smp's model and loss
 #

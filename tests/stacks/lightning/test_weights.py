@@ -134,7 +134,7 @@ def test_the_pretrained_recipe_trains_offline_and_records_its_weights(synth_data
     recipe = REPO / "configs" / "nails-pretrained-cpu.yaml"
     provider = _installed(load_experiment(recipe).model.encoder)
     proc = run_cli("train", str(recipe), f"data.root={synth_data}",
-                   f"run.dir={tmp_path}", "run.name=pre", "data.image_size=64", "trainer.batch_size=4",
+                   f"run.dir={tmp_path}", "run.name=pre", "data.image_size=64", "data.crop_size=null", "trainer.batch_size=4",
                    "data.num_workers=0", "trainer.max_epochs=1", "logging.predictions=0",
                    "logging.tensorboard=false", env={"HF_HUB_OFFLINE": "1", "NAILSEG_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
