@@ -53,6 +53,6 @@ def dali_apply(ops, image, mask, size, tmp_path, n=1, seed=0, crop=None):
     mask_path = write_image(tmp_path / "labels" / "a.png", mask * 255)
     pairs = [Pair("a.png", img_path, mask_path)] * n
     loader = DaliLoader(pairs, ops, size, batch_size=n, train=True, seed=seed, drop_last=False, device="cpu",
-                        num_threads=1, window=crop)
+                        num_threads=1, crop=crop)
     batch = next(iter(loader))
     return [(denormalize(batch["image"][i].numpy()), batch["mask"][i, 0].numpy().astype(np.uint8)) for i in range(n)]

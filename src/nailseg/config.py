@@ -419,17 +419,21 @@ class Experiment(_Section):
                              f"({', '.join(pretrainable)}) and no model.init_from (pretraining sets it)")
         for key in spec.optim_unsupported:
             value = getattr(self.optim, key)
-            neutral = (OptimConfig.model_fields[key].default, *((1.0,) if key == "encoder_lr_scale" else ()))
-            if not any(value is n or (type(value) is type(n) and value == n) for n in neutral):
+            unset = value == OptimConfig.model_fields[key].default or (key == "encoder_lr_scale" and value == 1.0)
+            if not unset:
                 raise ValueError(f"optim.{key}: the {spec.name} stack cannot honour it (got {value}); remove it")
-        if self.optim.freeze_encoder_bn and not self.model.encoder_has_batchnorm:
+        if self.optim.freeze_encoder_bn:
+            self._check_bn_freeze()
+        return self
+
+    def _check_bn_freeze(self) -> None:
+        if not self.model.encoder_has_batchnorm:
             raise ValueError(f"optim.freeze_encoder_bn: the {self.model.family} encoder has no BatchNorm layers "
                              "to freeze; remove it")
-        if self.optim.freeze_encoder_bn and not (self.model.starts_pretrained() or self.pretrain is not None):
+        if not (self.model.starts_pretrained() or self.pretrain is not None):
             raise ValueError("optim.freeze_encoder_bn: the encoder starts from random weights, so its BatchNorm "
                              "statistics are not worth keeping; set model.encoder_weights (or init_from, "
                              "load_from, pretrain) or remove it")
-        return self
 
     @property
     def stack_spec(self):

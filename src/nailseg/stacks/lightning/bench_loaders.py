@@ -67,7 +67,7 @@ def _batch_source(name: str, exp: Experiment, pairs, device: torch.device, worke
 
         loader = DaliLoader(pairs, exp.augment.train, exp.data.size_hw, batch_size=exp.trainer.batch_size,
                             train=True, seed=0, drop_last=True, num_threads=workers,
-                            device="gpu" if device.type == "cuda" else "cpu", window=exp.data.crop_hw)
+                            device="gpu" if device.type == "cuda" else "cpu", crop=exp.data.crop_hw)
         stream = _cycle(lambda: iter(loader))
 
         def next_batch():

@@ -21,7 +21,7 @@ def build_loaders(exp, train_pairs, val_pairs, *, sampler=None, drop_last: bool 
 
         common = dict(ops=exp.augment.train, size=exp.data.size_hw, batch_size=exp.trainer.batch_size,
                       seed=exp.trainer.seed, norm=exp.normalization)
-        return (DaliLoader(train_pairs, train=True, drop_last=drop_last, window=exp.data.crop_hw, **common),
+        return (DaliLoader(train_pairs, train=True, drop_last=drop_last, crop=exp.data.crop_hw, **common),
                 DaliLoader(val_pairs, train=False, drop_last=False, **common))
     from nailseg.stacks.lightning.loaders.dataloader import build_loader
 

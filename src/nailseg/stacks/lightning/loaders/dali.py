@@ -116,10 +116,10 @@ DALI_OPS = {
 def build_pipeline(image_files: list[str], mask_files: list[str], ops: list[AugmentOp], size: tuple[int, int], *,
                    batch_size: int, train: bool, seed: int, shard_id: int, num_shards: int,
                    device_id: int | None, num_threads: int, norm: Normalization = IMAGENET,
-                   window: tuple[int, int] | None = None):
+                   crop: tuple[int, int] | None = None):
     """The DALI pipeline: (image float CHW normalised, mask float 1HW in {0, 1}).
 
-    ``window`` (``data.crop_size``, training only): a random window of that (height, width) is cut
+    ``crop`` (``data.crop_size``, training only): a random window of that (height, width) is cut
     right after the resize, the same place for image and mask, and the ops run on it."""
     fn, dmath, types = _dali()
     from nvidia.dali import pipeline_def
@@ -143,12 +143,12 @@ def build_pipeline(image_files: list[str], mask_files: list[str], ops: list[Augm
         threshold = 0.5 + 127.0 * fn.cast(peak > 1, dtype=types.FLOAT)
         mask = fn.cast(fn.cast(mask, dtype=types.FLOAT) > threshold, dtype=types.UINT8)
 
-        crop = next((op for op in ops if op.name == "random_resized_crop"), None)
+        rrc = next((op for op in ops if op.name == "random_resized_crop"), None)
         resize_args = dict(resize_x=w, resize_y=h)
-        if crop is not None:  # crop window drawn once, used for image and mask
-            c = _coin(fn, crop.p)
-            area = _uniform(fn, *crop.scale)
-            ratio = dmath.exp(_uniform(fn, math.log(crop.ratio[0]), math.log(crop.ratio[1])))
+        if rrc is not None:  # crop window drawn once, used for image and mask
+            c = _coin(fn, rrc.p)
+            area = _uniform(fn, *rrc.scale)
+            ratio = dmath.exp(_uniform(fn, math.log(rrc.ratio[0]), math.log(rrc.ratio[1])))
             cw = dmath.min(dmath.sqrt(area * ratio), 1.0)
             ch = dmath.min(dmath.sqrt(area / ratio), 1.0)
             cw, ch = 1.0 - c * (1.0 - cw), 1.0 - c * (1.0 - ch)
@@ -158,8 +158,8 @@ def build_pipeline(image_files: list[str], mask_files: list[str], ops: list[Augm
         image = fn.resize(image, interp_type=types.INTERP_LINEAR, antialias=False, **resize_args)
         mask = fn.resize(mask, interp_type=types.INTERP_NN, **resize_args)
         oh, ow = h, w
-        if train and window is not None and tuple(window) != (h, w):
-            oh, ow = window
+        if train and crop is not None and tuple(crop) != (h, w):
+            oh, ow = crop
             x, y = _uniform(fn, 0.0, 1.0), _uniform(fn, 0.0, 1.0)  # drawn once: image and mask move together
             image = fn.crop(image, crop_h=oh, crop_w=ow, crop_pos_x=x, crop_pos_y=y)
             mask = fn.crop(mask, crop_h=oh, crop_w=ow, crop_pos_x=x, crop_pos_y=y)
@@ -180,8 +180,8 @@ class DaliLoader:
     def __init__(self, pairs: list[Pair], ops: list[AugmentOp], size: tuple[int, int], *, batch_size: int,
                  train: bool, seed: int, drop_last: bool, num_threads: int | None = None,
                  device: str | None = None, norm: Normalization = IMAGENET,
-                 window: tuple[int, int] | None = None):
-        self.norm, self.window = norm, window
+                 crop: tuple[int, int] | None = None):
+        self.norm, self.crop = norm, crop
         self.image_files = [str(p.image) for p in pairs]
         self.mask_files = [str(p.mask) for p in pairs]
         self.ops, self.size, self.batch_size = ops, size, batch_size
@@ -208,7 +208,7 @@ class DaliLoader:
         pipe = build_pipeline(self.image_files, self.mask_files, self.ops, self.size, batch_size=self.batch_size,
                               train=self.train, seed=self.seed, shard_id=rank, num_shards=world,
                               device_id=device_id, num_threads=self.num_threads, norm=self.norm,
-                              window=self.window)
+                              crop=self.crop)
         policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
         return DALIGenericIterator(pipe, ["image", "mask"], reader_name="images", last_batch_policy=policy,
                                    auto_reset=True)
