@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +37,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(skip_gpu)
+
+
+@contextmanager
+def scratch(tmp_path_factory, name: str) -> Iterator[Path]:
+    """A folder for a module- or package-scoped fixture, removed when its tests are done.
+
+    ``tmp_path_retention_policy = "failed"`` removes a passing test's ``tmp_path`` at once, but a
+    wider fixture's ``mktemp`` folder stays until the session ends. A tiny trained run holds two
+    checkpoints of about 170 MB, so a session that kept every module's runs filled CI's disk.
+    In a fixture: ``with scratch(tmp_path_factory, "runs") as runs: ...; yield run``."""
+    path = tmp_path_factory.mktemp(name)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,13 @@ every real stack keeps (tests/contract.py)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, run_cli, write_image
+from tests.conftest import REPO, run_cli, scratch, write_image
 from tests.contract import StackContract
 
 ENV = {"NAILSEG_STACKS": "tests.stacks.numpy_stack", "PYTHONPATH": str(REPO), "NUMPY_STACK_EPOCH_SLEEP": "0.3"}
@@ -55,12 +56,12 @@ def train_args(runs: Path, name: str, epochs: int, data: Path, config: Path) -> 
 
 
 @pytest.fixture(scope="module")
-def numpy_run(colour_data, pixel_config, tmp_path_factory) -> Path:
-    runs = tmp_path_factory.mktemp("nruns")
-    proc = numpy_cli("train", *train_args(runs, "px", 8, colour_data, pixel_config))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert Path(proc.stdout.strip().splitlines()[-1]) == runs / "px"  # the last line is the run folder
-    return runs / "px"
+def numpy_run(colour_data, pixel_config, tmp_path_factory) -> Iterator[Path]:
+    with scratch(tmp_path_factory, "nruns") as runs:
+        proc = numpy_cli("train", *train_args(runs, "px", 8, colour_data, pixel_config))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert Path(proc.stdout.strip().splitlines()[-1]) == runs / "px"  # the last line is the run folder
+        yield runs / "px"
 
 
 class TestNumpyStackContract(StackContract):

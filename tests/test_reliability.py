@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, TINY_TRAIN, make_pair_folder, run_cli, write_image
+from tests.conftest import REPO, TINY_TRAIN, make_pair_folder, run_cli, scratch, write_image
 
 CONFIG = str(REPO / "configs" / "demo-cpu.yaml")
 MARKER = "/tmp/nailseg-pwned-{}"
@@ -197,11 +197,11 @@ def test_odd_names_and_mask_values_are_reported(tmp_path):
 @pytest.fixture(scope="module")
 def small_run(synth_data, tmp_path_factory):
     pytest.importorskip("lightning")
-    runs = tmp_path_factory.mktemp("rel-runs")
-    proc = run_cli("train", CONFIG, f"data.root={synth_data}", f"run.dir={runs}", "run.name=r", *TINY_TRAIN,
-                   "trainer.max_epochs=1", "logging.tensorboard=false")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return runs / "r"
+    with scratch(tmp_path_factory, "rel-runs") as runs:
+        proc = run_cli("train", CONFIG, f"data.root={synth_data}", f"run.dir={runs}", "run.name=r", *TINY_TRAIN,
+                       "trainer.max_epochs=1", "logging.tensorboard=false")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        yield runs / "r"
 
 
 def _copy_run(run: Path, dest: Path) -> Path:
@@ -399,7 +399,10 @@ def _tamper_cases(run: Path, tmp: Path):
 
 
 def test_tampered_run_files_give_one_line_and_change_nothing(small_run, tmp_path):
+    import shutil
+
     names = [c[0] for c in _tamper_cases(_copy_run(small_run, tmp_path / "probe"), tmp_path / "probe")]
+    shutil.rmtree(tmp_path / "probe")
     for i, name in enumerate(names):
         work = tmp_path / f"case{i}"
         work.mkdir()
@@ -412,6 +415,7 @@ def test_tampered_run_files_give_one_line_and_change_nothing(small_run, tmp_path
         assert expected in errors[0], (name, errors)
         assert (run / "config.yaml").read_text() == config, name  # nothing rewritten
         assert not (work / "new-runs").exists(), name
+        shutil.rmtree(work)  # each case is a whole run copy (~330 MB): one at a time on the disk
 
 
 def test_an_inherited_run_dir_never_joins_a_run_it_does_not_own(small_run, synth_data, tmp_path):

@@ -23,8 +23,12 @@ from nailseg.errors import ConfigError, MissingDependencyError
 
 # An int8 model is allowed to move probabilities (that is the point), not the masks.
 INT8_TOLERANCE = {"mask_agreement": 0.99, "mask_iou": 0.90}
-# float16 keeps 11 bits of mantissa: the masks should hardly move.
-HALF_TOLERANCE = {"mask_agreement": 0.995, "mask_iou": 0.95}
+# float16 keeps 11 bits of mantissa: the probabilities move by ~1e-3, so the masks should hardly
+# move either. Either passes (as for the in-graph resize in deploy/verify.py): the same masks, or
+# the same numbers. A barely trained model whose probabilities sit at the threshold flips pixels at
+# a 1e-3 move, and on its small masks that costs IoU (0.88 seen in a test, at max |diff| 1.6e-3)
+# although the conversion is faithful; a broken one moves probabilities by 0.1 or more.
+HALF_TOLERANCE = {"mask_agreement": 0.995, "mask_iou": 0.95, "max_abs_diff": 1e-2}
 QUANTIZED_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Mul", "Concat", "MaxPool", "Relu", "Clip",
                  "Sigmoid", "GlobalAveragePool", "AveragePool"]
 
@@ -68,10 +72,10 @@ def _verified_copy(fp32: Path, out: Path, write, check_images: list[np.ndarray],
         candidate = OnnxSegmenter(tmp)
         check = compare_predictors(reference, candidate, check_images, threshold=reference.threshold)
         check["mask_iou"] = _mask_iou(reference, candidate, check_images)
-        if check["mask_agreement"] < tolerance["mask_agreement"] or check["mask_iou"] < tolerance["mask_iou"]:
+        if not _within(check, tolerance):
             raise ConfigError(f"{flag}: the {what} model strays from the float32 one on {source} (mask agreement "
-                              f"{check['mask_agreement']:.4f}, mask IoU {check['mask_iou']:.4f}; tolerance "
-                              f"{tolerance}); nothing written")
+                              f"{check['mask_agreement']:.4f}, mask IoU {check['mask_iou']:.4f}, max |diff| "
+                              f"{check['max_abs_diff']:.2e}; tolerance {tolerance}); nothing written")
     full = {**report, "file": str(out), "bytes": out.stat().st_size, "from": str(fp32),
             "bytes_fp32": fp32.stat().st_size, "verified_on": source, **check, "tolerance": tolerance,
             "convert_time_s": round(time.perf_counter() - started, 1)}
@@ -125,6 +129,12 @@ def convert_half(fp32: Path, out: Path, check_images: list[np.ndarray], source: 
 
     return _verified_copy(fp32, out, write, check_images, source, flag="--half", what="float16",
                           tolerance=HALF_TOLERANCE, report_name="export.fp16.json", format="onnx-fp16")
+
+
+def _within(check: dict, tolerance: dict) -> bool:
+    """The masks agree within ``tolerance``, or (where it bounds ``max_abs_diff``) the probabilities do."""
+    masks = check["mask_agreement"] >= tolerance["mask_agreement"] and check["mask_iou"] >= tolerance["mask_iou"]
+    return masks or check["max_abs_diff"] <= tolerance.get("max_abs_diff", -1.0)
 
 
 def _mask_iou(a, b, images: list[np.ndarray]) -> float:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, scratch
 from tests.contract import StackContract
 
 CONFIG = str(REPO / "configs" / "keras-cpu.yaml")
@@ -16,12 +16,12 @@ TINY = ["data.image_size=64", "trainer.batch_size=4", "logging.predictions=2"]
 @pytest.fixture(scope="module")
 def keras_run(synth_data, tmp_path_factory):
     pytest.importorskip("segmentation_models")
-    runs = tmp_path_factory.mktemp("kruns")
-    proc = run_cli("train", CONFIG, f"data.root={synth_data}", f"run.dir={runs}", "run.name=k",
-                   "trainer.max_epochs=2", "optim.warmup_epochs=2", "optim.lr=0.003", *TINY)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert Path(proc.stdout.strip().splitlines()[-1]) == runs / "k"
-    return runs / "k"
+    with scratch(tmp_path_factory, "kruns") as runs:
+        proc = run_cli("train", CONFIG, f"data.root={synth_data}", f"run.dir={runs}", "run.name=k",
+                       "trainer.max_epochs=2", "optim.warmup_epochs=2", "optim.lr=0.003", *TINY)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert Path(proc.stdout.strip().splitlines()[-1]) == runs / "k"
+        yield runs / "k"
 
 
 def test_run_folder_matches_lightning_keys(keras_run):

@@ -2,13 +2,14 @@
 
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import REPO, TINY_TRAIN, run_cli
+from tests.conftest import REPO, TINY_TRAIN, run_cli, scratch
 from tests.contract import StackContract
 
 pytest.importorskip("lightning")
@@ -24,14 +25,14 @@ def _train(data: Path, runs: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def trained_run(synth_data, tmp_path_factory) -> Path:
-    runs = tmp_path_factory.mktemp("runs")
-    proc = _train(synth_data, runs, "trainer.max_epochs=2", "run.name=tiny", "optim.warmup_epochs=2",
-                  "optim.lr=0.003")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run = Path(proc.stdout.strip().splitlines()[-1])  # the last line is the run folder
-    assert run == runs / "tiny"
-    return run
+def trained_run(synth_data, tmp_path_factory) -> Iterator[Path]:
+    with scratch(tmp_path_factory, "runs") as runs:
+        proc = _train(synth_data, runs, "trainer.max_epochs=2", "run.name=tiny", "optim.warmup_epochs=2",
+                      "optim.lr=0.003")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        run = Path(proc.stdout.strip().splitlines()[-1])  # the last line is the run folder
+        assert run == runs / "tiny"
+        yield run
 
 
 def assert_summary_is_the_evaluation(run: Path) -> dict:

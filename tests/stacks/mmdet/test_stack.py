@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, scratch
 from tests.contract import StackContract
 
 pytest.importorskip("mmdet")
@@ -19,12 +19,12 @@ CONFIG = str(REPO / "configs" / "mmdet-cpu.yaml")
 
 @pytest.fixture(scope="module")
 def mmdet_run(synth_data, tmp_path_factory):
-    runs = tmp_path_factory.mktemp("mruns")
-    proc = run_cli("train", CONFIG, f"data.root={synth_data}", f"run.dir={runs}", "run.name=m",
-                   "trainer.max_epochs=1", "trainer.limit_train_batches=2", "logging.predictions=1")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert Path(proc.stdout.strip().splitlines()[-1]) == runs / "m"
-    return runs / "m"
+    with scratch(tmp_path_factory, "mruns") as runs:
+        proc = run_cli("train", CONFIG, f"data.root={synth_data}", f"run.dir={runs}", "run.name=m",
+                       "trainer.max_epochs=1", "trainer.limit_train_batches=2", "logging.predictions=1")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert Path(proc.stdout.strip().splitlines()[-1]) == runs / "m"
+        yield runs / "m"
 
 
 def test_freeze_encoder_bn_is_mmdets_norm_eval():
