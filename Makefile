@@ -48,12 +48,12 @@ browser:
 	  apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
 	  echo "chromium not installed: the browser test will skip"
 
-# Two pytest processes: TensorFlow and torch must not share one (see tests/stacks/keras/conftest.py).
+# Three parts, each run whatever the others did (scripts/test-parts.sh): the torch tests, the
+# TensorFlow tests (TensorFlow and torch must not share a process, see tests/stacks/keras/conftest.py)
+# and the docs build. One summary line per part at the end; the exit status fails if any part did.
 # The notebook tests keep the executed notebooks in docs/tutorials, and the docs site is built from them.
 test: $(VENV)/.installed-test browser
-	NAILSEG_NOTEBOOK_OUT=docs/tutorials $(BIN)/python -m pytest -m "not gpu and not tf" $(PYTEST_ARGS)
-	NAILSEG_NOTEBOOK_OUT=docs/tutorials $(BIN)/python -m pytest -m "tf and not gpu" tests/stacks/keras tests/docs $(PYTEST_ARGS)
-	$(MAKE) --no-print-directory docs
+	BIN=$(BIN) PYTEST_ARGS="$(PYTEST_ARGS)" bash scripts/test-parts.sh
 
 # The tutorials: each jupytext source executed into its .ipynb (generated, never edited, not committed).
 NOTEBOOK_SOURCES := $(wildcard docs/tutorials/[0-9][0-9]-*.py)

@@ -112,6 +112,25 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 FORK_KIND = "torch"  # the TensorFlow tests' conftest sets "tensorflow" for their own process
 
 
+@pytest.fixture(scope="session")
+def colour_data(tmp_path_factory) -> Path:
+    """24 pairs whose nails differ from the skin by colour (with noise on both), so a colour rule can
+    learn them: the answer is known, and a fit that learns nothing cannot reach it."""
+    root = tmp_path_factory.mktemp("colour") / "data"
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:72, :96]
+    for i in range(24):
+        mask = np.zeros((72, 96), bool)
+        for _ in range(rng.integers(2, 5)):
+            cy, cx, ry, rx = rng.integers(10, 62), rng.integers(10, 86), rng.integers(4, 10), rng.integers(3, 8)
+            mask |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        skin = rng.uniform([170, 120, 100], [230, 170, 140])
+        image = np.where(mask[..., None], [225, 70, 110], skin) + rng.normal(0, 12, (72, 96, 3))
+        write_image(root / "images" / f"{i:02d}.png", np.clip(image, 0, 255).astype(np.uint8))
+        write_image(root / "labels" / f"{i:02d}.png", mask.astype(np.uint8) * 255)
+    return root
+
+
 TINY_TRAIN = [  # overrides that make any smp config train in seconds on a CPU
     "data.image_size=64", "model.encoder=resnet18", "trainer.batch_size=4", "data.num_workers=0",
     "logging.predictions=2",

@@ -17,7 +17,7 @@ def test_public_key_names_exist():
 
 
 SHIPPED = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
-FAMILY_OF = {"keras": "sm", "mmdet": "maskrcnn", "segformer": "segformer"}
+FAMILY_OF = {"keras": "sm", "mmdet": "maskrcnn", "segformer": "segformer", "hf-": "upernet"}
 
 
 def test_configs_are_all_covered():
@@ -131,3 +131,12 @@ def test_keras_refuses_the_optim_keys_it_cannot_honour():
             load_experiment(REPO / "configs" / "keras-cpu.yaml", [override])
     for neutral in ("optim.freeze_encoder_bn=false", "optim.encoder_lr_scale=1.0"):
         load_experiment(REPO / "configs" / "keras-cpu.yaml", [neutral])
+
+
+def test_max_time_needs_a_unit_and_a_stack_that_budgets():
+    exp = load_experiment(REPO / "configs" / "demo-cpu.yaml", ["trainer.max_time=20m"])
+    assert exp.trainer.max_time_s == 1200
+    with pytest.raises(ConfigError, match="trainer.max_time"):
+        load_experiment(REPO / "configs" / "demo-cpu.yaml", ["trainer.max_time=20"])
+    with pytest.raises(ConfigError, match="trainer.max_time: the keras stack cannot size its epochs"):
+        load_experiment(REPO / "configs" / "keras-cpu.yaml", ["trainer.max_time=20m"])

@@ -22,25 +22,6 @@ CONFIG = "model: {family: pixel}\naugment: {train: [{name: hflip}]}\n"
 
 
 @pytest.fixture(scope="module")
-def colour_data(tmp_path_factory) -> Path:
-    """24 pairs whose nails differ from the skin by colour (with noise on both), so a colour rule can
-    learn them: the answer is known, and a fit that learns nothing cannot reach it."""
-    root = tmp_path_factory.mktemp("colour") / "data"
-    rng = np.random.default_rng(3)
-    yy, xx = np.mgrid[:72, :96]
-    for i in range(24):
-        mask = np.zeros((72, 96), bool)
-        for _ in range(rng.integers(2, 5)):
-            cy, cx, ry, rx = rng.integers(10, 62), rng.integers(10, 86), rng.integers(4, 10), rng.integers(3, 8)
-            mask |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
-        skin = rng.uniform([170, 120, 100], [230, 170, 140])
-        image = np.where(mask[..., None], [225, 70, 110], skin) + rng.normal(0, 12, (72, 96, 3))
-        write_image(root / "images" / f"{i:02d}.png", np.clip(image, 0, 255).astype(np.uint8))
-        write_image(root / "labels" / f"{i:02d}.png", mask.astype(np.uint8) * 255)
-    return root
-
-
-@pytest.fixture(scope="module")
 def pixel_config(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cfg") / "pixel.yaml"
     path.write_text(CONFIG)
@@ -114,7 +95,7 @@ def test_compare_two_folds(colour_data, pixel_config, tmp_path):
 
 def test_without_the_plugin_the_family_is_refused_in_one_line(pixel_config, tmp_path):
     proc = run_cli("train", str(pixel_config), f"data.root={tmp_path}", fresh=True)
-    assert proc.returncode == 2 and "model.family: must be one of smp, segformer, sm, maskrcnn" in proc.stderr
+    assert proc.returncode == 2 and "model.family: must be one of smp, upernet, segformer, sm, maskrcnn" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -426,3 +426,30 @@ def test_an_inherited_run_dir_never_joins_a_run_it_does_not_own(small_run, synth
     proc = run_cli("train", CONFIG, f"data.root={synth_data}", *TINY_TRAIN, env={"NAILSEG_RUN_DIR": str(run)})
     assert "already exists" in _one_error_line(proc)[0]
     assert (run / "metrics.jsonl").read_text() == metrics
+
+
+@pytest.mark.parametrize("checkpoint_written, lines", [(True, [0, 1]), (False, [0])],
+                         ids=["kill-after-the-checkpoint", "kill-before-the-checkpoint"])
+def test_a_line_staged_before_a_kill_is_kept_only_if_its_checkpoint_was_written(tmp_path, checkpoint_written, lines):
+    """The epoch's line is staged, the checkpoint written, then the line committed. A kill between
+    the two: the resumed fit's first epoch says whether the checkpoint holds the staged epoch (it
+    starts after it) or not (it runs it again), and the staged line is committed or dropped."""
+    from nailseg.config import load_experiment
+    from nailseg.engine import EpochRecord, TrainContext
+    from nailseg.core.io import read_jsonl
+    from nailseg.runs import PreparedData, RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    ctx = TrainContext(load_experiment(REPO / "configs" / "demo-cpu.yaml"), run, False, PreparedData({}, {}))
+    for epoch in (0, 1):
+        ctx.stage_epoch(EpochRecord(epoch=epoch, step=epoch + 1, train_loss=1.0 - epoch / 10, val_loss=None,
+                                    val_iou=None, val_dice=None, lr=1e-3, images_per_s=None, epoch_time_s=1.0))
+        assert [r["epoch"] for r in read_jsonl(run.metrics)] == list(range(epoch))  # never ahead of its checkpoint
+        if epoch == 0:
+            ctx.commit_epoch()
+    # killed with epoch 1 staged; the resumed fit starts at 2 if its checkpoint was written, else at 1
+    resumed = TrainContext(ctx.exp, run, True, PreparedData({}, {}))
+    resumed.recover_epoch(2 if checkpoint_written else 1)
+    assert [r["epoch"] for r in read_jsonl(run.metrics)] == lines
+    assert not resumed.staged_line.exists()

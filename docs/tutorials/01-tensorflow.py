@@ -11,8 +11,6 @@
 # ---
 
 # %% [markdown]
-# # Tutorial 3: PyTorch Lightning + segmentation_models_pytorch
-# %% [markdown]
 # # Tutorial 1: tf.keras, segmentation_models and tf.data
 #
 # The classic recipe: a `segmentation_models` (sm) Unet with an EfficientNet encoder, fed by a

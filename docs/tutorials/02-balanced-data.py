@@ -11,8 +11,6 @@
 # ---
 
 # %% [markdown]
-# # Tutorial 3: PyTorch Lightning + segmentation_models_pytorch
-# %% [markdown]
 # # Tutorial 2: balanced sampling inside a data loader
 #
 # Real photo sets are lopsided: a few close-ups where nails fill a third of the picture, many

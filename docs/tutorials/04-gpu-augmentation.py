@@ -11,8 +11,6 @@
 # ---
 
 # %% [markdown]
-# # Tutorial 3: PyTorch Lightning + segmentation_models_pytorch
-# %% [markdown]
 # # Tutorial 4: augmentation on the GPU with kornia
 #
 # On a GPU, CPU-side augmentation often becomes the bottleneck: the data loader workers cannot

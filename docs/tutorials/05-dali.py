@@ -11,8 +11,6 @@
 # ---
 
 # %% [markdown]
-# # Tutorial 3: PyTorch Lightning + segmentation_models_pytorch
-# %% [markdown]
 # # Tutorial 5: NVIDIA DALI inside Lightning
 #
 # `data.pipeline: dali` replaces the torch `DataLoader` with an NVIDIA DALI pipeline that reads,

@@ -11,8 +11,6 @@
 # ---
 
 # %% [markdown]
-# # Tutorial 3: PyTorch Lightning + segmentation_models_pytorch
-# %% [markdown]
 # # Tutorial 6: SegFormer from Hugging Face transformers, trained with Lightning
 #
 # `SegformerForSemanticSegmentation` is a transformer encoder (Mix Transformer, "MiT") with a

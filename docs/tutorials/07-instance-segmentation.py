@@ -11,8 +11,6 @@
 # ---
 
 # %% [markdown]
-# # Tutorial 3: PyTorch Lightning + segmentation_models_pytorch
-# %% [markdown]
 # # Tutorial 7: instance segmentation — masks to COCO instances, and Mask R-CNN with MMDetection
 #
 # A semantic mask says *which pixels* are nail; an instance model says *which nail* each pixel

@@ -144,6 +144,12 @@ class _ModelBase(_Section):
         return {"family": self.family, "arch": getattr(self, "arch", self.family),
                 "encoder": getattr(self, "encoder", "")}
 
+    @property
+    def catalogue_encoder(self) -> str | None:
+        """The encoder's name in the weights catalogue (``core/weights.py``: its provider and input
+        normalisation), for the families whose encoder is one of its entries; ``None`` otherwise."""
+        return None
+
 
 ModelBase = _ModelBase  # what a plugin's model family subclasses (with register_family)
 
@@ -161,6 +167,41 @@ class SmpModel(_ModelBase):
     classes: int = Field(1, ge=1, le=2, description="1: one logit + sigmoid; 2: softmax over background/nail")
     init_from: str = Field("none", description="none | a run folder (its best weights) | a weights file: "
                                                "fine-tune from another run, e.g. one on synthetic nails")
+
+    @property
+    def catalogue_encoder(self) -> str | None:
+        return self.encoder
+
+
+class UpernetModel(_ModelBase):
+    """transformers ``UperNetForSemanticSegmentation`` over a timm backbone (transformers' own
+    ``TimmBackbone``), inside Lightning: the Hugging Face model that starts from the same offline
+    ImageNet encoder as the smp recipe."""
+
+    family: Literal["upernet"]
+    default_encoder_lr_scale: ClassVar[float] = 0.5  # as the smp recipe's: the head starts random
+    encoder: str = Field("tu-tf_efficientnet_lite0", description="tu-<timm model>: the backbone, named as in "
+                                                                 "smp and the weights catalogue")
+    encoder_weights: str = Field("none", description="none | imagenet (offline from an installed weights package, "
+                                                     "see `nailseg weights list`; else timm's download) | a local file")
+    hidden_size: int = Field(128, ge=16, le=1024, description="UperNet's channel width (transformers' default "
+                                                              "512 is sized for GPUs)")
+    classes: int = Field(1, ge=1, le=2, description="1: one logit + sigmoid; 2: softmax over background/nail")
+    init_from: str = Field("none", description="none | a run folder | a weights file (see smp)")
+
+    @field_validator("encoder")
+    @classmethod
+    def _timm_name(cls, v: str) -> str:
+        if not v.startswith("tu-"):
+            raise ValueError(f"{v!r}: a timm backbone, named tu-<timm model> (e.g. tu-tf_efficientnet_lite0)")
+        return v
+
+    @property
+    def catalogue_encoder(self) -> str | None:
+        return self.encoder
+
+    def describe(self) -> dict[str, str]:
+        return {"family": "upernet", "arch": "UperNet", "encoder": self.encoder}
 
 
 class SegformerModel(_ModelBase):
@@ -202,7 +243,7 @@ class MaskrcnnModel(_ModelBase):
         return {"family": "maskrcnn", "arch": "MaskRCNN", "encoder": self.encoder}
 
 
-ModelConfig = Union[SmpModel, SegformerModel, SmModel, MaskrcnnModel]  # the built-in families, for type hints
+ModelConfig = Union[SmpModel, UpernetModel, SegformerModel, SmModel, MaskrcnnModel]  # the built-in families
 MODEL_CLASSES: dict[str, type[_ModelBase]] = {}
 
 
@@ -214,7 +255,7 @@ def register_family(cls: type[_ModelBase]) -> type[_ModelBase]:
     return cls
 
 
-for _cls in (SmpModel, SegformerModel, SmModel, MaskrcnnModel):
+for _cls in (SmpModel, UpernetModel, SegformerModel, SmModel, MaskrcnnModel):
     register_family(_cls)
 
 
@@ -277,6 +318,24 @@ class TrainerConfig(_Section):
                                                                       "or a share in (0, 1]")
     limit_val_batches: int | float | None = Field(None, description="as limit_train_batches")
     deterministic: bool = False
+    max_time: str | None = Field(None, description="a wall-clock budget (20m, 1h30m, 900s): the epochs that fit, "
+                                                   "measured on the first two, and the schedule sized to them")
+
+    @field_validator("max_time", mode="before")
+    @classmethod
+    def _duration(cls, v):
+        from nailseg.core.budget import parse_duration
+
+        if v is None:
+            return v
+        parse_duration(v)
+        return str(v)
+
+    @property
+    def max_time_s(self) -> float | None:
+        from nailseg.core.budget import parse_duration
+
+        return None if self.max_time is None else parse_duration(self.max_time)
 
     @field_validator("limit_train_batches", "limit_val_batches")
     @classmethod
@@ -409,6 +468,10 @@ class Experiment(_Section):
             why = (f"the {spec.name} stack does not train on windows (the {', '.join(croppers)} stack does)"
                    if "crop" not in spec.capabilities else f"the {pipeline.name} pipeline cannot cut windows")
             raise ValueError(f"data.crop_size: {why}; remove it and train on the whole data.image_size picture")
+        if self.trainer.max_time is not None and "budget" not in spec.capabilities:
+            budgeted = [s.name for s in STACKS.values() if "budget" in s.capabilities]
+            raise ValueError(f"trainer.max_time: the {spec.name} stack cannot size its epochs to a time budget yet "
+                             f"(the {', '.join(budgeted)} stack can); remove it and set trainer.max_epochs")
         if self.data.balance is not None and not pipeline.can_balance:
             raise ValueError(f"data.balance: the {pipeline.name} pipeline cannot draw weighted samples "
                              f"(use data.pipeline: {spec.pipelines[0]})")
@@ -459,7 +522,7 @@ class Experiment(_Section):
         everything else ImageNet's mean/std."""
         from nailseg.core.weights import normalization_for
 
-        return normalization_for(getattr(self.model, "encoder", None) if self.model.family == "smp" else None)
+        return normalization_for(self.model.catalogue_encoder)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -23,12 +23,13 @@ import numpy as np
 from nailseg.config import Experiment
 from nailseg.core.data.discover import Pair
 from nailseg.core.evaluate import Predictor, semantic_summary
-from nailseg.core.io import append_jsonl, write_json, write_yaml
+from nailseg.core.io import append_jsonl, read_jsonl, write_json, write_yaml
 from nailseg.core.data.split import load_split
 from nailseg.runs import (RUN_DIR_ENV, PreparedData, RunDir, RunLock, check_data, check_metrics, create_run_dir,
                                dedupe_metrics, fix_split, load_fg_share, pairs_of, resolved_config, save_fg_share,
                                wait_for_split)
-from nailseg.core.runtime import drop_last, global_rank
+from nailseg.core.budget import TimeBudget
+from nailseg.core.runtime import cpu_report, drop_last, global_rank
 from nailseg.errors import ConfigError
 from nailseg.registry import load_stack
 from nailseg.specs import StackSpec
@@ -92,7 +93,13 @@ class TrainContext:
     resume: bool
     data: PreparedData
     rank: int = 0
+    budget: TimeBudget | None = None     # trainer.max_time's plan (the stack reports epochs to it)
     _epoch_times: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def max_epochs(self) -> int:
+        """The epochs this fit runs: ``trainer.max_epochs``, or fewer where the time budget says so."""
+        return self.budget.epochs if self.budget is not None else self.exp.trainer.max_epochs
 
     @property
     def train_pairs(self) -> list[Pair]:
@@ -121,6 +128,52 @@ class TrainContext:
         cfg = self.exp.data.balance
         return (cfg.epoch_size if cfg is not None and cfg.epoch_size else None) or len(self.train_pairs)
 
+    # An epoch's line is the commit record of its checkpoint, never ahead of it: a stack stages the
+    # line (a file, written atomically) before it writes the epoch's checkpoint, and commits it
+    # (appends it to metrics.jsonl) after. A kill between the two leaves the staged line; the
+    # resumed fit's first epoch tells whether that checkpoint was written (then the line is
+    # committed) or not (then the epoch runs again and the stale line is dropped).
+    @property
+    def staged_line(self) -> Path:
+        return self.run.path / "epoch.staged.json"
+
+    def stage_epoch(self, record: EpochRecord | dict[str, Any]) -> None:
+        """Hold the finished epoch's line until its checkpoint is written (rank 0 only)."""
+        if self.rank == 0:
+            record = record if isinstance(record, EpochRecord) else EpochRecord.from_dict(record)
+            write_json(self.staged_line, record.as_dict())
+
+    def commit_epoch(self) -> None:
+        """The epoch's checkpoint is written: its staged line goes to ``metrics.jsonl``."""
+        if self.rank == 0 and self.staged_line.is_file():
+            self.log_epoch(json.loads(self.staged_line.read_text()))
+            self.staged_line.unlink()
+
+    def recover_epoch(self, first_epoch: int) -> None:
+        """At the first epoch a (resumed) fit runs: a staged line whose epoch the checkpoint holds
+        (``< first_epoch``) is committed; one whose checkpoint was never written is dropped."""
+        if self.rank != 0 or not self.staged_line.is_file():
+            return
+        try:
+            epoch = int(json.loads(self.staged_line.read_text())["epoch"])
+        except (ValueError, KeyError, TypeError, OSError):
+            epoch = first_epoch  # a torn or tampered file: nothing to recover
+        if epoch < first_epoch and epoch not in {r.get("epoch") for r in read_jsonl(self.run.metrics)}:
+            self.commit_epoch()
+        self.staged_line.unlink(missing_ok=True)
+
+    def budget_epoch(self, epochs_done: int, epoch_time_s: float) -> int | None:
+        """Report a finished epoch to the time budget; the new number of epochs when the plan was
+        trimmed (said in one line, and kept in ``budget.json`` for a resume), else ``None``."""
+        if self.budget is None or self.rank != 0:
+            return None
+        line = self.budget.after_epoch(epochs_done, epoch_time_s)
+        if line is None:
+            return None
+        print(line, file=sys.stderr, flush=True)
+        write_json(self.run.path / BUDGET_FILE, self.budget.as_dict())
+        return self.budget.epochs
+
     def log_epoch(self, record: EpochRecord | dict[str, Any]) -> None:
         """One ``metrics.jsonl`` line per finished epoch (rank 0 only), with every
         :data:`EPOCH_KEYS` key whichever stack wrote it."""
@@ -131,7 +184,29 @@ class TrainContext:
             append_jsonl(self.run.metrics, record)
             if not sys.stderr.isatty():  # a log file gets one plain line per epoch (a terminal has the bar)
                 self._epoch_times.append(record.get("epoch_time_s") or 0.0)
-                print(epoch_line(record, self.exp.trainer.max_epochs, self._epoch_times), file=sys.stderr, flush=True)
+                print(epoch_line(record, self.max_epochs, self._epoch_times), file=sys.stderr, flush=True)
+
+
+BUDGET_FILE = "budget.json"
+
+
+def time_budget(exp: Experiment, run: RunDir, resume: bool, started: float) -> TimeBudget | None:
+    """``trainer.max_time``'s plan. A resumed run keeps the epochs its first attempt planned (its
+    schedule was sized to them) and trims no further."""
+    budget_s = exp.trainer.max_time_s
+    if budget_s is None:
+        return None
+    budget = TimeBudget(budget_s, exp.trainer.max_epochs, started=started)
+    saved = run.path / BUDGET_FILE
+    if resume and saved.is_file():
+        try:
+            planned = int(json.loads(saved.read_text())["planned_epochs"])
+        except (ValueError, KeyError, TypeError, OSError):
+            raise ConfigError(f"{saved}: not a budget file nailseg wrote (planned_epochs missing); "
+                              "remove it to plan the epochs again") from None
+        budget.epochs = max(1, min(planned, exp.trainer.max_epochs))
+        budget.fixed = True  # the plan stands; the budget is not counted again
+    return budget
 
 
 def epoch_line(record: dict[str, Any], max_epochs: int, epoch_times: list[float]) -> str:
@@ -206,7 +281,7 @@ def run_training(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict 
     Order matters for a refused run leaving nothing behind: the stack's preflight and the
     data check run before the run folder is created.
     """
-    started = time.time()
+    started, started_clock = time.time(), time.monotonic()
     stack = stack_for(exp)
     rank = global_rank()
     if rank != 0:  # a DDP worker joins the run rank 0 prepared (rank 0 holds the lock)
@@ -238,7 +313,8 @@ def run_training(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict 
             save_fg_share(run, fg_share)  # DDP ranks read it instead of decoding the set again
         if exp.pretrain is not None:
             exp = pretrain_on_synthetic(exp, run)
-        ctx = TrainContext(exp, run, resume, PreparedData(split, pairs_of(exp, split), fg_share), rank=0)
+        ctx = TrainContext(exp, run, resume, PreparedData(split, pairs_of(exp, split), fg_share), rank=0,
+                           budget=time_budget(exp, run, resume, started_clock))
         previous = os.environ.get(RUN_DIR_ENV)
         os.environ[RUN_DIR_ENV] = str(run.path.resolve())  # DDP workers re-run the CLI: join this run
         try:
@@ -304,7 +380,8 @@ def _pretrain_experiment(exp: Experiment) -> dict:
     raw["data"].update(root="", image_size=p.image_size, split={"val": 0.1, "test": 0.0, "folds": None,
                                                                "fold": 0},
                        balance=None, crop_size=None)  # whole synthetic pictures at the pretraining side
-    raw["trainer"].update(max_epochs=p.max_epochs, batch_size=p.batch_size or exp.trainer.batch_size)
+    # max_time: the budget is the whole run's, pretraining included (the fine-tuning plan counts it)
+    raw["trainer"].update(max_epochs=p.max_epochs, batch_size=p.batch_size or exp.trainer.batch_size, max_time=None)
     raw["optim"]["lr"] = p.lr or exp.optim.lr
     raw["logging"].update(predictions=0, tensorboard=False)
     raw["logging"]["wandb"]["enabled"] = False
@@ -351,8 +428,10 @@ def _finish(stack: Stack, ctx: TrainContext, result: FitResult, started: float) 
         **common, "epochs": result.epochs, "global_step": result.global_step, "fit_time_s": result.fit_time_s,
         "wall_time_s": time.time() - started, "precision": result.precision, "parameters": result.parameters,
         "device": result.device, "world_size": result.world_size, "peak_memory_mb": peak_memory_mb(),
-        "versions": result.versions, "normalization": exp.normalization.as_dict(),
+        "versions": result.versions, "normalization": exp.normalization.as_dict(), "cpu": cpu_report(),
     }
+    if ctx.budget is not None:
+        summary["budget"] = ctx.budget.as_dict()
     if "instances" in stack.spec.capabilities:
         summary.update(stack.instance_summary(run, exp, ctx.val_pairs,
                                               [p for part in ctx.data.pairs.values() for p in part]))

@@ -32,9 +32,10 @@ def real_data() -> Path | None:
     return None
 
 
-def sh(command: str, *, expect: int = 0, quiet: bool = False, tail: int = 25) -> str:
+def sh(command: str, *, expect: int | tuple[int, ...] = 0, quiet: bool = False, tail: int = 25) -> str:
     """Run one ``nailseg ...`` line as a reader would type it, print its output (the last ``tail``
-    lines), and raise when its exit code is not ``expect``, so a broken command fails the notebook.
+    lines), and raise when its exit code is not ``expect`` (or one of them: a refusal, exit 2, that
+    the notebook explains), so a broken command fails the notebook.
     Returns the last line of standard output (``train`` prints its run folder there)."""
     argv = shlex.split(command)
     if argv[0] == "nailseg":  # the nailseg of this Python, whatever PATH says
@@ -48,7 +49,7 @@ def sh(command: str, *, expect: int = 0, quiet: bool = False, tail: int = 25) ->
         if len(lines) > len(shown):
             print(f"[... {len(lines) - len(shown)} earlier lines]")
         print("\n".join(shown))
-    if proc.returncode != expect:
+    if proc.returncode not in ((expect,) if isinstance(expect, int) else expect):
         raise RuntimeError(f"{command!r} exited with {proc.returncode} (expected {expect})")
     out = proc.stdout.strip().splitlines()
     return out[-1].strip() if out else ""

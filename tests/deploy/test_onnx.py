@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,24 +87,127 @@ def test_plain_onnxruntime_on_a_full_size_photo_gives_nailseg_predicts_mask(onnx
         assert agreement == 1.0 if out == "onnx" else agreement >= 0.998, (out, agreement)
 
 
-def test_int8_export_is_verified_or_refused_with_its_figures(onnx_run, tmp_path):
+def test_int8_export_verifies_a_learned_model_and_records_its_choice(onnx_run, tmp_path):
+    """On this CPU's ladder: the first setting that keeps the masks is kept, and export.json and
+    export.int8.json say which, for which CPU profile, with the CPU's flags and every try."""
     import shutil
+
+    from nailseg.core.runtime import INT8_LADDERS, cpu_report
 
     run = tmp_path / "run"
     shutil.copytree(onnx_run, run)
     proc = run_cli("export", str(run), "--format", "onnx", "--int8")
-    if proc.returncode == 0:
-        report = json.loads((run / "export.int8.json").read_text())
-        assert report["mask_agreement"] >= 0.99 and report["mask_iou"] >= 0.90 and report["quant_format"] == "QDQ"
-        assert (run / "model.int8.onnx").stat().st_size < 0.5 * (run / "model.onnx").stat().st_size
-        from nailseg.deploy.onnx_model import OnnxSegmenter
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((run / "export.int8.json").read_text())
+    here = cpu_report()
+    assert report["target"] == here["profile"] and report["cpu"]["flags"] == here["flags"]
+    assert report["setting"]["name"] in INT8_LADDERS[here["profile"]] and report["tried"][-1]["verified"]
+    assert report["mask_agreement"] >= 0.99 and report["mask_iou"] >= 0.90 and report["setting"]["quant_format"] == "QDQ"
+    assert (run / "model.int8.onnx").stat().st_size < 0.5 * (run / "model.onnx").stat().st_size
+    assert json.loads((run / "export.json").read_text())["int8"]["setting"] == report["setting"]
+    from nailseg.deploy.onnx_model import OnnxSegmenter
 
-        quantised = OnnxSegmenter(run / "model.int8.onnx")
-        assert quantised.metadata["quantization"]["type"] == "int8" and quantised.resize_in_graph
+    quantised = OnnxSegmenter(run / "model.int8.onnx")
+    assert quantised.metadata["quantization"]["name"] == report["setting"]["name"] and quantised.resize_in_graph
+
+
+def _int8_weights(path: Path) -> list[np.ndarray]:
+    """The quantised weight tensors of a QDQ model (the int inputs of its weight DequantizeLinear nodes)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return [inits[n.input[0]] for n in model.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].ndim == 4]
+
+
+@pytest.mark.parametrize("name", ["u8s8", "u8s8-7bit", "u8u8"])
+def test_each_int8_setting_keeps_a_learned_models_masks(onnx_run, tmp_path, name):
+    """Every setting is forced here, whatever this CPU is (ONNX Runtime picks its kernels by CPUID,
+    so an AVX2 machine's first choice cannot be had on a VNNI one otherwise): each keeps the masks,
+    and its weights really are of its kind (7 bits: within [-64, 64]; u8u8: uint8)."""
+    from nailseg.deploy.quantize import INT8_SETTINGS, quantize_int8
+    from nailseg.deploy.verify import training_images, verification_images
+    from nailseg.runs import open_run
+
+    run, exp = open_run(onnx_run)
+    images, source = verification_images(run, exp)
+    out = tmp_path / "model.int8.onnx"
+    report = quantize_int8(onnx_run / "model.onnx", out, training_images(run, exp), images, source,
+                           settings=[INT8_SETTINGS[name]])
+    assert report["setting"]["name"] == name and report["mask_agreement"] >= 0.99 and report["mask_iou"] >= 0.90
+    weights = _int8_weights(out)
+    assert weights, "no quantised convolution weights"
+    if name == "u8u8":
+        assert all(w.dtype == np.uint8 for w in weights)
     else:
-        assert proc.returncode == 2 and "--int8: the quantised model strays from the float32 one" in proc.stderr
-        assert "mask agreement" in proc.stderr and not (run / "model.int8.onnx").exists()
-        assert not list(run.glob(".*.tmp"))
+        assert all(w.dtype == np.int8 for w in weights)
+        low, high = min(int(w.min()) for w in weights), max(int(w.max()) for w in weights)
+        assert (-64 <= low and high <= 64) if name == "u8s8-7bit" else (low < -64 or high > 64), (low, high)
+
+
+def test_when_a_setting_strays_the_next_is_tried_and_a_refusal_names_them_all(onnx_run, tmp_path, monkeypatch):
+    """The first setting's calibration is spoiled (black pictures: every activation range collapses),
+    so its masks move; the next setting is tried and kept. With a tolerance nothing can meet, the
+    refusal names each setting with its figures and writes nothing."""
+    from nailseg.deploy import quantize
+    from nailseg.deploy.verify import training_images, verification_images
+    from nailseg.errors import ConfigError
+    from nailseg.runs import open_run
+
+    run, exp = open_run(onnx_run)
+    images, source = verification_images(run, exp)
+    real_photos = quantize._Photos
+    calls = []
+
+    def photos(images, *args):
+        calls.append(len(calls))
+        return real_photos([np.zeros_like(im) for im in images] if len(calls) == 1 else images, *args)
+
+    monkeypatch.setattr(quantize, "_Photos", photos)
+    out = tmp_path / "model.int8.onnx"
+    ladder = [quantize.INT8_SETTINGS["u8s8"], quantize.INT8_SETTINGS["u8u8"]]
+    report = quantize.quantize_int8(onnx_run / "model.onnx", out, training_images(run, exp), images, source,
+                                    settings=ladder)
+    first, second = report["tried"]
+    assert first["setting"] == "u8s8" and not first["verified"] and first["mask_iou"] < 0.9
+    assert second == {"setting": "u8u8", "verified": True} and report["setting"]["name"] == "u8u8"
+
+    monkeypatch.setattr(quantize, "_Photos", real_photos)
+    monkeypatch.setattr(quantize, "INT8_TOLERANCE", {"mask_agreement": 1.01, "mask_iou": 1.01})
+    refused = tmp_path / "refused.int8.onnx"
+    with pytest.raises(ConfigError, match=r"--int8: no int8 setting for avx2 keeps") as err:
+        quantize.quantize_int8(onnx_run / "model.onnx", refused, training_images(run, exp), images, source,
+                               target="avx2")
+    for name in ("u8s8-7bit", "u8u8", "u8s8"):
+        assert re.search(rf"\b{name}: mask agreement [01]\.\d{{4}}, mask IoU [01]\.\d{{4}}", str(err.value)), err.value
+    assert not refused.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_int8_target_flag_quantises_for_another_cpu(onnx_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(onnx_run, run)
+    proc = run_cli("export", str(run), "--format", "onnx", "--int8", "--int8-target", "avx2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((run / "export.int8.json").read_text())
+    assert report["target"] == "avx2" and report["setting"]["name"] == "u8s8-7bit"  # the saturation-free first
+    proc = run_cli("export", str(run), "--format", "onnx", "--int8-target", "avx2")
+    assert proc.returncode == 2 and "--int8-target: only with --int8" in proc.stderr
+
+
+def test_cpu_profiles_from_flags():
+    from nailseg.core.runtime import INT8_LADDERS, cpu_profile, cpu_report
+
+    assert cpu_profile({"avx2", "avx512f", "amx_int8", "amx_bf16"}) == "amx"
+    assert cpu_profile({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}) == "avx512-vnni"
+    assert cpu_profile({"avx2", "avx_vnni"}) == "avx512-vnni"  # AVX-VNNI: the same int32 dot products
+    assert cpu_profile({"avx2", "fma"}) == "avx2" and cpu_profile(set()) == "avx2"
+    assert INT8_LADDERS["avx2"][0] == "u8s8-7bit" and INT8_LADDERS["amx"][0] == "u8s8"
+    report = cpu_report({"avx2", "avx512_bf16", "sse4_2"})
+    assert report == {"profile": "avx2", "flags": ["avx512_bf16", "avx2"], "bf16_native": True}
 
 
 def test_half_export_is_verified_and_half_the_size(onnx_run, tmp_path):

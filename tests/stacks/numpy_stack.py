@@ -113,6 +113,7 @@ class NumpyStack:
         weight = np.ones_like(y)  # the plain log-likelihood: its 0.5 threshold is the Bayes rule
         fit_started = time.perf_counter()
         sleep = float(os.environ.get("NUMPY_STACK_EPOCH_SLEEP", "0"))
+        ctx.recover_epoch(start)  # a line staged before a kill: kept if its checkpoint was written
         for epoch in range(start, exp.trainer.max_epochs):
             t0 = time.perf_counter()
             lr = exp.optim.lr * lr_factor(epoch, exp.trainer.max_epochs, exp.optim.warmup_epochs, exp.optim.scheduler)
@@ -127,15 +128,16 @@ class NumpyStack:
             vp = _sigmoid(vx @ w)
             c = confusion(vp >= 0.5, vy > 0)
             val = scores(c.tp, c.fp, c.fn, c.tn)
-            _save(run.last_checkpoint, w=w, epoch=epoch, step=step, best_iou=max(best, val["iou"]))
-            if val["iou"] > best:
-                best = val["iou"]
-                _save(run.best_checkpoint, w=w, epoch=epoch, step=step, best_iou=best)
-            ctx.log_epoch(EpochRecord(
+            ctx.stage_epoch(EpochRecord(  # the line waits for its checkpoint (engine.TrainContext)
                 epoch=epoch, step=step, train_loss=_loss(_sigmoid(x @ w), y), val_loss=_loss(vp, vy),
                 val_iou=val["iou"], val_dice=val["dice"], lr=lr,
                 images_per_s=len(ctx.train_pairs) * exp.model.steps_per_epoch / max(train_time, 1e-9),
                 epoch_time_s=time.perf_counter() - t0))
+            _save(run.last_checkpoint, w=w, epoch=epoch, step=step, best_iou=max(best, val["iou"]))
+            if val["iou"] > best:
+                best = val["iou"]
+                _save(run.best_checkpoint, w=w, epoch=epoch, step=step, best_iou=best)
+            ctx.commit_epoch()
         return FitResult(epochs=exp.trainer.max_epochs, global_step=step,
                          fit_time_s=time.perf_counter() - fit_started, precision="32", parameters=10, device="cpu",
                          versions={"numpy": np.__version__})

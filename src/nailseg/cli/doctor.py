@@ -59,6 +59,15 @@ def _cpu_bf16() -> bool:
     return cpu_has_bf16_flags()
 
 
+def _cpu_paths() -> dict:
+    """The CPU's flags that decide nailseg's paths, its profile, and the int8 settings ``export`` tries."""
+    from nailseg.core.runtime import INT8_LADDERS, cpu_report
+
+    cpu = cpu_report()
+    first, *then = INT8_LADDERS[cpu["profile"]]
+    return {**cpu, "int8_settings": f"{first}, then {', '.join(then)}"}
+
+
 def _gpus() -> list[str]:
     """NVIDIA GPUs from the driver's /proc entries (no CUDA initialisation, no torch import)."""
     root = "/proc/driver/nvidia/gpus"
@@ -82,7 +91,7 @@ def report() -> dict:
     gpus = _gpus()
     return {
         "nailseg": __version__, "python": platform.python_version(), "platform": platform.platform(),
-        "cpu": {"cores": os.cpu_count(), "fast_bf16": _cpu_bf16()},
+        "cpu": {"cores": os.cpu_count(), "fast_bf16": _cpu_bf16(), **_cpu_paths()},
         "gpus": gpus,
         "precision_auto": ("bf16-mixed + channels_last (GPU)" if gpus else
                            "bf16-mixed + channels_last (CPU with AMX / AVX-512 BF16)" if _cpu_bf16() else "32-true"),
@@ -103,7 +112,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         return 0
     yes = lambda ok: "yes" if ok else "no"  # noqa: E731
     print(f"nailseg {r['nailseg']}  python {r['python']}  {r['platform']}")
-    print(f"cpu: {r['cpu']['cores']} cores, fast bf16: {yes(r['cpu']['fast_bf16'])}")
+    cpu = r["cpu"]
+    print(f"cpu: {cpu['cores']} cores, profile {cpu['profile']}, flags: {' '.join(cpu['flags']) or 'none of note'}")
+    bf16 = ("native (AMX / AVX-512 BF16): precision auto trains in bf16" if cpu["fast_bf16"] else
+            "switched off (NAILSEG_CPU_BF16=0): precision auto stays float32" if cpu["bf16_native"] else
+            "emulated: precision auto stays float32")
+    print(f"  bf16: {bf16}")
+    print(f"  int8 (export --int8): {cpu['int8_settings']}"
+          + ("" if cpu["profile"] != "avx2" else " (no VNNI: full-range int8 weights can saturate int16 sums)"))
     print(f"gpu: {', '.join(r['gpus']) or 'none'}")
     print(f"trainer.precision auto (torch): {r['precision_auto']}")
     print("extras:    " + "  ".join(f"{k} {yes(v)}" for k, v in r["extras"].items()))

@@ -209,11 +209,14 @@ def cmd_export(args) -> int:
         if out.exists() and out.is_dir() != writes_folder:
             raise NailsegError(f"--out {args.out}: exists and is a {'folder' if out.is_dir() else 'file'}; "
                                f"--format {args.format} writes a {'folder' if writes_folder else 'file'}")
+    if args.int8_target and not args.int8:
+        raise NailsegError("--int8-target: only with --int8")
     used = [flag for flag, value in (("--opset", args.opset), ("--int8", args.int8), ("--half", args.half)) if value]
     if used and args.format != "onnx":
         raise NailsegError(f"{' and '.join(used)}: only with --format onnx")
     if args.format == "onnx" and "onnx" in stack.spec.exports:
-        print(stack.export(run, exp, args.format, out, opset=args.opset, int8=args.int8, half=args.half))
+        int8 = (args.int8_target or "auto") if args.int8 else None
+        print(stack.export(run, exp, args.format, out, opset=args.opset, int8=int8, half=args.half))
     else:  # the stack refuses a format it cannot write, in its own words
         print(stack.export(run, exp, args.format, out))
     return 0
@@ -286,7 +289,14 @@ def add_parser(sub) -> None:
     exp_.add_argument("--out", help="output path")
     exp_.add_argument("--opset", type=int, help="ONNX opset (default: 18; 17 for older runtimes)")
     exp_.add_argument("--int8", action="store_true",
-                      help="also write MODEL.int8.onnx: static int8 quantisation (QDQ, per-channel weights), verified")
+                      help="also write MODEL.int8.onnx: static int8 quantisation (QDQ, per-channel weights), verified; "
+                           "the settings suit the target CPU, and safer ones are tried before a refusal")
+    from nailseg.core.runtime import CPU_PROFILES
+
+    exp_.add_argument("--int8-target", choices=("auto", *CPU_PROFILES), default=None,
+                      help="the CPU the int8 model will run on (default auto: this machine's, see nailseg doctor): "
+                           "amx and avx512-vnni try full-range int8 weights first; avx2 (no VNNI) tries 7-bit "
+                           "weights first, which its int16 sums cannot saturate")
     exp_.add_argument("--half", action="store_true",
                       help="also write MODEL.fp16.onnx: float16 weights and activations (half the file; uint8 in, "
                            "float32 out as before), verified against float32 into export.fp16.json")

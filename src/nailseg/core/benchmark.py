@@ -45,8 +45,10 @@ def environment(device: str = "cpu") -> dict:
     framework versions come from the package metadata, so this module imports no framework."""
     from importlib.metadata import PackageNotFoundError, version
 
+    from nailseg.core.runtime import cpu_report
+
     info = {"nailseg": __version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "machine": platform.machine(), "device": device}
+            "machine": platform.machine(), "device": device, "cpu": cpu_report()}
     for dist in ("torch", "tensorflow", "onnxruntime"):
         try:
             info[dist] = version(dist)

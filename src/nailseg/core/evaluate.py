@@ -25,10 +25,16 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 THRESHOLD = 0.5
 
 
-def model_input(image: np.ndarray, size_hw: tuple[int, int], norm=None) -> np.ndarray:
+def model_input(image: np.ndarray, size_hw: tuple[int, int], norm=None, *, float_resize: bool = False) -> np.ndarray:
     """What every stack's model sees at inference: the RGB image resized to the training size
     and normalised with the encoder's mean/std (``Experiment.normalization``; ImageNet's when
-    ``norm`` is None), float32 (H, W, 3)."""
+    ``norm`` is None), float32 (H, W, 3).
+
+    ``float_resize``: resize the float image, as an ONNX graph's bilinear ``Resize`` does, instead of
+    the uint8 one (OpenCV's fixed-point weights, rounded to whole levels, as TFLite's uint8 input
+    is). The two differ by up to one level a pixel, which moved a barely trained model's
+    probabilities by up to 0.023 at its edges; a stack's predictor resizes the way its exported
+    graph does, so export checks compare like with like."""
     import cv2
 
     from nailseg.core.weights import IMAGENET
@@ -37,7 +43,8 @@ def model_input(image: np.ndarray, size_hw: tuple[int, int], norm=None) -> np.nd
     h, w = size_hw
     mean = np.asarray(norm.mean, np.float32) * 255
     std = np.asarray(norm.std, np.float32) * 255
-    return (cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32) - mean) / std
+    source = image.astype(np.float32) if float_resize else image
+    return (cv2.resize(source, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32) - mean) / std
 
 
 def at_image_size(prob: np.ndarray, image: np.ndarray) -> np.ndarray:

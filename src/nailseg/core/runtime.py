@@ -68,6 +68,39 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+# What a CPU's flags mean for nailseg: bf16 matrix units (training precision) and int8 dot products
+# (which quantisation settings ``export --int8`` tries first). Profiles, fastest first.
+CPU_PROFILES = ("amx", "avx512-vnni", "avx2")
+_PROFILE_FLAGS = {"amx": ("amx_int8",), "avx512-vnni": ("avx512_vnni", "avx_vnni")}
+# The int8 settings (deploy/quantize.py: INT8_SETTINGS) each profile tries, first choice first: VNNI
+# and AMX sum u8 x s8 products in int32, so full-range int8 weights first; AVX2 sums pairs in int16,
+# which 7-bit weights cannot overflow.
+INT8_LADDERS = {
+    "amx": ("u8s8", "u8s8-7bit", "u8u8"),
+    "avx512-vnni": ("u8s8", "u8s8-7bit", "u8u8"),
+    "avx2": ("u8s8-7bit", "u8u8", "u8s8"),
+}
+REPORTED_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
+
+
+def cpu_profile(flags: set[str] | None = None) -> str:
+    """``amx`` (AMX-INT8 tiles), ``avx512-vnni`` (VNNI int8 dot products, AVX-512 or AVX) or ``avx2``
+    (no int8 dot-product instruction: u8 x s8 products are summed in int16 and can saturate)."""
+    flags = cpu_flags() if flags is None else flags
+    for profile, needs in _PROFILE_FLAGS.items():
+        if flags & set(needs):
+            return profile
+    return "avx2"
+
+
+def cpu_report(flags: set[str] | None = None) -> dict:
+    """The flags that decide nailseg's CPU paths, and the profile they make (``doctor``, ``summary.json``,
+    ``export.int8.json`` and every benchmark name it)."""
+    flags = cpu_flags() if flags is None else flags
+    return {"profile": cpu_profile(flags), "flags": [f for f in REPORTED_FLAGS if f in flags],
+            "bf16_native": bool(flags & set(BF16_CPU_FLAGS))}
+
+
 def cpu_has_bf16_flags() -> bool:
     """Native bf16 instructions on this CPU, unless ``NAILSEG_CPU_BF16=0`` turns them off."""
     return os.environ.get("NAILSEG_CPU_BF16", "").strip() != "0" and bool(cpu_flags() & set(BF16_CPU_FLAGS))

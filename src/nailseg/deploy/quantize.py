@@ -8,6 +8,15 @@ fastest. The graph's own pre- and post-processing (the uint8 resize, the normali
 sigmoid and the resize back) stays float: only the network's Conv/MatMul/Gemm layers and what sits
 between them are quantised. The int8 file is refused, with its figures, when its masks stray from
 the float32 model's. Framework-free: onnxruntime only.
+
+Which int8 settings, by the CPU the model is for (``--int8-target``, default this machine's):
+ONNX Runtime's u8 x s8 kernels multiply activations by weights with ``VPMADDUBSW`` on a CPU without
+VNNI (AVX2, AVX-512F): two u8 x s8 products are summed in int16, and 255 x 127 x 2 = 64,770 does not
+fit, so large activations saturate and masks move (0.983 mask agreement measured on an AVX2 EPYC).
+Weights in 7 bits (``reduce_range``: weights within +-64: 255 x 64 x 2 = 32,640) cannot saturate, at the same kernel
+speed; uint8 weights (U8U8) take another kernel that sums in int32. VNNI and AMX-INT8 sum u8 x s8
+in int32 directly, so full-range s8 weights keep the most precision there. Each target has a
+ladder: its first setting, then the safer ones; the first that verifies is kept.
 """
 
 from __future__ import annotations
@@ -15,10 +24,12 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from nailseg.core.runtime import CPU_PROFILES, INT8_LADDERS
 from nailseg.errors import ConfigError, MissingDependencyError
 
 # An int8 model is allowed to move probabilities (that is the point), not the masks.
@@ -31,6 +42,38 @@ INT8_TOLERANCE = {"mask_agreement": 0.99, "mask_iou": 0.90}
 HALF_TOLERANCE = {"mask_agreement": 0.995, "mask_iou": 0.95, "max_abs_diff": 1e-2}
 QUANTIZED_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Mul", "Concat", "MaxPool", "Relu", "Clip",
                  "Sigmoid", "GlobalAveragePool", "AveragePool"]
+
+
+@dataclass(frozen=True)
+class Int8Setting:
+    """One way to quantise: the activation and weight types and whether weights keep 7 bits."""
+
+    name: str
+    weight_type: str          # onnxruntime ``QuantType`` name: QInt8 or QUInt8
+    reduce_range: bool
+    why: str
+
+    def describe(self) -> dict:
+        return {**asdict(self), "activation_type": "QUInt8", "quant_format": "QDQ", "per_channel": True}
+
+
+INT8_SETTINGS = {
+    "u8s8": Int8Setting("u8s8", "QInt8", False, "uint8 activations x int8 weights, full range: VNNI/AMX sum in int32"),
+    "u8s8-7bit": Int8Setting("u8s8-7bit", "QInt8", True,
+                             "int8 weights in 7 bits (reduce_range): an int16 sum of two products cannot saturate"),
+    "u8u8": Int8Setting("u8u8", "QUInt8", False, "uint8 weights: ONNX Runtime's u8u8 kernel sums in int32"),
+}
+INT8_TARGETS = ("auto", *CPU_PROFILES)
+
+
+def int8_ladder(target: str = "auto", flags: set[str] | None = None) -> tuple[str, list[Int8Setting]]:
+    """The profile ``target`` names (``auto``: this CPU's) and its settings, first choice first."""
+    from nailseg.core.runtime import cpu_profile
+
+    if target not in INT8_TARGETS:
+        raise ConfigError(f"--int8-target {target}: use one of {', '.join(INT8_TARGETS)}")
+    profile = cpu_profile(flags) if target == "auto" else target
+    return profile, [INT8_SETTINGS[name] for name in INT8_LADDERS[profile]]
 
 
 class _Photos:
@@ -56,11 +99,20 @@ def _network_nodes(model_path: Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type in QUANTIZED_OPS]
 
 
+class _Strayed(Exception):
+    """One int8 setting's copy strayed from the float32 model (its figures in ``check``)."""
+
+    def __init__(self, check: dict):
+        super().__init__("strayed")
+        self.check = check
+
+
 def _verified_copy(fp32: Path, out: Path, write, check_images: list[np.ndarray], source: str, *, flag: str,
-                   what: str, tolerance: dict, report_name: str, **report) -> dict:
+                   tolerance: dict, report_name: str, **report) -> dict:
     """What ``--int8`` and ``--half`` share: ``write(reference, tmp)`` makes the copy beside a
     temporary name; it is kept at ``out`` only when its masks agree with the float32 model's within
-    ``tolerance`` on ``check_images``, and its figures go to ``report_name`` beside it."""
+    ``tolerance`` on ``check_images``, and its figures go to ``report_name`` beside it; otherwise
+    :class:`_Strayed` carries the figures and nothing is kept."""
     from nailseg.core.io import atomic_path, write_json
     from nailseg.deploy.onnx_model import OnnxSegmenter
     from nailseg.deploy.verify import compare_predictors
@@ -73,9 +125,7 @@ def _verified_copy(fp32: Path, out: Path, write, check_images: list[np.ndarray],
         check = compare_predictors(reference, candidate, check_images, threshold=reference.threshold)
         check["mask_iou"] = _mask_iou(reference, candidate, check_images)
         if not _within(check, tolerance):
-            raise ConfigError(f"{flag}: the {what} model strays from the float32 one on {source} (mask agreement "
-                              f"{check['mask_agreement']:.4f}, mask IoU {check['mask_iou']:.4f}, max |diff| "
-                              f"{check['max_abs_diff']:.2e}; tolerance {tolerance}); nothing written")
+            raise _Strayed(check)  # atomic_path keeps nothing
     full = {**report, "file": str(out), "bytes": out.stat().st_size, "from": str(fp32),
             "bytes_fp32": fp32.stat().st_size, "verified_on": source, **check, "tolerance": tolerance,
             "convert_time_s": round(time.perf_counter() - started, 1)}
@@ -87,30 +137,64 @@ def _verified_copy(fp32: Path, out: Path, write, check_images: list[np.ndarray],
 
 
 def quantize_int8(fp32: Path, out: Path, calibration: list[np.ndarray], check_images: list[np.ndarray],
-                  source: str) -> dict:
-    """Write ``out`` (atomically) and return the check; raise ``ConfigError`` past :data:`INT8_TOLERANCE`."""
+                  source: str, *, target: str = "auto", settings: list[Int8Setting] | None = None) -> dict:
+    """Write ``out`` (atomically) with the first setting of ``target``'s ladder (or of ``settings``)
+    whose masks agree with the float32 model's within :data:`INT8_TOLERANCE`, and return its check;
+    when none does, raise ``ConfigError`` naming each setting tried and its figures."""
     try:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError:
         raise MissingDependencyError("onnxruntime", "onnx", "int8 quantisation (onnxruntime.quantization)") from None
+    from nailseg.core.runtime import cpu_report
 
-    def write(reference, tmp: Path) -> None:
-        prepared = tmp.with_name(tmp.name + ".pre.onnx")
+    profile, ladder = int8_ladder(target)
+    ladder = settings or ladder
+    here = cpu_report()
+
+    def writer(setting: Int8Setting):
+        def write(reference, tmp: Path) -> None:
+            prepared = tmp.with_name(tmp.name + ".pre.onnx")
+            try:
+                quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+                quantize_static(str(prepared), str(tmp), _Photos(calibration, reference.input_name, reference.size_hw),
+                                quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                                weight_type=getattr(QuantType, setting.weight_type),
+                                reduce_range=setting.reduce_range, calibrate_method=CalibrationMethod.MinMax,
+                                nodes_to_quantize=_network_nodes(prepared), op_types_to_quantize=QUANTIZED_OPS)
+            finally:
+                prepared.unlink(missing_ok=True)
+            _copy_metadata(fp32, tmp, {"type": "int8", **setting.describe(), "target": profile})
+        return write
+
+    tried: list[dict] = []
+    for setting in ladder:
         try:
-            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-            quantize_static(str(prepared), str(tmp), _Photos(calibration, reference.input_name, reference.size_hw),
-                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                            nodes_to_quantize=_network_nodes(prepared), op_types_to_quantize=QUANTIZED_OPS)
-        finally:
-            prepared.unlink(missing_ok=True)
-        _copy_metadata(fp32, tmp)
+            report = _verified_copy(fp32, out, writer(setting), check_images, source, flag="--int8",
+                                    tolerance=INT8_TOLERANCE, report_name="export.int8.json", format="onnx-int8",
+                                    calibrated_on=f"{len(calibration)} training images of the run",
+                                    setting=setting.describe(), target=profile, cpu=here,
+                                    tried=tried + [{"setting": setting.name, "verified": True}])
+        except _Strayed as strayed:
+            tried.append({"setting": setting.name, "verified": False, **strayed.check})
+            continue
+        return report
+    figures = "; ".join(f"{t['setting']}: mask agreement {t['mask_agreement']:.4f}, mask IoU {t['mask_iou']:.4f}"
+                        for t in tried)
+    raise ConfigError(f"--int8: no int8 setting for {profile} keeps the float32 model's masks on {source} "
+                      f"({figures}; tolerance {INT8_TOLERANCE}); nothing written. A model that has barely learned "
+                      "sits near its threshold everywhere: train longer, or keep the float32 (or --half) file")
 
-    return _verified_copy(fp32, out, write, check_images, source, flag="--int8", what="quantised",
-                          tolerance=INT8_TOLERANCE, report_name="export.int8.json", format="onnx-int8",
-                          calibrated_on=f"{len(calibration)} training images of the run", quant_format="QDQ",
-                          per_channel=True)
+
+def record_int8(export_json: Path, report: dict) -> None:
+    """Add the int8 choice (setting, target, CPU flags, figures) to the float32 export's ``export.json``."""
+    from nailseg.core.io import write_json
+
+    if export_json.is_file():
+        base = json.loads(export_json.read_text())
+        base["int8"] = {k: report[k] for k in ("file", "setting", "target", "cpu", "tried", "mask_agreement",
+                                                "mask_iou", "bytes")}
+        write_json(export_json, base)
 
 
 def convert_half(fp32: Path, out: Path, check_images: list[np.ndarray], source: str) -> dict:
@@ -127,8 +211,14 @@ def convert_half(fp32: Path, out: Path, check_images: list[np.ndarray], source: 
         onnx.save(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True), str(tmp))
         _copy_metadata(fp32, tmp, {"type": "float16", "tool": "onnxruntime.transformers.float16", "keep_io_types": True})
 
-    return _verified_copy(fp32, out, write, check_images, source, flag="--half", what="float16",
-                          tolerance=HALF_TOLERANCE, report_name="export.fp16.json", format="onnx-fp16")
+    try:
+        return _verified_copy(fp32, out, write, check_images, source, flag="--half",
+                              tolerance=HALF_TOLERANCE, report_name="export.fp16.json", format="onnx-fp16")
+    except _Strayed as strayed:
+        c = strayed.check
+        raise ConfigError(f"--half: the float16 model strays from the float32 one on {source} (mask agreement "
+                          f"{c['mask_agreement']:.4f}, mask IoU {c['mask_iou']:.4f}, max |diff| "
+                          f"{c['max_abs_diff']:.2e}; tolerance {HALF_TOLERANCE}); nothing written") from None
 
 
 def _within(check: dict, tolerance: dict) -> bool:

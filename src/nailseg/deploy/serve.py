@@ -48,6 +48,12 @@ class ServeSettings:
             raise ValueError(f"max_pixels must be from 1 to {MAX_PIXELS:,}")
 
 
+# An answer given before the request body was read ends the connection: uvicorn closes it after
+# the response, so the client's further bytes are refused by the socket instead of being read and
+# thrown away (a 40 MB chunked upload was read to its end before its 413 arrived).
+CLOSE = {"Connection": "close"}
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
@@ -135,13 +141,14 @@ def create_app(settings: ServeSettings):
         length = request.headers.get("content-length")
         limit = settings.max_bytes + 64 * 1024  # the file plus the multipart envelope
         if length and length.isdigit() and int(length) > limit:
-            raise ApiError(413, f"upload of {int(length):,} bytes is above the limit of {settings.max_bytes:,} bytes")
+            raise ApiError(413, f"upload of {int(length):,} bytes is above the limit of {settings.max_bytes:,} bytes",
+                           CLOSE)
         # Count the bytes as they arrive (a chunked upload has no Content-Length), stop at the
         # limit, and give up on a client that sends too slowly.
         try:
             request._body = await asyncio.wait_for(_read_body(request, limit), settings.body_timeout_s)
         except asyncio.TimeoutError:
-            raise ApiError(408, f"the upload did not arrive within {settings.body_timeout_s:g} s") from None
+            raise ApiError(408, f"the upload did not arrive within {settings.body_timeout_s:g} s", CLOSE) from None
         try:
             form = await request.form(max_files=1, max_fields=8)
         except Exception as err:  # noqa: BLE001 - malformed multipart bodies raise several types
@@ -186,7 +193,7 @@ async def _read_body(request, limit: int) -> bytes:
         size += len(chunk)
         if size > limit:
             raise ApiError(413, f"upload above the limit of {limit - 64 * 1024:,} bytes (stopped reading at "
-                                f"{size:,})")
+                                f"{size:,})", CLOSE)
         chunks.append(chunk)
     return b"".join(chunks)
 

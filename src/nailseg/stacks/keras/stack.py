@@ -90,6 +90,9 @@ class RunRecorder(keras.callbacks.Callback):
         self._t0 = self._train_end = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
+        if not getattr(self, "_started", False):  # a line staged before a kill: kept if its backup was written
+            self._started = True
+            self.ctx.recover_epoch(epoch)
         self._t0, self._train_end = time.perf_counter(), 0.0
         self._lr = self.lr_at_epoch(epoch)
 
@@ -118,7 +121,18 @@ class RunRecorder(keras.callbacks.Callback):
         if record.val_iou is not None and record.val_iou > self.best:
             self.best = record.val_iou
             _save_weights(self.model, self.run.checkpoints / BEST)
-        self.ctx.log_epoch(record)
+        self.ctx.stage_epoch(record)  # committed by EpochCommit once BackupAndRestore has saved the epoch
+
+
+class EpochCommit(keras.callbacks.Callback):
+    """After ``BackupAndRestore``: the epoch is on the disk, so its staged line goes to ``metrics.jsonl``."""
+
+    def __init__(self, ctx: TrainContext):
+        super().__init__()
+        self.ctx = ctx
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.ctx.commit_epoch()
 
 
 def _find_confusion(model) -> ConfusionCounts:
@@ -221,9 +235,10 @@ class KerasStack:
             wandb.init(project=exp.logging.wandb.project, name=run.path.name, dir=str(run.path),
                        mode=exp.logging.wandb.mode, config=exp.to_dict(), resume="allow")
             callbacks.append(WandbMetricsLogger())
-        # Last, so that an epoch's metrics line is written before its backup: a kill in between re-runs
-        # the epoch and its line is replaced (the engine keeps the last line per epoch), never lost.
+        # After RunRecorder (which stages the epoch's line) and before EpochCommit (which writes it):
+        # a line is never ahead of the backup a resume continues from.
         callbacks.append(keras.callbacks.BackupAndRestore(str(run.checkpoints / "backup"), delete_checkpoint=False))
+        callbacks.append(EpochCommit(ctx))
         fit_started = time.perf_counter()
         history = model.fit(train_ds, validation_data=val_ds, epochs=t.max_epochs, steps_per_epoch=steps,
                             callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)

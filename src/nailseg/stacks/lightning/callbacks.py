@@ -26,16 +26,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class LastCheckpoint(Callback):
-    """``last.ckpt`` at the end of every training epoch, whatever the monitored metric did.
+    """``last.ckpt`` at the end of every training epoch, whatever the monitored metric did, then
+    ``committed()`` (the epoch's staged ``metrics.jsonl`` line is appended).
 
     Lightning's ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` only when it also saves a
     top-k checkpoint, so with a monitor the "last" file was the best epoch: resume re-trained
     finished epochs and k-fold scores picked the held-out fold's best epoch. This callback runs
-    after :class:`EpochRecorder` (it comes later in the callback list), so a kill between the two
-    re-runs that epoch, whose metrics line is then replaced: never lost."""
+    after :class:`EpochRecorder` (it comes later in the callback list), which stages the epoch's
+    line: the line is written only once its checkpoint is on the disk (``TrainContext.stage_epoch``)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, committed=None):
         self.path = Path(path)
+        self.committed = committed
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
@@ -44,18 +46,26 @@ class LastCheckpoint(Callback):
         # so resume continues exactly. Nothing is unpickled; loading goes through
         # checkpoints.safe_load (torch.load with weights_only=True).
         trainer.save_checkpoint(str(self.path), weights_only=False)
+        if self.committed is not None and trainer.is_global_zero:
+            self.committed()
 
 
 class EpochRecorder(Callback):
-    """One ``metrics.jsonl`` line per finished epoch, through the engine's ``TrainContext.log_epoch``."""
+    """One ``metrics.jsonl`` line per finished epoch: staged through the engine's
+    ``TrainContext.stage_epoch`` and committed by :class:`LastCheckpoint` after the checkpoint."""
 
-    def __init__(self, log_epoch, grouping=None, sampler=None):
-        self.log_epoch = log_epoch
+    def __init__(self, ctx, grouping=None, sampler=None):
+        self.ctx = ctx
         self.grouping, self.sampler = grouping, sampler
         self._t0 = self._train_end = 0.0
         self._seen = 0
+        self._started = False
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if not self._started:  # a line staged before a kill: committed if its checkpoint was written
+            self._started = True
+            if trainer.is_global_zero:
+                self.ctx.recover_epoch(trainer.current_epoch)
         self._t0, self._seen, self._train_end = time.perf_counter(), 0, 0.0
         self._lr = trainer.optimizers[0].param_groups[-1]["lr"]  # the decoder's (last group)
 
@@ -82,4 +92,26 @@ class EpochRecorder(Callback):
         )
         if self.sampler is not None:  # what the balanced sampler really drew this epoch
             record.extras["group_share"] = self.grouping.shares(self.sampler.full_stream(trainer.current_epoch))
-        self.log_epoch(record)
+        self.ctx.stage_epoch(record)
+
+
+class TimeBudgetCallback(Callback):
+    """``trainer.max_time``: each finished epoch's time goes to the engine's plan
+    (``TrainContext.budget_epoch``); when it trims, the fit loop stops at the planned epoch and the
+    module's lr schedule spans it. Every rank takes rank 0's plan, so DDP ranks stop together."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self._t0 = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        planned = self.ctx.budget_epoch(trainer.current_epoch + 1, time.perf_counter() - self._t0)
+        planned = trainer.strategy.broadcast(planned, src=0)
+        if planned is not None:
+            trainer.fit_loop.max_epochs = planned
+            pl_module.schedule_epochs = planned

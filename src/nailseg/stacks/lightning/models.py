@@ -17,13 +17,18 @@ ModelConfig = SmpModel | SegformerModel
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """The model of ``cfg.family``: logits (N, classes, H, W) at the input's size."""
-    if cfg.family == "segformer":
+    if cfg.family in ("segformer", "upernet"):
         from nailseg.core.optional import require
 
-        require("transformers", "hf", "SegFormer (model.family: segformer)")
+        require("transformers", "hf", f"transformers models (model.family: {cfg.family})")
+    if cfg.family == "segformer":
         from nailseg.stacks.lightning.segformer import build_segformer
 
         return build_segformer(cfg)
+    if cfg.family == "upernet":
+        from nailseg.stacks.lightning.upernet import build_upernet
+
+        return build_upernet(cfg)
     return build_smp_model(cfg)
 
 
@@ -33,7 +38,14 @@ def without_pretrained(cfg: ModelConfig) -> ModelConfig:
 
 
 def check_model_exists(cfg: ModelConfig) -> None:
-    """Refuse an unknown smp architecture or encoder before any run folder is written."""
+    """Refuse an unknown smp architecture or encoder (or timm backbone) before any run folder is written."""
+    if cfg.family == "upernet":
+        import timm
+
+        if not timm.is_model(cfg.encoder[3:]):
+            raise ConfigError(f"model.encoder={cfg.encoder!r}: timm has no model {cfg.encoder[3:]!r}")
+        encoder_weights_source(cfg)
+        return
     if cfg.family != "smp":
         return
     import segmentation_models_pytorch as smp

@@ -25,6 +25,7 @@ class SegmentationModule(L.LightningModule):
             init_from(self.model, self.exp.model)
         self.loss_fn = build_loss(self.exp.loss, self.exp.model.classes)
         self.channels_last = channels_last
+        self.schedule_epochs = self.exp.trainer.max_epochs  # the epochs the lr schedule spans
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.register_buffer("val_counts", torch.zeros(4, dtype=torch.float64), persistent=False)
@@ -100,7 +101,7 @@ class SegmentationModule(L.LightningModule):
             opt = torch.optim.SGD(groups, lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
         if o.scheduler == "none" and o.warmup_epochs == 0:
             return opt
-        epochs = self.exp.trainer.max_epochs
+        # read at every step: a time budget (TimeBudgetCallback) may size the schedule to fewer epochs
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda epoch: lr_factor(epoch, epochs, o.warmup_epochs, o.scheduler, o.poly_power))
+            opt, lambda epoch: lr_factor(epoch, self.schedule_epochs, o.warmup_epochs, o.scheduler, o.poly_power))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

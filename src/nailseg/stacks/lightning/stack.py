@@ -23,7 +23,7 @@ from nailseg.core.runtime import resolve_accelerator
 from nailseg.engine import FitResult, TrainContext
 from nailseg.errors import ConfigError
 from nailseg.specs import STACKS
-from nailseg.stacks.lightning.callbacks import AtomicCheckpointIO, EpochRecorder, LastCheckpoint
+from nailseg.stacks.lightning.callbacks import AtomicCheckpointIO, EpochRecorder, LastCheckpoint, TimeBudgetCallback
 from nailseg.stacks._torch.checkpoints import safe_load
 from nailseg.stacks.lightning.hardware import torch_precision
 from nailseg.stacks.lightning.loaders import build_loaders
@@ -123,12 +123,15 @@ class LightningStack:
         resume_from = self.resumable(run) if ctx.resume else None
         ckpt_path = str(resume_from) if resume_from else None
         module = SegmentationModule(exp.to_dict(), channels_last=precision.channels_last, initialise=ckpt_path is None)
+        module.schedule_epochs = ctx.max_epochs  # a resumed budgeted run keeps its planned schedule
         callbacks = [
             ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor="val_iou", mode="max",
                             auto_insert_metric_name=False, enable_version_counter=False),
-            EpochRecorder(ctx.log_epoch, grouping, sampler),
-            LastCheckpoint(run.last_checkpoint),  # after EpochRecorder: the line first, then the checkpoint
+            EpochRecorder(ctx, grouping, sampler),
+            LastCheckpoint(run.last_checkpoint, ctx.commit_epoch),  # the line is staged, then checkpointed, then written
         ]
+        if ctx.budget is not None:
+            callbacks.append(TimeBudgetCallback(ctx))
         if sys.stderr.isatty():
             callbacks.append(TQDMProgressBar(refresh_rate=max(1, len(ctx.train_pairs) // exp.trainer.batch_size // 20)))
         loggers = _loggers(exp, run)
@@ -137,7 +140,7 @@ class LightningStack:
         t = exp.trainer
         trainer = L.Trainer(
             accelerator=accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
-            precision=precision.name, max_epochs=t.max_epochs, accumulate_grad_batches=t.accumulate_grad_batches,
+            precision=precision.name, max_epochs=ctx.max_epochs, accumulate_grad_batches=t.accumulate_grad_batches,
             gradient_clip_val=t.gradient_clip_val, deterministic=t.deterministic,
             limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
             logger=loggers, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
@@ -157,7 +160,7 @@ class LightningStack:
         weights = getattr(module.model, "nailseg_weights", None)
         if weights is not None and not ctx.resume:
             extras["encoder_weights"] = weights  # provider, package version and SHA-256, or the file's
-        if exp.model.family == "segformer":
+        if exp.model.family in HF_FAMILIES:
             extras["hf"] = str(self.export(run, exp, "hf"))
         return FitResult(epochs=trainer.current_epoch, global_step=trainer.global_step, fit_time_s=fit_time,
                          precision=precision.name, parameters=sum(p.numel() for p in module.model.parameters()),
@@ -191,34 +194,37 @@ class LightningStack:
 
         @torch.inference_mode()
         def predict(image: np.ndarray) -> np.ndarray:
-            x = model_input(image, exp.data.size_hw, exp.normalization)
+            x = model_input(image, exp.data.size_hw, exp.normalization, float_resize=True)  # as the ONNX graph
             tensor = torch.from_numpy(x.transpose(2, 0, 1))[None].to(device)
             return at_image_size(foreground_probability(model(tensor))[0, 0].float().cpu().numpy(), image)
 
         return predict
 
     def export(self, run: RunDir, exp: Experiment, fmt: str, out: Path | None = None, *, opset: int | None = None,
-               int8: bool = False, half: bool = False) -> Path:
-        """``onnx``: see :func:`export_verified_onnx` (``opset``; ``int8`` and ``half`` add verified
-        int8 and float16 copies). ``hf`` (SegFormer runs): a ``save_pretrained`` folder that
+               int8: str | None = None, half: bool = False) -> Path:
+        """``onnx``: see :func:`export_verified_onnx` (``opset``; ``int8``, a target CPU profile or
+        ``auto``, and ``half`` add verified int8 and float16 copies). ``hf`` (SegFormer runs): a ``save_pretrained`` folder that
         ``SegformerForSemanticSegmentation.from_pretrained`` loads. ``state_dict``: a plain state
         dict (``model.pt``) that loads with ``torch.load(..., weights_only=True)``."""
         from nailseg.core.io import atomic_dir, atomic_path
 
-        if fmt == "hf" and exp.model.family != "segformer":
-            raise ConfigError(f"--format hf: only SegFormer runs export to transformers (this run is {exp.model.family})")
+        if fmt == "hf" and exp.model.family not in HF_FAMILIES:
+            raise ConfigError(f"--format hf: only transformers models ({', '.join(HF_FAMILIES)}) export to a "
+                              f"save_pretrained folder (this run is {exp.model.family})")
         if fmt not in self.spec.exports:
             raise ConfigError(f"--format {fmt}: the lightning stack exports {', '.join(self.spec.exports)}")
         model = self.load_model(run, exp)
         if fmt == "onnx":
             path = export_verified_onnx(self, model, run, exp, Path(out or run.path / "model.onnx"), opset=opset)
             if int8 or half:
-                from nailseg.deploy.quantize import convert_half, quantize_int8
+                from nailseg.deploy.quantize import convert_half, quantize_int8, record_int8
                 from nailseg.deploy.verify import training_images, verification_images
 
                 images, source = verification_images(run, exp)
                 if int8:
-                    quantize_int8(path, path.with_suffix(".int8.onnx"), training_images(run, exp), images, source)
+                    report = quantize_int8(path, path.with_suffix(".int8.onnx"), training_images(run, exp), images,
+                                           source, target=int8)
+                    record_int8(path.parent / "export.json", report)
                 if half:
                     convert_half(path, path.with_suffix(".fp16.onnx"), images, source)
             return path
@@ -231,6 +237,9 @@ class LightningStack:
         with atomic_path(out) as tmp:
             torch.save(model.state_dict(), tmp)
         return out
+
+
+HF_FAMILIES = ("segformer", "upernet")  # transformers models: summary.json's hf folder, --format hf
 
 
 def export_verified_onnx(stack: LightningStack, model, run: RunDir, exp: Experiment, out: Path, *,

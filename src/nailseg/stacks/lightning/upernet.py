@@ -1,0 +1,82 @@
+"""UperNet from Hugging Face transformers over a timm backbone, as a plain ``nn.Module`` for the
+Lightning stack.
+
+transformers builds the model from its own classes: ``UperNetConfig`` with a ``TimmBackboneConfig``
+(``use_pretrained_backbone=False``, so nothing is downloaded), then ``UperNetForSemanticSegmentation``.
+The backbone is timm's ``features_only`` network, the same one smp's ``tu-`` encoders wrap, so the
+offline ImageNet weights of the catalogue (``core/weights.py``) load into it exactly as they load
+into the smp recipe's encoder: the two stacks start from the same numbers. ``save_pretrained``
+writes a folder that plain ``transformers`` (with timm) loads, weights included.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nailseg.config import UpernetModel
+from nailseg.errors import ConfigError
+
+# timm's feature levels at strides 4, 8, 16 and 32: UperNet's FPN inputs (its PSP module sits on the last)
+OUT_INDICES = (1, 2, 3, 4)
+
+
+def _labels(classes: int) -> tuple[dict[int, str], dict[str, int]]:
+    id2label = {0: "nail"} if classes == 1 else {0: "background", 1: "nail"}
+    return id2label, {v: k for k, v in id2label.items()}
+
+
+def upernet_config(cfg: UpernetModel, *, pretrained_backbone: bool = False):
+    """transformers' own config: UperNet's head over ``TimmBackboneConfig(cfg.encoder[3:])``."""
+    from transformers import TimmBackboneConfig, UperNetConfig
+
+    backbone = TimmBackboneConfig(backbone=cfg.encoder[3:], out_indices=OUT_INDICES,
+                                  use_pretrained_backbone=pretrained_backbone)
+    id2label, label2id = _labels(cfg.classes)
+    return UperNetConfig(backbone_config=backbone, hidden_size=cfg.hidden_size, use_auxiliary_head=False,
+                         num_labels=cfg.classes, id2label=id2label, label2id=label2id)
+
+
+class UpernetSegmenter(nn.Module):
+    """UperNet's logits (N, classes, H, W), already at the input's size (transformers upsamples them)."""
+
+    def __init__(self, hf_model):
+        super().__init__()
+        self.hf = hf_model
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The timm backbone (the encoder lr group, BN freezing)."""
+        return self.hf.backbone
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.hf(pixel_values=image).logits
+
+
+def build_upernet(cfg: UpernetModel) -> UpernetSegmenter:
+    """The model, its backbone's weights from ``model.encoder_weights`` (see the smp encoders: an
+    installed package offline, a local file, or timm's download when online); ``nailseg_weights``
+    records where they came from."""
+    from transformers import UperNetForSemanticSegmentation
+
+    from nailseg.core.weights import provider_for, sha256_of
+    from nailseg.stacks.lightning.models import encoder_weights_source
+    from nailseg.stacks.lightning.weights import load_encoder_state, load_provider_weights, read_state
+
+    source = encoder_weights_source(cfg)
+    try:
+        hf = UperNetForSemanticSegmentation(upernet_config(cfg, pretrained_backbone=source.kind == "hub"))
+    except RuntimeError as err:  # timm's download failing mid-way
+        raise ConfigError(f"model.encoder_weights={cfg.encoder_weights!r}: {err}") from None
+    backbone = hf.backbone._backbone  # timm's features_only network
+    record: dict = {"source": source.kind, "value": source.value}
+    if source.kind == "provider":
+        record = load_provider_weights(backbone, provider_for(cfg.encoder))
+    elif source.kind == "file":
+        load_encoder_state(backbone, read_state(Path(source.value), "model.encoder_weights"), source.value)
+        record = {"source": "file", "file": source.value, "sha256": sha256_of(Path(source.value))}
+    model = UpernetSegmenter(hf)
+    model.nailseg_weights = record
+    return model
