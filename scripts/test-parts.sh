@@ -7,7 +7,10 @@ set -u
 BIN=${BIN:-.venv/bin}
 PYTEST_ARGS=${PYTEST_ARGS:-}
 export NAILSEG_NOTEBOOK_OUT=${NAILSEG_NOTEBOOK_OUT:-docs/tutorials}
+eval "extra=($PYTEST_ARGS)"   # the same words make would have passed (quotes kept: -k "a or b")
 logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+trap 'echo "make test: interrupted"; exit 130' INT TERM
 summary=()
 failed=0
 
@@ -18,7 +21,7 @@ part() {  # part NAME COMMAND...: run it, keep the last line of its output for t
   "$@" 2>&1 | tee "$logs/$name.log"
   rc=${PIPESTATUS[0]}
   # pytest's closing line ("=== 551 passed, 1 skipped in 1170.2s ==="): its counts, without the decoration
-  counts=$(grep -E '^=+ .*(passed|failed|error|skipped|no tests ran).* in [0-9.]+s' "$logs/$name.log" | tail -1 \
+  counts=$(grep -E '(passed|failed|errors?|skipped|no tests ran).* in [0-9.]+s' "$logs/$name.log" | tail -1 \
            | sed -E 's/^=+ //; s/ in [0-9.]+s.*//')
   if [ "$rc" -eq 0 ]; then status=passed; else status="FAILED (exit $rc)"; failed=1; fi
   summary+=("$(printf '%-14s %-18s %6ss  %s' "$name" "$status" "$((SECONDS - started))" "${counts:-}")")
@@ -29,13 +32,12 @@ n_passed=0
 n_failed=0
 
 # Two pytest processes: TensorFlow and torch must not share one (tests/stacks/keras/conftest.py).
-part torch-tests "$BIN/python" -m pytest -m "not gpu and not tf" $PYTEST_ARGS
-part tf-tests "$BIN/python" -m pytest -m "tf and not gpu" tests/stacks/keras tests/docs $PYTEST_ARGS
+part torch-tests "$BIN/python" -m pytest -m "not gpu and not tf" "${extra[@]}"
+part tf-tests "$BIN/python" -m pytest -m "tf and not gpu" tests/stacks/keras tests/docs "${extra[@]}"
 part docs make --no-print-directory docs
 
 echo
 echo "make test: one line per part"
 printf '  %s\n' "${summary[@]}"
 echo "tests: $n_passed passed, $n_failed failed"
-rm -rf "$logs"
 exit $failed

@@ -23,7 +23,7 @@ import numpy as np
 from nailseg.config import Experiment
 from nailseg.core.data.discover import Pair
 from nailseg.core.evaluate import Predictor, semantic_summary
-from nailseg.core.io import append_jsonl, read_jsonl, write_json, write_yaml
+from nailseg.core.io import append_jsonl, write_json, write_yaml
 from nailseg.core.data.split import load_split
 from nailseg.runs import (RUN_DIR_ENV, PreparedData, RunDir, RunLock, check_data, check_metrics, create_run_dir,
                                dedupe_metrics, fix_split, load_fg_share, pairs_of, resolved_config, save_fg_share,
@@ -158,7 +158,7 @@ class TrainContext:
             epoch = int(json.loads(self.staged_line.read_text())["epoch"])
         except (ValueError, KeyError, TypeError, OSError):
             epoch = first_epoch  # a torn or tampered file: nothing to recover
-        if epoch < first_epoch and epoch not in {r.get("epoch") for r in read_jsonl(self.run.metrics)}:
+        if epoch < first_epoch:  # appended even when an older attempt left a line for it: the last line wins
             self.commit_epoch()
         self.staged_line.unlink(missing_ok=True)
 
@@ -167,11 +167,13 @@ class TrainContext:
         trimmed (said in one line, and kept in ``budget.json`` for a resume), else ``None``."""
         if self.budget is None or self.rank != 0:
             return None
+        was_planned = self.budget.planned
         line = self.budget.after_epoch(epochs_done, epoch_time_s)
+        if self.budget.planned and (line is not None or not was_planned):  # a resume keeps this plan
+            write_json(self.run.path / BUDGET_FILE, self.budget.as_dict())
         if line is None:
             return None
         print(line, file=sys.stderr, flush=True)
-        write_json(self.run.path / BUDGET_FILE, self.budget.as_dict())
         return self.budget.epochs
 
     def log_epoch(self, record: EpochRecord | dict[str, Any]) -> None:
@@ -287,7 +289,8 @@ def run_training(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict 
     if rank != 0:  # a DDP worker joins the run rank 0 prepared (rank 0 holds the lock)
         split = wait_for_split(run)
         data = PreparedData(split, pairs_of(exp, split), load_fg_share(run))
-        ctx = TrainContext(exp, run, resume, data, rank=rank)
+        # the same plan object on every rank: each calls the budget hook, and takes rank 0's plan
+        ctx = TrainContext(exp, run, resume, data, rank=rank, budget=time_budget(exp, run, resume, started_clock))
         result = stack.fit(ctx)
         return None if result is None else _finish(stack, ctx, result, started)
 
@@ -420,6 +423,9 @@ def _run_pretraining(exp: Experiment, sub_exp: dict, home: Path, sub_run: RunDir
 def _finish(stack: Stack, ctx: TrainContext, result: FitResult, started: float) -> dict | None:
     if ctx.rank != 0:
         return None
+    # A resumed fit with no epoch left to run never reached an epoch start: a line staged before the
+    # kill is then the last epoch's, whose checkpoint was written (else that epoch would have run).
+    ctx.recover_epoch(sys.maxsize)
     run, exp = ctx.run, ctx.exp
     dedupe_metrics(run)
     common = semantic_summary(stack.load_predictor(run, exp), ctx.val_pairs, run, exp)

@@ -56,3 +56,10 @@ def test_cpu_bf16_probe_reads_amx_or_avx512_bf16(monkeypatch, flags, amx, expect
         assert hardware.cpu_has_fast_bf16() is expected
     finally:
         hardware.cpu_has_fast_bf16.cache_clear()
+
+
+def test_a_last_batch_of_one_is_dropped_and_few_batches_are_kept():
+    from nailseg.core.runtime import drop_last
+
+    assert drop_last(64, 8) and not drop_last(29, 8)   # several batches / a ragged 5 kept
+    assert drop_last(17, 8) and not drop_last(1, 8)     # a batch of one would break BatchNorm; one pair stays

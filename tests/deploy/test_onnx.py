@@ -180,8 +180,8 @@ def test_when_a_setting_strays_the_next_is_tried_and_a_refusal_names_them_all(on
     with pytest.raises(ConfigError, match=r"--int8: no int8 setting for avx2 keeps") as err:
         quantize.quantize_int8(onnx_run / "model.onnx", refused, training_images(run, exp), images, source,
                                target="avx2")
-    for name in ("u8s8-7bit", "u8u8", "u8s8"):
-        assert re.search(rf"\b{name}: mask agreement [01]\.\d{{4}}, mask IoU [01]\.\d{{4}}", str(err.value)), err.value
+    for setting in quantize.int8_ladder("avx2")[1]:  # on a VNNI/AMX host: the two that cannot saturate
+        assert re.search(rf"\b{setting.name}: mask agreement [01]\.\d{{4}}, mask IoU [01]\.\d{{4}}", str(err.value))
     assert not refused.exists() and not list(tmp_path.glob(".*.tmp"))
 
 
@@ -196,6 +196,17 @@ def test_int8_target_flag_quantises_for_another_cpu(onnx_run, tmp_path):
     assert report["target"] == "avx2" and report["setting"]["name"] == "u8s8-7bit"  # the saturation-free first
     proc = run_cli("export", str(run), "--format", "onnx", "--int8-target", "avx2")
     assert proc.returncode == 2 and "--int8-target: only with --int8" in proc.stderr
+
+
+def test_an_avx2_target_is_verified_here_only_with_the_settings_that_cannot_saturate():
+    """A VNNI host sums in int32: a full-range u8s8 copy that passes here could saturate on the AVX2
+    target, so it is not offered; on an AVX2 host all three are tried."""
+    from nailseg.deploy.quantize import int8_ladder
+
+    vnni = {"avx2", "avx512f", "avx512_vnni"}
+    assert [s.name for s in int8_ladder("avx2", vnni)[1]] == ["u8s8-7bit", "u8u8"]
+    assert [s.name for s in int8_ladder("auto", {"avx2"})[1]] == ["u8s8-7bit", "u8u8", "u8s8"]
+    assert [s.name for s in int8_ladder("amx", {"avx2"})[1]] == ["u8s8", "u8s8-7bit", "u8u8"]
 
 
 def test_cpu_profiles_from_flags():

@@ -43,6 +43,7 @@ class TimeBudget:
     reserve_share: float = 0.03          # the evaluation and summary after the last epoch
     epochs: int = 0
     fixed: bool = False                   # a resumed run keeps its first attempt's plan
+    planned: bool = False                 # the plan was made (after the second epoch)
     epoch_times: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -54,6 +55,7 @@ class TimeBudget:
         self.epoch_times.append(epoch_time_s)
         if self.fixed or (len(self.epoch_times) < 2 and self.max_epochs > 2):
             return None  # the first epoch alone overstates the rest
+        self.planned = True
         measured = self.epoch_times[1:] if len(self.epoch_times) > 1 else self.epoch_times
         per_epoch = max(sum(measured[-3:]) / len(measured[-3:]), measured[-1])  # the recent pace, not the best
         elapsed = time.monotonic() - self.started

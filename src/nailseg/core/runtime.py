@@ -129,8 +129,10 @@ def resolve_workers(setting: int | str) -> int:
 
 
 def drop_last(n_items: int, batch_size: int) -> bool:
-    """Drop a ragged last training batch only when there are several batches (per rank)."""
-    return n_items >= 4 * batch_size
+    """Drop a ragged last training batch only when there are several batches (per rank), or when it
+    would hold one sample: BatchNorm cannot normalise a single value per channel (UperNet's pooled
+    1x1 branch raises on it)."""
+    return n_items >= 4 * batch_size or (n_items > batch_size and n_items % batch_size == 1)
 
 
 def lr_factor(epoch: int, epochs: int, warmup: int, schedule: str, power: float = 1.0) -> float:

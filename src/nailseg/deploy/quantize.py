@@ -53,6 +53,11 @@ class Int8Setting:
     reduce_range: bool
     why: str
 
+    @property
+    def saturation_free(self) -> bool:
+        """No int16 overflow on AVX2's u8 x s8 kernel: 7-bit weights, or the u8u8 kernel (int32 sums)."""
+        return self.reduce_range or self.weight_type == "QUInt8"
+
     def describe(self) -> dict:
         return {**asdict(self), "activation_type": "QUInt8", "quant_format": "QDQ", "per_channel": True}
 
@@ -72,8 +77,14 @@ def int8_ladder(target: str = "auto", flags: set[str] | None = None) -> tuple[st
 
     if target not in INT8_TARGETS:
         raise ConfigError(f"--int8-target {target}: use one of {', '.join(INT8_TARGETS)}")
-    profile = cpu_profile(flags) if target == "auto" else target
-    return profile, [INT8_SETTINGS[name] for name in INT8_LADDERS[profile]]
+    here = cpu_profile(flags)
+    profile = here if target == "auto" else target
+    names = INT8_LADDERS[profile]
+    if profile == "avx2" and here != "avx2":
+        # this CPU sums in int32 and cannot show the target's int16 saturation, so only the settings
+        # that cannot saturate there are verified here for it
+        names = tuple(n for n in names if INT8_SETTINGS[n].saturation_free)
+    return profile, [INT8_SETTINGS[name] for name in names]
 
 
 class _Photos:
@@ -148,7 +159,7 @@ def quantize_int8(fp32: Path, out: Path, calibration: list[np.ndarray], check_im
         raise MissingDependencyError("onnxruntime", "onnx", "int8 quantisation (onnxruntime.quantization)") from None
     from nailseg.core.runtime import cpu_report
 
-    profile, ladder = int8_ladder(target)
+    profile, ladder = int8_ladder(target)  # the ladder, trimmed to what this CPU can verify for the target
     ladder = settings or ladder
     here = cpu_report()
 

@@ -277,23 +277,23 @@ def test_a_log_gets_one_plain_line_per_epoch_and_no_bar_frames(synth_data, tmp_p
 
 
 def test_a_time_budget_trims_the_epochs_and_sizes_the_schedule_to_them(synth_data, tmp_path):
-    """trainer.max_time far below what 60 epochs take: the run trains fewer epochs, says so in one
+    """trainer.max_time far below what 200 epochs take: the run trains fewer epochs, says so in one
     line, and its cosine schedule ends at the bottom on the planned last epoch (a run merely cut
     off would still be high there)."""
     from nailseg.core.runtime import lr_factor
 
-    proc = _train(synth_data, tmp_path / "runs", "trainer.max_epochs=60", "trainer.max_time=25s", "run.name=budget",
+    proc = _train(synth_data, tmp_path / "runs", "trainer.max_epochs=200", "trainer.max_time=30s", "run.name=budget",
                   "optim.warmup_epochs=0", "logging.tensorboard=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "runs" / "budget"
-    assert "trainer.max_time 0m25s: 60 epochs do not fit" in proc.stderr
+    assert "trainer.max_time 0m30s: 200 epochs do not fit" in proc.stderr
     summary = json.loads((run / "summary.json").read_text())
     planned = summary["budget"]["planned_epochs"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert 3 <= planned < 60 and summary["epochs"] == planned == len(records)
+    assert 3 <= planned < 200 and summary["epochs"] == planned == len(records)
     lr = 0.002  # demo-cpu.yaml's
     assert records[-1]["lr"] == pytest.approx(lr * lr_factor(planned - 1, planned, 0, "cosine"))
-    # the 60-epoch schedule would still be near its top there
-    assert records[-1]["lr"] < 0.5 * lr * lr_factor(planned - 1, 60, 0, "cosine")
+    # the 200-epoch schedule would still be near its top there
+    assert records[-1]["lr"] < 0.5 * lr * lr_factor(planned - 1, 200, 0, "cosine")
     assert json.loads((run / "budget.json").read_text())["planned_epochs"] == planned
     assert summary["cpu"]["profile"] in ("amx", "avx512-vnni", "avx2")

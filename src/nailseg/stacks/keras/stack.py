@@ -93,6 +93,8 @@ class RunRecorder(keras.callbacks.Callback):
         if not getattr(self, "_started", False):  # a line staged before a kill: kept if its backup was written
             self._started = True
             self.ctx.recover_epoch(epoch)
+            self.best = max((r["val_iou"] for r in read_jsonl(self.ctx.run.metrics) if r.get("val_iou") is not None),
+                            default=self.best)  # the recovered line may hold the best epoch
         self._t0, self._train_end = time.perf_counter(), 0.0
         self._lr = self.lr_at_epoch(epoch)
 

@@ -130,7 +130,7 @@ class LightningStack:
             EpochRecorder(ctx, grouping, sampler),
             LastCheckpoint(run.last_checkpoint, ctx.commit_epoch),  # the line is staged, then checkpointed, then written
         ]
-        if ctx.budget is not None:
+        if ctx.budget is not None:  # on every rank: each takes rank 0's plan (a broadcast)
             callbacks.append(TimeBudgetCallback(ctx))
         if sys.stderr.isatty():
             callbacks.append(TQDMProgressBar(refresh_rate=max(1, len(ctx.train_pairs) // exp.trainer.batch_size // 20)))
@@ -203,9 +203,10 @@ class LightningStack:
     def export(self, run: RunDir, exp: Experiment, fmt: str, out: Path | None = None, *, opset: int | None = None,
                int8: str | None = None, half: bool = False) -> Path:
         """``onnx``: see :func:`export_verified_onnx` (``opset``; ``int8``, a target CPU profile or
-        ``auto``, and ``half`` add verified int8 and float16 copies). ``hf`` (SegFormer runs): a ``save_pretrained`` folder that
-        ``SegformerForSemanticSegmentation.from_pretrained`` loads. ``state_dict``: a plain state
-        dict (``model.pt``) that loads with ``torch.load(..., weights_only=True)``."""
+        ``auto``, and ``half`` add verified int8 and float16 copies). ``hf`` (transformers runs:
+        UperNet, SegFormer): a ``save_pretrained`` folder that the model class's ``from_pretrained``
+        loads. ``state_dict``: a plain state dict (``model.pt``) that loads with
+        ``torch.load(..., weights_only=True)``."""
         from nailseg.core.io import atomic_dir, atomic_path
 
         if fmt == "hf" and exp.model.family not in HF_FAMILIES:

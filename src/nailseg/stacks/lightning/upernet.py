@@ -28,12 +28,13 @@ def _labels(classes: int) -> tuple[dict[int, str], dict[str, int]]:
     return id2label, {v: k for k, v in id2label.items()}
 
 
-def upernet_config(cfg: UpernetModel, *, pretrained_backbone: bool = False):
-    """transformers' own config: UperNet's head over ``TimmBackboneConfig(cfg.encoder[3:])``."""
+def upernet_config(cfg: UpernetModel):
+    """transformers' own config: UperNet's head over ``TimmBackboneConfig(cfg.encoder[3:])``, built
+    with random backbone weights (nailseg loads the chosen ones itself, so nothing is downloaded
+    behind its back and ``from_pretrained`` of a saved folder needs no network)."""
     from transformers import TimmBackboneConfig, UperNetConfig
 
-    backbone = TimmBackboneConfig(backbone=cfg.encoder[3:], out_indices=OUT_INDICES,
-                                  use_pretrained_backbone=pretrained_backbone)
+    backbone = TimmBackboneConfig(backbone=cfg.encoder[3:], out_indices=OUT_INDICES, use_pretrained_backbone=False)
     id2label, label2id = _labels(cfg.classes)
     return UperNetConfig(backbone_config=backbone, hidden_size=cfg.hidden_size, use_auxiliary_head=False,
                          num_labels=cfg.classes, id2label=id2label, label2id=label2id)
@@ -66,13 +67,20 @@ def build_upernet(cfg: UpernetModel) -> UpernetSegmenter:
     from nailseg.stacks.lightning.weights import load_encoder_state, load_provider_weights, read_state
 
     source = encoder_weights_source(cfg)
-    try:
-        hf = UperNetForSemanticSegmentation(upernet_config(cfg, pretrained_backbone=source.kind == "hub"))
-    except RuntimeError as err:  # timm's download failing mid-way
-        raise ConfigError(f"model.encoder_weights={cfg.encoder_weights!r}: {err}") from None
+    hf = UperNetForSemanticSegmentation(upernet_config(cfg))
     backbone = hf.backbone._backbone  # timm's features_only network
     record: dict = {"source": source.kind, "value": source.value}
-    if source.kind == "provider":
+    if source.kind == "hub":  # timm's own pretrained download (online), into the same network
+        import timm
+
+        try:
+            downloaded = timm.create_model(cfg.encoder[3:], pretrained=True, features_only=True,
+                                           out_indices=OUT_INDICES)
+        except (RuntimeError, OSError, ValueError) as err:
+            raise ConfigError(f"model.encoder_weights={cfg.encoder_weights!r}: timm could not fetch "
+                              f"{cfg.encoder[3:]}'s weights ({str(err)[:160]})") from None
+        backbone.load_state_dict(downloaded.state_dict())
+    elif source.kind == "provider":
         record = load_provider_weights(backbone, provider_for(cfg.encoder))
     elif source.kind == "file":
         load_encoder_state(backbone, read_state(Path(source.value), "model.encoder_weights"), source.value)
