@@ -57,7 +57,7 @@ show(segformer.segformer_config, segformer.build_segformer)
 # channels and a softmax, with `id2label` naming them.
 
 # %%
-show(segformer.SegformerSegmenter)
+show(segformer.HfSegmenter, segformer.SegformerSegmenter)
 exp = load_experiment("configs/segformer-b0-cpu.yaml", [f"data.root={data}"])
 net = segformer.build_segformer(exp.model)
 with torch.no_grad():

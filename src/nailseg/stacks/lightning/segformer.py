@@ -44,20 +44,31 @@ def segformer_config(variant: str, classes: int):
                            num_labels=classes, id2label=id2label, label2id=label2id)
 
 
-class SegformerSegmenter(nn.Module):
-    """SegFormer whose logits are upsampled (bilinear) from 1/4 to the input size, like smp models."""
+class HfSegmenter(nn.Module):
+    """A transformers segmentation model as smp models are: ``forward(image)`` gives logits
+    (N, classes, H, W) at the input's size (bilinear from the model's own resolution where it is
+    lower), and ``encoder`` is its pretrained-style half (the encoder lr group, BN freezing).
+    The transformers model is ``self.hf``, so ``save_pretrained`` sees it whole."""
 
-    def __init__(self, hf_model):
+    def __init__(self, hf_model, encoder_attr: str):
         super().__init__()
         self.hf = hf_model
+        self.encoder_attr = encoder_attr
 
     @property
     def encoder(self) -> nn.Module:
-        return self.hf.segformer
+        return getattr(self.hf, self.encoder_attr)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         logits = self.hf(pixel_values=image).logits
+        if logits.shape[-2:] == image.shape[-2:]:  # UperNet upsamples itself
+            return logits
         return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def SegformerSegmenter(hf_model) -> HfSegmenter:  # noqa: N802 - reads as the class it was
+    """SegFormer, whose logits come at 1/4 of the input and are upsampled (bilinear), like smp models."""
+    return HfSegmenter(hf_model, "segformer")
 
 
 def build_segformer(cfg: ModelConfig) -> SegformerSegmenter:

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from nailseg.config import UpernetModel
 from nailseg.errors import ConfigError
+from nailseg.stacks.lightning.segformer import HfSegmenter
 
 # timm's feature levels at strides 4, 8, 16 and 32: UperNet's FPN inputs (its PSP module sits on the last)
 OUT_INDICES = (1, 2, 3, 4)
@@ -40,23 +38,7 @@ def upernet_config(cfg: UpernetModel):
                          num_labels=cfg.classes, id2label=id2label, label2id=label2id)
 
 
-class UpernetSegmenter(nn.Module):
-    """UperNet's logits (N, classes, H, W), already at the input's size (transformers upsamples them)."""
-
-    def __init__(self, hf_model):
-        super().__init__()
-        self.hf = hf_model
-
-    @property
-    def encoder(self) -> nn.Module:
-        """The timm backbone (the encoder lr group, BN freezing)."""
-        return self.hf.backbone
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.hf(pixel_values=image).logits
-
-
-def build_upernet(cfg: UpernetModel) -> UpernetSegmenter:
+def build_upernet(cfg: UpernetModel) -> HfSegmenter:
     """The model, its backbone's weights from ``model.encoder_weights`` (see the smp encoders: an
     installed package offline, a local file, or timm's download when online); ``nailseg_weights``
     records where they came from."""
@@ -85,6 +67,6 @@ def build_upernet(cfg: UpernetModel) -> UpernetSegmenter:
     elif source.kind == "file":
         load_encoder_state(backbone, read_state(Path(source.value), "model.encoder_weights"), source.value)
         record = {"source": "file", "file": source.value, "sha256": sha256_of(Path(source.value))}
-    model = UpernetSegmenter(hf)
+    model = HfSegmenter(hf, "backbone")  # logits at the input's size; the timm backbone is the encoder
     model.nailseg_weights = record
     return model
