@@ -164,4 +164,13 @@ sh(f"nailseg eval {runs['balanced']} --split test --overlays {runs['balanced']}/
 overlays(runs["balanced"] / "test-overlays", n=2)
 
 # %% [markdown]
+# **Why balancing can score lower here.** Balancing changes *which* photos the model sees, not how
+# many: with 3 bins of equal weight, the few photos in the rarest bin (hands with the smallest or
+# the largest nail share) are drawn several times an epoch, and common photos less often. On 40
+# photos that means fewer distinct photos per epoch and some repeated ones, for the same number of
+# steps, so a short training can end a little lower; and the held-out photos follow the data's own
+# mix, not the balanced one, so nothing in the test rewards the rare bins. Balancing earns its keep
+# when the rare group matters to you (score it separately: `nailseg eval --overlays` and the
+# per-image rows of `eval.json`) or when the groups are far more unequal than these.
+#
 # The measured comparison at a real budget, with every stack: [results](../results.md).

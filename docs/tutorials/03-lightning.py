@@ -171,6 +171,10 @@ for line in (run / "metrics.jsonl").read_text().splitlines()[-3:]:
 # ## Where to go next
 #
 # - The full recipe: `nailseg train configs/nails-pretrained-cpu.yaml data.root=../shared/data/nails_segmentation`
-#   (Lite2, 320 px, 100 epochs, about 10 minutes on 2 cores).
+#   (Lite2, 512 px pictures trained on 384 px windows, 100 epochs within a 20-minute budget,
+#   `trainer.max_time: 20m`: about 12 minutes on 2 cores with bf16; on a CPU without bf16 the budget
+#   trains fewer epochs and sizes the learning-rate schedule to them).
+# - The same ImageNet encoder in the transformers stack: `configs/hf-pretrained-cpu.yaml`
+#   (`UperNetForSemanticSegmentation` over timm's EfficientNet-Lite0, `model.family: upernet`).
 # - Several GPUs: `trainer.devices=4 trainer.strategy=ddp`.
 # - How this stack compares with the others, measured: [results](../results.md).
