@@ -31,7 +31,8 @@ def bench_tfdata(exp: Experiment, pipelines: list[str], *, batches: int, repeats
     for name in pipelines:
         ops = [] if name == "decode-only" else exp.augment.train
         ds = build_dataset(pairs, ops, exp.data.size_hw, batch_size=exp.trainer.batch_size, train=True, seed=0,
-                           pipeline="tf" if name == "tf" else "albumentations", drop_remainder=True).repeat()
+                           pipeline="tf" if name == "tf" else "albumentations", drop_remainder=True,
+                           norm=exp.normalization).repeat()
         stream = iter(ds)
 
         def step():

@@ -37,7 +37,7 @@ def bench_train(exp: Experiment, precisions: list[str], *, batches: int, repeats
         pairs = list(itertools.islice(itertools.cycle(pairs), exp.trainer.batch_size))
     pipeline = exp.pipeline
     dataset = build_dataset(pairs, exp.augment.train, exp.data.size_hw, batch_size=exp.trainer.batch_size,
-                            train=True, seed=0, pipeline=pipeline, drop_remainder=True).repeat()
+                            train=True, seed=0, pipeline=pipeline, drop_remainder=True, norm=exp.normalization).repeat()
     stream = iter(dataset)
     resident = next(stream)
     env = environment("cpu" if not tf.config.list_physical_devices("GPU") else "gpu")

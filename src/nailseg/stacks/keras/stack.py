@@ -208,12 +208,14 @@ class KerasStack:
         train_ds = build_dataset(ctx.train_pairs, exp.augment.train, exp.data.size_hw, batch_size=t.batch_size,
                                  train=True, seed=t.seed, pipeline=exp.pipeline, grouping=grouping, counter=counter,
                                  drop_remainder=drop, source=open_source(exp.data, ctx.train_pairs, "train", run.path,
-                                                                         pipeline=exp.pipeline))
+                                                                         pipeline=exp.pipeline),
+                                 norm=exp.normalization)
         if grouping is None:
             train_ds = train_ds.repeat()  # steps_per_epoch sets the epoch, as with balancing
         val_ds = build_dataset(ctx.val_pairs, [], exp.data.size_hw, batch_size=t.batch_size, train=False,
                                seed=t.seed, pipeline=exp.pipeline,
-                               source=open_source(exp.data, ctx.val_pairs, "val", run.path, pipeline=exp.pipeline))
+                               source=open_source(exp.data, ctx.val_pairs, "val", run.path, pipeline=exp.pipeline),
+                               norm=exp.normalization)
         if isinstance(t.limit_train_batches, int):
             steps = min(steps, t.limit_train_batches)
         schedule, per_epoch = piecewise_schedule(exp, steps)
@@ -322,13 +324,12 @@ def export_verified_tflite(stack: KerasStack, model, run: RunDir, exp: Experimen
     """TF's own converter on a function that takes ``uint8`` RGB (1, h, w, 3) at the training size
     and returns the probability (1, h, w), normalisation inside; verified with the interpreter
     against the Keras model on the run's validation images (``export.json``)."""
-    from nailseg.core.augment import IMAGENET_MEAN, IMAGENET_STD
     from nailseg.core.io import write_json
     from nailseg.deploy.verify import compare_predictors, require_agreement, verification_images
 
     h, w = exp.data.size_hw
-    mean = tf.constant(IMAGENET_MEAN, tf.float32) * 255.0
-    std = tf.constant(IMAGENET_STD, tf.float32) * 255.0
+    mean = tf.constant(exp.normalization.mean, tf.float32) * 255.0  # the encoder's, as in training
+    std = tf.constant(exp.normalization.std, tf.float32) * 255.0
 
     @tf.function(input_signature=[tf.TensorSpec([1, h, w, 3], tf.uint8, name="image")])
     def segment(image):

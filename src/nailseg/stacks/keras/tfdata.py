@@ -22,7 +22,8 @@ from collections import Counter
 import numpy as np
 import tensorflow as tf
 
-from nailseg.core.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentOp, to_albumentations
+from nailseg.core.augment import AugmentOp, to_albumentations
+from nailseg.core.weights import IMAGENET, Normalization
 from nailseg.core.data.discover import Pair
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -248,11 +249,11 @@ def source_reader(pairs: list[Pair], source):
 
 def build_dataset(pairs: list[Pair], ops: list[AugmentOp], size: tuple[int, int], *, batch_size: int,
                   train: bool, seed: int, pipeline: str, grouping=None, counter: GroupCounter | None = None,
-                  drop_remainder: bool = False, source=None) -> tf.data.Dataset:
+                  drop_remainder: bool = False, source=None, norm: Normalization = IMAGENET) -> tf.data.Dataset:
     """Batches of (normalised float32 image (N, h, w, 3), float32 0/1 mask (N, h, w, 1)).
 
     ``source``: a :mod:`nailseg.core.data.cache` source the pairs are read from; without one,
-    ``tf.io`` decodes the files at full size."""
+    ``tf.io`` decodes the files at full size. ``norm``: the encoder's (``Experiment.normalization``)."""
     decode = decode_pair if source is None else source_reader(pairs, source)
     images = [str(p.image) for p in pairs]
     masks = [str(p.mask) for p in pairs]
@@ -267,8 +268,8 @@ def build_dataset(pairs: list[Pair], ops: list[AugmentOp], size: tuple[int, int]
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).map(lambda x: tf.stack([x, x // 7 + 1]))
     ds = tf.data.Dataset.zip((files, seeds))
     h, w = size
-    mean = tf.constant(IMAGENET_MEAN, tf.float32) * 255.0
-    std = tf.constant(IMAGENET_STD, tf.float32) * 255.0
+    mean = tf.constant(norm.mean, tf.float32) * 255.0
+    std = tf.constant(norm.std, tf.float32) * 255.0
 
     if pipeline == "tf":
         def load(item, element_seed):

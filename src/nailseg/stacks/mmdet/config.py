@@ -9,19 +9,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nailseg.core.augment import IMAGENET_MEAN, IMAGENET_STD
+from nailseg.core.weights import IMAGENET, Normalization
 from nailseg.core.runtime import encoder_lr_scale, resolve_precision, resolve_workers
 from nailseg.config import Experiment
 
 DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 
 
-def model_config(depth: int, max_instances: int = 30, freeze_bn: bool = False) -> dict:
+def model_config(depth: int, max_instances: int = 30, freeze_bn: bool = False, norm: Normalization = IMAGENET) -> dict:
+    """MMDetection's Mask R-CNN; ``norm``: the encoder's input normalisation (``Experiment.normalization``)."""
     in_channels = [64, 128, 256, 512] if depth < 50 else [256, 512, 1024, 2048]
     return dict(
         type="MaskRCNN",
-        data_preprocessor=dict(type="DetDataPreprocessor", mean=[m * 255 for m in IMAGENET_MEAN],
-                               std=[s * 255 for s in IMAGENET_STD], bgr_to_rgb=True, pad_mask=True,
+        data_preprocessor=dict(type="DetDataPreprocessor", mean=[m * 255 for m in norm.mean],
+                               std=[s * 255 for s in norm.std], bgr_to_rgb=True, pad_mask=True,
                                pad_size_divisor=32),
         # init_cfg=None: nothing is downloaded. No frozen stages; BN statistics frozen (norm_eval) only
         # with optim.freeze_encoder_bn, which needs model.load_from.
@@ -136,7 +137,8 @@ def build_mmdet_config(exp: Experiment, *, work_dir: Path, images_dir: Path, ann
     precision_amp = on_gpu and resolve_precision(t.precision, "gpu").amp
     return dict(
         default_scope="mmdet",
-        model=model_config(DEPTHS[exp.model.encoder], exp.model.max_instances, exp.optim.freeze_encoder_bn),
+        model=model_config(DEPTHS[exp.model.encoder], exp.model.max_instances, exp.optim.freeze_encoder_bn,
+                           exp.normalization),
         train_dataloader=dict(batch_size=t.batch_size, num_workers=workers, persistent_workers=workers > 0,
                               # InfiniteSampler: DefaultSampler with an iteration loop sleeps 2 s at every epoch end
                               sampler=dict(type="InfiniteSampler", shuffle=True),

@@ -315,7 +315,7 @@ def load_model(run: RunDir, exp: Experiment, device: str | None = None, checkpoi
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{config_path}: not valid JSON ({err})") from None
     # The model is rebuilt from the typed config, never from the file: only data settings are read from it.
-    raw["model"] = model_config(DEPTHS[exp.model.encoder], exp.model.max_instances)
+    raw["model"] = model_config(DEPTHS[exp.model.encoder], exp.model.max_instances, norm=exp.normalization)
     cfg = Config(_restore_tuples(raw))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     import warnings
