@@ -169,7 +169,7 @@ def _albu_resized_crop(A, cv2, op, h, w):
 
 
 # One albumentations translation per op: (A, cv2, op, h, w) -> transform. Its keys are the
-# albumentations row's ``ops`` in nailseg.specs (tests/core/test_augment_table.py).
+# albumentations row's ``ops`` in nailseg.specs (tests/test_specs.py).
 ALBUMENTATIONS_OPS = {
     "hflip": lambda A, cv2, op, h, w: A.HorizontalFlip(p=op.p),
     "vflip": lambda A, cv2, op, h, w: A.VerticalFlip(p=op.p),

@@ -130,7 +130,7 @@ def _tf_resized_crop(s, op, image, mask, h, w):
 
 
 # One tf.image translation per op: (seed, op, image, mask, h, w) -> (image, mask), after the resize.
-# Its keys are the tf row's ``ops`` in nailseg.specs (tests/core/test_augment_table.py).
+# Its keys are the tf row's ``ops`` in nailseg.specs (tests/test_specs.py).
 TF_OPS = {
     "hflip": _tf_flip(1),
     "vflip": _tf_flip(0),

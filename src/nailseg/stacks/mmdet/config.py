@@ -101,7 +101,7 @@ def param_schedulers(exp: Experiment, iters_per_epoch: int) -> list[dict]:
 
 
 # One MMDetection transform per op it translates; its keys are the mmdet row's ``ops`` in
-# nailseg.specs (tests/core/test_augment_table.py).
+# nailseg.specs (tests/test_specs.py).
 MMDET_OPS = {
     "hflip": lambda op: dict(type="RandomFlip", prob=op.p, direction="horizontal"),
     "vflip": lambda op: dict(type="RandomFlip", prob=op.p, direction="vertical"),

@@ -100,7 +100,7 @@ def _dali_resized_crop(fn, dmath, types, op, image, mask, h, w):
 
 
 # One DALI translation per op: (fn, dmath, types, op, image, mask, h, w) -> (image, mask), applied
-# after the resize. Its keys are the dali row's ``ops`` in nailseg.specs (tests/core/test_augment_table.py).
+# after the resize. Its keys are the dali row's ``ops`` in nailseg.specs (tests/test_specs.py).
 DALI_OPS = {
     "hflip": _dali_flip("horizontal"),
     "vflip": _dali_flip("vertical"),

@@ -23,7 +23,7 @@ def _kornia_blur(K, op, size):
 
 
 # One kornia translation per op: (K, op, size) -> augmentation. Its keys are the kornia row's
-# ``ops`` in nailseg.specs (tests/core/test_augment_table.py).
+# ``ops`` in nailseg.specs (tests/test_specs.py).
 KORNIA_OPS = {
     "hflip": lambda K, op, size: K.RandomHorizontalFlip(p=op.p),
     "vflip": lambda K, op, size: K.RandomVerticalFlip(p=op.p),
