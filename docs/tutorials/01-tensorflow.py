@@ -41,7 +41,7 @@ import tensorflow as tf
 
 from nailseg.config import load_experiment
 from nailseg.core.data.discover import find_pairs
-from nailseg.tutorial import grid, overlays, real_data, sh, show, show_png, synth
+from nailseg.tutorial import budget, grid, overlays, real_data, sh, show, show_png, synth
 
 data = real_data() or synth("data/synth-tutorial", n=48, size="192x144")
 pairs, _ = find_pairs(data)
@@ -138,8 +138,9 @@ keras.mixed_precision.set_global_policy("float32")
 
 # %%
 show(models.build_sm_loss)
+EPOCHS = budget(full=24, test=8)  # the test suite sets NAILSEG_TUTORIAL_BUDGET=test
 run = Path(sh(f"nailseg train configs/keras-cpu.yaml data.root={data} data.image_size=128 data.split.val=0.15 "
-              "data.split.test=0.2 trainer.max_epochs=24 trainer.batch_size=4 optim.lr=0.002", tail=10))
+              f"data.split.test=0.2 trainer.max_epochs={EPOCHS} trainer.batch_size=4 optim.lr=0.002", tail=10))
 show_png(run / "curves.png")
 
 # %%

@@ -32,7 +32,7 @@
 # %%
 from pathlib import Path
 
-from nailseg.tutorial import real_data, sh, show, show_png, overlays, synth
+from nailseg.tutorial import budget, real_data, sh, show, show_png, overlays, synth
 
 data = real_data() or synth("data/synth-tutorial", n=48, size="192x144")
 print("photos from", data)
@@ -46,8 +46,9 @@ print("photos from", data)
 # %%
 from nailseg.config import load_experiment
 
+EPOCHS = budget(full=12, test=5)  # the test suite sets NAILSEG_TUTORIAL_BUDGET=test
 OVERRIDES = [f"data.root={data}", "model.encoder=tu-tf_efficientnet_lite0", "data.image_size=192",
-             "data.crop_size=null", "data.split.val=0.15", "data.split.test=0.2", "trainer.max_epochs=12", "optim.lr=0.002", "optim.warmup_epochs=1"]
+             "data.crop_size=null", "data.split.val=0.15", "data.split.test=0.2", f"trainer.max_epochs={EPOCHS}", "optim.lr=0.002", "optim.warmup_epochs=1"]
 exp = load_experiment("configs/nails-pretrained-cpu.yaml", OVERRIDES)
 print(exp.model)
 print(exp.optim)
@@ -160,7 +161,7 @@ overlays(run / "test-overlays", n=4)
 # a finished run by two epochs:
 
 # %%
-sh(f"nailseg train --resume {run} trainer.max_epochs=14", tail=4)
+sh(f"nailseg train --resume {run} trainer.max_epochs={EPOCHS + 2}", tail=4)
 import json
 
 for line in (run / "metrics.jsonl").read_text().splitlines()[-3:]:

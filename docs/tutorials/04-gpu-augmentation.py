@@ -33,7 +33,7 @@ from nailseg.config import load_experiment
 from nailseg.core.data.decode import read_image, read_mask
 from nailseg.core.data.discover import find_pairs
 from nailseg.core.visualize import overlay
-from nailseg.tutorial import grid, overlays, real_data, sh, show, show_png, synth
+from nailseg.tutorial import budget, grid, overlays, real_data, sh, show, show_png, synth
 
 data = real_data() or synth("data/synth-tutorial", n=48, size="192x144")
 pairs, _ = find_pairs(data)
@@ -99,9 +99,10 @@ grid(albu_pictures + kornia_pictures, [f"albumentations #{i}" for i in range(4)]
 # ## 4. Train with `data.pipeline: kornia`
 
 # %%
+EPOCHS = budget(full=10, test=4)  # the test suite sets NAILSEG_TUTORIAL_BUDGET=test
 run = Path(sh(f"nailseg train configs/nails-pretrained-cpu.yaml data.root={data} data.pipeline=kornia "
               "model.encoder=tu-tf_efficientnet_lite0 data.image_size=160 data.crop_size=null data.split.val=0.15 data.split.test=0.2 "
-              "trainer.max_epochs=10 optim.lr=0.002 optim.warmup_epochs=1", tail=4))
+              f"trainer.max_epochs={EPOCHS} optim.lr=0.002 optim.warmup_epochs=1", tail=4))
 show_png(run / "curves.png")
 sh(f"nailseg eval {run} --split test --overlays {run}/test-overlays --quiet")
 overlays(run / "test-overlays", n=2)

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from nailseg.config import load_experiment
-from nailseg.tutorial import overlays, real_data, sh, show, show_png, synth
+from nailseg.tutorial import budget, overlays, real_data, sh, show, show_png, synth
 
 data = real_data() or synth("data/synth-tutorial", n=48, size="192x144")
 
@@ -86,8 +86,9 @@ show(models.build_model, SegmentationModule.training_step)
 # transformers user can load:
 
 # %%
+EPOCHS = budget(full=16, test=6)  # the test suite sets NAILSEG_TUTORIAL_BUDGET=test
 run = Path(sh(f"nailseg train configs/segformer-b0-cpu.yaml data.root={data} data.split.val=0.15 data.split.test=0.2 "
-              "trainer.max_epochs=16 optim.lr=0.002", tail=4))
+              f"trainer.max_epochs={EPOCHS} optim.lr=0.002", tail=4))
 show_png(run / "curves.png")
 print(sorted(p.name for p in (run / "hf").iterdir()))
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from nailseg.core.data.decode import read_image, read_mask
 from nailseg.core.data.discover import find_pairs
-from nailseg.tutorial import grid, real_data, sh, show, show_png, synth
+from nailseg.tutorial import budget, grid, real_data, sh, show, show_png, synth
 
 data = real_data() or synth("data/synth-tutorial", n=48, size="192x144")
 pairs, _ = find_pairs(data)
@@ -133,8 +133,9 @@ from nailseg.stacks.mmdet.stack import MmdetStack
 show(MmdetStack.fit, lines=40)
 
 # %%
+EPOCHS = budget(full=3, test=2)  # the test suite sets NAILSEG_TUTORIAL_BUDGET=test
 run = Path(sh(f"nailseg train configs/mmdet-cpu.yaml data.root={data} data.split.val=0.15 data.split.test=0.2 "
-              "trainer.max_epochs=3 trainer.limit_train_batches=6", tail=6))
+              f"trainer.max_epochs={EPOCHS} trainer.limit_train_batches=6", tail=6))
 show_png(run / "curves.png")
 
 # %% [markdown]

@@ -17,6 +17,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 REAL_DATA_ENV = "NAILSEG_REAL_DATA"
+BUDGET_ENV = "NAILSEG_TUTORIAL_BUDGET"
+BUDGETS = ("full", "test")
+
+
+def budget(full: int, test: int) -> int:
+    """How many epochs a notebook's training cell runs: ``full`` (the default: the figures the
+    published notebooks show) or, with ``NAILSEG_TUTORIAL_BUDGET=test`` (what the test suite sets so
+    that every notebook still runs end to end in a fraction of the time), ``test``. The cell prints
+    which one it used, so a reader never mistakes a test run's figures for the published ones."""
+    chosen = os.environ.get(BUDGET_ENV, "full").strip().lower() or "full"
+    if chosen not in BUDGETS:
+        raise ValueError(f"{BUDGET_ENV}={chosen!r}: use one of {', '.join(BUDGETS)}")
+    epochs = full if chosen == "full" else test
+    note = "" if chosen == "full" else f" ({BUDGET_ENV}=test; the published notebook trains {full})"
+    print(f"training budget: {epochs} epochs{note}")
+    return epochs
 
 
 def real_data() -> Path | None:

@@ -2,7 +2,9 @@
 
 Each notebook runs in a fresh kernel in a temporary folder (``configs/`` copied in), as a reader
 would run it from the repository root. With ``NAILSEG_NOTEBOOK_OUT`` set (``make test`` sets it to
-``docs/tutorials``), the executed ``.ipynb`` is kept there for ``make docs``.
+``docs/tutorials``), the executed ``.ipynb`` is kept there for ``make docs``. The notebooks train at
+their test budget (``NAILSEG_TUTORIAL_BUDGET=test``: fewer epochs, every cell still runs);
+``NAILSEG_TUTORIAL_BUDGET=full make test`` runs them as published.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from nailseg.tutorial import BUDGET_ENV
 from tests.conftest import REPO
 
 spec = importlib.util.spec_from_file_location("notebooks", REPO / "scripts" / "notebooks.py")
@@ -49,8 +52,10 @@ def test_every_tutorial_has_a_notebook_source():
 
 
 @pytest.mark.parametrize("source", list(_params()))
-def test_notebook_runs_and_shows_its_framework(source: Path, tmp_path):
+def test_notebook_runs_and_shows_its_framework(source: Path, tmp_path, monkeypatch):
     import nbformat
+
+    monkeypatch.setenv(BUDGET_ENV, os.environ.get(BUDGET_ENV) or "test")
 
     module = NEEDS.get(source.stem)
     if module and importlib.util.find_spec(module.split(".")[0]) is None:
