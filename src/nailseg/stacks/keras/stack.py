@@ -254,7 +254,9 @@ class KerasStack:
             precision=policy, parameters=int(model.count_params()), device=_device_name(), world_size=1,
             versions={"nailseg": __version__, "python": platform.python_version(), "tensorflow": tf.__version__,
                       "tf_keras": keras.__version__, "segmentation_models": sm.__version__},
-            extras={"keras_epochs_run": len(history.epoch)})
+            extras={"keras_epochs_run": len(history.epoch),
+                    # provider, package version and SHA-256, or the file's (as the Lightning stack records)
+                    **({"encoder_weights": model.nailseg_weights} if not ctx.resume else {})})
 
     def load_model(self, run: RunDir, exp: Experiment, checkpoint: str = "best"):
         keras.mixed_precision.set_global_policy("float32")

