@@ -15,6 +15,11 @@ from nailseg.core.weights import SM_LITE_ENCODERS
 from nailseg.errors import ConfigError
 
 SM_HOSTS = ("storage.googleapis.com", "github.com")  # where sm's own ImageNet weights download from
+# Keras' BatchNormalization keeps 99% of its moving statistics per step (momentum 0.99); torch keeps 90%
+# (momentum 0.1). A short fine-tune of 20-200 steps leaves Keras' decoder statistics near their
+# initial 0/1, so validation, which uses them, fails while training IoU rises. Torch's value makes the
+# stacks comparable.
+BN_MOMENTUM = 0.9
 
 
 def _arch(cfg: SmModel):
@@ -88,6 +93,9 @@ def _with_head(base, cfg: SmModel, record: dict):
     ``model.nailseg_weights`` records where the encoder's weights came from (``summary.json``)."""
     import tf_keras as keras
 
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = BN_MOMENTUM  # read when fit traces its step, so setting it before compile is enough
     out = keras.layers.Activation("sigmoid", dtype="float32", name="probability")(base.output)
     model = keras.Model(base.input, out, name=f"{cfg.arch}_{cfg.encoder}")
     object.__setattr__(model, "nailseg_weights", record)  # a plain dict, untracked by Keras (json-safe)
