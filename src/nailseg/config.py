@@ -236,16 +236,45 @@ class SmModel(_ModelBase):
         return SM_LITE_ENCODERS.get(self.encoder)
 
 
+MASKRCNN_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")  # MMDetection's own ResNet backbone
+
+
 class MaskrcnnModel(_ModelBase):
-    """MMDetection Mask R-CNN (instance segmentation)."""
+    """MMDetection Mask R-CNN (instance segmentation), on MMDetection's ResNet or on a timm encoder
+    (``tu-<timm model>``) registered in MMDetection's registry (``stacks/mmdet/backbone.py``)."""
 
     family: Literal["maskrcnn"]
-    encoder: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
+    encoder: str = Field("resnet50", description="resnet18/34/50/101 (MMDetection's ResNet) | tu-<timm model>, "
+                                                 "e.g. tu-tf_efficientnet_lite0 (ImageNet weights offline with "
+                                                 "nailseg[weights])")
+    encoder_weights: str = Field("none", description="none | imagenet (tu- encoders: offline from an installed "
+                                                     "weights package, see `nailseg weights list`) | a local file "
+                                                     "(tu- encoders)")
     load_from: str = Field("none", description="none | a local mmdet checkpoint | a URL (needs internet)")
     min_area: int = Field(4, ge=0, description="mask regions below this many pixels are not instances")
     max_instances: int = Field(30, ge=1, le=1000, description="most instances kept per image (MMDetection's "
                                "max_per_img; its COCO default of 100 is far above the nails of a few hands, "
                                "and the mask head's work grows with it)")
+
+    @field_validator("encoder")
+    @classmethod
+    def _known_backbone(cls, v: str) -> str:
+        if v not in MASKRCNN_RESNETS and not (v.startswith("tu-") and len(v) > 3):
+            raise ValueError(f"{v!r}: one of {', '.join(MASKRCNN_RESNETS)}, or a timm encoder as tu-<timm model> "
+                             "(e.g. tu-tf_efficientnet_lite0)")
+        return v
+
+    @model_validator(mode="after")
+    def _weights_for_timm_only(self):
+        if self.encoder_weights not in ("", "none") and not self.encoder.startswith("tu-"):
+            raise ValueError(f"model.encoder_weights={self.encoder_weights!r}: MMDetection's {self.encoder} has no "
+                             "offline ImageNet weights; use a tu- encoder (e.g. tu-tf_efficientnet_lite0) or "
+                             "model.load_from")
+        return self
+
+    @property
+    def catalogue_encoder(self) -> str | None:
+        return self.encoder if self.encoder.startswith("tu-") else None
 
     def describe(self) -> dict[str, str]:
         return {"family": "maskrcnn", "arch": "MaskRCNN", "encoder": self.encoder}

@@ -25,7 +25,8 @@ spec.loader.exec_module(notebooks)
 # What each notebook must show of its framework's own API (in its source or in the code it prints).
 REQUIRED = {
     "01-tensorflow": ["tf.numpy_function", "tf_augment", "AUTOTUNE", "prefetch", "set_global_policy",
-                      'dtype="float32"', "keras.callbacks.TensorBoard", "wandb"],
+                      'dtype="float32"', "keras.callbacks.TensorBoard", "wandb", "Backbones._models_update",
+                      "sm.Unet(\"efficientnet-lite0\""],
     "02-balanced-data": ["BalancedSampler", "sample_from_datasets", "draw_epoch", "target_shares"],
     "03-lightning": ["def training_step", "def validation_step", "def configure_optimizers", "LambdaLR",
                      "smp.create_model", "torch_precision", "--resume"],

@@ -111,6 +111,13 @@ def test_the_pretrained_keras_recipe_trains_on_real_nails_and_records_its_weight
     assert summary["encoder_weights"]["sha256"] == provider.sha256
     assert summary["encoder_weights"]["normalization"]["name"].startswith("inception")
     assert summary["val_iou"] > 0.3, summary["val_iou"]
+    scored = run_cli("eval", str(tmp_path / "lite"), "--split", "val", "--out", str(tmp_path / "val.json"))
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    assert json.loads((tmp_path / "val.json").read_text())["iou"] == pytest.approx(summary["val_iou"], abs=1e-3)
+    photo = sorted((real_data / "images").iterdir())[0]
+    predicted = run_cli("predict", str(tmp_path / "lite"), str(photo), "--out", str(tmp_path / "masks"), "--quiet")
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert (tmp_path / "masks" / f"{photo.stem}_mask.png").stat().st_size > 0
     exported = run_cli("export", str(tmp_path / "lite"), "--format", "tflite", timeout=600)  # verified against Keras
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert (tmp_path / "lite" / "model.tflite").stat().st_size > 1_000_000

@@ -30,8 +30,8 @@ def mmdet_run(synth_data, tmp_path_factory):
 def test_freeze_encoder_bn_is_mmdets_norm_eval():
     from nailseg.stacks.mmdet.config import model_config
 
-    assert model_config(18, freeze_bn=True)["backbone"]["norm_eval"] is True
-    assert model_config(18)["backbone"]["norm_eval"] is False
+    assert model_config("resnet18", freeze_bn=True)["backbone"]["norm_eval"] is True
+    assert model_config("resnet18")["backbone"]["norm_eval"] is False
 
 
 @pytest.mark.slow

@@ -14,21 +14,36 @@ from nailseg.core.runtime import encoder_lr_scale, resolve_precision, resolve_wo
 from nailseg.config import Experiment
 
 DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+# Loaded by MMDetection's own tools too (``mmdet_config.py``), which then find the timm backbone.
+CUSTOM_IMPORTS = dict(imports=["nailseg.stacks.mmdet.backbone"], allow_failed_imports=False)
 
 
-def model_config(depth: int, max_instances: int = 30, freeze_bn: bool = False, norm: Normalization = IMAGENET) -> dict:
+def backbone_config(encoder: str, weights: str = "none", freeze_bn: bool = False) -> tuple[dict, list[int]]:
+    """Mask R-CNN's backbone and the FPN's input channels: MMDetection's ResNet (``resnet18``...,
+    random: ``init_cfg=None``, nothing is downloaded) or a timm encoder (``tu-...``) with ``weights``
+    (``none`` | ``imagenet`` | a file). Neither freezes a stage; BatchNorm statistics stay fixed
+    (``norm_eval``) only with ``optim.freeze_encoder_bn``."""
+    if encoder in DEPTHS:
+        depth = DEPTHS[encoder]
+        return (dict(type="ResNet", depth=depth, num_stages=4, out_indices=(0, 1, 2, 3), frozen_stages=-1,
+                     norm_cfg=dict(type="BN", requires_grad=True), norm_eval=freeze_bn, style="pytorch",
+                     init_cfg=None),
+                [64, 128, 256, 512] if depth < 50 else [256, 512, 1024, 2048])
+    from nailseg.stacks.mmdet.backbone import feature_channels
+
+    return dict(type="NailsegTimmBackbone", encoder=encoder, weights=weights, norm_eval=freeze_bn), feature_channels(encoder)
+
+
+def model_config(encoder: str, max_instances: int = 30, freeze_bn: bool = False, norm: Normalization = IMAGENET,
+                 weights: str = "none") -> dict:
     """MMDetection's Mask R-CNN; ``norm``: the encoder's input normalisation (``Experiment.normalization``)."""
-    in_channels = [64, 128, 256, 512] if depth < 50 else [256, 512, 1024, 2048]
+    backbone, in_channels = backbone_config(encoder, weights, freeze_bn)
     return dict(
         type="MaskRCNN",
         data_preprocessor=dict(type="DetDataPreprocessor", mean=[m * 255 for m in norm.mean],
                                std=[s * 255 for s in norm.std], bgr_to_rgb=True, pad_mask=True,
                                pad_size_divisor=32),
-        # init_cfg=None: nothing is downloaded. No frozen stages; BN statistics frozen (norm_eval) only
-        # with optim.freeze_encoder_bn, which needs model.load_from.
-        backbone=dict(type="ResNet", depth=depth, num_stages=4, out_indices=(0, 1, 2, 3), frozen_stages=-1,
-                      norm_cfg=dict(type="BN", requires_grad=True), norm_eval=freeze_bn, style="pytorch",
-                      init_cfg=None),
+        backbone=backbone,
         neck=dict(type="FPN", in_channels=in_channels, out_channels=256, num_outs=5),
         rpn_head=dict(
             type="RPNHead", in_channels=256, feat_channels=256,
@@ -137,8 +152,9 @@ def build_mmdet_config(exp: Experiment, *, work_dir: Path, images_dir: Path, ann
     precision_amp = on_gpu and resolve_precision(t.precision, "gpu").amp
     return dict(
         default_scope="mmdet",
-        model=model_config(DEPTHS[exp.model.encoder], exp.model.max_instances, exp.optim.freeze_encoder_bn,
-                           exp.normalization),
+        custom_imports=CUSTOM_IMPORTS,
+        model=model_config(exp.model.encoder, exp.model.max_instances, exp.optim.freeze_encoder_bn,
+                           exp.normalization, exp.model.encoder_weights),
         train_dataloader=dict(batch_size=t.batch_size, num_workers=workers, persistent_workers=workers > 0,
                               # InfiniteSampler: DefaultSampler with an iteration loop sleeps 2 s at every epoch end
                               sampler=dict(type="InfiniteSampler", shuffle=True),

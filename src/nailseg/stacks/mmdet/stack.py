@@ -35,7 +35,7 @@ from nailseg.errors import ConfigError
 from nailseg.specs import STACKS
 from nailseg.stacks._torch.checkpoints import safe_load
 from nailseg.stacks._torch.tensorboard import use_tensorboard_without_tensorflow
-from nailseg.stacks.mmdet.config import DEPTHS, build_mmdet_config, model_config
+from nailseg.stacks.mmdet.config import build_mmdet_config, model_config
 
 use_tensorboard_without_tensorflow()
 SCORE_THRESHOLD = 0.5  # instances kept for overlays, counts and the union mask
@@ -186,6 +186,18 @@ class MmdetStack:
     def preflight(self, exp: Experiment) -> None:
         if exp.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
             raise ConfigError(f"trainer.accelerator={exp.trainer.accelerator}: no CUDA GPU on this machine")
+        encoder, weights = exp.model.encoder, exp.model.encoder_weights
+        if encoder.startswith("tu-"):
+            import timm
+
+            if not timm.is_model(encoder[3:]):
+                raise ConfigError(f"model.encoder={encoder!r}: timm has no model {encoder[3:]!r}")
+            if weights == "imagenet":
+                from nailseg.stacks.mmdet.backbone import imagenet_provider
+
+                imagenet_provider(encoder)
+            elif weights not in ("", "none") and not Path(weights).expanduser().is_file():
+                raise ConfigError(f"model.encoder_weights={weights!r}: no such file")
 
     def resumable(self, run: RunDir) -> Path | None:
         marker = run.path / "mmdet" / "last_checkpoint"
@@ -242,6 +254,8 @@ class MmdetStack:
         import mmengine
 
         records = read_jsonl(run.metrics)
+        backbone = getattr(runner.model, "module", runner.model).backbone
+        weights = getattr(backbone, "weights_record", None)  # a timm backbone's provider, version and SHA-256
         return FitResult(
             epochs=len(records), global_step=records[-1]["step"] if records else 0, fit_time_s=fit_time,
             precision="amp" if on_gpu else "32-true",
@@ -249,7 +263,8 @@ class MmdetStack:
             device=torch.cuda.get_device_name(0) if on_gpu else f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
             world_size=world,
             versions={"nailseg": __version__, "torch": torch.__version__, "mmdet": mmdet.__version__,
-                      "mmcv": mmcv.__version__, "mmengine": mmengine.__version__, "python": platform.python_version()})
+                      "mmcv": mmcv.__version__, "mmengine": mmengine.__version__, "python": platform.python_version()},
+            extras={"encoder_weights": weights} if weights is not None and not ctx.resume else {})
 
     def load_instance_predictor(self, run: RunDir, exp: Experiment, checkpoint: str = "best"):
         return load_instance_predictor(run, exp, checkpoint)
@@ -315,7 +330,8 @@ def load_model(run: RunDir, exp: Experiment, device: str | None = None, checkpoi
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{config_path}: not valid JSON ({err})") from None
     # The model is rebuilt from the typed config, never from the file: only data settings are read from it.
-    raw["model"] = model_config(DEPTHS[exp.model.encoder], exp.model.max_instances, norm=exp.normalization)
+    # weights "none": the run's checkpoint holds them all
+    raw["model"] = model_config(exp.model.encoder, exp.model.max_instances, norm=exp.normalization)
     cfg = Config(_restore_tuples(raw))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     import warnings

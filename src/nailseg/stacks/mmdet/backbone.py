@@ -1,0 +1,79 @@
+"""A timm encoder as the backbone of MMDetection's Mask R-CNN, registered in MMDetection's own
+``MODELS`` registry, so the config names it like any backbone (``type="NailsegTimmBackbone"``).
+
+Mask R-CNN's FPN, anchors and RoI extractors take four feature maps at strides 4, 8, 16 and 32:
+timm's ``features_only`` levels 1-4. Their channels come from the encoder's own ``feature_info``, so
+any timm encoder with those strides fits. ``weights``: ``none``, ``imagenet`` (the installed weights
+package, SHA-256 checked, offline: the same tensors as the smp, UperNet and Keras stacks) or a
+local file. They are loaded in ``init_weights``, which mmengine's Runner calls once the whole
+detector is built; inference rebuilds with ``none`` and loads the run's own checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmdet.registry import MODELS
+from mmengine.model import BaseModule
+from torch import nn
+
+OUT_INDICES = (1, 2, 3, 4)  # strides 4, 8, 16, 32
+
+
+def feature_channels(encoder: str) -> list[int]:
+    """The channels of the four levels (the FPN's ``in_channels``), from timm's ``feature_info``."""
+    import timm
+
+    return timm.create_model(encoder[3:], features_only=True, pretrained=False, out_indices=OUT_INDICES).feature_info.channels()
+
+
+@MODELS.register_module(name="NailsegTimmBackbone")
+class TimmBackbone(BaseModule):
+    """``encoder``: ``tu-<timm model>``. ``norm_eval``: BatchNorm layers stay in eval mode while
+    training (``optim.freeze_encoder_bn``), as MMDetection's ResNet does with the same flag."""
+
+    def __init__(self, encoder: str, weights: str = "none", norm_eval: bool = False, init_cfg=None):
+        import timm
+
+        super().__init__(init_cfg)
+        self.encoder, self.weights, self.norm_eval = encoder, weights, norm_eval
+        self.net = timm.create_model(encoder[3:], features_only=True, pretrained=False, out_indices=OUT_INDICES)
+        self.weights_record: dict = {"source": "none", "value": "none"}
+
+    def init_weights(self) -> None:
+        """The encoder's weights, once; never mmengine's random re-initialisation over them."""
+        if getattr(self, "_weights_loaded", False):
+            return
+        from nailseg.core.weights import sha256_of
+        from nailseg.stacks.lightning.weights import load_encoder_state, load_provider_weights, read_state
+
+        if self.weights == "imagenet":
+            self.weights_record = load_provider_weights(self.net, imagenet_provider(self.encoder))
+        elif self.weights not in ("", "none"):
+            load_encoder_state(self.net, read_state(Path(self.weights), "model.encoder_weights"), self.weights)
+            self.weights_record = {"source": "file", "file": self.weights, "sha256": sha256_of(Path(self.weights))}
+        self._weights_loaded = True
+
+    def forward(self, x):
+        return tuple(self.net(x))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.norm_eval:
+            for module in self.net.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+
+def imagenet_provider(encoder: str):
+    """The installed, verified weights package for ``imagenet`` (MMDetection has no download of its
+    own for a timm backbone), or one line naming what to install."""
+    from nailseg.core.weights import missing_weights_message, provider_for
+    from nailseg.errors import ConfigError
+
+    provider = provider_for(encoder)
+    if provider is None or provider.locate() is None:
+        raise ConfigError(missing_weights_message(encoder))
+    provider.verified_file()  # a forged file is refused here, by name
+    return provider
