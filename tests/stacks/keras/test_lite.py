@@ -19,7 +19,7 @@ from tests.conftest import REPO, run_cli
 TORCH_FEATURES = """
 import sys, numpy as np, timm, torch
 from nailseg.core.weights import provider_for
-from nailseg.stacks.lightning.weights import load_provider_weights
+from nailseg.stacks._torch.weights import load_provider_weights
 encoder, x_path, out = sys.argv[1:]
 model = timm.create_model(encoder[3:], features_only=True, pretrained=False).eval()
 load_provider_weights(model, provider_for(encoder))

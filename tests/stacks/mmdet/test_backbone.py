@@ -37,7 +37,7 @@ def test_the_registered_backbone_carries_the_imagenet_encoder():
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
 
-    from nailseg.stacks.lightning.weights import load_provider_weights
+    from nailseg.stacks._torch.weights import load_provider_weights
     from nailseg.stacks.mmdet.backbone import OUT_INDICES
 
     provider = _provider()

@@ -22,7 +22,7 @@ from nailseg.errors import ConfigError
 def encoder_arrays(encoder: str) -> tuple[dict[str, np.ndarray], dict]:
     import timm
 
-    from nailseg.stacks.lightning.weights import load_provider_weights
+    from nailseg.stacks._torch.weights import load_provider_weights
 
     provider = provider_for(encoder)
     if provider is None or not encoder.startswith("tu-"):

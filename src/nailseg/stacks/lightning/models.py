@@ -104,7 +104,7 @@ def build_smp_model(cfg: SmpModel) -> nn.Module:
     record: dict = {"source": source.kind, "value": source.value}
     if source.kind == "provider":
         from nailseg.core.weights import provider_for
-        from nailseg.stacks.lightning.weights import load_provider_weights
+        from nailseg.stacks._torch.weights import load_provider_weights
 
         record = load_provider_weights(model.encoder, provider_for(cfg.encoder))
     elif source.kind == "file":
@@ -164,7 +164,7 @@ def load_weights_file(model: nn.Module, path: Path, key: str = "model.encoder_we
             and not set(model.state_dict()) <= set(state):
         # An encoder file in another layout (timm, torchvision, EfficientNet-PyTorch): by name, or
         # by order plus shape; every tensor lands or the first misfit is named.
-        from nailseg.stacks.lightning.weights import load_encoder_state
+        from nailseg.stacks._torch.weights import load_encoder_state
 
         load_encoder_state(model.encoder, state, f"{key}: {path}")
         return

@@ -46,7 +46,7 @@ def build_upernet(cfg: UpernetModel) -> HfSegmenter:
 
     from nailseg.core.weights import provider_for, sha256_of
     from nailseg.stacks.lightning.models import encoder_weights_source
-    from nailseg.stacks.lightning.weights import load_encoder_state, load_provider_weights, read_state
+    from nailseg.stacks._torch.weights import load_encoder_state, load_provider_weights, read_state
 
     source = encoder_weights_source(cfg)
     hf = UperNetForSemanticSegmentation(upernet_config(cfg))

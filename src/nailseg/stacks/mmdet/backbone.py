@@ -45,7 +45,7 @@ class TimmBackbone(BaseModule):
         if getattr(self, "_weights_loaded", False):
             return
         from nailseg.core.weights import sha256_of
-        from nailseg.stacks.lightning.weights import load_encoder_state, load_provider_weights, read_state
+        from nailseg.stacks._torch.weights import load_encoder_state, load_provider_weights, read_state
 
         if self.weights == "imagenet":
             self.weights_record = load_provider_weights(self.net, imagenet_provider(self.encoder))
