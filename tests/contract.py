@@ -5,7 +5,7 @@ returns the CLI arguments of a fresh run of N epochs). Everything goes through t
 
 What a stack must do, whatever its framework:
 - the run folder has the shared files;
-- ``metrics.jsonl`` is one :class:`nailseg.engine.EpochRecord` per epoch, epochs 0..n-1 once each;
+- ``metrics.jsonl`` is one :class:`nailseg.contract.EpochRecord` per epoch, epochs 0..n-1 once each;
 - ``summary.json`` has the shared keys, and its validation scores are exactly ``nailseg eval``'s;
 - without its best checkpoint, a run is scored from its last one (best -> last fallback);
 - a killed training resumes without losing or repeating an epoch;
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from nailseg.engine import EPOCH_KEYS, EpochRecord
+from nailseg.contract import EPOCH_KEYS, EpochRecord
 from tests.conftest import run_cli
 
 RUN_FILES = {"config.yaml", "split.json", "checkpoints", "metrics.jsonl", "summary.json", "curves.png", "predictions"}

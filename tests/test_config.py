@@ -17,7 +17,7 @@ def test_public_key_names_exist():
 
 
 SHIPPED = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
-FAMILY_OF = {"keras": "sm", "mmdet": "maskrcnn", "segformer": "segformer", "hf-": "upernet"}
+FAMILY_OF = {"keras": "sm", "mmdet": "maskrcnn", "segformer": "segformer", "hf-": "upernet", "maskrcnn": "maskrcnn"}
 
 
 def test_configs_are_all_covered():

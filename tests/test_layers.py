@@ -64,7 +64,7 @@ def test_imports_point_down(path: Path):
 
 
 LAYERS = [("nailseg.errors", 0), ("nailseg.specs", 0), ("nailseg.registry", 0), ("nailseg.core", 1),
-          ("nailseg.config", 2), ("nailseg.deploy", 2), ("nailseg.runs", 3), ("nailseg.engine", 3),
+          ("nailseg.config", 2), ("nailseg.deploy", 2), ("nailseg.runs", 3), ("nailseg.contract", 3), ("nailseg.engine", 3),
           ("nailseg.workflows", 4), ("nailseg.stacks", 5), ("nailseg.tutorial", 6), ("nailseg.cli", 6)]
 
 

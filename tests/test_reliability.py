@@ -435,7 +435,7 @@ def test_a_line_staged_before_a_kill_is_kept_only_if_its_checkpoint_was_written(
     the two: the resumed fit's first epoch says whether the checkpoint holds the staged epoch (it
     starts after it) or not (it runs it again), and the staged line is committed or dropped."""
     from nailseg.config import load_experiment
-    from nailseg.engine import EpochRecord, TrainContext
+    from nailseg.contract import EpochRecord, TrainContext
     from nailseg.core.io import read_jsonl
     from nailseg.runs import PreparedData, RunDir
 

@@ -28,7 +28,7 @@ from nailseg.core.io import atomic_path
 from nailseg.core.metrics import confusion, scores
 from nailseg.runs import RunDir
 from nailseg.core.runtime import lr_factor
-from nailseg.engine import EpochRecord, FitResult, TrainContext
+from nailseg.contract import EpochRecord, FitResult, TrainContext
 from nailseg.errors import ConfigError
 from nailseg.specs import StackSpec, register_stack
 
@@ -128,7 +128,7 @@ class NumpyStack:
             vp = _sigmoid(vx @ w)
             c = confusion(vp >= 0.5, vy > 0)
             val = scores(c.tp, c.fp, c.fn, c.tn)
-            ctx.stage_epoch(EpochRecord(  # the line waits for its checkpoint (engine.TrainContext)
+            ctx.stage_epoch(EpochRecord(  # the line waits for its checkpoint (contract.TrainContext)
                 epoch=epoch, step=step, train_loss=_loss(_sigmoid(x @ w), y), val_loss=_loss(vp, vy),
                 val_iou=val["iou"], val_dice=val["dice"], lr=lr,
                 images_per_s=len(ctx.train_pairs) * exp.model.steps_per_epoch / max(train_time, 1e-9),

@@ -1,5 +1,5 @@
 """The training stacks: one folder each (``stacks/<name>/``) whose ``stack.py`` exposes ``STACK``,
-an object that satisfies :class:`nailseg.engine.Stack`, plus one :class:`~nailseg.specs.StackSpec`
+an object that satisfies :class:`nailseg.contract.Stack`, plus one :class:`~nailseg.specs.StackSpec`
 row in :mod:`nailseg.specs`. The spec is plain data: the config validates ``model.family`` and
 ``data.pipeline`` against it and the CLI names the extra to install, all without importing the
 stack's framework. Only ``stacks/<name>/`` imports that framework (``stacks/_torch/`` holds what

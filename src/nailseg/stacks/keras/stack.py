@@ -32,7 +32,7 @@ from nailseg.core.io import atomic_dir, atomic_path, read_jsonl  # noqa: E402
 from nailseg.core.metrics import scores  # noqa: E402
 from nailseg.runs import RunDir, load_with_fallback  # noqa: E402
 from nailseg.core.runtime import lr_factor, resolve_accelerator, resolve_precision  # noqa: E402
-from nailseg.engine import EpochRecord, FitResult, TrainContext  # noqa: E402
+from nailseg.contract import EpochRecord, FitResult, TrainContext  # noqa: E402
 from nailseg.errors import ConfigError  # noqa: E402
 from nailseg.specs import STACKS  # noqa: E402
 from nailseg.stacks.keras.models import build_sm_loss, build_sm_model, check_sm_model  # noqa: E402

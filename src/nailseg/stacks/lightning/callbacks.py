@@ -9,7 +9,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
 from nailseg.core.io import atomic_path, disk_errors_as_one_line
-from nailseg.engine import EpochRecord
+from nailseg.contract import EpochRecord
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -20,7 +20,7 @@ from nailseg.config import Experiment
 from nailseg.core.evaluate import Predictor, at_image_size, model_input
 from nailseg.runs import RunDir, load_with_fallback
 from nailseg.core.runtime import resolve_accelerator
-from nailseg.engine import FitResult, TrainContext
+from nailseg.contract import FitResult, TrainContext
 from nailseg.errors import ConfigError
 from nailseg.specs import STACKS
 from nailseg.stacks.lightning.callbacks import AtomicCheckpointIO, EpochRecorder, LastCheckpoint, TimeBudgetCallback

@@ -30,7 +30,7 @@ from nailseg.core.evaluate import Predictor
 from nailseg.core.io import atomic_path, read_jsonl, write_json, write_text
 from nailseg.runs import RunDir, load_with_fallback
 from nailseg.core.runtime import global_rank, resolve_accelerator, world_size
-from nailseg.engine import EpochRecord, FitResult, TrainContext
+from nailseg.contract import EpochRecord, FitResult, TrainContext
 from nailseg.errors import ConfigError
 from nailseg.specs import STACKS
 from nailseg.stacks._torch.checkpoints import safe_load

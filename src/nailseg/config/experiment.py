@@ -1,0 +1,122 @@
+"""The whole experiment: every section, and the cross-key refusals of what a stack cannot do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import SerializeAsAny, model_validator
+
+from nailseg.config.augment import AugmentConfig
+from nailseg.config.base import _Section
+from nailseg.config.data import DataConfig
+from nailseg.config.families import model_section
+from nailseg.config.model import SmpModel, _ModelBase
+from nailseg.config.optim import LossConfig, OptimConfig
+from nailseg.config.run import LoggingConfig, PretrainConfig, RunConfig
+from nailseg.config.trainer import TrainerConfig
+from nailseg.specs import PIPELINE_SPECS, STACKS, spec_for_family
+
+
+class Experiment(_Section):
+    """Everything one training run needs. Key names are a public interface."""
+
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: SerializeAsAny[_ModelBase] = SmpModel()  # one of MODEL_CLASSES, chosen by model.family
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    logging: LoggingConfig = LoggingConfig()
+    run: RunConfig = RunConfig()
+    pretrain: PretrainConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_model(cls, raw):
+        """``model:`` as its family's class (``experiment_from_dict`` reports its errors key by key)."""
+        if isinstance(raw, dict) and "model" in raw:
+            model, errors = model_section(raw["model"])
+            if errors:
+                e = errors[0]
+                raise ValueError(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}")
+            raw = {**raw, "model": model}
+        return raw
+
+    @model_validator(mode="after")
+    def _stack_can_do_it(self):
+        """Refuse, at config time, what the chosen stack or pipeline cannot do."""
+        spec = self.stack_spec
+        if self.data.pipeline != "auto" and self.data.pipeline not in spec.pipelines:
+            raise ValueError(f"data.pipeline: {self.data.pipeline} is not a pipeline of the {spec.name} stack "
+                             f"(model.family {self.model.family}); it supports auto, {', '.join(spec.pipelines)}")
+        pipeline = PIPELINE_SPECS[self.pipeline]
+        missing = [op.name for op in self.augment.train if op.name not in pipeline.ops]
+        if missing:
+            raise ValueError(f"augment.train: {', '.join(missing)} cannot run on the {pipeline.name} pipeline "
+                             f"(it has {', '.join(sorted(pipeline.ops))})")
+        if self.data.cache in ("ram", "disk") and not pipeline.reads_cache:
+            raise ValueError(f"data.cache: {self.data.cache} cannot serve the {pipeline.name} pipeline: "
+                             f"{pipeline.why_no_cache}; use data.cache: none (or auto)")
+        if self.data.crop_size is not None and not ("crop" in spec.capabilities and pipeline.can_crop):
+            croppers = [s.name for s in STACKS.values() if "crop" in s.capabilities]
+            why = (f"the {spec.name} stack does not train on windows (the {', '.join(croppers)} stack does)"
+                   if "crop" not in spec.capabilities else f"the {pipeline.name} pipeline cannot cut windows")
+            raise ValueError(f"data.crop_size: {why}; remove it and train on the whole data.image_size picture")
+        if self.trainer.max_time is not None and "budget" not in spec.capabilities:
+            budgeted = [s.name for s in STACKS.values() if "budget" in s.capabilities]
+            raise ValueError(f"trainer.max_time: the {spec.name} stack cannot size its epochs to a time budget yet "
+                             f"(the {', '.join(budgeted)} stack can); remove it and set trainer.max_epochs")
+        if self.data.balance is not None and not pipeline.can_balance:
+            raise ValueError(f"data.balance: the {pipeline.name} pipeline cannot draw weighted samples "
+                             f"(use data.pipeline: {spec.pipelines[0]})")
+        if self.pretrain is not None and ("pretrain" not in spec.capabilities
+                                          or getattr(self.model, "init_from", "none") not in ("", "none")):
+            pretrainable = [s.name for s in STACKS.values() if "pretrain" in s.capabilities]
+            raise ValueError(f"pretrain: synthetic pretraining needs a stack that can start from it "
+                             f"({', '.join(pretrainable)}) and no model.init_from (pretraining sets it)")
+        for key in spec.optim_unsupported:
+            value = getattr(self.optim, key)
+            unset = value == OptimConfig.model_fields[key].default or (key == "encoder_lr_scale" and value == 1.0)
+            if not unset:
+                raise ValueError(f"optim.{key}: the {spec.name} stack cannot honour it (got {value}); remove it")
+        if self.optim.freeze_encoder_bn:
+            self._check_bn_freeze()
+        return self
+
+    def _check_bn_freeze(self) -> None:
+        if not self.model.encoder_has_batchnorm:
+            raise ValueError(f"optim.freeze_encoder_bn: the {self.model.family} encoder has no BatchNorm layers "
+                             "to freeze; remove it")
+        if not (self.model.starts_pretrained() or self.pretrain is not None):
+            raise ValueError("optim.freeze_encoder_bn: the encoder starts from random weights, so its BatchNorm "
+                             "statistics are not worth keeping; set model.encoder_weights (or init_from, "
+                             "load_from, pretrain) or remove it")
+
+    @property
+    def stack_spec(self):
+        try:
+            return spec_for_family(self.model.family)
+        except KeyError:
+            raise ValueError(f"model.family={self.model.family!r}: no stack trains it") from None
+
+    @property
+    def stack(self) -> str:
+        """Which stack trains this model family."""
+        return self.stack_spec.name
+
+    @property
+    def pipeline(self) -> str:
+        """``data.pipeline`` with ``auto`` resolved to the stack's default."""
+        return self.stack_spec.pipelines[0] if self.data.pipeline == "auto" else self.data.pipeline
+
+    @property
+    def normalization(self):
+        """The encoder's input normalisation (``core.weights``), resolved once for every pipeline,
+        the export graph and serve: TF-ported EfficientNet-Lite weights expect mean = std = 0.5,
+        everything else ImageNet's mean/std."""
+        from nailseg.core.weights import normalization_for
+
+        return normalization_for(self.model.catalogue_encoder)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
