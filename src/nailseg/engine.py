@@ -83,12 +83,13 @@ def run_training(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict 
         check_metrics(run)
         load_split(run.split)  # a tampered split.json is refused before config.yaml is rewritten
     report = check_data(exp)
+    fg_share = {s.key: s.fg_share for s in report.stats}
+    planned = None
     if not resume:
-        preflight_split(exp, report)  # folds, fractions, balance groups: refused before the folder exists
+        planned = plan_split(exp, fg_share)  # folds, fractions, balance groups: refused before the folder exists
         create_run_dir(run)
     with RunLock(run):
-        fg_share = {s.key: s.fg_share for s in report.stats}
-        split = fix_split(exp, run, set(fg_share), resume=resume)
+        split = fix_split(exp, run, set(fg_share), planned)
         if resume:  # only now, with the checkpoint verified and the lock held, is the config changed
             write_yaml(run.config, resolved_config(exp, run))
             dedupe_metrics(run)
@@ -112,13 +113,13 @@ def run_training(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict 
         return _finish(stack, ctx, result, started)
 
 
-def preflight_split(exp: Experiment, report) -> None:
-    """Make the split and the balance grouping once, in memory, so that a config they refuse
-    (more folds than pairs, fractions that leave no training pair, a balance CSV or group that is
-    not there) fails before anything is written."""
+def plan_split(exp: Experiment, fg_share: dict[str, float]) -> dict[str, list[str]]:
+    """The split of a new run, made once (``fix_split`` writes it; nothing computes it again), with
+    the balance grouping tried on it, so that a config they refuse (more folds than pairs,
+    fractions that leave no training pair, a balance CSV or group that is not there) fails before
+    anything is written."""
     from nailseg.core.data.split import split_for
 
-    fg_share = {s.key: s.fg_share for s in report.stats}
     split = split_for(sorted(fg_share), exp.data.split, exp.data.seed)
     if exp.data.balance is not None:
         from nailseg.core.data.balance import make_grouping
@@ -127,6 +128,7 @@ def preflight_split(exp: Experiment, report) -> None:
     cache_dir = exp.data.cache_dir
     if cache_dir and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
         raise ConfigError(f"data.cache_dir={cache_dir}: exists and is not a folder")
+    return split
 
 
 def pretrain_on_synthetic(exp: Experiment, run: RunDir) -> Experiment:

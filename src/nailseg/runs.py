@@ -17,7 +17,7 @@ from pathlib import Path
 from nailseg.config import Experiment, experiment_from_dict, parse_overrides, read_config_file, set_dotted
 from nailseg.core.data.check import check_dataset
 from nailseg.core.data.discover import Pair, find_pairs
-from nailseg.core.data.split import load_split, save_split, split_for
+from nailseg.core.data.split import load_split, save_split
 from nailseg.core.io import read_jsonl, write_json, write_text, write_yaml
 from nailseg.core.runtime import global_rank
 from nailseg.errors import ConfigError, DataError
@@ -251,15 +251,17 @@ def check_data(exp: Experiment):
     return report
 
 
-def fix_split(exp: Experiment, run: RunDir, keys: set[str], *, resume: bool) -> dict[str, list[str]]:
-    """A new run writes ``config.yaml`` and ``split.json``; a resumed run reuses its split."""
-    if resume or run.split.exists():
+def fix_split(exp: Experiment, run: RunDir, keys: set[str], planned: dict[str, list[str]] | None
+              ) -> dict[str, list[str]]:
+    """A new run writes ``config.yaml`` and its ``planned`` split (``split.json``); a resumed run
+    (``planned`` is None) reuses the split it wrote."""
+    if planned is None or run.split.exists():
         split = load_split(run.split)
         missing = sorted(k for part in split.values() for k in part if k not in keys)
         if missing:
             raise DataError([f"{run.split}: '{k}' is in the split but not in {exp.data.root}" for k in missing[:20]])
         return split
-    split = split_for(sorted(keys), exp.data.split, exp.data.seed)
+    split = planned
     resolved = resolved_config(exp, run)
     write_yaml(run.config, resolved)
     save_split(run.split, split, seed=exp.data.seed, val=exp.data.split.val, test=exp.data.split.test,

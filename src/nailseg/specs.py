@@ -36,16 +36,23 @@ class PipelineSpec:
     why_no_cache: str = ""       # the refusal of data.cache: ram/disk when it does not read the cache
     purpose: str = ""
     can_crop: bool = False       # can train on random windows of the picture (``data.crop_size``)
+    module: str = ""             # the import it needs beyond its stack's (checked at preflight, extra named)
+
+    @property
+    def augments_on_device(self) -> bool:
+        """The batch is augmented and normalised on the training device, so the loader only decodes
+        and resizes (kornia)."""
+        return self.device == "device"
 
 
 PIPELINE_SPECS: dict[str, PipelineSpec] = {p.name: p for p in (
     PipelineSpec("albumentations", ALL_OPS, reads_cache=True, can_balance=True, device="cpu", can_crop=True,
                  purpose="albumentations in the loader workers (torch DataLoader or tf.numpy_function)"),
     PipelineSpec("kornia", ALL_OPS, reads_cache=True, can_balance=True, device="device", extras=("gpuaug",),
-                 can_crop=True,
+                 can_crop=True, module="kornia",
                  purpose="decode + resize in the workers, kornia augments the batch on the training device"),
     PipelineSpec("dali", ALL_OPS, reads_cache=False, can_balance=False, device="cpu+gpu", extras=("dali",),
-                 can_crop=True,
+                 can_crop=True, module="nvidia.dali",
                  why_no_cache="DALI reads and decodes the files itself (on the GPU with nvJPEG), so a CPU "
                               "decode cache would undo what it is for",
                  purpose="NVIDIA DALI reads, decodes and augments (on the GPU when there is one)"),

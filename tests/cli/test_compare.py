@@ -39,7 +39,8 @@ def test_compare_two_stacks_with_folds_then_runs(synth_data, tmp_path):
                     "images_per_s", "wall_time_s", "peak_memory_mb", "epochs", "device", "pipeline",
                     "iou_mean", "iou_sd", "folds", "fold_ious"):
             assert key in row, (row["config"], key)
-        assert row["folds"] == 2 and len(row["fold_ious"]) == 2 and 0 <= row["iou_mean"] <= 1
+        assert row["folds"] == 2 and len(row["fold_ious"]) == 2
+        assert abs(row["iou_mean"] - sum(row["fold_ious"]) / 2) < 1e-6  # the mean of its folds
     assert [r["stack"] for r in rows] == ["lightning", "keras", "lightning"]
     # the same folds for every config: each fold's held-out keys match across stacks
     runs = out / "runs"
@@ -125,3 +126,24 @@ def test_sigterm_stops_compare_and_its_training_child(synth_data, tmp_path):
     assert compare.returncode == 128 + signal.SIGTERM
     # compare waits for its child before it exits: gone now, not at the child's next write to a closed pipe
     assert not any(Path(f"/proc/{pid}").exists() for pid in trainers), "the training child outlived compare"
+
+
+def test_a_finished_fold_is_reused_only_for_the_same_experiment(synth_data, tmp_path):
+    """Re-running a killed compare continues: a fold whose run holds this exact experiment is scored
+    again, not retrained; any other difference (here one epoch) trains it again."""
+    from nailseg.config import load_experiment
+    from nailseg.core.io import write_json, write_yaml
+    from nailseg.workflows.compare import finished_run
+
+    config = str(REPO / "configs" / "demo-cpu.yaml")
+    overrides = [f"data.root={synth_data}", "data.split.folds=2", "data.split.fold=1"]
+    run = tmp_path / "runs" / "demo-cpu-fold1"
+    run.mkdir(parents=True)
+    saved = load_experiment(config, [*overrides, f"run.dir={tmp_path / 'runs'}", "run.name=demo-cpu-fold1"]).to_dict()
+    saved["data"]["root"] = str(Path(synth_data).resolve())  # what the engine writes: the resolved path
+    write_yaml(run / "config.yaml", saved)
+    assert not finished_run(run, config, overrides)  # no summary.json: it never finished
+    write_json(run / "summary.json", {"val_iou": 0.5})
+    assert finished_run(run, config, overrides)
+    assert not finished_run(run, config, [*overrides, "trainer.max_epochs=99"])
+    assert not finished_run(run, config, [*overrides[:1], "data.split.folds=2", "data.split.fold=0"])

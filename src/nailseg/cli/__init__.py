@@ -41,7 +41,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nailseg.cli import bench, compare, config, data, doctor, serve, train, weights
+    from nailseg.cli import bench, compare, config, data, doctor, evaluate, export, predict, serve, train, weights
 
     parser = argparse.ArgumentParser(
         prog="nailseg",
@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     data.add_parser(sub)
     train.add_parser(sub)
+    evaluate.add_parser(sub)
+    predict.add_parser(sub)
+    export.add_parser(sub)
     compare.add_parser(sub)
     bench.add_parser(sub)
     serve.add_parser(sub)

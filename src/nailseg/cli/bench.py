@@ -157,6 +157,13 @@ def _config_args(parser) -> None:
     parser.add_argument("--data", help="data folder (shorthand for data.root=DIR)")
 
 
+def _timing_args(parser, *, batches: int, what: str, out: str) -> None:
+    """The flags every timed benchmark takes, spelled and defaulted alike."""
+    parser.add_argument("--batches", type=positive, default=batches, help=f"timed {what} per repeat (default: {batches})")
+    parser.add_argument("--repeats", type=positive, default=3, help="timed repeats (default: 3)")
+    parser.add_argument("--out", default=out, help=f"output folder (default: {out})")
+
+
 def add_parser(sub) -> None:
     bench = sub.add_parser("bench", help="measure input pipelines and training throughput (JSON + PNG)",
                            description="Benchmarks write bench.json (a list of results, each with the method) "
@@ -176,9 +183,7 @@ def add_parser(sub) -> None:
     bl.add_argument("--cache", default="none", help="comma-separated data.cache modes to time for each CPU "
                                                     "pipeline: none,ram,disk (default: none)")
     bl.add_argument("--files", type=positive, help="repeat the folder's files up to this many (e.g. 400)")
-    bl.add_argument("--batches", type=positive, default=20, help="timed batches per repeat (default: 20)")
-    bl.add_argument("--repeats", type=positive, default=3, help="timed repeats (default: 3)")
-    bl.add_argument("--out", default="bench/loaders", help="output folder (default: bench/loaders)")
+    _timing_args(bl, batches=20, what="batches", out="bench/loaders")
     bl.set_defaults(func=cmd_bench_loaders)
     btf = bsub.add_parser("tfdata", help="time the Keras stack's tf.data pipelines (albumentations, tf)",
                           description="Time tf.data batches with albumentations (tf.numpy_function), with the "
@@ -188,9 +193,7 @@ def add_parser(sub) -> None:
     btf.add_argument("--batch", type=positive, default=16, help="batch size (default: 16)")
     btf.add_argument("--pipelines", "--engines", dest="pipelines", default="decode-only,albumentations,tf",
                      help="comma-separated (--engines: the older spelling)")
-    btf.add_argument("--batches", type=positive, default=10, help="timed batches per repeat (default: 10)")
-    btf.add_argument("--repeats", type=positive, default=3, help="timed repeats (default: 3)")
-    btf.add_argument("--out", default="bench/tfdata", help="output folder (default: bench/tfdata)")
+    _timing_args(btf, batches=10, what="batches", out="bench/tfdata")
     btf.set_defaults(func=cmd_bench_tfdata)
     bt = bsub.add_parser("train", help="training images/s with the configured pipeline vs the model's limit",
                          description="For each precision: training steps fed by the configured pipeline, and the "
@@ -204,9 +207,7 @@ def add_parser(sub) -> None:
     bt.add_argument("--pipelines", help="comma-separated data.pipeline values of the config's stack to feed the "
                                         "steps (Lightning: albumentations, kornia, dali; default: the config's)")
     bt.add_argument("--cache", help="comma-separated data.cache modes: none,ram,disk (default: the config's)")
-    bt.add_argument("--batches", type=positive, default=10, help="timed steps per repeat (default: 10)")
-    bt.add_argument("--repeats", type=positive, default=3, help="timed repeats (default: 3)")
-    bt.add_argument("--out", default="bench/train", help="output folder (default: bench/train)")
+    _timing_args(bt, batches=10, what="steps", out="bench/train")
     bt.set_defaults(func=cmd_bench_train)
     bs = bsub.add_parser("serve", help="load-test nailseg serve on 127.0.0.1 (requests/s, p50/p95/p99)",
                          description="Start `nailseg serve` on a free loopback port, send --requests POSTs "

@@ -110,6 +110,11 @@ class Experiment(_Section):
         return self.stack_spec.pipelines[0] if self.data.pipeline == "auto" else self.data.pipeline
 
     @property
+    def pipeline_spec(self):
+        """The resolved pipeline's row in ``specs.PIPELINE_SPECS``: what it can do and where it runs."""
+        return PIPELINE_SPECS[self.pipeline]
+
+    @property
     def normalization(self):
         """The encoder's input normalisation (``core.weights``), resolved once for every pipeline,
         the export graph and serve: TF-ported EfficientNet-Lite weights expect mean = std = 0.5,

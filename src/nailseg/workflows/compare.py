@@ -180,6 +180,30 @@ def _mean_curve(curves: list[list]) -> list:
     return out
 
 
+def finished_run(run: Path, config: str, overrides: list[str]) -> bool:
+    """Whether ``run`` holds a finished training of exactly this experiment (its ``config.yaml``
+    equals the config with these overrides, the run folder's own name and the resolved data path
+    aside), so re-running a killed ``compare`` continues where it stopped instead of starting over."""
+    import yaml
+
+    from nailseg.config import load_experiment
+
+    if not (run / "summary.json").is_file() or not (run / "config.yaml").is_file():
+        return False
+    try:
+        saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+        wanted = load_experiment(config, overrides).to_dict()
+    except (OSError, ValueError, yaml.YAMLError, ConfigError):
+        return False
+    if not isinstance(saved, dict) or not isinstance(saved.get("data"), dict):
+        return False
+    same_root = Path(str(saved["data"].get("root", ""))).resolve() == Path(wanted["data"]["root"]).resolve()
+    for tree in (saved, wanted):
+        tree.pop("run", None)
+        tree["data"].pop("root", None)
+    return same_root and saved == wanted
+
+
 def run_compare(configs: list[str], overrides: list[str], out: Path, *, folds: int | None, seed: int,
                 checkpoint: str, say: Callable[[str], None] = print) -> list[dict]:
     """Train every config on the same data and split (or the same ``folds``), each in its own
@@ -222,9 +246,13 @@ def run_compare(configs: list[str], overrides: list[str], out: Path, *, folds: i
             continue
         run_name = job.name + (f"-fold{job.fold}" if folds else "")
         fold_args = [f"data.split.fold={job.fold}"] if folds else []
-        proc = _nailseg("train", job.config, *overrides, *shared, *fold_args, f"run.dir={runs_dir}",
-                        f"run.name={run_name}", log=runs_dir / f"{run_name}.log", echo=say)
-        durations[job.name].append(time.monotonic() - job_started)
+        if finished_run(runs_dir / run_name, job.config, [*overrides, *shared, *fold_args]):
+            say(f"  {runs_dir / run_name}: finished by an earlier compare with this experiment; scored again")
+            proc = subprocess.CompletedProcess([], 0)
+        else:
+            proc = _nailseg("train", job.config, *overrides, *shared, *fold_args, f"run.dir={runs_dir}",
+                            f"run.name={run_name}", log=runs_dir / f"{run_name}.log", echo=say)
+            durations[job.name].append(time.monotonic() - job_started)
         if proc.returncode != 0:
             rows_by_config[job.name].append({"config": job.name, "stack": exp.stack, "error": _error_of(proc)})
             say(f"  failed: {_error_of(proc)}")

@@ -109,7 +109,7 @@ def test_planted_pickles_in_mmdet_files_never_run(mmdet_run, tmp_path):
     (run / ".lock").unlink(missing_ok=True)
     last = Path((run / "mmdet" / "last_checkpoint").read_text().strip().replace(str(mmdet_run), str(run)))
     (run / "mmdet" / "last_checkpoint").write_text(str(last))
-    from nailseg.stacks.mmdet.stack import load_mmengine_checkpoint
+    from nailseg.stacks.mmdet.checkpoints import load_mmengine_checkpoint
 
     ckpt = load_mmengine_checkpoint(last)  # the real file loads through the restricted unpickler
     ckpt["evil"] = Pwn(str(marker))

@@ -23,6 +23,18 @@ HEADS = ("_fc.", "fc.", "classifier.", "head.", "heads.", "last_linear.")  # Ima
 FEATURE_HEADS = ("_conv_head.", "_bn1.", "conv_head.", "bn2.")
 
 
+def installed_provider(encoder: str) -> WeightProvider | None:
+    """The installed weights package that ships ``encoder``, its file verified (a forged one is
+    refused here, by name), or ``None`` when no installed package ships it."""
+    from nailseg.core.weights import provider_for
+
+    provider = provider_for(encoder)
+    if provider is None or provider.locate() is None:
+        return None
+    provider.verified_file()
+    return provider
+
+
 def _counts(key: str) -> bool:
     return not key.endswith("num_batches_tracked")
 

@@ -76,17 +76,15 @@ def _batch_source(name: str, exp: Experiment, pairs, device: torch.device, worke
 
         return next_batch
     from nailseg.stacks.lightning.loaders.dataloader import build_loader
+    from nailseg.stacks.lightning.loaders.kornia import device_augment
 
     raw = exp.to_dict()
     raw["data"].update(pipeline="kornia" if name == "kornia" else "albumentations", num_workers=workers)
-    loader = build_loader(Experiment.model_validate(raw), pairs, train=True, drop_last=True)
+    variant = Experiment.model_validate(raw)
+    loader = build_loader(variant, pairs, train=True, drop_last=True)
     stream = _cycle(lambda: iter(loader))
-    augment = None
-    if name == "kornia":
-        from nailseg.stacks.lightning.loaders.kornia import GpuAugment
-
-        augment = GpuAugment(exp.augment.train, exp.data.size_hw, exp.normalization,
-                             crop=exp.data.crop_hw).to(device)
+    augment = device_augment(variant)
+    augment = augment.to(device) if augment is not None else None
 
     def next_batch():
         b = next(stream)

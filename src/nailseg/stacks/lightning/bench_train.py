@@ -42,6 +42,7 @@ def bench_train(exp: Experiment, precisions: list[str], *, batches: int, repeats
     cache_dir = tempfile.mkdtemp(prefix="nailseg-bench-train-")
     from nailseg.stacks.lightning.models import build_loss, build_model, without_pretrained
     from nailseg.stacks.lightning.loaders import build_loaders
+    from nailseg.stacks.lightning.loaders.kornia import device_augment
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -87,14 +88,11 @@ def bench_train(exp: Experiment, precisions: list[str], *, batches: int, repeats
         lim = summarize("model limit (batch in device memory)", limit, label=f"limit {precision}", **common)
         results.append(lim)
         for pipeline, cache in variants:
-            train_loader, _ = build_loaders(_variant(exp, pipeline, cache, cache_dir), pairs, pairs[:1])
+            variant = _variant(exp, pipeline, cache, cache_dir)
+            train_loader, _ = build_loaders(variant, pairs, pairs[:1])
             stream = itertools.chain.from_iterable(iter(train_loader) for _ in itertools.count())
-            gpu_augment = None
-            if pipeline == "kornia":
-                from nailseg.stacks.lightning.loaders.kornia import GpuAugment
-
-                gpu_augment = GpuAugment(exp.augment.train, exp.data.size_hw, exp.normalization,
-                                         crop=exp.data.crop_hw).to(device)
+            gpu_augment = device_augment(variant)
+            gpu_augment = gpu_augment.to(device) if gpu_augment is not None else None
 
             def from_loader():
                 b = next(stream)

@@ -73,12 +73,11 @@ def encoder_weights_source(cfg: SmpModel):
     ``imagenet``, an installed weights package (offline, hash verified); smp's hub download when
     online; else one line naming the package to install."""
     from nailseg.core.runtime import WeightsSource
-    from nailseg.core.weights import missing_weights_message, provider_for
+    from nailseg.core.weights import missing_weights_message
+    from nailseg.stacks._torch.weights import installed_provider
 
     if cfg.encoder_weights == "imagenet" and not Path("imagenet").exists():
-        provider = provider_for(cfg.encoder)
-        if provider is not None and provider.locate() is not None:
-            provider.verified_file()
+        if installed_provider(cfg.encoder) is not None:
             return WeightsSource("provider", cfg.encoder)
         try:
             return resolve_weights(cfg.encoder_weights, "model.encoder_weights", check_online="huggingface.co")

@@ -29,12 +29,9 @@ class SegmentationModule(L.LightningModule):
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.register_buffer("val_counts", torch.zeros(4, dtype=torch.float64), persistent=False)
-        self.gpu_augment = None
-        if self.exp.pipeline == "kornia":
-            from nailseg.stacks.lightning.loaders.kornia import GpuAugment
+        from nailseg.stacks.lightning.loaders.kornia import device_augment
 
-            self.gpu_augment = GpuAugment(self.exp.augment.train, self.exp.data.size_hw, self.exp.normalization,
-                                          crop=self.exp.data.crop_hw)
+        self.gpu_augment = device_augment(self.exp)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.model(image)

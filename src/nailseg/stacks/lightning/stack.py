@@ -22,7 +22,7 @@ from nailseg.runs import RunDir, load_with_fallback
 from nailseg.core.runtime import resolve_accelerator
 from nailseg.contract import FitResult, TrainContext
 from nailseg.errors import ConfigError
-from nailseg.specs import STACKS
+from nailseg.specs import PIPELINE_SPECS, STACKS
 from nailseg.stacks.lightning.callbacks import AtomicCheckpointIO, EpochRecorder, LastCheckpoint, TimeBudgetCallback
 from nailseg.stacks._torch.checkpoints import safe_load
 from nailseg.stacks.lightning.hardware import torch_precision
@@ -94,14 +94,11 @@ class LightningStack:
         if t.strategy == "fsdp" and accelerator != "gpu":
             raise ConfigError("trainer.strategy=fsdp: FSDP shards a model across GPUs; this run is on the CPU "
                               "(use auto or ddp)")
-        if exp.pipeline == "dali":
+        pipeline = PIPELINE_SPECS[exp.pipeline]
+        if pipeline.module:
             from nailseg.core.optional import require
 
-            require("nvidia.dali", "dali", "The DALI pipeline (data.pipeline: dali)")
-        if exp.pipeline == "kornia":
-            from nailseg.core.optional import require
-
-            require("kornia", "gpuaug", "GPU augmentation (data.pipeline: kornia)")
+            require(pipeline.module, pipeline.extras[0], f"The {pipeline.name} pipeline (data.pipeline: {pipeline.name})")
         check_model_exists(exp.model)
         verify_init_source(exp.model)
 

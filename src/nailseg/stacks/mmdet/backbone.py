@@ -11,6 +11,7 @@ detector is built; inference rebuilds with ``none`` and loads the run's own chec
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from mmdet.registry import MODELS
@@ -22,9 +23,16 @@ OUT_INDICES = (1, 2, 3, 4)  # strides 4, 8, 16, 32
 
 def feature_channels(encoder: str) -> list[int]:
     """The channels of the four levels (the FPN's ``in_channels``), from timm's ``feature_info``."""
+    return list(_feature_channels(encoder))
+
+
+@functools.lru_cache(maxsize=8)
+def _feature_channels(encoder: str) -> tuple[int, ...]:
+    """Built once per encoder name: a config is generated several times per run (train, eval, export)."""
     import timm
 
-    return timm.create_model(encoder[3:], features_only=True, pretrained=False, out_indices=OUT_INDICES).feature_info.channels()
+    net = timm.create_model(encoder[3:], features_only=True, pretrained=False, out_indices=OUT_INDICES)
+    return tuple(net.feature_info.channels())
 
 
 @MODELS.register_module(name="NailsegTimmBackbone")
@@ -69,11 +77,11 @@ class TimmBackbone(BaseModule):
 def imagenet_provider(encoder: str):
     """The installed, verified weights package for ``imagenet`` (MMDetection has no download of its
     own for a timm backbone), or one line naming what to install."""
-    from nailseg.core.weights import missing_weights_message, provider_for
+    from nailseg.core.weights import missing_weights_message
     from nailseg.errors import ConfigError
+    from nailseg.stacks._torch.weights import installed_provider
 
-    provider = provider_for(encoder)
-    if provider is None or provider.locate() is None:
+    provider = installed_provider(encoder)  # a forged file is refused there, by name
+    if provider is None:
         raise ConfigError(missing_weights_message(encoder))
-    provider.verified_file()  # a forged file is refused here, by name
     return provider

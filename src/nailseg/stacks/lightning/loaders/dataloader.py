@@ -41,7 +41,7 @@ class SegmentationDataset(Dataset):
 
 def build_loader(exp: Experiment, pairs: list[Pair], *, train: bool, sampler=None,
                  drop_last: bool = False, run_folder=None) -> DataLoader:
-    if exp.pipeline == "kornia":  # resize only; kornia augments and normalises on the device
+    if exp.pipeline_spec.augments_on_device:  # resize only; kornia augments and normalises on the device
         transform = to_albumentations([], exp.data.size_hw, train=False, normalize=False)
     else:
         transform = to_albumentations(exp.augment.train, exp.data.size_hw, train=train, norm=exp.normalization,

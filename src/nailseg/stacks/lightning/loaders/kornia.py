@@ -75,3 +75,12 @@ class GpuAugment(nn.Module):
             x = x.clamp_(0.0, 1.0)
             m = (m > 0.5).float()
         return (x - self.mean) / self.std, m
+
+
+def device_augment(exp) -> GpuAugment | None:
+    """The batch augmentation of ``exp`` when its pipeline augments on the training device (its
+    spec row says so: kornia), else ``None`` (the loader workers augmented already). The one place
+    that decides it, for training and for the benchmarks."""
+    if not exp.pipeline_spec.augments_on_device:
+        return None
+    return GpuAugment(exp.augment.train, exp.data.size_hw, exp.normalization, crop=exp.data.crop_hw)

@@ -1,0 +1,65 @@
+"""``nailseg predict``: masks and overlays for image files or folders, from a run or an ONNX model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nailseg.cli.common import output_folder
+from nailseg.cli.inference import add_inference_flags, inference_options, is_onnx
+from nailseg.errors import NailsegError
+
+
+def cmd_predict(args) -> int:
+    from nailseg.core.evaluate import collect_inputs, predict_files, predict_instance_files
+    from nailseg.engine import has_capability, open_for_inference
+
+    from nailseg.core.outputs import refuse_data_folder, refuse_overwriting_inputs
+
+    out = refuse_data_folder(output_folder(args.out), "--out")
+    inputs = collect_inputs(args.inputs)
+    # every input counts, not only the images: a_mask.png beside a.jpg is somebody's data
+    present = [p for item in args.inputs for p in ([Path(item)] if Path(item).is_file()
+                                                      else Path(item).rglob("*") if Path(item).is_dir() else [])]
+    refuse_overwriting_inputs([out / f"{name}{suffix}" for name in inputs.names
+                               for suffix in ("_mask.png", "_overlay.png")], present, "--out")
+    if is_onnx(args.run):
+        from nailseg.deploy.onnx_model import OnnxSegmenter
+
+        from nailseg.core.postprocess import InferenceOptions
+
+        model = OnnxSegmenter(args.run)
+        result = predict_files(model, inputs, out, progress=not args.quiet,
+                               options=inference_options(args, InferenceOptions(threshold=model.threshold)))
+        return _report_predictions(result, inputs, out)
+    run, exp, stack = open_for_inference(args.run)
+    if has_capability(exp, "instances"):
+        result = predict_instance_files(stack.load_instance_predictor(run, exp), inputs, out, progress=not args.quiet)
+        for w in result.written:
+            print(f"{w['file']}: {w['instances']} instances")
+    else:
+        from nailseg.core.postprocess import load_run_options
+
+        result = predict_files(stack.load_predictor(run, exp), inputs, out, progress=not args.quiet,
+                               options=inference_options(args, load_run_options(run.path)))
+    return _report_predictions(result, inputs, out)
+
+
+def _report_predictions(result, inputs, out) -> int:
+    print(f"wrote {len(result.written)} masks and overlays to {out}")
+    if result.failed:
+        raise NailsegError([*result.failed, f"{len(result.failed)} of {len(inputs.files)} inputs could not be read"])
+    return 0
+
+
+def add_parser(sub) -> None:
+    pr = sub.add_parser("predict", help="write masks and overlays for images",
+                        description="For each image (files or folders, any size and aspect ratio) write "
+                                    "OUT/<path>_mask.png (0/255) and OUT/<path>_overlay.png, keeping each "
+                                    "input's folders below the folder it was found in. Unreadable files are "
+                                    "named at the end (exit code 2); the others are still predicted.")
+    pr.add_argument("run", help="run folder, or a MODEL.onnx (onnxruntime alone: no torch or TensorFlow needed)")
+    pr.add_argument("inputs", nargs="+", help="image files or folders")
+    pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_inference_flags(pr)
+    pr.set_defaults(func=cmd_predict)
