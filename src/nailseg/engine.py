@@ -26,6 +26,7 @@ from nailseg.core.io import write_json, write_yaml
 from nailseg.core.runtime import cpu_report, global_rank
 from nailseg.errors import ConfigError
 from nailseg.registry import load_stack
+from nailseg.specs import STACKS
 from nailseg.runs import (RUN_DIR_ENV, PreparedData, RunDir, RunLock, check_data, check_metrics, create_run_dir, dedupe_metrics,
                           fix_split, load_fg_share, pairs_of, resolved_config, save_fg_share, wait_for_split)
 
@@ -235,6 +236,36 @@ def peak_memory_mb() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return max(own, children) / 1024.0
+
+
+def eject_experiment(exp: Experiment, out: Path, config_name: str) -> list[Path]:
+    """``nailseg eject``: the stack writes ``exp`` as a plain script of its own framework into
+    ``out``, on the split ``nailseg train`` would fix. The data and the config are checked first, the
+    files are written into a sibling folder and moved into place last: a refusal leaves nothing."""
+    import shutil
+    import tempfile
+
+    stack = stack_for(exp)
+    if "eject" not in stack.spec.capabilities:
+        able = [name for name, spec in STACKS.items() if "eject" in spec.capabilities]
+        raise ConfigError(f"model.family={exp.model.family}: the {stack.spec.name} stack cannot eject yet "
+                          f"({', '.join(able)} can)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out {out}: exists and is not an empty folder; eject never overwrites")
+    stack.preflight(exp)
+    report = check_data(exp)
+    split = plan_split(exp, {s.key: s.fg_share for s in report.stats})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        stack.eject(exp, pairs_of(exp, split), staging, config_name)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return sorted(out.iterdir())
 
 
 def open_for_inference(run_dir: str | os.PathLike[str]):

@@ -77,7 +77,8 @@ class StackSpec:
     exports: tuple[str, ...]        # nailseg export --format values
     # "instances": COCO mAP and per-instance predictions; "pretrain": synthetic pretraining (model.init_from);
     # "crop": its networks take any input size, so they can train on windows (data.crop_size);
-    # "budget": it sizes its epochs and schedule to trainer.max_time (core/budget.py)
+    # "budget": it sizes its epochs and schedule to trainer.max_time (core/budget.py);
+    # "eject": it writes the experiment as a plain script of its framework (Stack.eject)
     capabilities: frozenset[str] = frozenset()
     optim_unsupported: tuple[str, ...] = ()     # optim keys this stack cannot honour (refused at config time)
     benches: tuple[str, ...] = ()   # `nailseg bench VERB` it runs: <package>.bench_<verb>, with run() and CHOICES
@@ -96,7 +97,8 @@ class StackSpec:
 STACKS: dict[str, StackSpec] = {spec.name: spec for spec in (
     StackSpec("lightning", ("smp", "upernet", "segformer"), ("albumentations", "kornia", "dali"), "torch",
               ("torch", "lightning", "segmentation_models_pytorch"), ("state_dict", "hf", "onnx"),
-              capabilities=frozenset({"pretrain", "crop", "budget"}), benches=("loaders", "train"), folder_exports=("hf",),
+              capabilities=frozenset({"pretrain", "crop", "budget", "eject"}), benches=("loaders", "train"),
+              folder_exports=("hf",),
               purpose="The PyTorch Lightning stack (model.family: smp, or upernet and segformer from transformers)"),
     StackSpec("keras", ("sm",), ("albumentations", "tf"), "tf", ("tensorflow", "tf_keras", "segmentation_models"),
               ("savedmodel", "keras", "tflite"), optim_unsupported=("encoder_lr_scale", "freeze_encoder_bn"),

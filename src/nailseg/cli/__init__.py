@@ -41,7 +41,8 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nailseg.cli import bench, compare, config, data, doctor, evaluate, export, predict, serve, train, weights
+    from nailseg.cli import (bench, compare, config, data, doctor, eject, evaluate, export, predict, serve, train,
+                             weights)
 
     parser = argparse.ArgumentParser(
         prog="nailseg",
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_parser(sub)
     predict.add_parser(sub)
     export.add_parser(sub)
+    eject.add_parser(sub)
     compare.add_parser(sub)
     bench.add_parser(sub)
     serve.add_parser(sub)

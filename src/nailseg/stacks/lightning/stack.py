@@ -197,6 +197,12 @@ class LightningStack:
 
         return predict
 
+    def eject(self, exp: Experiment, pairs: dict, out: Path, config_name: str) -> list[Path]:
+        """The experiment as a plain Lightning + smp script in ``out`` (``stacks/lightning/eject.py``)."""
+        from nailseg.stacks.lightning.eject import write_script
+
+        return write_script(exp, pairs, out, config_name)
+
     def export(self, run: RunDir, exp: Experiment, fmt: str, out: Path | None = None, *, opset: int | None = None,
                int8: str | None = None, half: bool = False) -> Path:
         """``onnx``: see :func:`export_verified_onnx` (``opset``; ``int8``, a target CPU profile or

@@ -37,7 +37,9 @@ from nailseg.stacks.mmdet.checkpoints import load_mmengine_checkpoint, mmengine_
 from nailseg.stacks.mmdet.config import build_mmdet_config, model_config
 
 use_tensorboard_without_tensorflow()
-SCORE_THRESHOLD = 0.5  # instances kept for overlays, counts and the union mask
+# Instances kept for overlays, counts and the union mask: MMDetection's own default for drawing
+# predictions (DetLocalVisualizer's pred_score_thr). COCO mAP ranks every instance, whatever this is.
+SCORE_THRESHOLD = 0.3
 
 
 def _launcher() -> str:

@@ -1,0 +1,33 @@
+"""``nailseg eject``: an experiment as the plain script of its stack's framework, to keep."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def cmd_eject(args) -> int:
+    from nailseg.config import load_experiment
+    from nailseg.engine import eject_experiment
+
+    exp = load_experiment(args.config, args.overrides)
+    files = eject_experiment(exp, Path(args.out), Path(args.config).name)
+    for f in files:
+        print(f)
+    print(f"train with: python {Path(args.out) / 'train.py'}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    ej = sub.add_parser(
+        "eject", help="write an experiment as a plain framework script (no nailseg import) to keep",
+        description="Write the experiment as one readable script of its stack's own framework, importing "
+                    "only that framework's libraries, never nailseg: Lightning + smp + albumentations "
+                    "(a LightningDataModule, a LightningModule, Trainer.fit). OUT/train.py trains on the "
+                    "split `nailseg train` would use (OUT/split.json) with the same augmentation, model, loss, "
+                    "optimiser and schedule; OUT/README.md says how to run it. The data and config are "
+                    "checked first; OUT must be new or empty (nothing is overwritten). Example: "
+                    "nailseg eject configs/nails-pretrained-cpu.yaml data.root=DATA --out my-trainer")
+    ej.add_argument("config", help="experiment YAML (see configs/)")
+    ej.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
+    ej.add_argument("--out", required=True, help="new or empty folder for train.py, split.json, README.md")
+    ej.set_defaults(func=cmd_eject)
