@@ -42,7 +42,7 @@ examples:
 
 def build_parser() -> argparse.ArgumentParser:
     from nailseg.cli import (bench, compare, config, data, doctor, eject, evaluate, export, predict, serve, train,
-                             weights)
+                             tune, weights)
 
     parser = argparse.ArgumentParser(
         prog="nailseg",
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_parser(sub)
     eject.add_parser(sub)
     compare.add_parser(sub)
+    tune.add_parser(sub)
     bench.add_parser(sub)
     serve.add_parser(sub)
     weights.add_parser(sub)

@@ -1,0 +1,62 @@
+"""``nailseg tune``: a hyper-parameter search over config keys, on Optuna."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from nailseg.cli.common import output_folder, positive
+from nailseg.errors import NailsegError
+
+STUDY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+
+
+def cmd_tune(args) -> int:
+    from nailseg.cli.compare import _exit_on_sigterm
+    from nailseg.core.optional import require
+    from nailseg.workflows.tune import check_space, read_space, run_tune
+
+    require("optuna", "tune", "nailseg tune (Optuna)")
+    _exit_on_sigterm()
+    out = output_folder(args.out)
+    placed = [x.split("=", 1)[0] for x in args.overrides if x.split("=", 1)[0] in ("run.dir", "run.name")]
+    if placed:
+        raise NailsegError(f"{placed[0]}: tune places every trial under --out ({out}/trials/); give --out instead")
+    if args.folds is not None and args.folds < 2:
+        raise NailsegError(f"--folds {args.folds}: k-fold cross-validation needs at least 2 folds")
+    if not STUDY_NAME.match(args.study):
+        raise NailsegError(f"--study {args.study!r}: letters, digits, '.', '_' and '-' only (at most 100)")
+    dims = read_space(Path(args.space))
+    check_space(args.config, args.overrides, dims)
+    result = run_tune(args.config, args.overrides, dims, out, trials=args.trials, folds=args.folds,
+                      storage=args.storage, study_name=args.study, seed=args.seed, prune=not args.no_prune)
+    print(f"best trial {result['best_trial']}: val IoU {result['best_value']:.4f}  {result['best_params']}")
+    print(f"train it: nailseg train {result['best_config']}")
+    print(out / "best.json")
+    return 0
+
+
+def add_parser(sub) -> None:
+    tu = sub.add_parser(
+        "tune", help="search config keys with Optuna (TPE, pruning, a resumable study)",
+        description="Search the config keys of SPACE.yaml, e.g.\n  optim.lr: {type: float, low: 1e-4, high: 1e-2, log: true}\n"
+                    "  trainer.batch_size: {type: categorical, choices: [4, 8]}\n"
+                    "with Optuna's TPE sampler. Each trial is one `nailseg train` (any stack) under OUT/trials/; "
+                    "each finished epoch's validation score feeds Optuna's median pruner, which may stop a poor "
+                    "trial early. --folds K scores a trial by the mean validation IoU of K folds (never the "
+                    "held-out fold). The study is kept in --storage (default: OUT/study.db, SQLite), so running "
+                    "the same command again continues it up to --trials; a killed trial is marked failed. A "
+                    "PostgreSQL or MySQL URL lets several machines work on one study (run the same command on "
+                    "each). Writes OUT/best.yaml (a complete config for `nailseg train`), best.json, trials.csv "
+                    "and Optuna's plots (history.png, importances.png, parallel.png).")
+    tu.add_argument("config", help="experiment YAML (see configs/)")
+    tu.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides applied to every trial")
+    tu.add_argument("--space", required=True, help="YAML search space: {key: {type, low, high, log, step, choices}}")
+    tu.add_argument("--trials", type=positive, required=True, help="finished trials the study should hold")
+    tu.add_argument("--folds", type=int, help="score each trial by K-fold cross-validation (K >= 2)")
+    tu.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db)")
+    tu.add_argument("--study", default="nailseg", help="study name in the storage (default: nailseg)")
+    tu.add_argument("--seed", type=int, default=0, help="TPE sampler seed (default: 0)")
+    tu.add_argument("--no-prune", action="store_true", help="train every trial to its last epoch")
+    tu.add_argument("--out", required=True, help="output folder")
+    tu.set_defaults(func=cmd_tune)
