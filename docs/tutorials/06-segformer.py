@@ -145,7 +145,7 @@ show_png(hf_run / "curves.png")
 from transformers import UperNetForSemanticSegmentation
 
 upernet_hf = UperNetForSemanticSegmentation.from_pretrained(hf_run / "hf")  # plain transformers (+ timm)
-print(type(upernet_hf).__name__, "| backbone:", upernet_hf.config.backbone, "| labels:", upernet_hf.config.id2label)
+print(type(upernet_hf).__name__, "| backbone:", upernet_hf.config.backbone_config.backbone, "| labels:", upernet_hf.config.id2label)
 sh(f"nailseg eval {hf_run} --split test --overlays {hf_run}/test-overlays --quiet")
 overlays(hf_run / "test-overlays", n=2)
 
