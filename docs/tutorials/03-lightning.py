@@ -137,7 +137,10 @@ print("on this machine:", hardware.torch_precision("auto", "cpu"))
 # run folder on its last line:
 
 # %%
+import json
+
 run = Path(sh("nailseg train configs/nails-pretrained-cpu.yaml " + " ".join(OVERRIDES), tail=12))
+first_run_iou = json.loads((run / "summary.json").read_text())["val_iou"]  # section 8 compares with it
 print(sorted(p.name for p in run.iterdir()))
 show_png(run / "curves.png")
 
@@ -167,6 +170,48 @@ import json
 for line in (run / "metrics.jsonl").read_text().splitlines()[-3:]:
     record = json.loads(line)
     print({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items() if k in ("epoch", "train_loss", "val_iou", "lr")})
+
+# %% [markdown]
+# ## 8. The same experiment as plain Lightning code: `nailseg eject`
+#
+# Everything above ran through nailseg. `nailseg eject` writes the same experiment as one file of
+# plain Lightning + smp + albumentations code that imports nothing of nailseg: the code to keep
+# when you outgrow nailseg, and the clearest view of what the stack does. Its albumentations
+# pipeline is rendered from the very `Compose` nailseg trains with (a test checks they are equal),
+# and it trains on the same split (`split.json`) from the same ImageNet tensors
+# (`encoder_weights.pt`).
+
+# %%
+import shutil
+
+shutil.rmtree("ejected", ignore_errors=True)
+sh("nailseg eject configs/nails-pretrained-cpu.yaml " + " ".join(OVERRIDES) + " --out ejected", tail=6)
+script = Path("ejected/train.py").read_text()
+print(script[script.index("TRAIN_AUGMENT = "):script.index("class PairDataset")])
+
+# %% [markdown]
+# The `LightningModule`: smp's model with the ImageNet encoder loaded, Dice + BCE on the logits,
+# the pooled validation IoU, and AdamW with the encoder's smaller learning rate and the warm-up +
+# cosine `LambdaLR` plotted in section 3:
+
+# %%
+print(script[script.index("class Segmenter"):script.index("# ---- evaluation")])
+
+# %% [markdown]
+# `python ejected/train.py` is the whole training (`Trainer.fit` and the evaluation at each photo's
+# own size). It draws its own random augmentations and batches, so its IoU is close to the run
+# above, not equal:
+
+# %%
+import os
+import subprocess
+import sys
+
+proc = subprocess.run([sys.executable, "ejected/train.py", "--out", "ejected/out"], capture_output=True, text=True,
+                      env={**os.environ, "PYTHONWARNINGS": "ignore"})
+assert proc.returncode == 0, proc.stderr[-2000:]
+ejected_iou = json.loads(Path("ejected/out/metrics.json").read_text())["val"]["iou"]
+print(f"val IoU: plain Lightning script {ejected_iou:.3f}, nailseg train {first_run_iou:.3f} (before the resume)")
 
 # %% [markdown]
 # ## Where to go next

@@ -28,7 +28,8 @@ REQUIRED = {
                       'dtype="float32"', "keras.callbacks.TensorBoard", "wandb", "Backbones._models_update",
                       "sm.Unet(\"efficientnet-lite0\""],
     "02-balanced-data": ["BalancedSampler", "sample_from_datasets", "draw_epoch", "target_shares"],
-    "03-lightning": ["def training_step", "def validation_step", "def configure_optimizers", "LambdaLR",
+    "03-lightning": ["def training_step", "def validation_step", "def configure_optimizers", "LambdaLR", "nailseg eject",
+                     "class Segmenter(L.LightningModule)", "A.Compose",
                      "smp.create_model", "torch_precision", "--resume"],
     "04-gpu-augmentation": ["AugmentationSequential", "to_albumentations", "on the device"],
     "05-dali": ["pipeline_def", "fn.decoders.image", '"mixed"', "DALIGenericIterator", "shard_id"],
@@ -73,7 +74,8 @@ def test_notebook_runs_and_shows_its_framework(source: Path, tmp_path, monkeypat
     assert not [o for o in outputs if o.output_type == "error"]
     pictures = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(pictures) >= 2, f"{source.name}: a training curve and the topic's figure at least"
-    shown = source.read_text() + "\n".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
+    shown = source.read_text() + "\n".join(o.get("data", {}).get("text/markdown", "") + str(o.get("text", ""))
+                                            for o in outputs)  # shown source (markdown) and printed code
     missing = [api for api in REQUIRED[source.stem] if api not in shown]
     assert not missing, f"{source.name} never shows {missing}"
     assert "results.md" in source.read_text()  # a link to the measured comparison
