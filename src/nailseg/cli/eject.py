@@ -22,7 +22,9 @@ def add_parser(sub) -> None:
         "eject", help="write an experiment as a plain framework script (no nailseg import) to keep",
         description="Write the experiment as one readable script of its stack's own framework, importing "
                     "only that framework's libraries, never nailseg: Lightning + smp + albumentations "
-                    "(a LightningDataModule, a LightningModule, Trainer.fit). OUT/train.py trains on the "
+                    "(a LightningDataModule, a LightningModule, Trainer.fit) for model.family smp, or tf.keras + "
+                    "segmentation_models + tf.data (albumentations through tf.numpy_function, the mixed-precision "
+                    "policy, compile/fit, TensorBoard) for model.family sm. OUT/train.py trains on the "
                     "split `nailseg train` would use (OUT/split.json) with the same augmentation, model, loss, "
                     "optimiser and schedule; OUT/README.md says how to run it. The data and config are "
                     "checked first; OUT must be new or empty (nothing is overwritten). Example: "

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from nailseg.core.weights import PROVIDERS, SM_LITE_ENCODERS, provider_for
 from nailseg.errors import ConfigError
-from tests.conftest import REPO, run_cli
+from tests.conftest import REAL_DATA, REPO, run_cli
 
 # timm's features for the same input, in a child process: torch never enters this TensorFlow process.
 TORCH_FEATURES = """
@@ -94,30 +97,71 @@ def test_a_forged_weights_file_is_refused_by_name(tf, monkeypatch):
         check_sm_model(SmModel(family="sm", encoder="efficientnet-lite0", encoder_weights="imagenet"))
 
 
+# The recipe shrunk as the Lightning recipe's test shrinks it, shared by the recipe and eject tests.
+SHRUNK = ["model.encoder=efficientnet-lite0", "data.image_size=192", "trainer.max_epochs=10", "optim.lr=0.002",
+          "optim.warmup_epochs=1", "data.split.val=0.2", "logging.predictions=0"]
+KERAS_RECIPE = REPO / "configs" / "keras-pretrained-cpu.yaml"
+
+
+@pytest.fixture(scope="module")
+def lite_run(tmp_path_factory):
+    """One ``nailseg train`` of the shrunk recipe (10 epochs, 192 px, 8 validation photos)."""
+    if not (REAL_DATA / "images").is_dir():
+        pytest.skip(f"real nails pairs not found at {REAL_DATA}")
+    _installed("tu-tf_efficientnet_lite0")
+    runs = tmp_path_factory.mktemp("keras-runs")
+    proc = run_cli("train", str(KERAS_RECIPE), f"data.root={REAL_DATA}", *SHRUNK, f"run.dir={runs}", "run.name=lite",
+                   timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return runs / "lite"
+
+
 @pytest.mark.slow
 @pytest.mark.realdata
-def test_the_pretrained_keras_recipe_trains_on_real_nails_and_records_its_weights(real_data, tmp_path):
+def test_the_pretrained_keras_recipe_trains_on_real_nails_and_records_its_weights(lite_run, tmp_path):
     """The recipe shrunk as the Lightning recipe's test shrinks it (10 epochs, 192 px, 8 validation
     photos): 0.53 measured on an AVX-512 EPYC. A broken pipeline scores about 0.05, the nails' share
     of a photo; so did this very run with Keras' default BatchNorm momentum (0.99), whose moving
     statistics 40 steps cannot move (``stacks/keras/models.py``: ``BN_MOMENTUM``)."""
     provider = _installed("tu-tf_efficientnet_lite0")
-    proc = run_cli("train", str(REPO / "configs" / "keras-pretrained-cpu.yaml"), f"data.root={real_data}",
-                   "model.encoder=efficientnet-lite0", "data.image_size=192", "trainer.max_epochs=10",
-                   "optim.lr=0.002", "optim.warmup_epochs=1", "data.split.val=0.2", f"run.dir={tmp_path}",
-                   "run.name=lite", "logging.predictions=0", timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "lite" / "summary.json").read_text())
+    real_data = REAL_DATA
+    summary = json.loads((lite_run / "summary.json").read_text())
     assert summary["encoder_weights"]["sha256"] == provider.sha256
     assert summary["encoder_weights"]["normalization"]["name"].startswith("inception")
     assert summary["val_iou"] > 0.3, summary["val_iou"]
-    scored = run_cli("eval", str(tmp_path / "lite"), "--split", "val", "--out", str(tmp_path / "val.json"))
+    scored = run_cli("eval", str(lite_run), "--split", "val", "--out", str(tmp_path / "val.json"))
     assert scored.returncode == 0, scored.stderr[-2000:]
     assert json.loads((tmp_path / "val.json").read_text())["iou"] == pytest.approx(summary["val_iou"], abs=1e-3)
     photo = sorted((real_data / "images").iterdir())[0]
-    predicted = run_cli("predict", str(tmp_path / "lite"), str(photo), "--out", str(tmp_path / "masks"), "--quiet")
+    predicted = run_cli("predict", str(lite_run), str(photo), "--out", str(tmp_path / "masks"), "--quiet")
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert (tmp_path / "masks" / f"{photo.stem}_mask.png").stat().st_size > 0
-    exported = run_cli("export", str(tmp_path / "lite"), "--format", "tflite", timeout=600)  # verified against Keras
+    exported = run_cli("export", str(lite_run), "--format", "tflite", timeout=600)  # verified against Keras
     assert exported.returncode == 0, exported.stderr[-2000:]
-    assert (tmp_path / "lite" / "model.tflite").stat().st_size > 1_000_000
+    assert (lite_run / "model.tflite").stat().st_size > 1_000_000
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_the_ejected_keras_script_trains_as_far_as_nailseg_train(lite_run, tmp_path):
+    """``nailseg eject`` of the same experiment: plain tf.keras + sm + tf.data, no nailseg import, on the
+    same split; it draws its own augmentations and batches, so its IoU is near nailseg's, not equal."""
+    import ast
+
+    out = tmp_path / "ejected"
+    proc = run_cli("eject", str(KERAS_RECIPE), f"data.root={REAL_DATA}", *SHRUNK, "--out", str(out), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "initial_model.keras", "split.json", "train.py"]
+    tree = ast.parse((out / "train.py").read_text())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert "nailseg" not in imported and {"tensorflow", "tf_keras", "segmentation_models", "albumentations"} <= imported
+    split = json.loads((out / "split.json").read_text())
+    assert [Path(i).name for i, _ in split["val"]] == json.loads((lite_run / "split.json").read_text())["val"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NAILSEG")}
+    trained = subprocess.run([sys.executable, str(out / "train.py"), "--out", str(tmp_path / "out")], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=900, env=env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    script_iou = json.loads((tmp_path / "out" / "metrics.json").read_text())["val"]["iou"]
+    nailseg_iou = json.loads((lite_run / "summary.json").read_text())["val_iou"]
+    assert min(script_iou, nailseg_iou) > 0.3 and abs(script_iou - nailseg_iou) < 0.1, (script_iou, nailseg_iou)

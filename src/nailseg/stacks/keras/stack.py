@@ -195,6 +195,12 @@ class KerasStack:
         backup = run.checkpoints / "backup"
         return backup if backup.is_dir() and any(backup.iterdir()) else None
 
+    def eject(self, exp: Experiment, pairs: dict, out: Path, config_name: str) -> list[Path]:
+        """The experiment as a plain tf.keras + sm script in ``out`` (``stacks/keras/eject.py``)."""
+        from nailseg.stacks.keras.eject import write_script
+
+        return write_script(exp, pairs, out, config_name)
+
     def fit(self, ctx: TrainContext) -> FitResult:
         exp, run = ctx.exp, ctx.run
         t = exp.trainer

@@ -9,22 +9,16 @@ and ImageNet weights are the encoder's tensors as nailseg loads them (saved besi
 
 from __future__ import annotations
 
-import inspect
-import json
 from pathlib import Path
 from string import Template
 
 from nailseg.config import Experiment
+from nailseg.core.eject import READERS, render_compose, write_split
 from nailseg.core.data.discover import Pair
 from nailseg.errors import ConfigError
 
 TEMPLATE = Path(__file__).with_name("templates") / "train.py.tmpl"
 WEIGHTS_FILE = "encoder_weights.pt"
-# albumentations stores cv2 flags as numbers; the script names them
-CV2_FLAGS = {"interpolation": {0: "cv2.INTER_NEAREST", 1: "cv2.INTER_LINEAR", 2: "cv2.INTER_CUBIC", 3: "cv2.INTER_AREA"},
-             "border_mode": {0: "cv2.BORDER_CONSTANT", 1: "cv2.BORDER_REPLICATE", 2: "cv2.BORDER_REFLECT",
-                             4: "cv2.BORDER_REFLECT_101"}}
-CV2_FLAGS["mask_interpolation"] = CV2_FLAGS["interpolation"]
 LOSS_LINES = {
     "dice": "return self.dice(logits, mask)",
     "bce": "return self.bce(logits, mask)",
@@ -57,63 +51,6 @@ def refusals(exp: Experiment) -> list[str]:
     if exp.optim.freeze_encoder_bn:
         lines.append("optim.freeze_encoder_bn: not written by eject")
     return lines
-
-
-def _value(key: str, value) -> str:
-    if key in CV2_FLAGS and value in CV2_FLAGS[key]:
-        return CV2_FLAGS[key][value]
-    if isinstance(value, float):
-        return repr(float(f"{value:.10g}"))  # 5.3999999999999995 (0.03 x 180) is written 5.4
-    if isinstance(value, (list, tuple)):
-        return "(" + ", ".join(_value("", v) for v in value) + ("," if len(value) == 1 else "") + ")"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k!r}: {_value('', v)}" for k, v in value.items()) + "}"
-    return repr(value)
-
-
-def _defaults(cls) -> dict:
-    """What ``cls()`` serialises to, or ``{}`` when it has required arguments."""
-    import albumentations as A
-
-    try:
-        return A.to_dict(cls())["transform"]
-    except (TypeError, ValueError):  # required arguments (ValueError: albumentations' own validation)
-        return {}
-
-
-def render_transform(d: dict, indent: str = "    ") -> str:
-    """One albumentations transform (its ``to_dict`` form) as the call that builds it, with the
-    arguments that differ from its defaults."""
-    import albumentations as A
-
-    name = d["__class_fullname__"]
-    cls = getattr(A, name)
-    if "transforms" in d:  # OneOf, SomeOf, Sequential
-        inner = ",\n".join(render_transform(t, indent + "    ") for t in d["transforms"])
-        return f"{indent}A.{name}([\n{inner},\n{indent}], p={d['p']!r})"
-    params = inspect.signature(cls).parameters
-    default = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
-    default.update(_defaults(cls))  # as serialised (ranges as pairs), where cls() can be built
-    required = [k for k, p in params.items() if p.default is inspect.Parameter.empty and k in d]
-    rest = [k for k in d if k in params and k not in required and k != "__class_fullname__"
-            and (k not in default or _plain(default[k]) != _plain(d[k]))]
-    args = [f"{k}={_value(k, d[k])}" for k in (*required, *rest)]
-    line = f"{indent}A.{name}({', '.join(args)})"
-    if len(line) <= 100:
-        return line
-    inner = indent + "    "
-    return f"{indent}A.{name}(\n" + ",\n".join(inner + a for a in args) + f",\n{indent})"
-
-
-def _plain(value):
-    """A serialised value comparable with a signature default (tuples as lists)."""
-    return list(value) if isinstance(value, tuple) else value
-
-
-def render_compose(transform) -> str:
-    import albumentations as A
-
-    return ",\n".join(render_transform(t) for t in A.to_dict(transform)["transform"]["transforms"])
 
 
 def _encoder_weights(exp: Experiment, out: Path) -> str | None:
@@ -156,12 +93,11 @@ def write_script(exp: Experiment, pairs: dict[str, list[Pair]], out: Path, confi
         train_transforms=render_compose(train), eval_transforms=render_compose(evaluation),
         arch=repr(exp.model.arch), encoder=repr(exp.model.encoder), loss_lines=" " * 8 + loss,
         optimizer_line=" " * 8 + OPTIMIZERS[o.name], gradient_clip_val=repr(t.gradient_clip_val),
-        accumulate=t.accumulate_grad_batches,
+        accumulate=t.accumulate_grad_batches, readers=READERS,
     )
     script = Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values)
     (out / "train.py").write_text(script, encoding="utf-8")
-    split = {part: [[str(p.image.resolve()), str(p.mask.resolve())] for p in chosen] for part, chosen in pairs.items()}
-    (out / "split.json").write_text(json.dumps(split, indent=1), encoding="utf-8")
+    write_split(pairs, out)
     (out / "README.md").write_text(README.format(config=config_name, epochs=t.max_epochs,
                                                  weights=f"- `{WEIGHTS_FILE}`: the encoder's starting weights "
                                                  f"({exp.model.encoder_weights}), as nailseg loaded them\n"

@@ -202,7 +202,7 @@ class MmdetStack:
         coco = self.evaluate_instances(run, exp, val_pairs, all_pairs)
         keys = {f"val_{k.lower()}": v for k, v in coco.items() if k.endswith(("mAP", "mAP_50", "mAP_75"))}
         return {**keys, "val_metrics_at": "original resolution, best checkpoint; IoU/Dice of the union of "
-                                          "instances scoring >= 0.5"}
+                                          f"instances scoring >= {SCORE_THRESHOLD}"}
 
     def export(self, run: RunDir, exp: Experiment, fmt: str, out: Path | None = None) -> Path:
         """``state_dict``: the plain inference weights (loadable with weights_only=True) plus the mmdet config."""

@@ -1,0 +1,92 @@
+"""``nailseg eject`` for the Keras stack: the experiment as one plain tf.keras + segmentation_models +
+tf.data + albumentations script (``templates/train.py.tmpl``) that imports nothing of nailseg.
+
+The model is saved as nailseg builds it (``initial_model.keras``: sm's architecture, the float32
+sigmoid head, BatchNorm momentum, and the starting weights: the offline ImageNet tensors for the
+EfficientNet-Lite backbones nailseg registers in sm), so plain tf-keras loads it with no custom
+object; the albumentations pipeline is nailseg's own ``Compose`` written back as code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from string import Template
+
+from nailseg.config import Experiment
+from nailseg.core.data.discover import Pair
+from nailseg.core.eject import READERS, render_compose, write_split
+from nailseg.errors import ConfigError
+
+TEMPLATE = Path(__file__).with_name("templates") / "train.py.tmpl"
+OPTIMIZERS = {  # Keras applies weight decay decoupled for all three, as the Keras stack does
+    "adamw": "    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=WEIGHT_DECAY)",
+    "adam": "    optimizer = keras.optimizers.Adam(learning_rate=schedule, weight_decay=WEIGHT_DECAY or None)",
+    "sgd": "    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, weight_decay=WEIGHT_DECAY or None)",
+}
+LOSSES = {
+    "dice": "sm.losses.DiceLoss()",
+    "bce": "sm.losses.BinaryCELoss()",
+    "focal": "sm.losses.BinaryFocalLoss()",
+    "jaccard": "sm.losses.JaccardLoss()",
+}
+
+
+def refusals(exp: Experiment) -> list[str]:
+    lines = []
+    if exp.pipeline != "albumentations":
+        lines.append(f"data.pipeline={exp.pipeline}: eject writes the albumentations pipeline (through "
+                     "tf.numpy_function); use data.pipeline: albumentations to eject it")
+    if exp.data.balance is not None:
+        lines.append("data.balance: eject writes a plain shuffled tf.data pipeline")
+    return lines
+
+
+def write_script(exp: Experiment, pairs: dict[str, list[Pair]], out: Path, config_name: str) -> list[Path]:
+    """Write ``train.py``, ``initial_model.keras``, ``split.json`` and ``README.md`` into ``out``."""
+    from nailseg.core.augment import to_albumentations
+    from nailseg.stacks.keras.models import build_sm_model
+    from nailseg.stacks.keras.stack import resolve_policy
+
+    problems = refusals(exp)
+    if problems:
+        raise ConfigError(problems)
+    norm, o, t, m = exp.normalization, exp.optim, exp.trainer, exp.model
+    model = build_sm_model(m, exp.data.size_hw)  # offline ImageNet tensors, a file, or sm's download
+    model.save(out / "initial_model.keras")
+    loss = (f"{exp.loss.dice_weight!r} * sm.losses.DiceLoss() + {exp.loss.bce_weight!r} * sm.losses.BinaryCELoss()"
+            if exp.loss.name == "dice_bce" else LOSSES[exp.loss.name])
+    weights = str(m.encoder_weights)
+    values = dict(
+        title=f"Train {config_name}: tf.keras + segmentation_models ({m.arch} on {m.encoder}).",
+        config=config_name, image_size=repr(tuple(exp.data.size_hw)), epochs=t.max_epochs, batch_size=t.batch_size,
+        seed=t.seed, lr=repr(o.lr), weight_decay=repr(o.weight_decay), warmup_epochs=o.warmup_epochs,
+        schedule=repr(o.scheduler), poly_power=repr(o.poly_power), policy=repr(resolve_policy(exp)),
+        readers=READERS, arch=m.arch, encoder=repr(m.encoder),
+        weights_note=f" ({weights}: {norm.name} input normalisation)" if weights not in ("", "none") else " (random)",
+        train_transforms=render_compose(to_albumentations(exp.augment.train, exp.data.size_hw, norm=norm)),
+        eval_transforms=render_compose(to_albumentations([], exp.data.size_hw, train=False, norm=norm)),
+        optimizer_line=OPTIMIZERS[o.name], loss_line=f"    loss = {loss}",
+    )
+    (out / "train.py").write_text(Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values), encoding="utf-8")
+    write_split(pairs, out)
+    (out / "README.md").write_text(README.format(config=config_name, epochs=t.max_epochs), encoding="utf-8")
+    return sorted(out.iterdir())
+
+
+README = """# {config}, as a plain tf.keras script
+
+Written by `nailseg eject`. Nothing here imports nailseg.
+
+```console
+pip install tensorflow tf-keras segmentation-models albumentations pillow opencv-python-headless
+python train.py                 # {epochs} epochs; OUT/metrics.json holds the val (and test) IoU and Dice
+python train.py --epochs 3 --out runs/quick
+tensorboard --logdir out/tb
+```
+
+- `train.py`: tf.data with albumentations through `tf.numpy_function`, the mixed-precision policy,
+  `model.compile` / `model.fit` with the TensorBoard callback, and the evaluation at each photo's size
+- `initial_model.keras`: the segmentation_models model and its starting weights, as nailseg built it
+  (plain tf-keras loads it: `keras.models.load_model(..., compile=False)`)
+- `split.json`: the image and mask files of the train, val and test parts, as `nailseg train` splits them
+"""
