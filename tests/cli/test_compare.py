@@ -133,7 +133,7 @@ def test_a_finished_fold_is_reused_only_for_the_same_experiment(synth_data, tmp_
     again, not retrained; any other difference (here one epoch) trains it again."""
     from nailseg.config import load_experiment
     from nailseg.core.io import write_json, write_yaml
-    from nailseg.workflows.compare import finished_run
+    from nailseg.workflows.reuse import finished_run
 
     config = str(REPO / "configs" / "demo-cpu.yaml")
     overrides = [f"data.root={synth_data}", "data.split.folds=2", "data.split.fold=1"]

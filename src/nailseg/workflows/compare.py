@@ -19,6 +19,7 @@ from pathlib import Path
 
 from nailseg.core.io import read_jsonl, write_json, write_text
 from nailseg.errors import ConfigError
+from nailseg.workflows.reuse import finished_run
 
 ROW_KEYS = ("config", "stack", "family", "arch", "encoder", "params", "iou", "dice", "precision", "recall",
             "images_per_s", "wall_time_s", "peak_memory_mb", "epochs", "device", "pipeline")
@@ -178,30 +179,6 @@ def _mean_curve(curves: list[list]) -> list:
         values = [c[i] for c in curves if i < len(c) and c[i] is not None]
         out.append(statistics.fmean(values) if values else None)
     return out
-
-
-def finished_run(run: Path, config: str, overrides: list[str]) -> bool:
-    """Whether ``run`` holds a finished training of exactly this experiment (its ``config.yaml``
-    equals the config with these overrides, the run folder's own name and the resolved data path
-    aside), so re-running a killed ``compare`` continues where it stopped instead of starting over."""
-    import yaml
-
-    from nailseg.config import load_experiment
-
-    if not (run / "summary.json").is_file() or not (run / "config.yaml").is_file():
-        return False
-    try:
-        saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-        wanted = load_experiment(config, overrides).to_dict()
-    except (OSError, ValueError, yaml.YAMLError, ConfigError):
-        return False
-    if not isinstance(saved, dict) or not isinstance(saved.get("data"), dict):
-        return False
-    same_root = Path(str(saved["data"].get("root", ""))).resolve() == Path(wanted["data"]["root"]).resolve()
-    for tree in (saved, wanted):
-        tree.pop("run", None)
-        tree["data"].pop("root", None)
-    return same_root and saved == wanted
 
 
 def run_compare(configs: list[str], overrides: list[str], out: Path, *, folds: int | None, seed: int,
