@@ -23,8 +23,10 @@ BUDGET = ["model.encoder=tu-tf_efficientnet_lite0", "data.image_size=160", "data
           "trainer.max_epochs=8", "trainer.max_time=null", "optim.warmup_epochs=1", "data.split.val=0.2",
           "data.split.test=0.0", "trainer.precision=32-true", "data.num_workers=0", "logging.predictions=0"]
 # The two trainings draw different random augmentations and batches (each is reproducible), so their
-# IoUs differ by chance: 0.42 (the script) and 0.36 (nailseg train) on an AVX-512 EPYC.
-TOLERANCE = 0.1
+# IoUs differ by chance: 0.42 (the script) and 0.36 (nailseg train) on an AVX-512 EPYC; the Keras
+# twin of this test measured 0.41 against 0.53 in CI. Eight validation photos after eight short
+# epochs spread that wide, so the bound is 0.2: still far below the gap to a broken script (< 0.1).
+TOLERANCE = 0.2
 
 
 def _close(a, b) -> bool:
