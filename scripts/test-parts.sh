@@ -31,9 +31,23 @@ part() {  # part NAME COMMAND...: run it, keep the last line of its output for t
 n_passed=0
 n_failed=0
 
+# Each part's tests are spread over pytest-xdist workers, one a core pair (at most 4), each held
+# to its share of the cores: two trainings that both take every core run 6-12x slower (OpenMP
+# threads fighting), two that take one core each run side by side. A module's tests stay on one
+# worker (tests/conftest.py: SPREAD_MODULES names the exceptions). NAILSEG_TEST_WORKERS=0: one process.
+cores=$(nproc 2>/dev/null || echo 1)
+workers=${NAILSEG_TEST_WORKERS:-$(( cores >= 2 ? (cores / 2 > 4 ? 4 : (cores / 2 > 2 ? cores / 2 : 2)) : 0 ))}
+parallel=()
+if [ "$workers" -gt 0 ]; then
+  threads=$(( cores / workers > 0 ? cores / workers : 1 ))
+  export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads TF_NUM_INTRAOP_THREADS=$threads TF_NUM_INTEROP_THREADS=1
+  parallel=(-n "$workers" --dist loadgroup)
+  echo "make test: $workers pytest workers, $threads thread(s) each, on $cores cores"
+fi
+
 # Two pytest processes: TensorFlow and torch must not share one (tests/stacks/keras/conftest.py).
-part torch-tests "$BIN/python" -m pytest -m "not gpu and not tf" "${extra[@]}"
-part tf-tests "$BIN/python" -m pytest -m "tf and not gpu" tests/stacks/keras tests/docs "${extra[@]}"
+part torch-tests "$BIN/python" -m pytest -m "not gpu and not tf" "${parallel[@]}" "${extra[@]}"
+part tf-tests "$BIN/python" -m pytest -m "tf and not gpu" tests/stacks/keras tests/docs "${parallel[@]}" "${extra[@]}"
 part docs make --no-print-directory docs
 
 echo

@@ -19,6 +19,7 @@ from tests.cli_fork import run_forked
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("NAILSEG_REAL_DATA", REPO.parent / "shared" / "data" / "nails_segmentation"))
+CAMVID = Path(os.environ.get("NAILSEG_CAMVID", REPO.parent / "shared" / "data" / "camvid_small"))
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub: fail at once instead of waiting on the network
@@ -31,12 +32,21 @@ def _has_gpu() -> bool:
     return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
 
 
+# Modules whose tests share nothing costly, so pytest-xdist may spread them over its workers; every
+# other module's tests stay together on one worker (``--dist loadgroup``), so a module-scoped
+# fixture (a trained run) is built once, not once per worker.
+SPREAD_MODULES = {"test_notebooks.py", "test_layers.py", "test_config.py"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     has_gpu = _has_gpu()
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(skip_gpu)
+        if item.path.name not in SPREAD_MODULES and not any(m.name == "xdist_group" for m in item.iter_markers()):
+            item.add_marker(pytest.mark.xdist_group(str(item.path.relative_to(REPO))))
 
 
 @contextmanager
@@ -135,3 +145,29 @@ TINY_TRAIN = [  # overrides that make any smp config train in seconds on a CPU
     "data.image_size=64", "model.encoder=resnet18", "trainer.batch_size=4", "data.num_workers=0",
     "logging.predictions=2",
 ]
+
+
+CLASS_NAMES = ("skin", "nail", "ring")
+
+
+@pytest.fixture(scope="session")
+def class_data(tmp_path_factory) -> Path:
+    """24 pairs of three classes told apart by colour (pink nails, blue rings on noisy skin), with a
+    band of unlabelled pixels (255) in each mask: a many-class model that learns nothing scores
+    about 0.3 mIoU (skin alone), one that learns the colours far more."""
+    root = tmp_path_factory.mktemp("classes") / "data"
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:72, :96]
+    for i in range(24):
+        labels = np.zeros((72, 96), np.uint8)
+        for cls in (1, 2, 1):
+            cy, cx, ry, rx = rng.integers(10, 62), rng.integers(10, 86), rng.integers(5, 11), rng.integers(4, 9)
+            labels[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1] = cls
+        skin = rng.uniform([170, 120, 100], [230, 170, 140])
+        colours = np.array([skin, [225, 70, 110], [60, 90, 220]])
+        image = colours[labels] + rng.normal(0, 12, (72, 96, 3))
+        labels[:, 90:] = 255  # nobody labelled this band
+        write_image(root / "images" / f"{i:02d}.png", np.clip(image, 0, 255).astype(np.uint8))
+        write_image(root / "labels" / f"{i:02d}.png", labels)
+    (root / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+    return root

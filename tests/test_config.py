@@ -109,6 +109,14 @@ def test_model_keys_belong_to_their_family():
     (["model.family=maskrcnn", "augment.train=[{name: affine}]"], "affine cannot run on the mmdet pipeline"),
     (["data.pipeline=dali", "data.balance={by: fg_bins}"], "cannot draw weighted samples"),
     (["model.family=sm", "optim.encoder_lr_scale=0.1"], "optim.encoder_lr_scale: the keras stack cannot honour it"),
+    (["model.family=sm", "data.classes=[a, b, c]"], "data.classes: the keras stack trains binary masks only so far"),
+    (["data.pipeline=kornia", "data.classes=[a, b, c]"], "the kornia pipeline does not carry class-index masks"),
+    (["data.classes=[a, b, c]", "model.classes=2"], "model.classes: 2, but data.classes names 3"),
+    (["data.classes=[a, b, c]", "loss.name=lovasz"], "loss.name: lovasz is a binary loss"),
+    (["data.classes=[a, b, c]", "data.ignore_index=1"], "data.ignore_index: 1 is class 'b'"),
+    (["data.classes=[a, a]"], "data.classes: give 2 to 255 distinct"),
+    (["data.classes=[a, b]", "data.colors=[[0, 0, 0]]"], "data.colors: 1 colours for 2 classes"),
+    (["model.classes=5"], "model.classes: 5 classes need data.classes"),
 ])
 def test_stack_refuses_what_it_cannot_do(overrides, fragment):
     with pytest.raises(ConfigError) as info:
@@ -140,3 +148,15 @@ def test_max_time_needs_a_unit_and_a_stack_that_budgets():
         load_experiment(REPO / "configs" / "demo-cpu.yaml", ["trainer.max_time=20"])
     with pytest.raises(ConfigError, match="trainer.max_time: the keras stack cannot size its epochs"):
         load_experiment(REPO / "configs" / "keras-cpu.yaml", ["trainer.max_time=20m"])
+
+
+def test_many_classes_size_the_model_and_read_a_names_file(tmp_path):
+    exp = load_experiment(REPO / "configs" / "camvid-pretrained-cpu.yaml")
+    assert exp.model.classes == 11 and exp.data.label_spec.ignore_index == 11
+    assert exp.data.label_spec.names[3] == "road" and exp.to_dict()["model"]["classes"] == 11
+    (tmp_path / "classes.txt").write_text("background\nnail\nskin\n")
+    exp = load_experiment(None, [f"data.root={tmp_path}", "data.classes=classes.txt"])
+    assert exp.data.classes == ["background", "nail", "skin"] and exp.model.classes == 3
+    assert exp.to_dict()["data"]["classes"] == ["background", "nail", "skin"]  # the run keeps the names
+    with pytest.raises(ConfigError, match=r"data\.classes: .*missing\.txt: cannot read the class names"):
+        load_experiment(None, [f"data.root={tmp_path}", "data.classes=missing.txt"])

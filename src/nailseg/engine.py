@@ -91,6 +91,7 @@ def run_training(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict 
         create_run_dir(run)
     with RunLock(run):
         split = fix_split(exp, run, set(fg_share), planned)
+        _warn_absent_classes(report, split)
         if resume:  # only now, with the checkpoint verified and the lock held, is the config changed
             write_yaml(run.config, resolved_config(exp, run))
             dedupe_metrics(run)
@@ -112,6 +113,18 @@ def run_training(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict 
         if result is None:
             return None
         return _finish(stack, ctx, result, started)
+
+
+def _warn_absent_classes(report, split: dict[str, list[str]]) -> None:
+    """Many classes: a class with no pixel in the training or validation split is named, since its
+    IoU will be missing (val) or never learnt (train)."""
+    if report.class_names is None:
+        return
+    for part in ("train", "val"):
+        absent = report.classes_absent(set(split.get(part, [])))
+        if absent and split.get(part):
+            print(f"warning: no pixel of {', '.join(absent)} in the {part} split ({len(split[part])} images)",
+                  file=sys.stderr, flush=True)
 
 
 def plan_split(exp: Experiment, fg_share: dict[str, float]) -> dict[str, list[str]]:

@@ -246,7 +246,7 @@ class PreparedData:
 
 def check_data(exp: Experiment):
     """Decode every pair once and refuse bad input before anything is written."""
-    report = check_dataset(exp.data.root)
+    report = check_dataset(exp.data.root, labels=exp.data.label_spec)
     report.raise_if_problems()
     return report
 

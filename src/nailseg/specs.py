@@ -37,6 +37,7 @@ class PipelineSpec:
     purpose: str = ""
     can_crop: bool = False       # can train on random windows of the picture (``data.crop_size``)
     module: str = ""             # the import it needs beyond its stack's (checked at preflight, extra named)
+    keeps_labels: bool = False   # moves class-index masks with nearest-neighbour and pads with the ignore value
 
     @property
     def augments_on_device(self) -> bool:
@@ -47,6 +48,7 @@ class PipelineSpec:
 
 PIPELINE_SPECS: dict[str, PipelineSpec] = {p.name: p for p in (
     PipelineSpec("albumentations", ALL_OPS, reads_cache=True, can_balance=True, device="cpu", can_crop=True,
+                 keeps_labels=True,
                  purpose="albumentations in the loader workers (torch DataLoader or tf.numpy_function)"),
     PipelineSpec("kornia", ALL_OPS, reads_cache=True, can_balance=True, device="device", extras=("gpuaug",),
                  can_crop=True, module="kornia",
@@ -78,7 +80,8 @@ class StackSpec:
     # "instances": COCO mAP and per-instance predictions; "pretrain": synthetic pretraining (model.init_from);
     # "crop": its networks take any input size, so they can train on windows (data.crop_size);
     # "budget": it sizes its epochs and schedule to trainer.max_time (core/budget.py);
-    # "eject": it writes the experiment as a plain script of its framework (Stack.eject)
+    # "eject": it writes the experiment as a plain script of its framework (Stack.eject);
+    # "multiclass": it trains many classes (data.classes) with softmax and the ignore value
     capabilities: frozenset[str] = frozenset()
     optim_unsupported: tuple[str, ...] = ()     # optim keys this stack cannot honour (refused at config time)
     benches: tuple[str, ...] = ()   # `nailseg bench VERB` it runs: <package>.bench_<verb>, with run() and CHOICES
@@ -97,7 +100,7 @@ class StackSpec:
 STACKS: dict[str, StackSpec] = {spec.name: spec for spec in (
     StackSpec("lightning", ("smp", "upernet", "segformer"), ("albumentations", "kornia", "dali"), "torch",
               ("torch", "lightning", "segmentation_models_pytorch"), ("state_dict", "hf", "onnx"),
-              capabilities=frozenset({"pretrain", "crop", "budget", "eject"}), benches=("loaders", "train"),
+              capabilities=frozenset({"pretrain", "crop", "budget", "eject", "multiclass"}), benches=("loaders", "train"),
               folder_exports=("hf",),
               purpose="The PyTorch Lightning stack (model.family: smp, or upernet and segformer from transformers)"),
     StackSpec("keras", ("sm",), ("albumentations", "tf"), "tf", ("tensorflow", "tf_keras", "segmentation_models"),

@@ -24,19 +24,26 @@ def cmd_data_synth(args) -> int:
 def cmd_data_check(args) -> int:
     from nailseg.core.data.check import check_dataset
 
-    report = check_dataset(args.root, progress=not args.json)
+    report = check_dataset(args.root, progress=not args.json, labels=_check_labels(args))
     if args.json:
         print(json.dumps(report.to_json() if args.per_pair else report.summary(), indent=2))
     else:
         s = report.summary()
         print(f"data folder:  {s['root']}")
         print(f"pairs:        {s['pairs']} ({s['valid_pairs']} valid)")
-        for key, label, unit in (("width", "width", " px"), ("height", "height", " px"),
-                                 ("fg_share", "foreground", "")):
+        shares = [("fg_share", "foreground" if report.class_names is None else "not class 0", "")]
+        for key, label, unit in (("width", "width", " px"), ("height", "height", " px"), *shares):
             if s[key]:
                 v = s[key]
                 fmt = (lambda x: f"{x:.1%}") if key == "fg_share" else (lambda x: f"{x:.0f}{unit}")
                 print(f"{label + ':':13} min {fmt(v['min'])}  median {fmt(v['median'])}  max {fmt(v['max'])}")
+        if report.class_names is not None and s["valid_pairs"]:
+            totals = report.class_totals()
+            labelled = max(1, sum(totals.values()))
+            width = max(len(n) for n in totals)
+            print(f"classes:      {len(totals)} (pixels per class, share of labelled pixels)")
+            for name, count in totals.items():
+                print(f"  {name:{width}} {count:>12,d} {count / labelled:7.2%}" + ("  absent" if not count else ""))
         print(f"problems:     {len(report.problems)}")
         print(f"warnings:     {len(report.warnings)}")
     for line in report.warnings:
@@ -44,6 +51,29 @@ def cmd_data_check(args) -> int:
     for line in report.problems:
         print(f"error: {quote_name(line)}", file=sys.stderr)
     return 2 if report.problems else 0
+
+
+def _check_labels(args):
+    """The classes ``data check`` reads masks as: --classes, else ROOT/classes.txt when it exists
+    (the binary mask rule otherwise)."""
+    from pathlib import Path
+
+    from nailseg.core.labels import LabelSpec, read_class_names
+
+    if args.classes is None:
+        found = Path(args.root) / "classes.txt"
+        if not found.is_file():
+            return None
+        names = read_class_names(found)
+    elif Path(args.classes).is_file():
+        names = read_class_names(args.classes)
+    else:
+        names = [n.strip() for n in args.classes.split(",") if n.strip()]
+        if len(names) < 2:
+            raise NailsegError(f"--classes {args.classes!r}: a file of names or at least two names, comma-separated")
+    if not 0 <= args.ignore_index <= 255 or args.ignore_index < len(names):
+        raise NailsegError(f"--ignore-index {args.ignore_index}: must be from {len(names)} to 255 (above the classes)")
+    return LabelSpec(tuple(names), args.ignore_index)
 
 
 def cmd_data_balance(args) -> int:
@@ -130,6 +160,12 @@ def add_parser(sub) -> None:
     check.add_argument("root", help="data folder")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.add_argument("--per-pair", action="store_true", help="with --json: include every pair's stats")
+    check.add_argument("--classes", metavar="FILE|A,B,...",
+                       help="masks hold class indices of these classes (a file of names one a line, or names "
+                            "comma-separated); default: ROOT/classes.txt when it exists, else the binary mask rule. "
+                            "Reports pixels per class and refuses values outside the classes by file")
+    check.add_argument("--ignore-index", type=int, default=255,
+                       help="with classes: the value of unlabelled pixels (default: 255)")
     check.set_defaults(func=cmd_data_check)
 
     bal = dsub.add_parser(

@@ -29,7 +29,13 @@ def _eval_onnx(args, out) -> int:
     from nailseg.core.postprocess import InferenceOptions
 
     options = inference_options(args, InferenceOptions(threshold=model.threshold))
-    result = evaluate_pairs(model, pairs, progress=not args.quiet, overlays=overlays, options=options)
+    if model.labels is not None:  # a many-class export: its class names come with it
+        from nailseg.core.class_eval import evaluate_classes
+
+        result = evaluate_classes(model, pairs, model.labels, progress=not args.quiet, overlays=overlays,
+                                  options=options)
+    else:
+        result = evaluate_pairs(model, pairs, progress=not args.quiet, overlays=overlays, options=options)
     result = {"model": str(model.path), "runtime": "onnxruntime", "data": str(args.data), "split": "all", **result}
     out = out or Path(args.run).with_suffix(".eval.json")
     write_json(out, result)
@@ -39,6 +45,9 @@ def _eval_onnx(args, out) -> int:
 
 
 def _print_scores(result: dict) -> None:
+    if "miou" in result:
+        _print_class_scores(result)
+        return
     print(f"{'split':10} {'images':>6} {'IoU':>7} {'Dice':>7} {'prec.':>7} {'recall':>7}")
     print(f"{result['split']:10} {result['n_images']:>6} {result['iou']:>7.4f} {result['dice']:>7.4f} "
           f"{result['precision']:>7.4f} {result['recall']:>7.4f}")
@@ -83,6 +92,9 @@ def cmd_eval(args) -> int:
                                   [f for p in pairs for f in (p.image, p.mask)], "--overlays")
     predictor = stack.load_predictor(run, exp, args.checkpoint)
     options = inference_options(args, load_run_options(run.path))
+    labels = exp.data.label_spec
+    if labels is not None:  # many classes: per-class IoU/Dice, mIoU, pixel accuracy, confusion matrix
+        return _eval_classes(args, run, exp, predictor, chosen, root, options, out or run.eval, overlays)
     if args.choose_threshold:
         threshold, tried = choose_threshold(predictor, chosen, options, progress=not args.quiet)
         options = with_overrides(options, threshold=threshold)
@@ -106,11 +118,42 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _eval_classes(args, run, exp, predictor, chosen, root, options, out: Path, overlays) -> int:
+    from nailseg.core.class_eval import evaluate_classes
+    from nailseg.core.io import write_json
+
+    if args.choose_threshold:
+        raise NailsegError("--choose-threshold: a many-class model takes each pixel's most probable class; "
+                           "there is no threshold to choose")
+    confusion = out.with_name(out.stem + "_confusion.png")
+    result = evaluate_classes(predictor, chosen, exp.data.label_spec, progress=not args.quiet, overlays=overlays,
+                              options=options, confusion_png=confusion)
+    result = {"run": str(run.path), "data": str(root), "split": "all" if args.data else args.split,
+              "checkpoint": args.checkpoint, "confusion_png": str(confusion), **result}
+    write_json(out, result)
+    _print_class_scores(result)
+    print(out)
+    return 0
+
+
+def _print_class_scores(result: dict) -> None:
+    width = max(len(n) for n in result["classes"])
+    print(f"{'class':{width}} {'IoU':>7} {'Dice':>7}")
+    for name in result["classes"]:
+        iou, dice = result["per_class_iou"][name], result["per_class_dice"][name]
+        print(f"{name:{width}} {'-' if iou is None else f'{iou:.4f}':>7} {'-' if dice is None else f'{dice:.4f}':>7}")
+    print(f"{result['split']}: {result['n_images']} images, mIoU {result['miou']:.4f} over "
+          f"{result['classes_scored']} classes present, mDice {result['mdice']:.4f}, "
+          f"pixel accuracy {result['pixel_accuracy']:.4f}")
+
+
 def add_parser(sub) -> None:
     ev = sub.add_parser("eval", help="score a run at each image's original resolution",
                         description="Compute IoU, Dice, precision and recall per image and over the set "
                                     "(pixels summed over all images), at each image's original size; "
-                                    "writes eval.json into the run folder.")
+                                    "writes eval.json into the run folder. A many-class run (data.classes) "
+                                    "gets per-class IoU and Dice, mIoU over the classes present, pixel "
+                                    "accuracy and a confusion matrix PNG (eval_confusion.png beside the JSON).")
     ev.add_argument("run", help="run folder, or a MODEL.onnx from `nailseg export --format onnx` (needs --data; "
                                 "runs on onnxruntime alone)")
     ev.add_argument("--split", default="test", choices=["train", "val", "test", "all"],

@@ -28,14 +28,25 @@ def cmd_predict(args) -> int:
         from nailseg.core.postprocess import InferenceOptions
 
         model = OnnxSegmenter(args.run)
-        result = predict_files(model, inputs, out, progress=not args.quiet,
-                               options=inference_options(args, InferenceOptions(threshold=model.threshold)))
+        options = inference_options(args, InferenceOptions(threshold=model.threshold))
+        if model.labels is not None:
+            from nailseg.core.class_eval import predict_class_files
+
+            result = predict_class_files(model, inputs, out, model.labels, progress=not args.quiet, options=options)
+        else:
+            result = predict_files(model, inputs, out, progress=not args.quiet, options=options)
         return _report_predictions(result, inputs, out)
     run, exp, stack = open_for_inference(args.run)
     if has_capability(exp, "instances"):
         result = predict_instance_files(stack.load_instance_predictor(run, exp), inputs, out, progress=not args.quiet)
         for w in result.written:
             print(f"{w['file']}: {w['instances']} instances")
+    elif exp.data.label_spec is not None:
+        from nailseg.core.class_eval import predict_class_files
+        from nailseg.core.postprocess import load_run_options
+
+        result = predict_class_files(stack.load_predictor(run, exp), inputs, out, exp.data.label_spec,
+                                     progress=not args.quiet, options=inference_options(args, load_run_options(run.path)))
     else:
         from nailseg.core.postprocess import load_run_options
 
@@ -54,7 +65,8 @@ def _report_predictions(result, inputs, out) -> int:
 def add_parser(sub) -> None:
     pr = sub.add_parser("predict", help="write masks and overlays for images",
                         description="For each image (files or folders, any size and aspect ratio) write "
-                                    "OUT/<path>_mask.png (0/255) and OUT/<path>_overlay.png, keeping each "
+                                    "OUT/<path>_mask.png (0/255; class indices in a palette PNG for a many-class run) and "
+                                    "OUT/<path>_overlay.png (with a legend of class names), keeping each "
                                     "input's folders below the folder it was found in. Unreadable files are "
                                     "named at the end (exit code 2); the others are still predicted.")
     pr.add_argument("run", help="run folder, or a MODEL.onnx (onnxruntime alone: no torch or TensorFlow needed)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -64,6 +65,15 @@ class DataConfig(_Section):
                                                                "and scale augmentation keep their pixels")
     cache_dir: str | None = Field(None, description="disk cache folder (default: RUN/cache)")
     cache_ram_share: float = Field(0.5, gt=0, le=0.9, description="auto/ram: largest share of free memory used")
+    classes: list[str] | str | None = Field(
+        None, description="many classes: their names in index order, or a file of names one a line (e.g. "
+                          "classes.txt, found in data.root when relative); masks then hold class indices "
+                          "(index or palette PNGs, or RGB with data.colors). null: the binary layout (mask rule)")
+    ignore_index: int = Field(255, ge=0, le=255, description="with data.classes: the mask value of unlabelled "
+                                                             "pixels, left out of the loss and the scores")
+    colors: list[tuple[int, int, int]] | None = Field(
+        None, description="with data.classes: each class's RGB colour, for RGB colour masks (and checked "
+                          "against palette masks' colours)")
 
     @field_validator("root")
     @classmethod
@@ -98,6 +108,47 @@ class DataConfig(_Section):
                              f"{list(self.size_hw)}; a crop is a window of the resized picture (set data.crop_size "
                              "too, or data.crop_size=null to train on whole pictures)")
         return self
+
+    @model_validator(mode="after")
+    def _classes_named(self):
+        """``data.classes`` as a list of names (a file is read once, here, so a run's config.yaml
+        carries the names and needs no data folder at inference)."""
+        if self.classes is None:
+            if self.colors is not None:
+                raise ValueError("data.colors: a colour table needs data.classes (the names, in index order)")
+            return self
+        names = self.classes
+        if isinstance(names, str):
+            from nailseg.core.labels import read_class_names
+            from nailseg.errors import DataError
+
+            path = Path(names) if Path(names).is_absolute() else Path(self.root) / names
+            try:
+                names = read_class_names(path)
+            except DataError as err:
+                raise ValueError(f"data.classes: {err.lines[0]}") from None
+        names = [str(n).strip() for n in names]
+        if len(names) < 2 or len(names) > 255 or any(not n for n in names) or len(set(names)) != len(names):
+            raise ValueError(f"data.classes: give 2 to 255 distinct, non-empty names (got {len(names)})")
+        if self.ignore_index < len(names):
+            raise ValueError(f"data.ignore_index: {self.ignore_index} is class {names[self.ignore_index]!r}; "
+                             f"the ignore value must be {len(names)} or more (255 by default)")
+        if self.colors is not None and len(self.colors) != len(names):
+            raise ValueError(f"data.colors: {len(self.colors)} colours for {len(names)} classes (one a class)")
+        if self.colors is not None and any(not 0 <= c <= 255 for rgb in self.colors for c in rgb):
+            raise ValueError("data.colors: each colour is [r, g, b] with values 0-255")
+        self.__dict__["classes"] = names  # not setattr: that would validate the whole section again
+        return self
+
+    @property
+    def label_spec(self):
+        """The :class:`~nailseg.core.labels.LabelSpec` of many-class data, or None (binary masks)."""
+        if self.classes is None:
+            return None
+        from nailseg.core.labels import LabelSpec
+
+        return LabelSpec(tuple(self.classes), self.ignore_index,
+                         None if self.colors is None else tuple(tuple(c) for c in self.colors))
 
     @property
     def size_hw(self) -> tuple[int, int]:

@@ -81,7 +81,33 @@ class Experiment(_Section):
                 raise ValueError(f"optim.{key}: the {spec.name} stack cannot honour it (got {value}); remove it")
         if self.optim.freeze_encoder_bn:
             self._check_bn_freeze()
+        self._check_classes(spec, pipeline)
         return self
+
+    def _check_classes(self, spec, pipeline) -> None:
+        """Many classes: a stack and pipeline that keep class indices, and the model sized to them."""
+        n = len(self.data.classes) if self.data.classes is not None else None
+        declared = getattr(self.model, "classes", None)
+        if n is None:
+            if declared is not None and declared > 2:
+                raise ValueError(f"model.classes: {declared} classes need data.classes (their names, in index "
+                                 "order, or classes.txt)")
+            return
+        if "multiclass" not in spec.capabilities:
+            able = [s.name for s in STACKS.values() if "multiclass" in s.capabilities]
+            raise ValueError(f"data.classes: the {spec.name} stack trains binary masks only so far; many classes "
+                             f"train on the {', '.join(able)} stack")
+        if not pipeline.keeps_labels:
+            keeping = [p.name for p in PIPELINE_SPECS.values() if p.keeps_labels]
+            raise ValueError(f"data.classes: the {pipeline.name} pipeline does not carry class-index masks yet; "
+                             f"use data.pipeline: {', '.join(keeping)}")
+        if declared not in (1, n):
+            raise ValueError(f"model.classes: {declared}, but data.classes names {n}; remove model.classes "
+                             "(it follows data.classes)")
+        if self.loss.name not in ("dice_bce", "dice", "bce"):
+            raise ValueError(f"loss.name: {self.loss.name} is a binary loss; with data.classes use dice_bce, dice "
+                             "or bce (softmax cross-entropy stands in for BCE)")
+        self.model.__dict__["classes"] = n  # the model's head follows the names (no re-validation loop)
 
     def _check_bn_freeze(self) -> None:
         if not self.model.encoder_has_batchnorm:

@@ -9,6 +9,10 @@ from pydantic import Field, field_validator, model_validator
 from nailseg.config.base import _Section
 
 
+CLASSES_HELP = ("1: one logit + sigmoid; 2: softmax over background/nail; many: set from data.classes "
+                "(softmax over them)")
+
+
 class _ModelBase(_Section):
     default_encoder_lr_scale: ClassVar[float] = 1.0  # optim.encoder_lr_scale when it is not set
     encoder_has_batchnorm: ClassVar[bool] = True     # optim.freeze_encoder_bn has something to freeze
@@ -43,7 +47,7 @@ class SmpModel(_ModelBase):
                                                      "when one ships this encoder, see `nailseg weights list`; "
                                                      "else smp's download) | a local file (smp, timm, torchvision "
                                                      "or EfficientNet-PyTorch layout)")
-    classes: int = Field(1, ge=1, le=2, description="1: one logit + sigmoid; 2: softmax over background/nail")
+    classes: int = Field(1, ge=1, le=255, description=CLASSES_HELP)
     init_from: str = Field("none", description="none | a run folder (its best weights) | a weights file: "
                                                "fine-tune from another run, e.g. one on synthetic nails")
 
@@ -65,7 +69,7 @@ class UpernetModel(_ModelBase):
                                                      "see `nailseg weights list`; else timm's download) | a local file")
     hidden_size: int = Field(128, ge=16, le=1024, description="UperNet's channel width (transformers' default "
                                                               "512 is sized for GPUs)")
-    classes: int = Field(1, ge=1, le=2, description="1: one logit + sigmoid; 2: softmax over background/nail")
+    classes: int = Field(1, ge=1, le=255, description=CLASSES_HELP)
     init_from: str = Field("none", description="none | a run folder | a weights file (see smp)")
 
     @field_validator("encoder")
@@ -91,7 +95,7 @@ class SegformerModel(_ModelBase):
     encoder_has_batchnorm: ClassVar[bool] = False    # Mix Transformer blocks use LayerNorm
     variant: Literal["b0", "b1", "b2", "b3", "b4", "b5"] = "b0"
     pretrained: str = Field("none", description="none | hub id | local folder (save_pretrained)")
-    classes: int = Field(1, ge=1, le=2, description="1: one logit + sigmoid; 2: softmax over background/nail")
+    classes: int = Field(1, ge=1, le=255, description=CLASSES_HELP)
     init_from: str = Field("none", description="none | a run folder | a weights file (see smp)")
 
     def describe(self) -> dict[str, str]:

@@ -127,7 +127,7 @@ def default_train_augment() -> list[AugmentOp]:
 
 def to_albumentations(
     ops: list[AugmentOp], size: tuple[int, int], *, normalize: bool = True, train: bool = True,
-    norm: Normalization = IMAGENET, crop: tuple[int, int] | None = None,
+    norm: Normalization = IMAGENET, crop: tuple[int, int] | None = None, mask_fill: int = 0,
 ):
     """Build an ``albumentations.Compose`` for (image, mask) at ``size`` = (height, width).
 
@@ -136,6 +136,8 @@ def to_albumentations(
     of that (height, width) is cut from the ``size`` picture as soon as it exists, so the ops
     after it run on the window (cheaper) and the network trains on it. Evaluation: the resize
     only. ``norm`` is the encoder's input normalisation (``Experiment.normalization``).
+    ``mask_fill``: the mask value where a geometric op uncovers the picture (0, background, for
+    binary masks; ``data.ignore_index`` for class-index masks, so no class is invented there).
     """
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     import cv2
@@ -151,7 +153,7 @@ def to_albumentations(
     if not any(op.name == "random_resized_crop" for op in ops):
         steps += [A.Resize(h, w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST), *window]
     for op in ops:
-        steps.append(_albu_op(A, cv2, op, h, w))
+        steps.append(_albu_op(A, cv2, op, h, w, mask_fill))
         if op.name == "random_resized_crop":
             steps += window
     if normalize:
@@ -173,10 +175,10 @@ def _albu_resized_crop(A, cv2, op, h, w):
 ALBUMENTATIONS_OPS = {
     "hflip": lambda A, cv2, op, h, w: A.HorizontalFlip(p=op.p),
     "vflip": lambda A, cv2, op, h, w: A.VerticalFlip(p=op.p),
-    "affine": lambda A, cv2, op, h, w: A.Affine(
+    "affine": lambda A, cv2, op, h, w, mask_fill=0: A.Affine(
         rotate=(-op.rotate, op.rotate), scale=op.scale, translate_percent=(-op.translate, op.translate),
         interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT,
-        fill=0, fill_mask=0, p=op.p),
+        fill=0, fill_mask=mask_fill, p=op.p),
     "random_resized_crop": _albu_resized_crop,
     "brightness_contrast": lambda A, cv2, op, h, w: A.RandomBrightnessContrast(
         brightness_limit=op.brightness, contrast_limit=op.contrast, p=op.p),
@@ -187,5 +189,10 @@ ALBUMENTATIONS_OPS = {
 }
 
 
-def _albu_op(A, cv2, op: AugmentOp, h: int, w: int):
-    return ALBUMENTATIONS_OPS[op.name](A, cv2, op, h, w)
+# The ops that uncover pixels: they take the mask's fill value as a sixth argument.
+FILLING_OPS = frozenset({"affine"})
+
+
+def _albu_op(A, cv2, op: AugmentOp, h: int, w: int, mask_fill: int = 0):
+    make = ALBUMENTATIONS_OPS[op.name]
+    return make(A, cv2, op, h, w, mask_fill) if op.name in FILLING_OPS else make(A, cv2, op, h, w)

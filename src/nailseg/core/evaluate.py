@@ -48,10 +48,17 @@ def model_input(image: np.ndarray, size_hw: tuple[int, int], norm=None, *, float
 
 
 def at_image_size(prob: np.ndarray, image: np.ndarray) -> np.ndarray:
-    """A probability map resized back to its image's original size (metrics are scored there)."""
+    """A probability map (H, W), or class probabilities (H, W, C), resized back to its image's
+    original size (metrics are scored there)."""
     import cv2
 
-    return cv2.resize(prob.astype(np.float32), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    size = (image.shape[1], image.shape[0])
+    prob = prob.astype(np.float32)
+    if prob.ndim == 3 and prob.shape[2] > 4:  # OpenCV resizes up to 4 channels at once reliably
+        return np.stack([cv2.resize(np.ascontiguousarray(prob[..., c]), size, interpolation=cv2.INTER_LINEAR)
+                         for c in range(prob.shape[2])], axis=-1)
+    out = cv2.resize(prob, size, interpolation=cv2.INTER_LINEAR)
+    return out if out.ndim == prob.ndim else out[..., None]
 
 
 def overlay_name(key: str) -> str:
@@ -190,8 +197,15 @@ def semantic_summary(predict: Predictor, val_pairs: list[Pair], run, exp) -> dic
     overlays), plus figures read back from ``metrics.jsonl``."""
     from nailseg.core.io import read_jsonl
 
-    val = evaluate_pairs(predict, val_pairs, progress=False)
-    write_overlays(predict, val_pairs[: exp.logging.predictions], run.predictions)
+    labels = exp.data.label_spec
+    if labels is not None:  # many classes: mIoU and per-class scores (core/class_eval.py)
+        from nailseg.core.class_eval import evaluate_classes, write_class_overlays
+
+        val = evaluate_classes(predict, val_pairs, labels, progress=False)
+        write_class_overlays(predict, val_pairs[: exp.logging.predictions], labels, run.predictions)
+    else:
+        val = evaluate_pairs(predict, val_pairs, progress=False)
+        write_overlays(predict, val_pairs[: exp.logging.predictions], run.predictions)
     records = read_jsonl(run.metrics)
     from nailseg.core.visualize import plot_run_curves
 
@@ -203,6 +217,8 @@ def semantic_summary(predict: Predictor, val_pairs: list[Pair], run, exp) -> dic
         "run": str(run.path), "val_iou": val["iou"], "val_dice": val["dice"], "val_precision": val["precision"],
         "val_recall": val["recall"], "val_metrics_at": "original resolution, best checkpoint",
         "best_val_iou_model_resolution": max(ious, default=None),
+        **({"val_miou": val["miou"], "val_per_class_iou": val["per_class_iou"],
+            "val_pixel_accuracy": val["pixel_accuracy"]} if labels is not None else {}),
         "train_images_per_s": float(np.median(speeds)) if speeds else None,
         "epochs_recorded": len(records), "last_step": records[-1]["step"] if records else 0,
     }

@@ -94,6 +94,29 @@ def error_overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, iou: f
     return np.vstack([out, legend(out.shape[1], [(LABELS[k], PALETTE[k]) for k in ("tp", "fp", "fn")], note)])
 
 
+def class_overlay(image: np.ndarray, labels: np.ndarray, names, ignore_index: int = 255, alpha: float = 0.5,
+                  *, truth: np.ndarray | None = None, note: str = "") -> np.ndarray:
+    """A class map on its photograph in the class palette (``core/labels.py``), with a legend of the
+    classes it shows. With ``truth``: the prediction beside the truth, so errors are found by eye."""
+    from nailseg.core.labels import color_labels, palette
+
+    n = len(names)
+
+    def blended(lab: np.ndarray) -> np.ndarray:
+        colours = color_labels(lab, n, ignore_index).astype(np.float32)
+        keep = (lab != ignore_index)[..., None]
+        return np.where(keep, image * (1 - alpha) + colours * alpha, image).astype(np.uint8)
+
+    panels = [blended(labels)] + ([blended(truth)] if truth is not None else [])
+    out = np.hstack(panels)
+    shown = np.unique(np.concatenate([p.ravel() for p in ([labels] + ([truth] if truth is not None else []))]))
+    colours = palette(n)
+    entries = [(names[i], colours[i]) for i in shown if i < n]
+    if truth is not None:
+        note = ("left: prediction, right: truth" + (f"; {note}" if note else ""))
+    return np.vstack([out, legend(out.shape[1], entries, note)])
+
+
 def instance_overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """One colour per instance (golden-angle hues, so neighbours differ), outlined, with its number."""
     out = image.astype(np.float32).copy()

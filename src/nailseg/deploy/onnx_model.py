@@ -58,6 +58,7 @@ class OnnxSegmenter:
         self.native = native
         self.resize_in_graph = self.metadata.get("resize_in_graph") is True
         self.input_name = self.session.get_inputs()[0].name
+        self.labels = _labels(self.metadata, self.path)  # many classes: their names, from the export
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) ``uint8`` -> (N, H, W) ``float32`` probabilities, at the given size."""
@@ -97,6 +98,21 @@ def _threshold(value, path: Path) -> float:
         raise ConfigError(f"{quote_name(path)}: metadata nailseg.threshold={str(value)[:60]!r} is not a "
                           "probability from 0 to 1; re-export the model")
     return threshold
+
+
+def _labels(metadata: dict, path: Path):
+    """A many-class export's :class:`~nailseg.core.labels.LabelSpec` (``nailseg.classes``), or None."""
+    names = metadata.get("classes")
+    if names is None:
+        return None
+    ignore = metadata.get("ignore_index", 255)
+    if not (isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) for n in names)
+            and isinstance(ignore, int) and len(names) <= ignore <= 255):
+        raise ConfigError(f"{quote_name(path)}: metadata nailseg.classes/ignore_index are not a list of names and "
+                          "a value above them; re-export the model")
+    from nailseg.core.labels import LabelSpec
+
+    return LabelSpec(tuple(names), ignore)
 
 
 def _providers(ort) -> list[str]:

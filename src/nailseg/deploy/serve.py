@@ -198,7 +198,39 @@ async def _read_body(request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _respond_classes(model, image: np.ndarray, fmt: str):
+    """A many-class model's answer: the class map (png: a palette PNG of class indices), its
+    overlay with the legend of class names, and per class its share of the photo (json)."""
+    from PIL import Image
+
+    from nailseg.core.class_eval import predicted_classes
+    from nailseg.core.labels import palette
+    from nailseg.core.visualize import class_overlay
+
+    labels = model.labels
+    classes = predicted_classes(model(image))
+    indexed = Image.frombytes("P", (classes.shape[1], classes.shape[0]), classes.tobytes())
+    flat = palette(labels.n).ravel().tolist()
+    indexed.putpalette(flat + [0] * (768 - len(flat)))
+    buf = io.BytesIO()
+    indexed.save(buf, format="PNG")
+    if fmt == "png":
+        return buf.getvalue()
+    if fmt == "overlay":
+        return png_bytes(class_overlay(image, classes, labels.names, labels.ignore_index))
+    share = np.bincount(classes.ravel(), minlength=labels.n)[: labels.n] / classes.size
+    summary = {"height": int(classes.shape[0]), "width": int(classes.shape[1]), "classes": list(labels.names),
+               "class_share": {n: float(v) for n, v in zip(labels.names, share)}}
+    if fmt == "bundle":
+        summary["overlay_png"] = base64.b64encode(png_bytes(class_overlay(image, classes, labels.names,
+                                                                          labels.ignore_index))).decode("ascii")
+        summary["mask_png"] = base64.b64encode(buf.getvalue()).decode("ascii")
+    return summary
+
+
 def _respond(model, image: np.ndarray, fmt: str, min_area: int, overlay):
+    if model.labels is not None:
+        return _respond_classes(model, image, fmt)
     prob = model(image)
     mask = prob > model.threshold
     if fmt == "png":

@@ -37,11 +37,16 @@ def require_agreement(check: dict, fmt: str, reference: str, source: str) -> dic
 
 def compare_predictors(reference, candidate, images: list[np.ndarray], threshold: float = 0.5) -> dict:
     """How far ``candidate`` strays from ``reference`` on ``images``: the largest absolute
-    probability difference and the share of mask pixels that agree at ``threshold``."""
+    probability difference and the share of mask pixels that agree at ``threshold`` (for class
+    probabilities, the share of pixels given the same class)."""
     max_diff, same, total = 0.0, 0, 0
     for image in images:
         a, b = reference(image), candidate(image)
         max_diff = max(max_diff, float(np.abs(a - b).max()))
+        if a.ndim == 3:  # class probabilities (H, W, C): the class maps agree where the argmax does
+            same += int((a.argmax(-1) == b.argmax(-1)).sum())
+            total += a.shape[0] * a.shape[1]
+            continue
         same += int(((a > threshold) == (b > threshold)).sum())
         total += a.size
     return {"max_abs_diff": max_diff, "mask_agreement": same / max(total, 1), "images": len(images)}

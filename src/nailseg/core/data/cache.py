@@ -60,9 +60,10 @@ def cache_longest_side(size_hw: tuple[int, int], cache_scale: float) -> int:
     return int(round(max(size_hw) * cache_scale))
 
 
-def load_pair(pair: Pair, longest: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Image (H, W, 3) ``uint8`` and mask (H, W) ``uint8`` in {0, 1}, the longer side at most
-    ``longest``: what both the cache and uncached loading hand to augmentation."""
+def load_pair(pair: Pair, longest: int | None, labels=None) -> tuple[np.ndarray, np.ndarray]:
+    """Image (H, W, 3) ``uint8`` and mask (H, W) ``uint8`` in {0, 1} (class indices when ``labels``,
+    a :class:`~nailseg.core.labels.LabelSpec`, is given), the longer side at most ``longest``: what
+    both the cache and uncached loading hand to augmentation."""
     import cv2
 
     size = image_size(pair.image)
@@ -71,10 +72,12 @@ def load_pair(pair: Pair, longest: int | None) -> tuple[np.ndarray, np.ndarray]:
                         f"{pair.image} is {size[0]}x{size[1]}")
     w, h = target_size(*size, longest)
     image = decode_scaled(pair.image, "image", longest)
-    mask = decode_scaled(pair.mask, "mask", longest)
+    mask = decode_scaled(pair.mask, "mask", longest, labels)
     if image.shape[:2] != (h, w):
         image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-    if mask.shape != (h, w):
+    if mask.shape != (h, w) and labels is not None:  # class indices: nearest, never blended
+        mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+    elif mask.shape != (h, w):
         mask = (cv2.resize(mask * np.uint8(255), (w, h), interpolation=cv2.INTER_AREA) > 127).astype(np.uint8)
     return np.ascontiguousarray(image), mask
 
@@ -82,14 +85,14 @@ def load_pair(pair: Pair, longest: int | None) -> tuple[np.ndarray, np.ndarray]:
 class FileSource:
     """Uncached: each access decodes the pair again (the path every pipeline had before)."""
 
-    def __init__(self, pairs: list[Pair], longest: int | None):
-        self.pairs, self.longest = pairs, longest
+    def __init__(self, pairs: list[Pair], longest: int | None, labels=None):
+        self.pairs, self.longest, self.labels = pairs, longest, labels
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        return load_pair(self.pairs[index], self.longest)
+        return load_pair(self.pairs[index], self.longest, self.labels)
 
 
 def _file_id(path: Path) -> list:
@@ -97,8 +100,11 @@ def _file_id(path: Path) -> list:
     return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
 
 
-def entry_key(pair: Pair, longest: int | None) -> str:
-    payload = json.dumps([CACHE_VERSION, _file_id(pair.image), _file_id(pair.mask), longest])
+def entry_key(pair: Pair, longest: int | None, labels=None) -> str:
+    parts = [CACHE_VERSION, _file_id(pair.image), _file_id(pair.mask), longest]
+    if labels is not None:  # class indices and binary masks of one file are different entries
+        parts.append([labels.n, labels.ignore_index, labels.colors])
+    payload = json.dumps(parts)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
@@ -195,7 +201,7 @@ def ram_cache_dir() -> Path:
 
 
 def open_cache(pairs: list[Pair], longest: int | None, folder: Path, name: str, *, progress: bool = True,
-               threads: int | None = None, remove_at_exit: bool = False) -> DecodeCache:
+               threads: int | None = None, remove_at_exit: bool = False, labels=None) -> DecodeCache:
     """The cache of ``pairs`` under ``folder`` as ``NAME-<hash>.bin/.json``: opened when a valid one
     exists, else built (unchanged entries of an older cache of the same name are copied, the rest
     decoded). Two processes building the same cache (DDP ranks) take turns on a lock."""
@@ -203,7 +209,7 @@ def open_cache(pairs: list[Pair], longest: int | None, folder: Path, name: str, 
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    keys = [entry_key(p, longest) for p in pairs]
+    keys = [entry_key(p, longest, labels) for p in pairs]
     digest = hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:16]
     stem = f"{name}-{digest}"
     bin_path, manifest = folder / f"{stem}.bin", folder / f"{stem}.json"
@@ -212,7 +218,8 @@ def open_cache(pairs: list[Pair], longest: int | None, folder: Path, name: str, 
         cache = _read_valid(bin_path, manifest, keys)
         if cache is None:
             old = _previous(folder, name, exclude=stem)
-            cache = _build(pairs, keys, longest, bin_path, manifest, old, progress=progress, threads=threads)
+            cache = _build(pairs, keys, longest, bin_path, manifest, old, progress=progress, threads=threads,
+                           labels=labels)
             for stale in folder.glob(f"{name}-*"):
                 if not stale.name.startswith(stem):
                     stale.unlink(missing_ok=True)
@@ -252,7 +259,7 @@ def _previous(folder: Path, name: str, exclude: str) -> DecodeCache | None:
 
 
 def _build(pairs, keys, longest, bin_path: Path, manifest: Path, old: DecodeCache | None, *, progress: bool,
-           threads: int | None) -> DecodeCache:
+           threads: int | None, labels=None) -> DecodeCache:
     from tqdm import tqdm
 
     from nailseg.core.progress import interactive
@@ -262,7 +269,7 @@ def _build(pairs, keys, longest, bin_path: Path, manifest: Path, old: DecodeCach
     def load(i: int) -> tuple[np.ndarray, np.ndarray]:
         if keys[i] in reuse:
             return old[reuse[keys[i]]]
-        return load_pair(pairs[i], longest)
+        return load_pair(pairs[i], longest, labels)
 
     manifest.unlink(missing_ok=True)  # from here until the new manifest lands, the cache is invalid
     entries, offset = [], 0
@@ -329,14 +336,14 @@ def open_source(data, pairs: list[Pair], split: str, run_folder: Path | None, *,
     longest = cache_longest_side(data.size_hw, data.cache_scale)
     mode = resolve_mode(data.cache, pairs, longest, data.cache_ram_share)
     if mode == "none" or not PIPELINE_SPECS[pipeline].reads_cache:
-        return FileSource(pairs, longest)
+        return FileSource(pairs, longest, data.label_spec)
     if mode == "ram":
         remove_orphaned_ram_caches(ram_cache_dir())
         return open_cache(pairs, longest, ram_cache_dir(), f"{split}-{os.getpid()}", progress=progress,
-                          remove_at_exit=True)
+                          remove_at_exit=True, labels=data.label_spec)
     folder = Path(data.cache_dir) if data.cache_dir else (Path(run_folder) / "cache" if run_folder else None)
     if folder is None:
         raise ConfigError("data.cache: disk needs a folder: set data.cache_dir")
-    return open_cache(pairs, longest, folder, split, progress=progress)
+    return open_cache(pairs, longest, folder, split, progress=progress, labels=data.label_spec)
 
 

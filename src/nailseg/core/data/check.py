@@ -25,6 +25,7 @@ class PairStats:
     height: int
     fg_share: float
     warning: str | None = None
+    class_pixels: list[int] | None = None  # many classes: pixels of each class (ignore value not counted)
 
 
 @dataclass
@@ -34,6 +35,7 @@ class CheckReport:
     problems: list[str]
     stats: list[PairStats] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    class_names: list[str] | None = None
 
     @property
     def ok(self) -> bool:
@@ -55,9 +57,22 @@ class CheckReport:
             "width": mmm([s.width for s in self.stats]),
             "height": mmm([s.height for s in self.stats]),
             "fg_share": mmm([s.fg_share for s in self.stats]),
+            **({"class_pixels": self.class_totals(), "classes_absent": self.classes_absent()}
+               if self.class_names is not None else {}),
             "problems": self.problems,
             "warnings": self.warnings,
         }
+
+    def class_totals(self, keys: set[str] | None = None) -> dict[str, int]:
+        """Pixels of each class over the valid pairs (or those of ``keys``, e.g. one split)."""
+        totals = np.zeros(len(self.class_names or []), np.int64)
+        for s in self.stats:
+            if s.class_pixels is not None and (keys is None or s.key in keys):
+                totals += np.asarray(s.class_pixels, np.int64)
+        return {name: int(t) for name, t in zip(self.class_names or [], totals)}
+
+    def classes_absent(self, keys: set[str] | None = None) -> list[str]:
+        return [name for name, t in self.class_totals(keys).items() if t == 0]
 
     def to_json(self) -> dict:
         return {**self.summary(), "per_pair": [asdict(s) for s in self.stats]}
@@ -67,7 +82,7 @@ class CheckReport:
             raise DataError(self.problems)
 
 
-def _check_pair(pair: Pair) -> PairStats | list[str]:
+def _check_pair(pair: Pair, labels=None) -> PairStats | list[str]:
     """Stats of one pair, or its problems. Sizes are compared from the headers first, so a
     mask far larger than its image is reported without decoding it."""
     errors = []
@@ -89,7 +104,12 @@ def _check_pair(pair: Pair) -> PairStats | list[str]:
     except DataError as err:
         errors.append(err.lines[0])
     try:
-        mask, warning = read_mask_checked(pair.mask)
+        if labels is None:
+            mask, warning = read_mask_checked(pair.mask)
+        else:  # class indices: a value that is neither a class nor the ignore value is refused by name
+            from nailseg.core.labels import read_labels
+
+            mask, warning = read_labels(pair.mask, labels), None
     except DataError as err:
         errors.append(err.lines[0])
     if errors:
@@ -97,13 +117,21 @@ def _check_pair(pair: Pair) -> PairStats | list[str]:
     if image.shape[:2] != mask.shape:  # headers can lie (e.g. EXIF-less rotation in odd formats)
         return [f"{quote_name(pair.mask)}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
                 f"{quote_name(pair.image.name)} is {image.shape[1]}x{image.shape[0]} (must be the same size)"]
+    if labels is not None:
+        from nailseg.core.labels import class_pixels
+
+        pixels = class_pixels(mask, labels)
+        # the share of labelled pixels that are not class 0: what stratifies the split and fg_bins
+        return PairStats(pair.key, image.shape[1], image.shape[0], float(sum(pixels[1:]) / max(1, mask.size)),
+                         None, pixels)
     return PairStats(pair.key, image.shape[1], image.shape[0], float(mask.mean()), warning)
 
 
 def check_dataset(
-    root: str | os.PathLike[str], *, workers: int | None = None, progress: bool = True
+    root: str | os.PathLike[str], *, workers: int | None = None, progress: bool = True, labels=None
 ) -> CheckReport:
-    """Find and fully decode every pair under ``root``; never raises for data problems."""
+    """Find and fully decode every pair under ``root``; never raises for data problems.
+    ``labels`` (a :class:`~nailseg.core.labels.LabelSpec`): masks hold class indices, counted per class."""
     try:
         pairs, problems = find_pairs(root, strict=False)
     except DataError as err:
@@ -111,7 +139,7 @@ def check_dataset(
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
     stats: list[PairStats] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(_check_pair, pairs)
+        results = pool.map(lambda pair: _check_pair(pair, labels), pairs)
         if len(pairs) > 50:
             from nailseg.core.progress import progress as bar
 
@@ -122,6 +150,11 @@ def check_dataset(
             else:
                 stats.append(result)
     warnings = [s.warning for s in stats if s.warning]
+    if labels is not None:
+        report = CheckReport(str(Path(root)), len(pairs), problems, stats, warnings, list(labels.names))
+        if stats and not problems:
+            warnings += [f"{quote_name(root)}: class {name!r} has no pixel in any mask" for name in report.classes_absent()]
+        return report
     if stats and all(s.fg_share == 0 for s in stats):
         warnings.append(f"{quote_name(root)}: every mask is empty (no foreground pixel in {len(stats)} masks): "
                         "check the mask format against the mask rule (nailseg data check --help)")

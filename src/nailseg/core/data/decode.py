@@ -144,6 +144,11 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
     return read_mask_checked(path)[0]
 
 
+def open_mask(path: str | os.PathLike[str], at_least: tuple[int, int] | None = None) -> Image.Image:
+    """A mask file opened and decoded with the same checks as an image (label masks read it too)."""
+    return _open(Path(path), at_least)
+
+
 def read_mask_checked(path: str | os.PathLike[str],
                       at_least: tuple[int, int] | None = None) -> tuple[np.ndarray, str | None]:
     """The mask (as :func:`read_mask`) and a warning when its values do not fit the mask rule."""
@@ -189,10 +194,11 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
         raise DataError(f"{quote_name(path)}: corrupt or truncated image (unreadable header: {str(err)[:160]})") from err
 
 
-def decode_scaled(path: str | os.PathLike[str], kind: str, longest: int | None) -> np.ndarray:
-    """An image (RGB ``uint8``) or a mask (``uint8`` 0/1) decoded at reduced scale where the
-    format allows it, never below the size whose longer side is ``longest`` (the caller resizes
-    the rest of the way)."""
+def decode_scaled(path: str | os.PathLike[str], kind: str, longest: int | None, labels=None) -> np.ndarray:
+    """An image (RGB ``uint8``) or a mask (``uint8`` 0/1, or class indices when ``labels``, a
+    :class:`~nailseg.core.labels.LabelSpec`, is given) decoded at reduced scale where the format
+    allows it, never below the size whose longer side is ``longest`` (the caller resizes the rest
+    of the way)."""
     at_least = None
     if longest is not None:
         w, h = image_size(path)
@@ -201,6 +207,10 @@ def decode_scaled(path: str | os.PathLike[str], kind: str, longest: int | None) 
             at_least = (max(1, int(w * scale + 0.999)), max(1, int(h * scale + 0.999)))
     if kind == "image":
         return read_image(path, at_least)
+    if labels is not None:
+        from nailseg.core.labels import read_labels
+
+        return read_labels(path, labels)  # full size: libjpeg's DCT scaling would blend indices
     return read_mask_checked(path, at_least)[0].astype(np.uint8)
 
 

@@ -57,7 +57,7 @@ def bench_train(exp: Experiment, precisions: list[str], *, batches: int, repeats
         channels_last = torch_precision(precision, "gpu" if device.type == "cuda" else "cpu").channels_last
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        loss_fn = build_loss(exp.loss, exp.model.classes)
+        loss_fn = build_loss(exp.loss, exp.model.classes, exp.data.ignore_index)
         opt = torch.optim.AdamW(model.parameters(), lr=exp.optim.lr)
         scaler = torch.amp.GradScaler(enabled=precision in ("16-mixed", "16"))
         autocast = _precision_context(precision, device)

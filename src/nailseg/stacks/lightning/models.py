@@ -197,14 +197,15 @@ class DiceBCELoss(nn.Module):
 
 
 class MulticlassLoss(nn.Module):
-    """Softmax cross-entropy plus smp's multiclass Dice; targets are class indices (N, 1, H, W)."""
+    """Softmax cross-entropy plus smp's multiclass Dice; targets are class indices (N, 1, H, W).
+    Pixels at ``ignore_index`` (unlabelled) count in neither term."""
 
-    def __init__(self, cfg: LossConfig):
+    def __init__(self, cfg: LossConfig, ignore_index: int = 255):
         super().__init__()
         from segmentation_models_pytorch.losses import DiceLoss
 
-        self.dice = DiceLoss(mode="multiclass", from_logits=True)
-        self.ce = nn.CrossEntropyLoss()
+        self.dice = DiceLoss(mode="multiclass", from_logits=True, ignore_index=ignore_index)
+        self.ce = nn.CrossEntropyLoss(ignore_index=ignore_index)
         self.cfg = cfg
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -216,14 +217,14 @@ class MulticlassLoss(nn.Module):
         return self.cfg.dice_weight * self.dice(logits, labels) + self.cfg.bce_weight * self.ce(logits, labels)
 
 
-def build_loss(cfg: LossConfig, classes: int = 1) -> nn.Module:
+def build_loss(cfg: LossConfig, classes: int = 1, ignore_index: int = 255) -> nn.Module:
     from segmentation_models_pytorch import losses
 
     if classes > 1:
         if cfg.name not in ("dice_bce", "dice", "bce"):
             raise ConfigError(f"loss.name={cfg.name!r}: with model.classes > 1 use dice_bce, dice or bce "
                               "(cross-entropy stands in for BCE)")
-        return MulticlassLoss(cfg)
+        return MulticlassLoss(cfg, ignore_index)
     if cfg.name == "dice_bce":
         return DiceBCELoss(cfg.dice_weight, cfg.bce_weight)
     return {

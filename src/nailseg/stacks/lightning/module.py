@@ -13,7 +13,7 @@ from nailseg.stacks.lightning.models import (build_loss, build_model, foreground
 
 
 class SegmentationModule(L.LightningModule):
-    """A binary segmentation model, its loss, optimiser and metrics."""
+    """A segmentation model (binary, or many classes with ``data.classes``), its loss, optimiser and metrics."""
 
     def __init__(self, config: dict, channels_last: bool = False, initialise: bool = True):
         super().__init__()
@@ -23,12 +23,16 @@ class SegmentationModule(L.LightningModule):
         self.model = build_model(self.exp.model if initialise else without_pretrained(self.exp.model))
         if initialise:
             init_from(self.model, self.exp.model)
-        self.loss_fn = build_loss(self.exp.loss, self.exp.model.classes)
+        self.loss_fn = build_loss(self.exp.loss, self.exp.model.classes, self.exp.data.ignore_index)
         self.channels_last = channels_last
         self.schedule_epochs = self.exp.trainer.max_epochs  # the epochs the lr schedule spans
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.register_buffer("val_counts", torch.zeros(4, dtype=torch.float64), persistent=False)
+        self.labels = self.exp.data.label_spec  # many classes: a confusion matrix instead of 4 counts
+        if self.labels is not None:
+            self.register_buffer("val_matrix", torch.zeros(self.labels.n, self.labels.n, dtype=torch.float64),
+                                 persistent=False)
         from nailseg.stacks.lightning.loaders.kornia import device_augment
 
         self.gpu_augment = device_augment(self.exp)
@@ -63,12 +67,21 @@ class SegmentationModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self.val_counts.zero_()
+        if self.labels is not None:
+            self.val_matrix.zero_()
 
     def validation_step(self, batch, batch_idx: int):
         logits = self(batch["image"])
         target = batch["mask"]
         loss = self.loss_fn(logits, target)
         self.log("val_loss", loss, on_epoch=True, batch_size=target.shape[0], sync_dist=True)
+        if self.labels is not None:
+            truth = target[:, 0].long()
+            keep = truth != self.labels.ignore_index
+            n = self.labels.n
+            index = truth[keep] * n + logits.argmax(1)[keep]
+            self.val_matrix += torch.bincount(index, minlength=n * n).reshape(n, n).double()
+            return
         pred = foreground_probability(logits) > 0.5
         truth = target > 0.5
         tp = (pred & truth).sum()
@@ -77,6 +90,14 @@ class SegmentationModule(L.LightningModule):
         self.val_counts += torch.stack([tp, fp, fn, pred.numel() - tp - fp - fn]).double()
 
     def on_validation_epoch_end(self) -> None:
+        if self.labels is not None:  # val_iou is the mIoU over the classes present (core/labels.py)
+            from nailseg.core.labels import class_scores
+
+            matrix = self.trainer.strategy.reduce(self.val_matrix.clone(), reduce_op="sum")
+            result = class_scores(matrix.cpu().numpy(), self.labels.names)
+            self.log("val_iou", result["miou"], prog_bar=True, sync_dist=False)
+            self.log("val_dice", result["mdice"], prog_bar=False, sync_dist=False)
+            return
         counts = self.trainer.strategy.reduce(self.val_counts.clone(), reduce_op="sum")
         result = scores(*counts.tolist())
         self.log("val_iou", result["iou"], prog_bar=True, sync_dist=False)

@@ -1,7 +1,8 @@
 """``nailseg export RUN --format onnx`` for the torch models (smp and SegFormer).
 
 The graph takes what an app has, ``uint8`` RGB (N, H, W, 3) of any size, and returns the
-foreground probability (N, H, W) at that size. Everything nailseg's own ``predict`` does is inside
+foreground probability (N, H, W) at that size (class probabilities (N, H, W, C) for a many-class
+run, whose class names the file's metadata carries). Everything nailseg's own ``predict`` does is inside
 it: the resize to the size the model was trained at, the normalisation, the model, the
 sigmoid/softmax and the resize back. So any ONNX consumer, with no nailseg and no
 pre-processing of its own, gets the answer ``nailseg predict`` gives (:mod:`nailseg.deploy`).
@@ -35,10 +36,12 @@ class ExportWrapper(nn.Module):
     uses) but in float, not rounded to ``uint8``, and the probability map is resized back to the photo. Without it the
     model runs at the photo's own size, padded to a multiple of 32 (what exports before this one did)."""
 
-    def __init__(self, model: nn.Module, norm: Normalization = IMAGENET, size_hw: tuple[int, int] | None = None):
+    def __init__(self, model: nn.Module, norm: Normalization = IMAGENET, size_hw: tuple[int, int] | None = None,
+                 *, many_classes: bool = False):
         super().__init__()
         self.model = model
         self.size_hw = tuple(size_hw) if size_hw else None
+        self.many_classes = many_classes  # class probabilities (N, H, W, C) instead of one foreground map
         self.register_buffer("mean", torch.tensor(norm.mean).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(norm.std).view(1, 3, 1, 1) * 255.0)
 
@@ -52,19 +55,23 @@ class ExportWrapper(nn.Module):
             return foreground_probability(self.model(x))[:, 0, :h, :w]
         x = F.interpolate(x, size=self.size_hw, mode="bilinear", align_corners=False, antialias=False)
         x = (x - self.mean) / self.std
+        if self.many_classes:
+            prob = torch.softmax(self.model(x).float(), dim=1)
+            return F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False,
+                                 antialias=False).permute(0, 2, 3, 1)
         prob = foreground_probability(self.model(x))[:, :1]
         return F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False, antialias=False)[:, 0]
 
 
 def export_onnx(model: nn.Module, out: Path, metadata: dict, *, sample_hw: tuple[int, int],
-                norm: Normalization = IMAGENET, opset: int = OPSET) -> str:
+                norm: Normalization = IMAGENET, opset: int = OPSET, many_classes: bool = False) -> str:
     """Write ``out`` (the model runs at ``sample_hw`` inside the graph); returns which exporter made
     it (``dynamo`` or ``torchscript``)."""
     try:
         import onnx
     except ImportError:
         raise MissingDependencyError("onnx", "export", "ONNX export (onnx, onnxscript)") from None
-    wrapper = ExportWrapper(model.float().eval(), norm, sample_hw).eval()
+    wrapper = ExportWrapper(model.float().eval(), norm, sample_hw, many_classes=many_classes).eval()
     # a sample of another size than the model's, so the exporter cannot take the two for one
     sample = torch.randint(0, 255, (1, sample_hw[0] + 7, sample_hw[1] + 13, 3), dtype=torch.uint8)
     exporter = "dynamo"

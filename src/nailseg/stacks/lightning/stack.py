@@ -185,15 +185,20 @@ class LightningStack:
 
     def load_predictor(self, run: RunDir, exp: Experiment, checkpoint: str = "best", *,
                        device: str | None = None) -> Predictor:
-        """A predictor from the run's best (or last) checkpoint: RGB image -> probability map at its size."""
+        """A predictor from the run's best (or last) checkpoint: RGB image -> probability map at its size
+        (class probabilities (H, W, C) with ``data.classes``)."""
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = self.load_model(run, exp, checkpoint).to(device)
+        many_classes = exp.data.label_spec is not None
 
         @torch.inference_mode()
         def predict(image: np.ndarray) -> np.ndarray:
             x = model_input(image, exp.data.size_hw, exp.normalization, float_resize=True)  # as the ONNX graph
             tensor = torch.from_numpy(x.transpose(2, 0, 1))[None].to(device)
-            return at_image_size(foreground_probability(model(tensor))[0, 0].float().cpu().numpy(), image)
+            logits = model(tensor)
+            if many_classes:  # (H, W, C) class probabilities
+                return at_image_size(torch.softmax(logits.float(), 1)[0].permute(1, 2, 0).cpu().numpy(), image)
+            return at_image_size(foreground_probability(logits)[0, 0].float().cpu().numpy(), image)
 
         return predict
 
@@ -217,6 +222,9 @@ class LightningStack:
                               f"save_pretrained folder (this run is {exp.model.family})")
         if fmt not in self.spec.exports:
             raise ConfigError(f"--format {fmt}: the lightning stack exports {', '.join(self.spec.exports)}")
+        if (int8 or half) and exp.data.label_spec is not None:
+            raise ConfigError("--int8/--half: the reduced-precision copies are verified on foreground masks; a "
+                              "many-class model exports in float32 (leave them out)")
         model = self.load_model(run, exp)
         if fmt == "onnx":
             path = export_verified_onnx(self, model, run, exp, Path(out or run.path / "model.onnx"), opset=opset)
@@ -273,9 +281,15 @@ def export_verified_onnx(stack: LightningStack, model, run: RunDir, exp: Experim
                 "nailseg.resize_in_graph": True,
                 "nailseg.input": "uint8 RGB (N, H, W, 3), any H and W (resized to image_size inside the graph)",
                 "nailseg.output": "foreground probability float32 (N, H, W), at the input's H and W"}
+    labels = exp.data.label_spec
+    if labels is not None:  # many classes: the names travel with the graph
+        metadata.update({"nailseg.classes": list(labels.names), "nailseg.ignore_index": labels.ignore_index,
+                         "nailseg.output": "class probabilities float32 (N, H, W, C), at the input's H and W; "
+                                           "the class map is their argmax over C (names: nailseg.classes)"})
     images, source = verification_images(run, exp)
     with atomic_path(out) as tmp:
-        exporter = export_onnx(model, tmp, metadata, sample_hw=exp.data.size_hw, norm=exp.normalization, opset=opset)
+        exporter = export_onnx(model, tmp, metadata, sample_hw=exp.data.size_hw, norm=exp.normalization, opset=opset,
+                               many_classes=labels is not None)
         onnx_model = OnnxSegmenter(tmp)
         # 1. the graph computes what the torch wrapper it was traced from computes, photo for photo
         graph = compare_predictors(_graph_reference(model, exp), onnx_model, images)
@@ -298,7 +312,8 @@ def _graph_reference(model, exp: Experiment):
     """The exported graph's torch original, run eagerly: photo in, probability at its size out."""
     from nailseg.stacks.lightning.onnx_export import ExportWrapper
 
-    wrapper = ExportWrapper(model.float().eval(), exp.normalization, exp.data.size_hw).eval()
+    wrapper = ExportWrapper(model.float().eval(), exp.normalization, exp.data.size_hw,
+                            many_classes=exp.data.label_spec is not None).eval()
 
     @torch.inference_mode()
     def predict(image: np.ndarray) -> np.ndarray:

@@ -19,7 +19,8 @@ from nailseg.stacks._torch.distributed import rank_world
 
 
 class SegmentationDataset(Dataset):
-    """(image, mask) pairs as float tensors: image (3, H, W) normalised, mask (1, H, W) in {0, 1}.
+    """(image, mask) pairs as float tensors: image (3, H, W) normalised, mask (1, H, W) in {0, 1}
+    (or class indices, with ``data.classes``: exact in float32, ``MulticlassLoss`` takes them as ints).
 
     ``source`` gives decoded ``uint8`` pairs: the decode cache (one memory map shared by all
     workers) or the files themselves."""
@@ -44,8 +45,9 @@ def build_loader(exp: Experiment, pairs: list[Pair], *, train: bool, sampler=Non
     if exp.pipeline_spec.augments_on_device:  # resize only; kornia augments and normalises on the device
         transform = to_albumentations([], exp.data.size_hw, train=False, normalize=False)
     else:
+        labels = exp.data.label_spec
         transform = to_albumentations(exp.augment.train, exp.data.size_hw, train=train, norm=exp.normalization,
-                                      crop=exp.data.crop_hw)
+                                      crop=exp.data.crop_hw, mask_fill=0 if labels is None else labels.ignore_index)
     workers = resolve_workers(exp.data.num_workers)
     return DataLoader(
         SegmentationDataset(open_source(exp.data, pairs, "train" if train else "val", run_folder,
