@@ -121,7 +121,8 @@ class StackContract:
         spec = STACKS.get(self.stack)  # None: a plugin, registered in its CLI processes only
         capable = spec is not None and "multiclass" in spec.capabilities
         if train_args is None:  # a stack without a quick training: its family's defaults
-            (tmp_path / "family.yaml").write_text(f"model: {{family: {spec.families[0]}}}\naugment: {{train: [{{name: hflip}}]}}\n")
+            family = f"model: {{family: {spec.families[0]}}}\naugment: {{train: [{{name: hflip}}]}}\n"
+            (tmp_path / "family.yaml").write_text(family)
             base = [str(tmp_path / "family.yaml"), f"run.dir={runs}", "run.name=classes"]
         else:
             base = train_args(runs, "classes", self.multiclass_epochs)
