@@ -147,3 +147,36 @@ def test_a_finished_fold_is_reused_only_for_the_same_experiment(synth_data, tmp_
     assert finished_run(run, config, overrides)
     assert not finished_run(run, config, [*overrides, "trainer.max_epochs=99"])
     assert not finished_run(run, config, [*overrides[:1], "data.split.folds=2", "data.split.fold=0"])
+
+
+def test_jobs_split_the_cores_between_the_trainings(monkeypatch):
+    from nailseg.errors import NailsegError
+    from nailseg.workflows import parallel
+
+    monkeypatch.setattr(parallel, "cores", lambda: 8)
+    assert parallel.job_env(1) == {} and parallel.job_overrides(1) == []
+    env = parallel.job_env(4)
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["TF_NUM_INTRAOP_THREADS"] == "2"
+    assert parallel.job_overrides(4) == ["data.num_workers=1"]
+    with pytest.raises(NailsegError, match=r"--jobs 9: more trainings than the 8 cores"):
+        parallel.check_jobs(9)
+    with pytest.raises(NailsegError, match=r"--jobs 0"):
+        parallel.check_jobs(0)
+    assert parallel.run_jobs(lambda x: x * x, range(5), 3) == [0, 1, 4, 9, 16]  # in the items' order
+
+
+@pytest.mark.slow
+def test_compare_two_folds_as_two_jobs(synth_data, tmp_path):
+    """Two folds trained side by side, each on its share of the cores with one data worker."""
+    out = tmp_path / "cmp"
+    proc = run_cli("compare", str(REPO / "configs" / "demo-cpu.yaml"), f"data.root={synth_data}",
+                   "model.encoder=resnet18", *TINY[:-1], "trainer.max_epochs=2", "--folds", "2", "--jobs", "2",
+                   "--out", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "compare.json").read_text())
+    assert rows[0]["folds"] == 2 and len(rows[0]["fold_ious"]) == 2 and "error" not in rows[0]
+    for k in (0, 1):
+        run = out / "runs" / f"demo-cpu-fold{k}"
+        assert "num_workers: 1" in (run / "config.yaml").read_text()
+        assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+        assert "epoch 2/2" in (out / "runs" / f"demo-cpu-fold{k}.log").read_text()

@@ -37,7 +37,10 @@ def cmd_compare(args) -> int:
         if placed:
             raise NailsegError(f"{placed[0]}: compare places every run itself, under --out ({out}/runs/CONFIG[-foldK]); "
                                "give --out instead")
-        rows = run_compare(configs, overrides, out, folds=args.folds, seed=0, checkpoint=args.checkpoint)
+        from nailseg.workflows.parallel import check_jobs
+
+        rows = run_compare(configs, overrides, out, folds=args.folds, seed=0, checkpoint=args.checkpoint,
+                           jobs=check_jobs(args.jobs))
     print(f"{'config':24} {'stack':10} {'IoU':>8} {'sd':>7} {'Dice':>7} {'img/s':>8}")
     for r in rows:
         if "error" in r:
@@ -63,6 +66,10 @@ def add_parser(sub) -> None:
     cmp_.add_argument("items", nargs="*", metavar="CONFIG|KEY=VALUE", help="experiment configs and overrides")
     cmp_.add_argument("--runs", nargs="+", metavar="RUN", help="compare finished run folders instead of training")
     cmp_.add_argument("--folds", type=int, help="k-fold cross-validation with K folds (K >= 2)")
+    cmp_.add_argument("--jobs", type=int, default=1,
+                      help="trainings at once (default 1); the cores are split between them (cores / jobs "
+                           "threads and one data worker each), so they do not slow each other down; each "
+                           "job's epoch lines go to its log, OUT/runs/NAME.log")
     cmp_.add_argument("--checkpoint", choices=["best", "last"], default="last",
                       help="which checkpoint is scored (default: last, so the held-out images never chose it)")
     cmp_.add_argument("--out", required=True, help="output folder")

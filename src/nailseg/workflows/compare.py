@@ -32,15 +32,17 @@ class Job:
     fold: int | None = None
 
 
-def _nailseg(*args: str, log: Path | None = None, echo: Callable[[str], None] | None = None) -> subprocess.CompletedProcess:
+def _nailseg(*args: str, log: Path | None = None, echo: Callable[[str], None] | None = None,
+            env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run one ``nailseg`` child; with ``echo``, pass on its progress lines (one per epoch: the
     child's stderr is not a terminal, so it prints plain lines) while it runs."""
     import threading
 
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     env.pop("NAILSEG_RUN_DIR", None)
     child = subprocess.Popen([sys.executable, "-m", "nailseg.cli", *args], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=env)
+    LIVE.add(child)
     out: list[str] = []
     reader = threading.Thread(target=lambda: out.append(child.stdout.read()), daemon=True)
     reader.start()
@@ -54,6 +56,8 @@ def _nailseg(*args: str, log: Path | None = None, echo: Callable[[str], None] | 
     except BaseException:  # Ctrl-C, or SIGTERM (see cli/compare.py): the training stops with compare
         _stop(child)
         raise
+    finally:
+        LIVE.discard(child)
     reader.join()
     proc = subprocess.CompletedProcess(child.args, child.returncode, "".join(out), "".join(err))
     if log is not None:
@@ -63,6 +67,12 @@ def _nailseg(*args: str, log: Path | None = None, echo: Callable[[str], None] | 
 
 
 PROGRESS_PREFIXES = ("epoch ", "pretraining on ")
+LIVE: set[subprocess.Popen] = set()  # the training children running now (several with --jobs)
+
+
+def _stop_live() -> None:
+    for child in list(LIVE):
+        _stop(child)
 
 
 def _stop(child: subprocess.Popen, grace_s: float = 20.0) -> None:
@@ -182,9 +192,12 @@ def _mean_curve(curves: list[list]) -> list:
 
 
 def run_compare(configs: list[str], overrides: list[str], out: Path, *, folds: int | None, seed: int,
-                checkpoint: str, say: Callable[[str], None] = print) -> list[dict]:
+                checkpoint: str, say: Callable[[str], None] = print, jobs: int = 1) -> list[dict]:
     """Train every config on the same data and split (or the same ``folds``), each in its own
-    process, evaluate each the same way, and write ``compare.json``, the plots and ``report.md``."""
+    process, evaluate each the same way, and write ``compare.json``, the plots and ``report.md``.
+    ``jobs``: trainings at once, the cores split between them (``workflows/parallel.py``)."""
+    from nailseg.workflows.parallel import job_env, job_overrides, run_jobs
+
     from nailseg.config import load_experiment
 
     exps = []
@@ -207,41 +220,46 @@ def run_compare(configs: list[str], overrides: list[str], out: Path, *, folds: i
         shared += [f"data.split.folds={folds}"]
     else:
         shared += [f"data.split.val={split.val}", f"data.split.test={split.test}", "data.split.folds=null"]
-    jobs = [Job(c, n, k) for c, n in zip(configs, names) for k in (range(folds) if folds else [None])]
+    jobs_list = [Job(c, n, k) for c, n in zip(configs, names) for k in (range(folds) if folds else [None])]
     runs_dir = out / "runs"
     rows_by_config: dict[str, list[dict]] = {n: [] for n in names}
     durations: dict[str, list[float]] = {n: [] for n in names}
-    for i, job in enumerate(jobs):
+    parallel = [*job_overrides(jobs)]
+
+    def one(numbered: tuple[int, Job]) -> tuple[Job, dict]:
+        i, job = numbered
         exp = exps[configs.index(job.config)]
         label = job.name + (f" fold {job.fold + 1}/{folds}" if folds else "")
-        trainable = [j.name for j in jobs[i:] if not isinstance(exps[configs.index(j.config)], ConfigError)]
-        say(f"[{i + 1}/{len(jobs)}] {label}{eta_text(durations, trainable)}")
-        job_started = time.monotonic()
+        trainable = [j.name for j in jobs_list[i:] if not isinstance(exps[configs.index(j.config)], ConfigError)]
+        say(f"[{i + 1}/{len(jobs_list)}] {label}{eta_text(durations, trainable) if jobs == 1 else ''}")
+        started = time.monotonic()
         if isinstance(exp, ConfigError):
-            rows_by_config[job.name].append({"config": job.name, "error": exp.lines[0]})
             say(f"  failed: {exp.lines[0]}")
-            continue
+            return job, {"config": job.name, "error": exp.lines[0]}
         run_name = job.name + (f"-fold{job.fold}" if folds else "")
         fold_args = [f"data.split.fold={job.fold}"] if folds else []
         if finished_run(runs_dir / run_name, job.config, [*overrides, *shared, *fold_args]):
             say(f"  {runs_dir / run_name}: finished by an earlier compare with this experiment; scored again")
             proc = subprocess.CompletedProcess([], 0)
         else:
-            proc = _nailseg("train", job.config, *overrides, *shared, *fold_args, f"run.dir={runs_dir}",
-                            f"run.name={run_name}", log=runs_dir / f"{run_name}.log", echo=say)
-            durations[job.name].append(time.monotonic() - job_started)
+            # with several jobs their epoch lines would interleave: each job's log has them
+            proc = _nailseg("train", job.config, *overrides, *shared, *fold_args, *parallel, f"run.dir={runs_dir}",
+                            f"run.name={run_name}", log=runs_dir / f"{run_name}.log",
+                            echo=say if jobs == 1 else None, env_extra=job_env(jobs))
+            durations[job.name].append(time.monotonic() - started)
         if proc.returncode != 0:
-            rows_by_config[job.name].append({"config": job.name, "stack": exp.stack, "error": _error_of(proc)})
-            say(f"  failed: {_error_of(proc)}")
-            continue
+            say(f"  {label} failed: {_error_of(proc)}")
+            return job, {"config": job.name, "stack": exp.stack, "error": _error_of(proc)}
         try:
             row = row_from_run(runs_dir / run_name, job.name, checkpoint=checkpoint, overlays=True)
         except ConfigError as err:
-            rows_by_config[job.name].append({"config": job.name, "stack": exp.stack, "error": err.lines[0]})
-            say(f"  failed: {err.lines[0]}")
-            continue
+            say(f"  {label} failed: {err.lines[0]}")
+            return job, {"config": job.name, "stack": exp.stack, "error": err.lines[0]}
+        say(f"  {label}: IoU {row['iou']:.4f}  Dice {row['dice']:.4f}  ({row['wall_time_s']:.0f} s)")
+        return job, row
+
+    for job, row in run_jobs(one, enumerate(jobs_list), jobs, on_abort=_stop_live):
         rows_by_config[job.name].append(row)
-        say(f"  IoU {row['iou']:.4f}  Dice {row['dice']:.4f}  ({row['wall_time_s']:.0f} s)")
     rows = [aggregate_folds(r) if folds else r[0] for r in rows_by_config.values()]
     write_outputs(rows, out, title=f"{len(configs)} config{'s' * (len(configs) != 1)} on {first.data.root}"
                   + (f", {folds}-fold CV" if folds else f", split val {split.val} / test {split.test}"),

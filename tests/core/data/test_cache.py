@@ -60,7 +60,8 @@ def test_a_changed_file_is_decoded_again_and_only_it(tmp_path, monkeypatch):
     os.utime(pairs[2].image, ns=(time.time_ns(), time.time_ns() + 10**9))
     decoded = []
     real = cache_mod.load_pair
-    monkeypatch.setattr(cache_mod, "load_pair", lambda pair, longest: decoded.append(pair.key) or real(pair, longest))
+    monkeypatch.setattr(cache_mod, "load_pair",
+                        lambda pair, longest, labels=None: decoded.append(pair.key) or real(pair, longest, labels))
     cache = open_cache(pairs, 160, tmp_path / "cache", "train", progress=False)
     assert decoded == [pairs[2].key]
     assert abs(int(cache[2][0].mean()) - 200) <= 2
@@ -102,7 +103,7 @@ def test_a_killed_cache_write_is_never_read_as_valid(tmp_path):
     assert not list(folder.glob("train-*.json")), "a manifest exists for an unfinished write"
     decoded = []
     real = cache_mod.load_pair
-    cache_mod_load = lambda pair, longest: decoded.append(pair.key) or real(pair, longest)  # noqa: E731
+    cache_mod_load = lambda pair, longest, labels=None: decoded.append(pair.key) or real(pair, longest, labels)  # noqa: E731
     original, cache_mod.load_pair = cache_mod.load_pair, cache_mod_load
     try:
         cache = open_cache(pairs, 160, folder, "train", progress=False)
