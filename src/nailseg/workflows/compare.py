@@ -224,7 +224,6 @@ def run_compare(configs: list[str], overrides: list[str], out: Path, *, folds: i
     runs_dir = out / "runs"
     rows_by_config: dict[str, list[dict]] = {n: [] for n in names}
     durations: dict[str, list[float]] = {n: [] for n in names}
-    parallel = [*job_overrides(jobs)]
 
     def one(numbered: tuple[int, Job]) -> tuple[Job, dict]:
         i, job = numbered
@@ -243,7 +242,7 @@ def run_compare(configs: list[str], overrides: list[str], out: Path, *, folds: i
             proc = subprocess.CompletedProcess([], 0)
         else:
             # with several jobs their epoch lines would interleave: each job's log has them
-            proc = _nailseg("train", job.config, *overrides, *shared, *fold_args, *parallel, f"run.dir={runs_dir}",
+            proc = _nailseg("train", job.config, *overrides, *shared, *fold_args, *job_overrides(jobs), f"run.dir={runs_dir}",
                             f"run.name={run_name}", log=runs_dir / f"{run_name}.log",
                             echo=say if jobs == 1 else None, env_extra=job_env(jobs))
             durations[job.name].append(time.monotonic() - started)
