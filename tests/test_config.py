@@ -110,7 +110,7 @@ def test_model_keys_belong_to_their_family():
     (["data.pipeline=dali", "data.balance={by: fg_bins}"], "cannot draw weighted samples"),
     (["model.family=sm", "optim.encoder_lr_scale=0.1"], "optim.encoder_lr_scale: the keras stack cannot honour it"),
     (["model.family=sm", "data.classes=[a, b, c]"], "data.classes: the keras stack trains binary masks only so far"),
-    (["data.pipeline=kornia", "data.classes=[a, b, c]"], "the kornia pipeline does not carry class-index masks"),
+    (["data.pipeline=dali", "data.classes=[a, b, c]"], "the dali pipeline does not carry class-index masks"),
     (["data.classes=[a, b, c]", "model.classes=2"], "model.classes: 2, but data.classes names 3"),
     (["data.classes=[a, b, c]", "loss.name=lovasz"], "loss.name: lovasz is a binary loss"),
     (["data.classes=[a, b, c]", "data.ignore_index=1"], "data.ignore_index: 1 is class 'b'"),

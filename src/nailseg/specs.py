@@ -51,7 +51,7 @@ PIPELINE_SPECS: dict[str, PipelineSpec] = {p.name: p for p in (
                  keeps_labels=True,
                  purpose="albumentations in the loader workers (torch DataLoader or tf.numpy_function)"),
     PipelineSpec("kornia", ALL_OPS, reads_cache=True, can_balance=True, device="device", extras=("gpuaug",),
-                 can_crop=True, module="kornia",
+                 can_crop=True, module="kornia", keeps_labels=True,
                  purpose="decode + resize in the workers, kornia augments the batch on the training device"),
     PipelineSpec("dali", ALL_OPS, reads_cache=False, can_balance=False, device="cpu+gpu", extras=("dali",),
                  can_crop=True, module="nvidia.dali",

@@ -4,7 +4,9 @@ With ``data.pipeline: kornia`` the DataLoader workers only decode and resize (an
 ``uint8`` tensors, a quarter of the bytes of float32); the LightningModule runs this module
 in ``on_after_batch_transfer`` on the device, training batches only. Image and mask go
 through one sequential, so every geometric draw is shared; masks are resampled with nearest
-neighbour (kornia's default for ``DataKey.MASK``) and stay binary.
+neighbour (kornia's default for ``DataKey.MASK``) and stay binary, or, with many classes, stay
+class indices: the mask goes through shifted by one, so that the zeros kornia pads uncovered
+pixels with come out as the ignore value (as the albumentations pipeline's ``mask_fill``).
 """
 
 from __future__ import annotations
@@ -46,11 +48,14 @@ def _kornia_op(K, op: AugmentOp, size: tuple[int, int]):
 
 
 class GpuAugment(nn.Module):
-    """uint8 (N, 3, H, W) image + (N, 1, H, W) mask -> augmented, normalised float image + binary mask."""
+    """uint8 (N, 3, H, W) image + (N, 1, H, W) mask -> augmented, normalised float image + binary mask
+    (class indices, with ``ignore_index`` where a geometric op uncovered the picture, for a many-class
+    mask)."""
 
     def __init__(self, ops: list[AugmentOp], size: tuple[int, int], norm: Normalization = IMAGENET,
-                 crop: tuple[int, int] | None = None):
+                 crop: tuple[int, int] | None = None, ignore_index: int | None = None):
         super().__init__()
+        self.ignore_index = ignore_index
         from nailseg.core.optional import require
 
         require("kornia", "gpuaug", "GPU augmentation (data.pipeline: kornia)")
@@ -71,9 +76,14 @@ class GpuAugment(nn.Module):
         x = image.float() / 255.0
         m = mask.float()
         if train and self.sequential is not None:
+            if self.ignore_index is not None:
+                m = m + 1  # class k travels as k + 1; kornia's padding 0 then means 'uncovered'
             x, m = self.sequential(x, m)
             x = x.clamp_(0.0, 1.0)
-            m = (m > 0.5).float()
+            if self.ignore_index is None:
+                m = (m > 0.5).float()
+            else:
+                m = torch.where(m < 0.5, torch.full_like(m, float(self.ignore_index)), m.round() - 1)
         return (x - self.mean) / self.std, m
 
 
@@ -83,4 +93,6 @@ def device_augment(exp) -> GpuAugment | None:
     that decides it, for training and for the benchmarks."""
     if not exp.pipeline_spec.augments_on_device:
         return None
-    return GpuAugment(exp.augment.train, exp.data.size_hw, exp.normalization, crop=exp.data.crop_hw)
+    labels = exp.data.label_spec
+    return GpuAugment(exp.augment.train, exp.data.size_hw, exp.normalization, crop=exp.data.crop_hw,
+                      ignore_index=None if labels is None else labels.ignore_index)
