@@ -72,3 +72,59 @@ def test_a_trial_is_pruned_and_its_training_child_stopped(synth_data, tmp_path):
     assert code == -1 and seen[0][0] == 0
     assert not (run / "summary.json").exists()  # stopped long before its 30 epochs
     assert len(Path(run / "metrics.jsonl").read_text().splitlines()) < 30
+
+
+@pytest.mark.slow
+def test_a_study_with_two_jobs_killed_and_continued_ends_with_its_trials(synth_data, tmp_path):
+    """``--jobs 2``: two trials train at once, each on half the cores with one data worker. SIGTERM
+    stops both children with the study (nothing trains on alone); the same command continues the
+    study to exactly its 3 finished trials, the killed ones kept as failed but not counted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    out = tmp_path / "tune"
+    flags = ["--space", str(space), "--out", str(out), "--no-prune", "--trials", "3", "--jobs", "2"]
+    args = ["tune", DEMO, f"data.root={synth_data}", *TINY_TRAIN, "trainer.max_epochs=2", *flags]
+    long_trials = ["tune", DEMO, f"data.root={synth_data}", *TINY_TRAIN, "trainer.max_epochs=40", *flags]
+    first = subprocess.Popen([sys.executable, "-m", "nailseg.cli", *long_trials],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def trainers(parent: int | None = None) -> list[int]:
+        """Processes training a trial (its data workers too), or only those started by ``parent``."""
+        found = []
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                text = (proc / "cmdline").read_bytes().decode(errors="replace")
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if f"run.dir={out / 'trials'}" in text and parent in (None, ppid):
+                found.append(int(proc.name))
+        return found
+
+    deadline = time.monotonic() + 300
+    while len(list(out.glob("trials/*/metrics.jsonl"))) < 2 and time.monotonic() < deadline:
+        assert first.poll() is None, first.communicate()[1][-2000:]
+        time.sleep(0.5)
+    assert len(trainers(parent=first.pid)) == 2, "two trials should train at once"
+    for config in out.glob("trials/*/config.yaml"):  # each child on one data worker
+        assert "num_workers: 1" in config.read_text()
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=90)
+    assert first.returncode != 0
+    time.sleep(1)
+    assert trainers() == [], "a trial's training outlived the killed study"
+
+    again = run_cli(*args, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 of 3 trials done" in again.stdout and "failed, not counted" in again.stdout
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert sum(r["state"] == "COMPLETE" for r in rows) == 3 and sum(r["state"] == "FAIL" for r in rows) == 2, rows
+    best = json.loads((out / "best.json").read_text())
+    assert best["best_value"] == max(float(r["value"]) for r in rows if r["state"] == "COMPLETE")

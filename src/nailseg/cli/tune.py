@@ -12,12 +12,11 @@ STUDY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 
 
 def cmd_tune(args) -> int:
-    from nailseg.cli.compare import _exit_on_sigterm
     from nailseg.core.optional import require
     from nailseg.workflows.tune import check_space, read_space, run_tune
 
     require("optuna", "tune", "nailseg tune (Optuna)")
-    _exit_on_sigterm()
+    _stop_trials_on_signal()
     out = output_folder(args.out)
     placed = [x.split("=", 1)[0] for x in args.overrides if x.split("=", 1)[0] in ("run.dir", "run.name")]
     if placed:
@@ -26,14 +25,34 @@ def cmd_tune(args) -> int:
         raise NailsegError(f"--folds {args.folds}: k-fold cross-validation needs at least 2 folds")
     if not STUDY_NAME.match(args.study):
         raise NailsegError(f"--study {args.study!r}: letters, digits, '.', '_' and '-' only (at most 100)")
+    from nailseg.workflows.parallel import check_jobs
+
+    jobs = check_jobs(args.jobs)
     dims = read_space(Path(args.space))
     check_space(args.config, args.overrides, dims)
     result = run_tune(args.config, args.overrides, dims, out, trials=args.trials, folds=args.folds,
-                      storage=args.storage, study_name=args.study, seed=args.seed, prune=not args.no_prune)
+                      storage=args.storage, study_name=args.study, seed=args.seed, prune=not args.no_prune,
+                      jobs=jobs)
     print(f"best trial {result['best_trial']}: val IoU {result['best_value']:.4f}  {result['best_params']}")
     print(f"train it: nailseg train {result['best_config']}")
     print(out / "best.json")
     return 0
+
+
+def _stop_trials_on_signal() -> None:
+    """Ctrl-C or SIGTERM stops every trial's training child first, then unwinds: with ``--jobs``
+    Optuna's thread pool waits for its running trials, which must not train on alone."""
+    import signal
+    import sys
+
+    from nailseg.workflows.compare import _stop_live
+
+    def stop(signum, _frame):
+        _stop_live()
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
 
 def add_parser(sub) -> None:
@@ -45,7 +64,9 @@ def add_parser(sub) -> None:
                     "each finished epoch's validation score feeds Optuna's median pruner, which may stop a poor "
                     "trial early. --folds K scores a trial by the mean validation IoU of K folds (never the "
                     "held-out fold). The study is kept in --storage (default: OUT/study.db, SQLite), so running "
-                    "the same command again continues it up to --trials; a killed trial is marked failed. A "
+                    "the same command again continues it up to --trials finished (complete or pruned) trials; a "
+                    "killed trial is marked failed and trained again. --jobs N runs N trials at once, the cores "
+                    "split between them. A "
                     "PostgreSQL or MySQL URL lets several machines work on one study (run the same command on "
                     "each). Writes OUT/best.yaml (a complete config for `nailseg train`), best.json, trials.csv "
                     "and Optuna's plots (history.png, importances.png, parallel.png).")
@@ -57,6 +78,9 @@ def add_parser(sub) -> None:
     tu.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db)")
     tu.add_argument("--study", default="nailseg", help="study name in the storage (default: nailseg)")
     tu.add_argument("--seed", type=int, default=0, help="TPE sampler seed (default: 0)")
+    tu.add_argument("--jobs", type=int, default=1,
+                    help="trials at once (default 1); the cores are split between them (cores / jobs threads and "
+                         "one data worker each), so they do not fight over the cores")
     tu.add_argument("--no-prune", action="store_true", help="train every trial to its last epoch")
     tu.add_argument("--out", required=True, help="output folder")
     tu.set_defaults(func=cmd_tune)

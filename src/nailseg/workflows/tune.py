@@ -121,18 +121,21 @@ def _storage(url: str):
                                       failed_trial_callback=None)
 
 
-def _train_and_report(args: list[str], run: Path, log: Path, report: Callable[[float, int], bool]) -> int:
+def _train_and_report(args: list[str], run: Path, log: Path, report: Callable[[float, int], bool],
+                      extra_env: dict[str, str] | None = None) -> int:
     """Run ``nailseg train ARGS`` into ``run``; after each finished epoch call ``report(score, epoch)``,
-    and stop the child when it answers True (pruned). Returns the child's exit code (-1: pruned)."""
-    from nailseg.workflows.compare import _stop
+    and stop the child when it answers True (pruned). Returns the child's exit code (-1: pruned).
+    ``extra_env``: the thread limits of one of several trials at once (``workflows/parallel.py``)."""
+    from nailseg.workflows.compare import LIVE, _stop
 
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     env.pop("NAILSEG_RUN_DIR", None)
     log.parent.mkdir(parents=True, exist_ok=True)
     seen = 0
     with open(log, "w", encoding="utf-8") as sink:
         child = subprocess.Popen([sys.executable, "-m", "nailseg.cli", "train", *args], stdout=sink,
                                  stderr=subprocess.STDOUT, env=env)
+        LIVE.add(child)  # so an interrupted study with --jobs stops every trial's child
         try:
             while True:
                 done = child.poll() is not None
@@ -149,13 +152,19 @@ def _train_and_report(args: list[str], run: Path, log: Path, report: Callable[[f
         except BaseException:
             _stop(child)
             raise
+        finally:
+            LIVE.discard(child)
 
 
 def run_tune(config: str, overrides: list[str], dims: list[Dimension], out: Path, *, trials: int,
-             folds: int | None, storage: str | None, study_name: str, seed: int, prune: bool,
+             folds: int | None, storage: str | None, study_name: str, seed: int, prune: bool, jobs: int = 1,
              say: Callable[[str], None] = print) -> dict:
     """Run (or continue) the study until it holds ``trials`` finished trials; write the best
-    config, the trials table and the plots into ``out``."""
+    config, the trials table and the plots into ``out``. ``jobs``: trials at once, each on
+    cores / jobs threads and one data worker (Optuna's ``n_jobs``; TPE asks the shared study)."""
+    from nailseg.workflows.compare import _stop_live
+    from nailseg.workflows.parallel import job_env, job_overrides
+
     import optuna
     from optuna.trial import TrialState
 
@@ -167,9 +176,14 @@ def run_tune(config: str, overrides: list[str], dims: list[Dimension], out: Path
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) if prune else optuna.pruners.NopPruner()
     study = optuna.create_study(study_name=study_name, storage=_storage(url), direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner, load_if_exists=True)
-    counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    # A finished trial completed or was pruned. A failed one (a killed command, a crashed training)
+    # stays in the storage and in trials.csv, but does not count: running the command again trains
+    # its replacement, so a study killed twice still ends with --trials finished trials.
+    counted = (TrialState.COMPLETE, TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=counted))
-    say(f"study {study_name!r} in {url}: {done} of {trials} trials done")
+    failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+    say(f"study {study_name!r} in {url}: {done} of {trials} trials done"
+        + (f" ({failed} failed, not counted)" if failed else ""))
 
     def objective(trial) -> float:
         params = {d.key: d.suggest(trial) for d in dims}
@@ -188,8 +202,9 @@ def run_tune(config: str, overrides: list[str], dims: list[Dimension], out: Path
                 trial.report(score, epoch)
                 return trial.should_prune()
 
-            code = _train_and_report([config, *overrides, *chosen, *fold_args, f"run.dir={out / 'trials'}",
-                                      f"run.name={name}"], run, out / "trials" / f"{name}.log", report)
+            code = _train_and_report([config, *overrides, *job_overrides(jobs), *chosen, *fold_args,
+                                      f"run.dir={out / 'trials'}", f"run.name={name}"], run,
+                                     out / "trials" / f"{name}.log", report, job_env(jobs))
             if code == -1:
                 say(f"  pruned at epoch {len(read_jsonl(run / 'metrics.jsonl'))}")
                 raise optuna.TrialPruned()
@@ -203,8 +218,12 @@ def run_tune(config: str, overrides: list[str], dims: list[Dimension], out: Path
         return score
 
     if done < trials:
-        study.optimize(objective, catch=(RuntimeError,), gc_after_trial=True,
-                       callbacks=[optuna.study.MaxTrialsCallback(trials, states=counted)])
+        try:  # n_trials: exactly the missing ones from this command, however many run at once
+            study.optimize(objective, n_trials=trials - done, n_jobs=jobs, catch=(RuntimeError,),
+                           gc_after_trial=True, callbacks=[optuna.study.MaxTrialsCallback(trials, states=counted)])
+        except BaseException:
+            _stop_live()  # Ctrl-C/SIGTERM: no trial trains on alone (each is marked failed by the storage)
+            raise
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         raise ConfigError(f"{out}: no trial finished (see {out / 'trials'}/*.log)")
