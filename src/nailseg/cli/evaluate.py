@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nailseg.cli.common import output_file, output_folder
-from nailseg.cli.inference import add_inference_flags, inference_options, is_onnx
+from nailseg.cli.inference import add_inference_flags, check_tile_flags, inference_options, is_onnx
 from nailseg.errors import NailsegError
 
 
@@ -28,7 +28,7 @@ def _eval_onnx(args, out) -> int:
         raise NailsegError("--choose-threshold needs a run folder (it stores the threshold in the run)")
     from nailseg.core.postprocess import InferenceOptions
 
-    options = inference_options(args, InferenceOptions(threshold=model.threshold))
+    options = inference_options(args, InferenceOptions(threshold=model.threshold), model.size_hw)
     if model.labels is not None:  # a many-class export: its class names come with it
         from nailseg.core.class_eval import evaluate_classes
 
@@ -63,6 +63,7 @@ def cmd_eval(args) -> int:
     from nailseg.core.postprocess import INFERENCE_FILE, load_run_options, with_overrides
     from nailseg.engine import has_capability, open_for_inference
 
+    check_tile_flags(args)
     out = output_file(args.out) if args.out else None
     if is_onnx(args.run):
         return _eval_onnx(args, out)
@@ -91,7 +92,7 @@ def cmd_eval(args) -> int:
         refuse_overwriting_inputs([overlays / overlay_name(p.key) for p in chosen],
                                   [f for p in pairs for f in (p.image, p.mask)], "--overlays")
     predictor = stack.load_predictor(run, exp, args.checkpoint)
-    options = inference_options(args, load_run_options(run.path))
+    options = inference_options(args, load_run_options(run.path), exp.data.size_hw)
     labels = exp.data.label_spec
     if labels is not None:  # many classes: per-class IoU/Dice, mIoU, pixel accuracy, confusion matrix
         return _eval_classes(args, run, exp, predictor, chosen, root, options, out or run.eval, overlays)

@@ -9,11 +9,30 @@ def is_onnx(target: str) -> bool:
     return str(target).lower().endswith(".onnx")
 
 
-def inference_options(args, base):
-    """The run's (or model's) stored inference options with this command's flags on top."""
+def inference_options(args, base, model_hw: tuple[int, int]):
+    """The run's (or model's) stored inference options with this command's flags on top;
+    ``--tile`` becomes a window in photo pixels, in the aspect ratio of the model's input
+    (``model_hw``) when given as one number."""
     from nailseg.core.postprocess import with_overrides
+    from nailseg.core.tiling import window_shape
 
-    return with_overrides(base, threshold=args.threshold, tta=args.tta, min_area=args.min_area)
+    check_tile_flags(args)
+    tile = getattr(args, "tile", None)
+    return with_overrides(base, threshold=args.threshold, tta=args.tta, min_area=args.min_area,
+                          tile=None if tile is None else window_shape(tile, tuple(model_hw)),
+                          overlap=getattr(args, "overlap", None))
+
+
+def check_tile_flags(args) -> None:
+    """``--overlap`` without ``--tile``, or out of range: one line, before any model is loaded."""
+    from nailseg.core.tiling import check_overlap
+    from nailseg.errors import ConfigError
+
+    overlap = getattr(args, "overlap", None)
+    if overlap is not None:
+        if getattr(args, "tile", None) is None:
+            raise ConfigError("--overlap: only with --tile (it is the share of a window its neighbour covers)")
+        check_overlap(overlap)
 
 
 def add_inference_flags(parser, *, choose: bool = False) -> None:
@@ -23,7 +42,29 @@ def add_inference_flags(parser, *, choose: bool = False) -> None:
                         "stored one, else 0.5)")
     parser.add_argument("--min-area", type=float, metavar="SHARE", help="remove predicted regions smaller than "
                         "this share of the image, e.g. 0.0005 (default: the run's, else 0 = keep all)")
+    parser.add_argument("--tile", type=tile_size, nargs="?", const="model", metavar="SIZE|HxW",
+                        help="sliding-window inference for photos much larger than the training images: windows "
+                             "of SIZE photo pixels on their longer side (in the model input's aspect ratio; or HxW), "
+                             "each predicted as a whole training photo would be, blended where they overlap; "
+                             "--tile alone: windows of the model's input size, the photo's pixels 1:1. Memory is "
+                             "bounded by a strip of windows, not the photo (default: off, the whole photo is "
+                             "resized to the training size)")
+    parser.add_argument("--overlap", type=float, metavar="F",
+                        help="with --tile: the share of a window its neighbour also covers, 0 to 0.9 (default 0.25)")
     if choose:
         parser.add_argument("--choose-threshold", action="store_true",
                             help="pick the threshold with the best IoU on these images and store it (with "
                                  "--tta/--min-area) in RUN/inference.json, which eval and predict then use")
+
+
+def tile_size(text: str):
+    """argparse type for ``--tile``: a bad value is argparse's one-line usage error (exit 2)."""
+    import argparse
+
+    from nailseg.core.tiling import parse_tile
+    from nailseg.errors import ConfigError
+
+    try:
+        return parse_tile(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix(f"--tile {text!r}: ")) from None

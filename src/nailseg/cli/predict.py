@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nailseg.cli.common import output_folder
-from nailseg.cli.inference import add_inference_flags, inference_options, is_onnx
+from nailseg.cli.inference import add_inference_flags, check_tile_flags, inference_options, is_onnx
 from nailseg.errors import NailsegError
 
 
@@ -15,6 +15,7 @@ def cmd_predict(args) -> int:
 
     from nailseg.core.outputs import refuse_data_folder, refuse_overwriting_inputs
 
+    check_tile_flags(args)
     out = refuse_data_folder(output_folder(args.out), "--out")
     inputs = collect_inputs(args.inputs)
     # every input counts, not only the images: a_mask.png beside a.jpg is somebody's data
@@ -28,7 +29,7 @@ def cmd_predict(args) -> int:
         from nailseg.core.postprocess import InferenceOptions
 
         model = OnnxSegmenter(args.run)
-        options = inference_options(args, InferenceOptions(threshold=model.threshold))
+        options = inference_options(args, InferenceOptions(threshold=model.threshold), model.size_hw)
         if model.labels is not None:
             from nailseg.core.class_eval import predict_class_files
 
@@ -38,6 +39,9 @@ def cmd_predict(args) -> int:
         return _report_predictions(result, inputs, out)
     run, exp, stack = open_for_inference(args.run)
     if has_capability(exp, "instances"):
+        if args.tile:
+            raise NailsegError("--tile: an instance model's predictions are per-object masks, which do not blend "
+                               "across windows; leave --tile out (eval --tile scores the union mask)")
         result = predict_instance_files(stack.load_instance_predictor(run, exp), inputs, out, progress=not args.quiet)
         for w in result.written:
             print(f"{w['file']}: {w['instances']} instances")
@@ -45,13 +49,14 @@ def cmd_predict(args) -> int:
         from nailseg.core.class_eval import predict_class_files
         from nailseg.core.postprocess import load_run_options
 
+        options = inference_options(args, load_run_options(run.path), exp.data.size_hw)
         result = predict_class_files(stack.load_predictor(run, exp), inputs, out, exp.data.label_spec,
-                                     progress=not args.quiet, options=inference_options(args, load_run_options(run.path)))
+                                     progress=not args.quiet, options=options)
     else:
         from nailseg.core.postprocess import load_run_options
 
         result = predict_files(stack.load_predictor(run, exp), inputs, out, progress=not args.quiet,
-                               options=inference_options(args, load_run_options(run.path)))
+                               options=inference_options(args, load_run_options(run.path), exp.data.size_hw))
     return _report_predictions(result, inputs, out)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nailseg.cli.common import positive
+from nailseg.cli.inference import check_tile_flags, tile_size
 from nailseg.errors import NailsegError
 
 
@@ -37,7 +38,17 @@ def cmd_serve(args) -> int:
 
     if args.max_pixels > MAX_PIXELS:
         raise NailsegError(f"--max-pixels {args.max_pixels}: at most {MAX_PIXELS:,} (nailseg's decoding limit)")
-    settings = ServeSettings(model=str(model_file(args.target).resolve()), max_bytes=args.max_bytes,
+    from nailseg.core.tiling import window_shape
+
+    check_tile_flags(args)
+    path = model_file(args.target)
+    tile = None
+    if args.tile is not None:
+        from nailseg.deploy.onnx_model import OnnxSegmenter
+
+        tile = list(window_shape(args.tile, OnnxSegmenter(path).size_hw))
+    settings = ServeSettings(model=str(path.resolve()), max_bytes=args.max_bytes, tile=tile,
+                             overlap=0.25 if args.overlap is None else args.overlap,
                              max_pixels=args.max_pixels, max_concurrent=args.max_concurrent, threads=args.threads,
                              body_timeout_s=args.body_timeout, max_connections=args.max_connections,
                              log_level=args.log_level)
@@ -70,4 +81,11 @@ def add_parser(sub) -> None:
     sv.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info",
                     help="uvicorn's log level; info and debug also print one access-log line per request "
                          "(default: info)")
+    sv.add_argument("--tile", type=tile_size, nargs="?", const="model", metavar="SIZE|HxW",
+                    help="sliding-window inference for photos much larger than the training images: windows of "
+                         "SIZE photo pixels on their longer side (model input's aspect ratio; or HxW), blended; "
+                         "--tile alone: the model's input size, pixels 1:1 (default: off, the whole photo is "
+                         "resized to the training size)")
+    sv.add_argument("--overlap", type=float, metavar="F",
+                    help="with --tile: the share of a window its neighbour also covers, 0 to 0.9 (default 0.25)")
     sv.set_defaults(func=cmd_serve)

@@ -22,7 +22,10 @@ from nailseg.errors import DataError, quote_name
 
 
 def predicted_classes(prob: np.ndarray) -> np.ndarray:
-    """(H, W) ``uint8`` class indices from (H, W, C) probabilities."""
+    """(H, W) ``uint8`` class indices from (H, W, C) probabilities (a tiled predictor already
+    answers with the class map, which passes through)."""
+    if prob.ndim == 2:
+        return prob.astype(np.uint8, copy=False)
     return prob.argmax(-1).astype(np.uint8)
 
 

@@ -42,6 +42,8 @@ class ServeSettings:
     body_timeout_s: float = 30.0          # an upload must arrive within this (slow clients are cut off)
     max_connections: int = 64             # open connections per worker; more get 503 from uvicorn
     log_level: str = "info"               # uvicorn's: critical, error, warning, info (access log), debug
+    tile: list[int] | None = None         # sliding windows (h, w) in photo pixels (core/tiling.py); None: off
+    overlap: float = 0.25                 # with tile: the share of a window its neighbour also covers
 
     def __post_init__(self):
         if not 1 <= self.max_pixels <= MAX_PIXELS:
@@ -94,6 +96,11 @@ def create_app(settings: ServeSettings):
     from nailseg.deploy.onnx_model import OnnxSegmenter
 
     model = OnnxSegmenter(settings.model, threads=settings.threads)
+    predict = model
+    if settings.tile is not None:  # large photos: windows at the training scale, blended
+        from nailseg.core.tiling import tile_predictor
+
+        predict = tile_predictor(model, (settings.tile[0], settings.tile[1]), settings.overlap)
     # No /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a CDN, so they are blank on an
     # offline machine. The schema itself is served at /openapi.json.
     app = FastAPI(title="nailseg", description="Nail segmentation on onnxruntime", version=str(model.metadata.get("version")),
@@ -173,7 +180,7 @@ def create_app(settings: ServeSettings):
                 raise ApiError(status, str(err)) from None
             # inference and every post-processing step run off the event loop, inside the
             # concurrency cap, so /healthz answers whatever is being segmented
-            body = await run_in_threadpool(_respond, model, image, format, settings.min_nail_area, overlay)
+            body = await run_in_threadpool(_respond, model, predict, image, format, settings.min_nail_area, overlay)
         finally:
             in_flight["n"] -= 1
         if format in ("json", "bundle"):
@@ -198,7 +205,7 @@ async def _read_body(request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _respond_classes(model, image: np.ndarray, fmt: str):
+def _respond_classes(model, predict, image: np.ndarray, fmt: str):
     """A many-class model's answer: the class map (png: a palette PNG of class indices), its
     overlay with the legend of class names, and per class its share of the photo (json)."""
     from PIL import Image
@@ -208,7 +215,7 @@ def _respond_classes(model, image: np.ndarray, fmt: str):
     from nailseg.core.visualize import class_overlay
 
     labels = model.labels
-    classes = predicted_classes(model(image))
+    classes = predicted_classes(predict(image))
     indexed = Image.frombytes("P", (classes.shape[1], classes.shape[0]), classes.tobytes())
     flat = palette(labels.n).ravel().tolist()
     indexed.putpalette(flat + [0] * (768 - len(flat)))
@@ -228,10 +235,11 @@ def _respond_classes(model, image: np.ndarray, fmt: str):
     return summary
 
 
-def _respond(model, image: np.ndarray, fmt: str, min_area: int, overlay):
+def _respond(model, predict, image: np.ndarray, fmt: str, min_area: int, overlay):
+    """The answer in ``fmt``; ``predict`` is the model itself, or its tiled form."""
     if model.labels is not None:
-        return _respond_classes(model, image, fmt)
-    prob = model(image)
+        return _respond_classes(model, predict, image, fmt)
+    prob = predict(image)
     mask = prob > model.threshold
     if fmt == "png":
         return png_bytes(mask.astype(np.uint8) * 255)
