@@ -25,7 +25,7 @@ $(BIN)/python:
 # Re-install when the dependency declarations change. The demo needs the Lightning stack;
 # the tests need every stack that runs on a CPU (mmdet through scripts/install-mmdet.sh,
 # which takes mmcv from ../shared/wheels when present and builds it otherwise).
-TEST_EXTRAS := torch,hf,gpuaug,dali,tf,onnx,serve,export,weights,tune,docs,dev
+TEST_EXTRAS := torch,hf,gpuaug,dali,tf,onnx,serve,export,weights,tune,cluster,docs,dev
 
 $(VENV)/.installed-torch: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) install -q $(PIN) -e ".[torch]"

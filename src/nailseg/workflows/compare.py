@@ -16,10 +16,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nailseg.core.io import read_jsonl, write_json, write_text
 from nailseg.errors import ConfigError
 from nailseg.workflows.reuse import finished_run
+
+if TYPE_CHECKING:
+    from nailseg.workflows.cluster import ClusterSettings
 
 ROW_KEYS = ("config", "stack", "family", "arch", "encoder", "params", "iou", "dice", "precision", "recall",
             "images_per_s", "wall_time_s", "peak_memory_mb", "epochs", "device", "pipeline")
@@ -192,10 +196,12 @@ def _mean_curve(curves: list[list]) -> list:
 
 
 def run_compare(configs: list[str], overrides: list[str], out: Path, *, folds: int | None, seed: int,
-                checkpoint: str, say: Callable[[str], None] = print, jobs: int = 1) -> list[dict]:
+                checkpoint: str, say: Callable[[str], None] = print, jobs: int = 1,
+                cluster: ClusterSettings | None = None) -> list[dict]:
     """Train every config on the same data and split (or the same ``folds``), each in its own
     process, evaluate each the same way, and write ``compare.json``, the plots and ``report.md``.
-    ``jobs``: trainings at once, the cores split between them (``workflows/parallel.py``)."""
+    ``jobs``: trainings at once, the cores split between them (``workflows/parallel.py``).
+    ``cluster``: the trainings go to submitit instead, all at once (``workflows/cluster.py``)."""
     from nailseg.workflows.parallel import job_env, job_overrides, run_jobs
 
     from nailseg.config import load_experiment
@@ -225,6 +231,26 @@ def run_compare(configs: list[str], overrides: list[str], out: Path, *, folds: i
     rows_by_config: dict[str, list[dict]] = {n: [] for n in names}
     durations: dict[str, list[float]] = {n: [] for n in names}
 
+    def run_name_of(job: Job) -> str:
+        return job.name + (f"-fold{job.fold}" if folds else "")
+
+    def train_args_of(job: Job) -> list[str]:
+        fold_args = [f"data.split.fold={job.fold}"] if folds else []
+        return [job.config, *overrides, *shared, *fold_args, *job_overrides(jobs), f"run.dir={runs_dir}",
+                f"run.name={run_name_of(job)}"]
+
+    submitted: dict = {}
+    if cluster is not None:  # every training at once: one SLURM array, waited on below in order
+        from nailseg.workflows.cluster import submit_trainings
+
+        pending = {run_name_of(j): (train_args_of(j), runs_dir / run_name_of(j), {}) for j in jobs_list
+                   if not isinstance(exps[configs.index(j.config)], ConfigError)
+                   and not finished_run(runs_dir / run_name_of(j), j.config, train_args_of(j)[1:-2])}
+        if pending:
+            submitted = submit_trainings(cluster, pending)
+            say(f"submitted {len(submitted)} training{'s' * (len(submitted) != 1)} to submitit ({cluster.executor}), "
+                f"logs in {cluster.folder}")
+
     def one(numbered: tuple[int, Job]) -> tuple[Job, dict]:
         i, job = numbered
         exp = exps[configs.index(job.config)]
@@ -235,15 +261,17 @@ def run_compare(configs: list[str], overrides: list[str], out: Path, *, folds: i
         if isinstance(exp, ConfigError):
             say(f"  failed: {exp.lines[0]}")
             return job, {"config": job.name, "error": exp.lines[0]}
-        run_name = job.name + (f"-fold{job.fold}" if folds else "")
-        fold_args = [f"data.split.fold={job.fold}"] if folds else []
-        if finished_run(runs_dir / run_name, job.config, [*overrides, *shared, *fold_args]):
+        run_name = run_name_of(job)
+        if run_name in submitted:
+            from nailseg.workflows.cluster import wait_training
+
+            proc = wait_training(submitted[run_name], runs_dir / f"{run_name}.log")
+        elif finished_run(runs_dir / run_name, job.config, train_args_of(job)[1:-2]):
             say(f"  {runs_dir / run_name}: finished by an earlier compare with this experiment; scored again")
             proc = subprocess.CompletedProcess([], 0)
         else:
             # with several jobs their epoch lines would interleave: each job's log has them
-            proc = _nailseg("train", job.config, *overrides, *shared, *fold_args, *job_overrides(jobs), f"run.dir={runs_dir}",
-                            f"run.name={run_name}", log=runs_dir / f"{run_name}.log",
+            proc = _nailseg("train", *train_args_of(job), log=runs_dir / f"{run_name}.log",
                             echo=say if jobs == 1 else None, env_extra=job_env(jobs))
             durations[job.name].append(time.monotonic() - started)
         if proc.returncode != 0:
@@ -257,7 +285,15 @@ def run_compare(configs: list[str], overrides: list[str], out: Path, *, folds: i
         say(f"  {label}: IoU {row['iou']:.4f}  Dice {row['dice']:.4f}  ({row['wall_time_s']:.0f} s)")
         return job, row
 
-    for job, row in run_jobs(one, enumerate(jobs_list), jobs, on_abort=_stop_live):
+    try:
+        done = run_jobs(one, enumerate(jobs_list), 1 if submitted else jobs, on_abort=_stop_live)
+    except BaseException:  # Ctrl-C or SIGTERM: no submitted training runs on alone
+        if submitted:
+            from nailseg.workflows.cluster import cancel
+
+            cancel(submitted)
+        raise
+    for job, row in done:
         rows_by_config[job.name].append(row)
     rows = [aggregate_folds(r) if folds else r[0] for r in rows_by_config.values()]
     write_outputs(rows, out, title=f"{len(configs)} config{'s' * (len(configs) != 1)} on {first.data.root}"

@@ -1,0 +1,81 @@
+"""compare --executor: trainings as submitit jobs, through submitit's local executor (the code path
+SLURM takes), and a preempted task that requeues and continues its run from last.ckpt."""
+
+import json
+import time
+
+import pytest
+
+from tests.conftest import REPO, TINY_TRAIN, run_cli
+
+pytest.importorskip("submitit")
+DEMO = str(REPO / "configs" / "demo-cpu.yaml")
+
+
+@pytest.mark.slow
+def test_compare_folds_as_submitit_jobs(synth_data, tmp_path):
+    out = tmp_path / "cmp"
+    proc = run_cli("compare", DEMO, f"data.root={synth_data}", *TINY_TRAIN, "trainer.max_epochs=4",
+                   "--folds", "2", "--executor", "local", "--time-min", "20", "--out", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "submitted 2 trainings to submitit (local)" in proc.stdout
+    row = json.loads((out / "compare.json").read_text())[0]
+    assert row["folds"] == 2 and "error" not in row and len(row["fold_ious"]) == 2, row
+    held_out = []
+    for fold in (0, 1):  # each task trained its own fold, with the overrides compare gave it
+        run = out / "runs" / f"demo-cpu-fold{fold}"
+        assert json.loads((run / "summary.json").read_text())["epochs"] == 4
+        held_out.append(set(json.loads((run / "split.json").read_text())["test"]))
+        assert "# submitit job" in (out / "runs" / f"demo-cpu-fold{fold}.log").read_text()
+    every = {p.name for p in (synth_data / "images").iterdir()}
+    assert not (held_out[0] & held_out[1]) and held_out[0] | held_out[1] == every  # 2 folds cover the data once
+    assert list((out / "submitit").glob("*_log.out")), "the tasks' logs stay in OUT/submitit"
+
+    again = run_cli("compare", DEMO, f"data.root={synth_data}", *TINY_TRAIN, "trainer.max_epochs=4",
+                    "--folds", "2", "--executor", "local", "--out", str(out), timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "submitted" not in again.stdout and again.stdout.count("scored again") == 2  # nothing retrained
+
+
+@pytest.mark.slow
+def test_a_task_out_of_time_requeues_and_resumes_from_last_ckpt(synth_data, tmp_path):
+    """A 1-minute task limit with the warning signal 30 s before it (SLURM's ``--signal``, which
+    submitit's local executor sends the same way): the task stops its training mid-run, is requeued,
+    and the requeued task continues the same run from last.ckpt to its last epoch."""
+    from nailseg.workflows.cluster import ClusterSettings, submit_trainings, wait_training
+
+    run = tmp_path / "runs" / "pre"
+    args = [DEMO, f"data.root={synth_data}", *TINY_TRAIN, "trainer.max_epochs=40", f"run.dir={run.parent}",
+            "run.name=pre", "logging.predictions=0"]
+    settings = ClusterSettings("local", tmp_path / "submitit", time_min=1.0, signal_delay_s=30)
+    job = submit_trainings(settings, {"pre": (args, run, {})})["pre"]
+    deadline = time.monotonic() + 120
+    while _epochs(run) < 1:  # the first attempt's first epoch, kept to compare with after the resume
+        assert time.monotonic() < deadline and job.state not in ("FAILED", "DONE"), job.stderr()
+        time.sleep(0.2)
+    first_epoch = (run / "metrics.jsonl").read_text().splitlines()[0]
+    proc = wait_training(job, tmp_path / "pre.log")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "this job is timed-out" in proc.stdout + proc.stderr  # the signal came mid-run ...
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 40  # ... and the run still ended
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert lines[0] == first_epoch  # the same run continued (a restart would have written epoch 0 anew)
+    epochs = [json.loads(line)["epoch"] for line in lines if '"val_iou"' in line]
+    assert sorted(epochs) == list(range(40)), epochs  # every epoch once
+
+
+def _epochs(run) -> int:
+    metrics = run / "metrics.jsonl"
+    return metrics.read_text().count('"val_iou"') if metrics.is_file() else 0
+
+
+def test_cluster_flags_are_checked_before_anything_runs(tmp_path):
+    lone = run_cli("compare", DEMO, "--out", str(tmp_path / "a"), "--partition", "gpu")
+    assert lone.returncode == 2 and "--partition: only with --executor" in lone.stderr
+    both = run_cli("compare", DEMO, "--out", str(tmp_path / "b"), "--executor", "local", "--jobs", "2")
+    assert both.returncode == 2 and "--jobs: not with --executor" in both.stderr
+    bad = run_cli("compare", DEMO, "--out", str(tmp_path / "c"), "--executor", "slurm", "--time-min", "0")
+    assert bad.returncode == 2 and "--time-min 0: must be at least 1" in bad.stderr
+    for proc in (lone, both, bad):
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "c" / "submitit").exists()
