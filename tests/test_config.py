@@ -150,6 +150,17 @@ def test_max_time_needs_a_unit_and_a_stack_that_budgets():
         load_experiment(REPO / "configs" / "keras-cpu.yaml", ["trainer.max_time=20m"])
 
 
+def test_class_weights_are_checked_against_the_classes(tmp_path):
+    camvid = REPO / "configs" / "camvid-pretrained-cpu.yaml"
+    assert load_experiment(camvid, ["loss.class_weights=median_frequency"]).loss.class_weights == "median_frequency"
+    with pytest.raises(ConfigError, match=r"loss\.class_weights: 2 weights for the 11 classes"):
+        load_experiment(camvid, ["loss.class_weights=[1.0, 2.0]"])
+    with pytest.raises(ConfigError, match=r"loss\.class_weights.*one positive, finite weight a class"):
+        load_experiment(camvid, [f"loss.class_weights=[{', '.join(['1.0'] * 10)}, -1.0]"])
+    with pytest.raises(ConfigError, match=r"loss\.class_weights: weighs the classes of data\.classes"):
+        load_experiment(REPO / "configs" / "demo-cpu.yaml", ["loss.class_weights=inverse_sqrt"])
+
+
 def test_many_classes_size_the_model_and_read_a_names_file(tmp_path):
     exp = load_experiment(REPO / "configs" / "camvid-pretrained-cpu.yaml")
     assert exp.model.classes == 11 and exp.data.label_spec.ignore_index == 11

@@ -28,6 +28,7 @@ from nailseg.errors import ConfigError
 from nailseg.registry import load_stack
 from nailseg.specs import STACKS
 from nailseg.runs import (RUN_DIR_ENV, PreparedData, RunDir, RunLock, check_data, check_metrics, create_run_dir, dedupe_metrics,
+                          resolve_class_weights,
                           fix_split, load_fg_share, pairs_of, resolved_config, save_fg_share, wait_for_split)
 
 
@@ -69,7 +70,7 @@ def run_training(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict 
     rank = global_rank()
     if rank != 0:  # a DDP worker joins the run rank 0 prepared (rank 0 holds the lock)
         split = wait_for_split(run)
-        data = PreparedData(split, pairs_of(exp, split), load_fg_share(run))
+        data = PreparedData(split, pairs_of(exp, split), load_fg_share(run), resolve_class_weights(exp, run, None))
         # the same plan object on every rank: each calls the budget hook, and takes rank 0's plan
         ctx = TrainContext(exp, run, resume, data, rank=rank, budget=time_budget(exp, run, resume, started_clock))
         result = stack.fit(ctx)
@@ -99,7 +100,9 @@ def run_training(exp: Experiment, run: RunDir, *, resume: bool = False) -> dict 
             save_fg_share(run, fg_share)  # DDP ranks read it instead of decoding the set again
         if exp.pretrain is not None:
             exp = pretrain_on_synthetic(exp, run)
-        ctx = TrainContext(exp, run, resume, PreparedData(split, pairs_of(exp, split), fg_share), rank=0,
+        weights = resolve_class_weights(exp, run, report.class_totals(set(split["train"]))
+                                        if report.class_names is not None else None)
+        ctx = TrainContext(exp, run, resume, PreparedData(split, pairs_of(exp, split), fg_share, weights), rank=0,
                            budget=time_budget(exp, run, resume, started_clock))
         previous = os.environ.get(RUN_DIR_ENV)
         os.environ[RUN_DIR_ENV] = str(run.path.resolve())  # DDP workers re-run the CLI: join this run

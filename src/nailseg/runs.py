@@ -42,6 +42,10 @@ class RunDir:
         return self.path / "fg_share.json"
 
     @property
+    def class_weights(self) -> Path:
+        return self.path / "class_weights.json"
+
+    @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
@@ -242,6 +246,7 @@ class PreparedData:
     split: dict[str, list[str]]
     pairs: dict[str, list[Pair]]
     fg_share: dict[str, float] | None = field(default=None)
+    class_weights: list[float] | None = field(default=None)  # loss.class_weights, resolved to numbers
 
 
 def check_data(exp: Experiment):
@@ -293,6 +298,33 @@ def load_fg_share(run: RunDir) -> dict[str, float] | None:
     if not run.fg_share.exists():
         return None
     return json.loads(run.fg_share.read_text(encoding="utf-8"))
+
+
+def resolve_class_weights(exp, run: RunDir, train_pixels: dict[str, int] | None) -> list[float] | None:
+    """``loss.class_weights`` as numbers: a rule is computed once, from the training split's pixels
+    of each class, and kept in ``class_weights.json``; a resume and every DDP rank read that file,
+    so the weights never change under a run. ``train_pixels`` is None on a rank that only reads."""
+    rule = exp.loss.class_weights
+    if rule == "none" or exp.data.classes is None:
+        return None
+    if isinstance(rule, list):
+        return [float(w) for w in rule]
+    if run.class_weights.is_file():
+        try:
+            saved = json.loads(run.class_weights.read_text(encoding="utf-8"))
+            weights = [float(w) for w in saved["weights"].values()]
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ConfigError(f"{run.class_weights}: unreadable class weights ({err})") from None
+        if saved.get("rule") == rule and len(weights) == len(exp.data.classes):
+            return weights
+    if train_pixels is None:
+        raise ConfigError(f"{run.class_weights}: missing (rank 0 writes it before training starts)")
+    from nailseg.core.labels import class_weights
+
+    weights = class_weights(rule, list(train_pixels.values()))
+    write_json(run.class_weights, {"rule": rule, "weights": dict(zip(train_pixels, weights)),
+                                   "train_pixels": train_pixels})
+    return weights
 
 
 def check_metrics(run: RunDir) -> None:

@@ -42,6 +42,18 @@ def test_a_study_runs_writes_the_best_config_and_continues(synth_data, tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "2 of 3 trials done" in again.stdout
     assert len(list(csv.DictReader((out / "trials.csv").open()))) == 3
+    best = json.loads((out / "best.json").read_text())
+    retrained = run_cli("train", str(out / "best.yaml"), f"run.dir={tmp_path / 'again'}", "run.name=best", timeout=600)
+    assert retrained.returncode == 0, retrained.stderr[-3000:]
+    import yaml
+
+    # best.yaml is the best trial's whole experiment: retrained, it is that trial's config, key for key
+    # (2-epoch tiny models score within noise, so the scores themselves are not compared here)
+    trained = yaml.safe_load((tmp_path / "again" / "best" / "config.yaml").read_text())
+    trial = yaml.safe_load((out / "trials" / f"trial{best['best_trial']:03d}" / "config.yaml").read_text())
+    for tree in (trained, trial):
+        tree.pop("run")
+    assert trained == trial
 
 
 @pytest.mark.parametrize("space,fragment", [

@@ -35,16 +35,27 @@ def test_the_plan_is_made_after_the_second_epoch_from_the_recent_pace():
     assert budget.as_dict()["planned_epochs"] == 22 and budget.as_dict()["notes"] == [line]
 
 
-def test_a_plan_is_trimmed_when_epochs_slow_down_and_never_lengthened():
+def test_a_plan_follows_the_settling_pace_then_is_only_trimmed():
+    """The second epoch (4 s) still paid for warm-up: when the third takes 2 s, the plan grows back
+    (max(mean(4, 2), 2) = 3 s an epoch: 3 + (97 - 16) / 3, 29 once the real clock's moment is
+    counted). Past the fifth epoch a
+    fast epoch changes nothing (the schedule runs to the plan), and a slow one trims it."""
     budget = _budget(100, 50, elapsed_s=10)
     budget.after_epoch(1, 10.0)
     budget.started -= 4
     budget.after_epoch(2, 4.0)
     assert budget.epochs == 22
-    budget.started -= 2  # a fast epoch: the plan stays (its schedule already runs to 22)
-    assert budget.after_epoch(3, 2.0) is None and budget.epochs == 22
+    budget.started -= 2
+    line = budget.after_epoch(3, 2.0)
+    assert budget.epochs == 29 and "training 29 epochs after all" in line
+    for epoch in (4, 5, 6):
+        budget.started -= 2
+        budget.after_epoch(epoch, 2.0)
+    settled = budget.epochs
+    budget.started -= 0.5  # a fast epoch after the fifth: the plan stays
+    assert budget.after_epoch(7, 0.5) is None and budget.epochs == settled
     budget.started -= 40  # a slow one: trimmed to what is left
-    assert budget.after_epoch(4, 40.0) is not None and 4 <= budget.epochs < 22
+    assert budget.after_epoch(8, 40.0) is not None and 8 <= budget.epochs < settled
 
 
 def test_a_budget_that_fits_every_epoch_changes_nothing():

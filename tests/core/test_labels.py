@@ -92,3 +92,37 @@ def test_class_colours_are_fixed_and_distinct():
     assert len({tuple(c) for c in colours}) == 30 and np.array_equal(palette(30), colours)
     picture = color_labels(LABELS, 3, 255)
     assert picture[1, 3].tolist() == [0, 0, 0] and picture[0, 0].tolist() == colours[0].tolist()
+
+
+def test_class_weights_follow_the_median_frequency_rule_worked_by_hand():
+    """Shares 100/1110, 10/1110, 1000/1110 (median 100/1110): median frequency weighs the median
+    class 1, the ten-times rarer one 10 and the ten-times commoner one 0.1; inverse_sqrt takes the
+    square roots. A class with no pixel is never a target and weighs 1."""
+    from nailseg.core.labels import class_weights
+
+    assert class_weights("median_frequency", [100, 10, 1000, 0]) == pytest.approx([1.0, 10.0, 0.1, 1.0])
+    assert class_weights("inverse_sqrt", [100, 10, 1000, 0]) == pytest.approx([1.0, 10 ** 0.5, 0.1 ** 0.5, 1.0],
+                                                                             abs=1e-6)
+    assert class_weights("median_frequency", [0, 0]) == [1.0, 1.0]
+    with pytest.raises(ValueError, match="unknown rule"):
+        class_weights("balanced", [1, 2])
+
+
+def test_a_runs_class_weights_are_computed_once_and_kept(tmp_path):
+    """``loss.class_weights: median_frequency`` is resolved from the training pixels into
+    ``class_weights.json``; a resume (or a DDP rank, which has no pixel counts) reads that file, so
+    the weights never change under a run, and a rank that finds no file says so."""
+    from nailseg.config import load_experiment
+    from nailseg.errors import ConfigError
+    from nailseg.runs import RunDir, resolve_class_weights
+    from tests.conftest import REPO
+
+    exp = load_experiment(REPO / "configs" / "camvid-pretrained-cpu.yaml", ["loss.class_weights=median_frequency"])
+    run = RunDir(tmp_path)
+    with pytest.raises(ConfigError, match="class_weights.json: missing"):
+        resolve_class_weights(exp, run, None)
+    pixels = dict(zip(exp.data.classes, [100, 10, 1000, 100, 100, 100, 100, 100, 100, 100, 0]))
+    weights = resolve_class_weights(exp, run, pixels)
+    assert weights[:3] == pytest.approx([1.0, 10.0, 0.1]) and weights[-1] == 1.0
+    assert resolve_class_weights(exp, run, None) == weights  # read back, not computed
+    assert resolve_class_weights(exp, run, {**pixels, "sky": 5}) == weights  # the resume keeps the first answer

@@ -88,6 +88,12 @@ class Experiment(_Section):
         """Many classes: a stack and pipeline that keep class indices, and the model sized to them."""
         n = len(self.data.classes) if self.data.classes is not None else None
         declared = getattr(self.model, "classes", None)
+        weights = self.loss.class_weights
+        if weights != "none" and n is None:
+            raise ValueError("loss.class_weights: weighs the classes of data.classes; a binary run weighs its "
+                             "foreground with loss.bce_weight/dice_weight (or data.balance)")
+        if isinstance(weights, list) and len(weights) != n:
+            raise ValueError(f"loss.class_weights: {len(weights)} weights for the {n} classes of data.classes")
         if n is None:
             if declared is not None and declared > 2:
                 raise ValueError(f"model.classes: {declared} classes need data.classes (their names, in index "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from nailseg.config.base import _Section
 
@@ -13,6 +13,18 @@ class LossConfig(_Section):
     name: Literal["dice_bce", "dice", "bce", "focal", "lovasz", "jaccard", "tversky"] = "dice_bce"
     dice_weight: float = Field(1.0, ge=0)
     bce_weight: float = Field(1.0, ge=0)
+    class_weights: Literal["none", "median_frequency", "inverse_sqrt"] | list[float] = Field(
+        "none", description="many classes: the cross-entropy weight of each class. median_frequency (the "
+                            "SegNet/CamVid rule: median share / class share) or inverse_sqrt (1 / sqrt(share), "
+                            "gentler) are computed once from the training split's pixels (run/class_weights.json); "
+                            "or one positive number a class, in index order")
+
+    @field_validator("class_weights")
+    @classmethod
+    def _positive(cls, v):
+        if isinstance(v, list) and (not v or any(not (w > 0) or w == float("inf") for w in v)):
+            raise ValueError(f"{v}: one positive, finite weight a class")
+        return v
 
 
 class OptimConfig(_Section):

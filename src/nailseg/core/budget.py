@@ -3,7 +3,9 @@
 
 Framework-free: a stack reports each finished epoch's time, and the plan says how many epochs fit.
 The first epoch is measured but not trusted alone (it pays for warm-up: allocator, oneDNN kernels,
-data cache); the plan is made after the second and trimmed again only if later epochs run slower.
+data cache); the plan is made after the second. Until the fifth it follows the pace both ways (the
+second epoch can still pay for warm-up, and a plan sized to it would leave a third of the budget
+unused; the schedule barely moves this early); after that it is trimmed only if epochs run slower.
 The learning-rate schedule follows the planned epochs (the stack reads :attr:`TimeBudget.epochs`),
 so a trimmed run still ends its cosine at the bottom instead of being cut off high.
 """
@@ -45,6 +47,7 @@ class TimeBudget:
     fixed: bool = False                   # a resumed run keeps its first attempt's plan
     planned: bool = False                 # the plan was made (after the second epoch)
     epoch_times: list[float] = field(default_factory=list)
+    settle_epochs: int = 5                # until then the plan may grow back (the pace still settles)
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -62,11 +65,13 @@ class TimeBudget:
         left = self.budget_s * (1 - self.reserve_share) - elapsed
         fits = epochs_done + max(0, math.floor(left / per_epoch))
         planned = max(epochs_done, min(self.max_epochs, fits))
-        if planned >= self.epochs:
-            return None  # never lengthen a plan: the schedule already runs to it
-        self.epochs = planned
-        line = (f"trainer.max_time {_clock(self.budget_s)}: {self.max_epochs} epochs do not fit at {per_epoch:.1f} s "
-                f"an epoch ({_clock(elapsed)} used after {epochs_done}); training {planned} epochs, the learning-rate "
+        if planned == self.epochs or (planned > self.epochs and epochs_done > self.settle_epochs):
+            return None  # once settled, never lengthen a plan: the schedule already runs to it
+        grown, self.epochs = planned > self.epochs, planned
+        fit = (f"all {self.max_epochs} epochs fit" if planned == self.max_epochs
+               else f"{self.max_epochs} epochs do not fit")
+        line = (f"trainer.max_time {_clock(self.budget_s)}: {fit} at {per_epoch:.1f} s an epoch ({_clock(elapsed)} used "
+                f"after {epochs_done}); training {planned} epochs{' after all' if grown else ''}, the learning-rate "
                 f"schedule sized to them")
         self.notes.append(line)
         return line

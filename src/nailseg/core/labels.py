@@ -121,6 +121,30 @@ def class_pixels(labels: np.ndarray, spec: LabelSpec) -> list[int]:
     return [int(c) for c in counts[: spec.n]]
 
 
+WEIGHT_RULES = ("median_frequency", "inverse_sqrt")
+
+
+def class_weights(rule: str, pixels: list[int]) -> list[float]:
+    """Cross-entropy weights from each class's pixels in the training split. ``median_frequency``
+    (Eigen & Fergus; SegNet's CamVid weights): median share / share, so a class at the median
+    weighs 1 and a rare thin class (pole, sign) far more. ``inverse_sqrt``: 1 / sqrt(share),
+    scaled so that the median class weighs 1, a gentler lift. A class with no pixel weighs 1 (it
+    is never a target, so its weight does nothing)."""
+    if rule not in WEIGHT_RULES:
+        raise ValueError(f"class weights: unknown rule {rule!r} (one of {', '.join(WEIGHT_RULES)})")
+    counts = np.asarray(pixels, np.float64)
+    present = counts > 0
+    if not present.any():
+        return [1.0] * len(counts)
+    share = counts / counts.sum()
+    median = float(np.median(share[present]))
+    if rule == "median_frequency":
+        raw = np.where(present, median / np.where(present, share, 1.0), 1.0)
+    else:
+        raw = np.where(present, np.sqrt(median / np.where(present, share, 1.0)), 1.0)
+    return [round(float(w), 6) for w in raw]
+
+
 def confusion_matrix(pred: np.ndarray, truth: np.ndarray, n: int, ignore_index: int) -> np.ndarray:
     """(n, n) ``int64`` counts, rows = truth, columns = prediction, ignored pixels left out."""
     if pred.shape != truth.shape:

@@ -136,9 +136,36 @@ def test_the_pretrained_keras_recipe_trains_on_real_nails_and_records_its_weight
     predicted = run_cli("predict", str(lite_run), str(photo), "--out", str(tmp_path / "masks"), "--quiet")
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert (tmp_path / "masks" / f"{photo.stem}_mask.png").stat().st_size > 0
+    _keras_tiles_see_each_photo_at_the_training_scale(lite_run, photo, tmp_path / "tiles")
     exported = run_cli("export", str(lite_run), "--format", "tflite", timeout=600)  # verified against Keras
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert (lite_run / "model.tflite").stat().st_size > 1_000_000
+
+
+def _keras_tiles_see_each_photo_at_the_training_scale(run, photo, work):
+    """A Keras run's ``predict --tile``: four copies of a 192 px photo as one 384 px photo, cut into
+    windows of the model's input size. Each quarter's answer is the photo's own answer (the windows
+    reach the Keras model unresized, and the blend keeps them); resized whole, the nails shrink by half."""
+    import numpy as np
+    from PIL import Image
+
+    work.mkdir()
+    small = Image.open(photo).convert("RGB").resize((192, 192))
+    small.save(work / "one.png")
+    four = Image.new("RGB", (384, 384))
+    for x, y in ((0, 0), (192, 0), (0, 192), (192, 192)):
+        four.paste(small, (x, y))
+    four.save(work / "four.png")
+
+    def mask(name, *flags):
+        proc = run_cli("predict", str(run), str(work / f"{name}.png"), "--out", str(work / name), "--quiet", *flags)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return np.asarray(Image.open(work / name / f"{name}_mask.png")) > 0
+
+    one, tiled = mask("one"), mask("four", "--tile", "--overlap", "0.5")
+    assert one.sum() > 100 and tiled.shape == (384, 384)
+    quarter = tiled[:192, :192]
+    assert (one & quarter).sum() / (one | quarter).sum() > 0.8
 
 
 @pytest.mark.slow

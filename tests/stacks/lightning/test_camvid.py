@@ -16,7 +16,10 @@ RECIPE = REPO / "configs" / "camvid-pretrained-cpu.yaml"
 # The recipe at a test budget: Lite0 at 160x224 whole pictures, 8 epochs (about a minute on 2 cores).
 SHRUNK = ["model.encoder=tu-tf_efficientnet_lite0", "data.image_size=[160, 224]", "data.crop_size=null",
           "trainer.max_epochs=8", "trainer.max_time=null", "optim.warmup_epochs=1", "optim.lr=0.002",
-          "data.num_workers=0", "logging.predictions=2"]
+          "data.num_workers=0", "logging.predictions=2",
+          # the recipe's median-frequency weights pay off over its 20 minutes; in 8 short epochs they
+          # still trade the common classes away (pixel accuracy 0.58), so the shared test run goes without
+          "loss.class_weights=none"]
 
 
 @pytest.fixture(scope="module")

@@ -198,6 +198,36 @@ def test_ddp_two_processes_on_cpu(synth_data, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ddp
+def test_two_nodes_meet_as_two_torchrun_launches_on_one_machine(synth_data, tmp_path):
+    """``trainer.num_nodes=2`` as a cluster starts it: one ``torchrun --nnodes 2`` a node (here
+    two launches on this machine, node ranks 0 and 1, one process each), meeting at the master's
+    address. Both finish, rank 0 writes the one run folder, and the training saw both nodes."""
+    import os
+    import socket
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    train = ["-m", "nailseg.cli", "train", str(REPO / "configs" / "demo-cpu.yaml"), f"data.root={synth_data}",
+             *TINY_TRAIN, "trainer.max_epochs=2", "trainer.num_nodes=2", "trainer.devices=1", "trainer.strategy=ddp",
+             "trainer.accelerator=cpu", "logging.predictions=0", f"run.dir={tmp_path / 'runs'}", "run.name=nodes"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    nodes = [subprocess.Popen([torchrun, "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
+                               "--master_addr=127.0.0.1", f"--master_port={port}", *train],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
+             for rank in (0, 1)]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [o[-2000:] for o in outputs]
+    summary = json.loads((tmp_path / "runs" / "nodes" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["epochs"] == 2
+    assert len((tmp_path / "runs" / "nodes" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["nodes"]  # rank 1 wrote no folder of its own
+
+
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_short_pretrained_training_segments_real_nails(real_data, tmp_path):
     """Ten epochs of the pretrained recipe, shrunk, reach a validation IoU that a broken pipeline

@@ -200,12 +200,13 @@ class MulticlassLoss(nn.Module):
     """Softmax cross-entropy plus smp's multiclass Dice; targets are class indices (N, 1, H, W).
     Pixels at ``ignore_index`` (unlabelled) count in neither term."""
 
-    def __init__(self, cfg: LossConfig, ignore_index: int = 255):
+    def __init__(self, cfg: LossConfig, ignore_index: int = 255, class_weights: list[float] | None = None):
         super().__init__()
         from segmentation_models_pytorch.losses import DiceLoss
 
         self.dice = DiceLoss(mode="multiclass", from_logits=True, ignore_index=ignore_index)
-        self.ce = nn.CrossEntropyLoss(ignore_index=ignore_index)
+        weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        self.ce = nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index)  # weights: loss.class_weights
         self.cfg = cfg
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -217,14 +218,15 @@ class MulticlassLoss(nn.Module):
         return self.cfg.dice_weight * self.dice(logits, labels) + self.cfg.bce_weight * self.ce(logits, labels)
 
 
-def build_loss(cfg: LossConfig, classes: int = 1, ignore_index: int = 255) -> nn.Module:
+def build_loss(cfg: LossConfig, classes: int = 1, ignore_index: int = 255,
+               class_weights: list[float] | None = None) -> nn.Module:
     from segmentation_models_pytorch import losses
 
     if classes > 1:
         if cfg.name not in ("dice_bce", "dice", "bce"):
             raise ConfigError(f"loss.name={cfg.name!r}: with model.classes > 1 use dice_bce, dice or bce "
                               "(cross-entropy stands in for BCE)")
-        return MulticlassLoss(cfg, ignore_index)
+        return MulticlassLoss(cfg, ignore_index, class_weights)
     if cfg.name == "dice_bce":
         return DiceBCELoss(cfg.dice_weight, cfg.bce_weight)
     return {

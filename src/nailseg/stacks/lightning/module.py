@@ -15,7 +15,8 @@ from nailseg.stacks.lightning.models import (build_loss, build_model, foreground
 class SegmentationModule(L.LightningModule):
     """A segmentation model (binary, or many classes with ``data.classes``), its loss, optimiser and metrics."""
 
-    def __init__(self, config: dict, channels_last: bool = False, initialise: bool = True):
+    def __init__(self, config: dict, channels_last: bool = False, initialise: bool = True,
+                 class_weights: list[float] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.exp = Experiment.model_validate(config)
@@ -23,7 +24,7 @@ class SegmentationModule(L.LightningModule):
         self.model = build_model(self.exp.model if initialise else without_pretrained(self.exp.model))
         if initialise:
             init_from(self.model, self.exp.model)
-        self.loss_fn = build_loss(self.exp.loss, self.exp.model.classes, self.exp.data.ignore_index)
+        self.loss_fn = build_loss(self.exp.loss, self.exp.model.classes, self.exp.data.ignore_index, class_weights)
         self.channels_last = channels_last
         self.schedule_epochs = self.exp.trainer.max_epochs  # the epochs the lr schedule spans
         if channels_last:

@@ -119,7 +119,8 @@ class LightningStack:
         precision = torch_precision(exp.trainer.precision, accelerator)
         resume_from = self.resumable(run) if ctx.resume else None
         ckpt_path = str(resume_from) if resume_from else None
-        module = SegmentationModule(exp.to_dict(), channels_last=precision.channels_last, initialise=ckpt_path is None)
+        module = SegmentationModule(exp.to_dict(), channels_last=precision.channels_last, initialise=ckpt_path is None,
+                                    class_weights=ctx.data.class_weights)
         module.schedule_epochs = ctx.max_epochs  # a resumed budgeted run keeps its planned schedule
         callbacks = [
             ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor="val_iou", mode="max",
