@@ -122,6 +122,7 @@ def test_blend_weights_fall_to_the_edges_and_stay_positive():
 
 def test_tile_sizes_follow_the_model_aspect_and_refuse_nonsense():
     assert parse_tile("512") == 512 and parse_tile("360x480") == (360, 480)
+    assert parse_tile("model") == "model"  # `--tile` alone: argparse runs its const through the parser
     assert window_shape(480, (352, 480)) == (352, 480)
     assert window_shape(512, (256, 256)) == (512, 512)
     assert window_shape((100, 200), (256, 256)) == (100, 200)

@@ -27,10 +27,16 @@ MAX_OVERLAP = 0.9
 EDGE_WEIGHT = 0.05  # a window's border pixels still count a little, so a photo edge is never divided by 0
 
 
-def parse_tile(text: str) -> tuple[int, int] | int:
-    """``--tile``: ``SIZE`` (the window's longer side, in the model's aspect ratio) or ``HxW``
-    (photo pixels). One line naming the flag otherwise."""
+MODEL_INPUT = "model"  # ``--tile`` alone: windows of the model's input size, photo pixels 1:1
+
+
+def parse_tile(text: str) -> tuple[int, int] | int | str:
+    """``--tile``: ``SIZE`` (the window's longer side, in the model's aspect ratio), ``HxW``
+    (photo pixels) or ``model`` (what ``--tile`` alone means: argparse passes its const through
+    this parser too). One line naming the flag otherwise."""
     raw = str(text).strip().lower()
+    if raw == MODEL_INPUT:
+        return MODEL_INPUT
     parts = raw.split("x")
     if len(parts) not in (1, 2) or not all(p.isdigit() for p in parts):
         raise ConfigError(f"--tile {text!r}: give a window size in pixels, SIZE (e.g. 512) or HxW (e.g. 360x480)")
@@ -44,9 +50,6 @@ def check_overlap(overlap: float) -> float:
     if not 0.0 <= overlap <= MAX_OVERLAP:
         raise ConfigError(f"--overlap {overlap}: a share of the window from 0 to {MAX_OVERLAP} (e.g. 0.25)")
     return float(overlap)
-
-
-MODEL_INPUT = "model"  # ``--tile`` alone: windows of the model's input size, photo pixels 1:1
 
 
 def window_shape(tile: tuple[int, int] | int | str, model_hw: tuple[int, int]) -> tuple[int, int]:
