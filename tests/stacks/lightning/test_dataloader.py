@@ -77,3 +77,22 @@ def test_cache_refused_for_dali_with_the_reason(synth_data):
     with pytest.raises(ConfigError, match="data.cache: ram cannot serve the dali pipeline: DALI reads"):
         load_experiment(REPO / "configs" / "demo-cpu.yaml", [f"data.root={synth_data}", "data.pipeline=dali",
                                                               "data.cache=ram"])
+
+
+def test_augmented_batches_follow_the_seed(synth_data):
+    """albumentations keeps its own random state: the loader seeds it from torch's seed per process, so
+    a rerun with the same seed augments the same way (the same config retrains to the same score),
+    another seed differently, and two workers draw different streams."""
+    exp = load_experiment(REPO / "configs" / "demo-cpu.yaml",
+                          [f"data.root={synth_data}", "data.image_size=64", "trainer.batch_size=8", "data.num_workers=2"])
+    pairs, _ = find_pairs(synth_data)
+
+    def first_batches(seed: int) -> list:
+        torch.manual_seed(seed)
+        loader = build_loader(exp, [pairs[0]] * 16, train=True)  # one photo: only the augmentation differs
+        return [batch["image"] for batch in loader]
+
+    a, again, other = first_batches(3), first_batches(3), first_batches(4)
+    assert all(torch.equal(x, y) for x, y in zip(a, again))
+    assert not torch.equal(a[0], other[0])
+    assert not torch.equal(a[0], a[1])  # worker 0 and worker 1 (consecutive batches) augment differently

@@ -6,6 +6,8 @@ images; the augmentation and normalisation then run on the device (``data.pipeli
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -28,11 +30,25 @@ class SegmentationDataset(Dataset):
     def __init__(self, source: DecodeCache | FileSource, transform):
         self.source = source
         self.transform = transform
+        self._seeded_in: int | None = None  # the process whose seed the transform's random state took
+
+    def _seed_transform(self) -> None:
+        """albumentations' ``Compose`` keeps its own random state, which no global seed reaches: an
+        unseeded one augments differently on every run, so the same config and ``trainer.seed``
+        trained to different scores. Seeded here from torch's seed for this process (a DataLoader
+        worker's is its base seed + worker id, drawn from the seeded main process; the rank keeps
+        DDP ranks apart), so each worker draws its own stream and a rerun draws the same ones."""
+        if self._seeded_in == os.getpid() or not hasattr(self.transform, "set_random_seed"):
+            return
+        rank, _ = rank_world()
+        self.transform.set_random_seed((torch.initial_seed() + 7919 * rank) % 2**32)
+        self._seeded_in = os.getpid()
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, index: int) -> dict:
+        self._seed_transform()
         image, mask = self.source[index]
         out = self.transform(image=image, mask=mask)
         image = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
