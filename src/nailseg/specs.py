@@ -105,7 +105,7 @@ STACKS: dict[str, StackSpec] = {spec.name: spec for spec in (
               purpose="The PyTorch Lightning stack (model.family: smp, or upernet and segformer from transformers)"),
     StackSpec("keras", ("sm",), ("albumentations", "tf"), "tf", ("tensorflow", "tf_keras", "segmentation_models"),
               ("savedmodel", "keras", "tflite"), optim_unsupported=("encoder_lr_scale", "freeze_encoder_bn"),
-              capabilities=frozenset({"eject"}),
+              capabilities=frozenset({"eject", "multiclass"}),
               benches=("tfdata", "train"),
               folder_exports=("savedmodel",),
               purpose="The Keras stack (model.family: sm)"),

