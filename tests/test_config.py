@@ -112,7 +112,6 @@ def test_model_keys_belong_to_their_family():
     (["model.family=maskrcnn", "augment.train=[]", "data.classes=[a, b, c]"],
      "data.classes: the mmdet stack trains binary masks only so far; many classes train on the lightning, keras"),
     (["model.family=sm", "data.pipeline=tf", "data.classes=[a, b, c]"], "the tf pipeline does not carry class-index"),
-    (["data.pipeline=dali", "data.classes=[a, b, c]"], "the dali pipeline does not carry class-index masks"),
     (["data.classes=[a, b, c]", "model.classes=2"], "model.classes: 2, but data.classes names 3"),
     (["data.classes=[a, b, c]", "loss.name=lovasz"], "loss.name: lovasz is a binary loss"),
     (["data.classes=[a, b, c]", "data.ignore_index=1"], "data.ignore_index: 1 is class 'b'"),

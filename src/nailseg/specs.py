@@ -54,7 +54,7 @@ PIPELINE_SPECS: dict[str, PipelineSpec] = {p.name: p for p in (
                  can_crop=True, module="kornia", keeps_labels=True,
                  purpose="decode + resize in the workers, kornia augments the batch on the training device"),
     PipelineSpec("dali", ALL_OPS, reads_cache=False, can_balance=False, device="cpu+gpu", extras=("dali",),
-                 can_crop=True, module="nvidia.dali",
+                 can_crop=True, module="nvidia.dali", keeps_labels=True,
                  why_no_cache="DALI reads and decodes the files itself (on the GPU with nvJPEG), so a CPU "
                               "decode cache would undo what it is for",
                  purpose="NVIDIA DALI reads, decodes and augments (on the GPU when there is one)"),

@@ -19,8 +19,15 @@ def build_loaders(exp, train_pairs, val_pairs, *, sampler=None, drop_last: bool 
     if exp.pipeline == "dali":
         from nailseg.stacks.lightning.loaders.dali import DaliLoader
 
+        labels = exp.data.label_spec  # many classes: index PNGs in the run folder (or a temporary one)
+        folder = None
+        if labels is not None:
+            import tempfile
+            from pathlib import Path
+
+            folder = Path(run_folder) / "dali_labels" if run_folder is not None else Path(tempfile.mkdtemp()) / "labels"
         common = dict(ops=exp.augment.train, size=exp.data.size_hw, batch_size=exp.trainer.batch_size,
-                      seed=exp.trainer.seed, norm=exp.normalization)
+                      seed=exp.trainer.seed, norm=exp.normalization, labels=labels, label_folder=folder)
         return (DaliLoader(train_pairs, train=True, drop_last=drop_last, crop=exp.data.crop_hw, **common),
                 DaliLoader(val_pairs, train=False, drop_last=False, **common))
     from nailseg.stacks.lightning.loaders.dataloader import build_loader

@@ -7,6 +7,12 @@ geometric draw (flip, affine, random resized crop) is made once per sample and a
 image and mask (nearest neighbour for masks); colour augmentations touch the image only.
 The spec is the same one albumentations and kornia translate.
 
+Many classes (``data.classes``): DALI's decoder would turn a palette or colour mask into grey
+levels that are not class indices, so each mask is first read by nailseg's own label reader
+(index, palette or colour table, values checked) and written once as an 8-bit index PNG in
+the run folder (``dali_labels/``); DALI decodes those as they are, moves them with nearest
+neighbour, and pads what an affine uncovers with the ignore value.
+
 :class:`DaliLoader` plugs the pipeline into Lightning as a plain iterable with a correct
 ``__len__``; it drains an epoch that Lightning stopped early (DALI ignores a reset before the
 end of an epoch), resets cleanly for the next one, keeps or drops the last partial batch as
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import torch
 
@@ -55,7 +62,7 @@ def _dali_flip(axis: str):
     return flip
 
 
-def _dali_affine(fn, dmath, types, op, image, mask, h, w):
+def _dali_affine(fn, dmath, types, op, image, mask, h, w, mask_fill: int = 0):
     c = _coin(fn, op.p)
     angle = _uniform(fn, -op.rotate, op.rotate) * c
     s = 1.0 + (_uniform(fn, *op.scale) - 1.0) * c
@@ -68,7 +75,7 @@ def _dali_affine(fn, dmath, types, op, image, mask, h, w):
         fn.transforms.translation(offset=fn.stack(tx, ty)),
     )
     image = fn.warp_affine(image, matrix=matrix, fill_value=0, inverse_map=False, interp_type=types.INTERP_LINEAR)
-    mask = fn.warp_affine(mask, matrix=matrix, fill_value=0, inverse_map=False, interp_type=types.INTERP_NN)
+    mask = fn.warp_affine(mask, matrix=matrix, fill_value=mask_fill, inverse_map=False, interp_type=types.INTERP_NN)
     return image, mask
 
 
@@ -116,8 +123,9 @@ DALI_OPS = {
 def build_pipeline(image_files: list[str], mask_files: list[str], ops: list[AugmentOp], size: tuple[int, int], *,
                    batch_size: int, train: bool, seed: int, shard_id: int, num_shards: int,
                    device_id: int | None, num_threads: int, norm: Normalization = IMAGENET,
-                   crop: tuple[int, int] | None = None):
-    """The DALI pipeline: (image float CHW normalised, mask float 1HW in {0, 1}).
+                   crop: tuple[int, int] | None = None, ignore_index: int | None = None):
+    """The DALI pipeline: (image float CHW normalised, mask float 1HW in {0, 1}, or class indices
+    when ``ignore_index`` is given: the mask files are then 8-bit index PNGs, see :func:`index_masks`).
 
     ``crop`` (``data.crop_size``, training only): a random window of that (height, width) is cut
     right after the resize, the same place for image and mask, and the ops run on it."""
@@ -138,10 +146,10 @@ def build_pipeline(image_files: list[str], mask_files: list[str], ops: list[Augm
         decoder = "mixed" if gpu else "cpu"
         image = fn.decoders.image(raw_image, device=decoder, output_type=types.RGB)
         mask = fn.decoders.image(raw_mask, device=decoder, output_type=types.GRAY)
-        # The mask rule: a 0/1 mask keeps its ones, an 8-bit mask is foreground above 127.
-        peak = fn.reductions.max(mask)
-        threshold = 0.5 + 127.0 * fn.cast(peak > 1, dtype=types.FLOAT)
-        mask = fn.cast(fn.cast(mask, dtype=types.FLOAT) > threshold, dtype=types.UINT8)
+        if ignore_index is None:  # the mask rule: a 0/1 mask keeps its ones, an 8-bit mask is foreground above 127
+            peak = fn.reductions.max(mask)
+            threshold = 0.5 + 127.0 * fn.cast(peak > 1, dtype=types.FLOAT)
+            mask = fn.cast(fn.cast(mask, dtype=types.FLOAT) > threshold, dtype=types.UINT8)
 
         rrc = next((op for op in ops if op.name == "random_resized_crop"), None)
         resize_args = dict(resize_x=w, resize_y=h)
@@ -165,7 +173,10 @@ def build_pipeline(image_files: list[str], mask_files: list[str], ops: list[Augm
             mask = fn.crop(mask, crop_h=oh, crop_w=ow, crop_pos_x=x, crop_pos_y=y)
 
         for op in ops:
-            image, mask = DALI_OPS[op.name](fn, dmath, types, op, image, mask, oh, ow)
+            if op.name == "affine":  # the only op that uncovers pixels: class masks get the ignore value there
+                image, mask = _dali_affine(fn, dmath, types, op, image, mask, oh, ow, mask_fill=ignore_index or 0)
+            else:
+                image, mask = DALI_OPS[op.name](fn, dmath, types, op, image, mask, oh, ow)
         image = fn.crop_mirror_normalize(image, dtype=types.FLOAT, output_layout="CHW",
                                          mean=[m * 255 for m in norm.mean], std=[s * 255 for s in norm.std])
         mask = fn.crop_mirror_normalize(mask, dtype=types.FLOAT, output_layout="CHW", mean=[0.0], std=[1.0])
@@ -174,16 +185,45 @@ def build_pipeline(image_files: list[str], mask_files: list[str], ops: list[Augm
     return pipeline()
 
 
+def index_masks(pairs: list[Pair], labels, folder: Path) -> list[str]:
+    """Each pair's mask as an 8-bit index PNG in ``folder`` (written once, atomically; a file
+    already there from an earlier epoch or a resume is kept), read by nailseg's label reader so
+    palette and colour masks become class indices before DALI decodes them."""
+    import numpy as np
+    from PIL import Image
+
+    from nailseg.core.io import atomic_path
+    from nailseg.core.labels import read_labels
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for pair in pairs:
+        out = folder / (pair.key.replace("/", "__") + ".png")  # keys are unique, so are these names
+        if not out.is_file():
+            with atomic_path(out) as tmp:
+                Image.fromarray(np.ascontiguousarray(read_labels(pair.mask, labels))).save(tmp, format="PNG")
+        files.append(str(out))
+    return files
+
+
 class DaliLoader:
     """A DALI pipeline as an iterable of ``{"image", "mask"}`` batches for Lightning."""
 
     def __init__(self, pairs: list[Pair], ops: list[AugmentOp], size: tuple[int, int], *, batch_size: int,
                  train: bool, seed: int, drop_last: bool, num_threads: int | None = None,
                  device: str | None = None, norm: Normalization = IMAGENET,
-                 crop: tuple[int, int] | None = None):
+                 crop: tuple[int, int] | None = None, labels=None, label_folder: Path | None = None):
+        """``labels``: the :class:`~nailseg.core.labels.LabelSpec` of many-class data; its masks are
+        rewritten as index PNGs into ``label_folder`` (:func:`index_masks`)."""
         self.norm, self.crop = norm, crop
         self.image_files = [str(p.image) for p in pairs]
-        self.mask_files = [str(p.mask) for p in pairs]
+        self.ignore_index = None if labels is None else labels.ignore_index
+        if labels is not None:
+            if label_folder is None:
+                raise ValueError("DaliLoader: many classes need a label_folder for their index masks")
+            self.mask_files = index_masks(pairs, labels, label_folder)
+        else:
+            self.mask_files = [str(p.mask) for p in pairs]
         self.ops, self.size, self.batch_size = ops, size, batch_size
         self.train, self.seed, self.drop_last = train, seed, drop_last
         self.num_threads = num_threads or max(1, min(8, (os.cpu_count() or 2) - 1))
@@ -208,7 +248,7 @@ class DaliLoader:
         pipe = build_pipeline(self.image_files, self.mask_files, self.ops, self.size, batch_size=self.batch_size,
                               train=self.train, seed=self.seed, shard_id=rank, num_shards=world,
                               device_id=device_id, num_threads=self.num_threads, norm=self.norm,
-                              crop=self.crop)
+                              crop=self.crop, ignore_index=self.ignore_index)
         policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
         return DALIGenericIterator(pipe, ["image", "mask"], reader_name="images", last_batch_policy=policy,
                                    auto_reset=True)
