@@ -97,6 +97,10 @@ def test_cluster_flags_are_checked_before_anything_runs(tmp_path):
     assert both.returncode == 2 and "--jobs: not with --executor" in both.stderr
     bad = run_cli("compare", DEMO, "--out", str(tmp_path / "c"), "--executor", "slurm", "--time-min", "0")
     assert bad.returncode == 2 and "--time-min 0: must be at least 1" in bad.stderr
-    for proc in (lone, both, bad):
+    no_slurm = run_cli("compare", DEMO, "--out", str(tmp_path / "d"), "--executor", "slurm",
+                       env={"PATH": os.path.dirname(sys.executable)})  # no sbatch/srun on this PATH
+    assert no_slurm.returncode == 2 and "--executor slurm: sbatch and srun not found" in no_slurm.stderr
+    assert not (tmp_path / "d").exists()
+    for proc in (lone, both, bad, no_slurm):
         assert "Traceback" not in proc.stderr
     assert not (tmp_path / "c" / "submitit").exists()

@@ -142,3 +142,31 @@ def test_a_study_with_two_jobs_killed_and_continued_ends_with_its_trials(synth_d
     assert sum(r["state"] == "COMPLETE" for r in rows) == 4 and sum(r["state"] == "FAIL" for r in rows) == 2, rows
     best = json.loads((out / "best.json").read_text())
     assert best["best_value"] == max(float(r["value"]) for r in rows if r["state"] == "COMPLETE")
+
+
+@pytest.mark.parametrize("url,fragment", [
+    ("postgresql://user:secret@db.invalid:5432/study", "no database driver for postgresql is installed here"),
+    ("sqlite:////no/such/folder/study.db", "cannot open the study storage"),
+    ("not-a-url", "cannot open the study storage"),
+])
+def test_a_storage_that_cannot_be_opened_is_one_line_and_nothing_is_written(synth_data, tmp_path, url, fragment):
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    out = tmp_path / "tune"
+    proc = run_cli("tune", DEMO, f"data.root={synth_data}", "--space", str(space), "--trials", "1",
+                   "--storage", url, "--out", str(out))
+    assert proc.returncode == 2 and fragment in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and "secret" not in proc.stderr  # the password stays hidden
+    assert not out.exists()
+
+
+def test_overrides_may_follow_the_flags(synth_data, tmp_path):
+    """``nailseg tune CONFIG --space S --out O optim.lrr=1``: the override after the flags is read
+    (here refused by name), not rejected as an unknown argument."""
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    proc = run_cli("tune", DEMO, "--space", str(space), "--trials", "1", "--out", str(tmp_path / "t"),
+                   f"data.root={synth_data}", "optim.lrr=1")
+    assert proc.returncode == 2 and "optim.lrr" in proc.stderr and "unrecognized" not in proc.stderr, proc.stderr
+    bad = run_cli("tune", DEMO, "--space", str(space), "--trials", "1", "--out", str(tmp_path / "t"), "--bogus")
+    assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr

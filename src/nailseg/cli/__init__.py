@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from nailseg import __version__
@@ -69,11 +70,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.\[\]-]*=")
+
+
+def parse_intermixed(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parse_args``, but KEY=VALUE overrides may also follow the flags (``nailseg tune CONFIG --out O
+    optim.lr=0.01``): argparse stops filling a positional list at the first flag, and its own
+    ``parse_intermixed_args`` does not work with sub-commands."""
+    args, extra = parser.parse_known_args(argv)
+    field = "overrides" if hasattr(args, "overrides") else "items" if hasattr(args, "items") else None
+    if extra and field and all(OVERRIDE.match(x) for x in extra):
+        setattr(args, field, [*(getattr(args, field) or []), *extra])
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     try:
         parser = build_parser()  # reads the stack rows, plugins included (a broken plugin is one error line)
-        args = parser.parse_args(argv)
+        args = parse_intermixed(parser, argv)
         return args.func(args)
     except NailsegError as err:
         for line in err.lines:

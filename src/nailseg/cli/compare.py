@@ -35,6 +35,13 @@ def cluster_settings(args, out):
     from nailseg.core.optional import require
 
     require("submitit", "cluster", "compare --executor")
+    if args.executor == "slurm":
+        import shutil
+
+        missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+        if missing:  # submitit would raise a traceback; nothing is written yet
+            raise NailsegError(f"--executor slurm: {' and '.join(missing)} not found on PATH: run compare on a "
+                               "SLURM login node (or use --executor local to take the same path on this machine)")
     from nailseg.workflows.cluster import ClusterSettings
 
     given = {k: v for k, v in (("partition", args.partition), ("time_min", args.time_min), ("cpus", args.cpus),

@@ -114,11 +114,40 @@ def default_storage(out: Path) -> str:
     return f"sqlite:///{(out / 'study.db').resolve()}"
 
 
-def _storage(url: str):
-    import optuna
+DRIVERS = {"postgresql": "psycopg2-binary (URL postgresql://...)", "mysql": "PyMySQL (URL mysql+pymysql://...)"}
 
-    return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=2 * HEARTBEAT_S,
-                                      failed_trial_callback=None)
+
+def shown_url(url: str) -> str:
+    """The URL with its password hidden, for messages."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a URL SQLAlchemy cannot even parse is shown up to its credentials
+        return url.split("@")[-1] if "@" in url else url
+
+
+def open_storage(url: str, flag: str = "--storage"):
+    """Optuna's RDB storage at ``url``, or one line saying why not: a missing database driver, a
+    URL SQLAlchemy cannot parse, or a server that cannot be reached (a traceback otherwise)."""
+    import warnings
+
+    import optuna
+    from optuna.exceptions import ExperimentalWarning
+
+    try:
+        with warnings.catch_warnings():  # the heartbeat (which marks a killed trial failed) is "experimental"
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=2 * HEARTBEAT_S,
+                                              failed_trial_callback=None)
+    except ImportError:
+        scheme = url.split(":", 1)[0].split("+", 1)[0]
+        hint = DRIVERS.get(scheme)
+        raise ConfigError(f"{flag} {shown_url(url)}: no database driver for {scheme} is installed here"
+                          + (f" (pip install {hint})" if hint else "")) from None
+    except Exception as err:  # noqa: BLE001 - SQLAlchemy's ArgumentError, OperationalError, ...
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"{flag} {shown_url(url)}: cannot open the study storage ({first[:200]})") from None
 
 
 def _train_and_report(args: list[str], run: Path, log: Path, report: Callable[[float, int], bool],
@@ -171,10 +200,11 @@ def run_tune(config: str, overrides: list[str], dims: list[Dimension], out: Path
     from nailseg.config import load_experiment
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    given = open_storage(storage) if storage else None  # a bad URL says so before anything is written
     out.mkdir(parents=True, exist_ok=True)
     url = storage or default_storage(out)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) if prune else optuna.pruners.NopPruner()
-    study = optuna.create_study(study_name=study_name, storage=_storage(url), direction="maximize",
+    study = optuna.create_study(study_name=study_name, storage=given or open_storage(url), direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner, load_if_exists=True)
     # A finished trial completed or was pruned. A failed one (a killed command, a crashed training)
     # stays in the storage and in trials.csv, but does not count: running the command again trains
