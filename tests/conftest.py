@@ -49,6 +49,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group(str(item.path.relative_to(REPO))))
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-xdist has tagged the grouped tests (in a worker)
+def pytest_collection_finish(session):
+    """A worker whose grouped tests lost their group trains every module's shared runs once per
+    worker, and silently: pytest-xdist marks a group by appending ``@group`` to the node id, which
+    pytest 9.2 no longer lets it do (constraints.txt pins pytest below it). Stop at once instead."""
+    grouped = [i for i in session.items if i.get_closest_marker("xdist_group")]
+    if getattr(session.config.option, "loadgroup", False) and grouped and not any("@" in i.nodeid for i in grouped):
+        raise pytest.UsageError("--dist loadgroup: no test carries its xdist group (pytest-xdist cannot tag node ids "
+                                "with this pytest; install the versions in constraints.txt)")
+
+
 @contextmanager
 def scratch(tmp_path_factory, name: str) -> Iterator[Path]:
     """A folder for a module- or package-scoped fixture, removed when its tests are done.
