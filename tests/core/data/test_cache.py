@@ -81,9 +81,9 @@ import sys, time
 from nailseg.core.data import cache
 from nailseg.core.data.discover import find_pairs
 real = cache.load_pair
-def slow(pair, longest):
+def slow(pair, longest, labels=None):
     time.sleep(0.4)
-    return real(pair, longest)
+    return real(pair, longest, labels)
 cache.load_pair = slow
 pairs, _ = find_pairs(sys.argv[1])
 cache.open_cache(pairs, 160, sys.argv[2], "train", progress=False, threads=1)
@@ -97,7 +97,9 @@ def test_a_killed_cache_write_is_never_read_as_valid(tmp_path):
     deadline = time.time() + 60
     while not list(folder.glob(".train-*.tmp")) and time.time() < deadline:
         time.sleep(0.05)
+    assert list(folder.glob(".train-*.tmp")), "the writer never started (its output: see above)"
     time.sleep(0.5)  # part of the data is written
+    assert proc.poll() is None, "the writer ended before the kill: nothing was interrupted"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not list(folder.glob("train-*.json")), "a manifest exists for an unfinished write"
