@@ -104,3 +104,42 @@ def test_cluster_flags_are_checked_before_anything_runs(tmp_path):
     for proc in (lone, both, bad, no_slurm):
         assert "Traceback" not in proc.stderr
     assert not (tmp_path / "c" / "submitit").exists()
+
+
+@pytest.mark.slow
+def test_a_study_shared_by_submitit_workers(synth_data, tmp_path):
+    """tune --executor local --tasks 2: two study workers (submitit tasks) share the missing trials of
+    one SQLite study, each with its own sampler seed; the study ends with exactly --trials finished
+    trials, each trained once, and the outputs come from the whole study."""
+    import csv
+
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: {type: float, low: 0.0005, high: 0.01, log: true}\n")
+    out = tmp_path / "tune"
+    proc = run_cli("tune", DEMO, f"data.root={synth_data}", *TINY_TRAIN, "trainer.max_epochs=1", "logging.predictions=0",
+                   "--space", str(space), "--trials", "3", "--no-prune", "--executor", "local", "--tasks", "2",
+                   "--out", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "submitted 2 workers to submitit (local) with 2, 1 trials" in proc.stdout, proc.stdout
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert [r["state"] for r in rows] == ["COMPLETE"] * 3 and len({r["optim.lr"] for r in rows}) == 3
+    assert sorted(p.name for p in (out / "trials").glob("trial*") if p.is_dir()) == ["trial000", "trial001", "trial002"]
+    logs = [(out / "submitit" / f"worker{k}.log").read_text() for k in (0, 1)]
+    assert all("trial " in log for log in logs), "each worker trained a trial"
+    assert json.loads((out / "best.json").read_text())["trials"] == 3
+    again = run_cli("tune", DEMO, f"data.root={synth_data}", *TINY_TRAIN, "trainer.max_epochs=1", "logging.predictions=0",
+                    "--space", str(space), "--trials", "3", "--no-prune", "--executor", "local", "--out", str(out))
+    assert again.returncode == 0 and "submitted" not in again.stdout  # the study is complete: nothing to submit
+
+
+def test_tune_cluster_flags_are_checked_before_anything_runs(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: {type: float, low: 0.001, high: 0.01}\n")
+    base = ["tune", DEMO, "--space", str(space), "--trials", "2"]
+    lone = run_cli(*base, "--out", str(tmp_path / "a"), "--tasks", "2")
+    assert lone.returncode == 2 and "--tasks 2: only with --executor" in lone.stderr
+    both = run_cli(*base, "--out", str(tmp_path / "b"), "--executor", "local", "--jobs", "2")
+    assert both.returncode == 2 and "--jobs: not with --executor" in both.stderr
+    for proc in (lone, both):
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from nailseg.cli.cluster import add_cluster_flags, cluster_settings
 from nailseg.cli.common import output_folder
 from nailseg.errors import NailsegError
 
@@ -15,39 +16,6 @@ def _exit_on_sigterm() -> None:
     import sys
 
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-
-
-def cluster_settings(args, out):
-    """The submitit settings of ``--executor`` (None: trainings are children of this process)."""
-    if args.executor is None:
-        slurm_flags = [f for f in ("partition", "time_min", "cpus", "mem_gb", "gpus", "array_parallelism")
-                       if getattr(args, f) is not None]
-        if slurm_flags:
-            raise NailsegError(f"--{slurm_flags[0].replace('_', '-')}: only with --executor local|slurm")
-        return None
-    if args.jobs != 1:
-        raise NailsegError("--jobs: not with --executor (the scheduler decides how many tasks run at once; "
-                           "--array-parallelism caps it on SLURM)")
-    for flag in ("time_min", "cpus", "mem_gb", "array_parallelism"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise NailsegError(f"--{flag.replace('_', '-')} {value}: must be at least 1")
-    from nailseg.core.optional import require
-
-    require("submitit", "cluster", "compare --executor")
-    if args.executor == "slurm":
-        import shutil
-
-        missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
-        if missing:  # submitit would raise a traceback; nothing is written yet
-            raise NailsegError(f"--executor slurm: {' and '.join(missing)} not found on PATH: run compare on a "
-                               "SLURM login node (or use --executor local to take the same path on this machine)")
-    from nailseg.workflows.cluster import ClusterSettings
-
-    given = {k: v for k, v in (("partition", args.partition), ("time_min", args.time_min), ("cpus", args.cpus),
-                               ("mem_gb", args.mem_gb), ("gpus", args.gpus),
-                               ("parallel", args.array_parallelism)) if v is not None}
-    return ClusterSettings(executor=args.executor, folder=out / "submitit", **given)
 
 
 def cmd_compare(args) -> int:
@@ -103,19 +71,10 @@ def add_parser(sub) -> None:
                       help="trainings at once (default 1); the cores are split between them (cores / jobs "
                            "threads and one data worker each), so they do not slow each other down; each "
                            "job's epoch lines go to its log, OUT/runs/NAME.log")
-    cluster = cmp_.add_argument_group(
-        "clusters (submitit)",
-        "--executor slurm submits every training (each config and fold) as one SLURM array job and waits for "
+    add_cluster_flags(
+        cmp_, "--executor slurm submits every training (each config and fold) as one SLURM array job and waits for "
         "it; a preempted or timed-out task is requeued and continues its run from last.ckpt. --executor "
         "local takes the same path on this machine (submitit's local executor). Tasks' logs: OUT/submitit.")
-    cluster.add_argument("--executor", choices=["local", "slurm"],
-                         help="run the trainings as submitit jobs (default: children of this process, see --jobs)")
-    cluster.add_argument("--partition", help="SLURM partition (default: the cluster's)")
-    cluster.add_argument("--time-min", type=int, help="each task's time limit in minutes (default 60)")
-    cluster.add_argument("--cpus", type=int, help="cores per task (default 2)")
-    cluster.add_argument("--mem-gb", type=int, help="memory per task in GB (default 16)")
-    cluster.add_argument("--gpus", type=int, help="GPUs per task (default 0)")
-    cluster.add_argument("--array-parallelism", type=int, help="tasks of the array at once (default: all)")
     cmp_.add_argument("--checkpoint", choices=["best", "last"], default="last",
                       help="which checkpoint is scored (default: last, so the held-out images never chose it)")
     cmp_.add_argument("--out", required=True, help="output folder")

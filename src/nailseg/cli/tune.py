@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
+from nailseg.cli.cluster import add_cluster_flags, cluster_settings
 from nailseg.cli.common import output_folder, positive
 from nailseg.errors import NailsegError
 
@@ -28,11 +30,22 @@ def cmd_tune(args) -> int:
     from nailseg.workflows.parallel import check_jobs
 
     jobs = check_jobs(args.jobs)
+    if args.tasks is not None and (args.executor is None or args.tasks < 1):
+        raise NailsegError(f"--tasks {args.tasks}: " + ("at least 1" if args.executor else "only with --executor local|slurm"))
+    cluster = cluster_settings(args, out, "tune")
     dims = read_space(Path(args.space))
     check_space(args.config, args.overrides, dims)
-    result = run_tune(args.config, args.overrides, dims, out, trials=args.trials, folds=args.folds,
-                      storage=args.storage, study_name=args.study, seed=args.seed, prune=not args.no_prune,
-                      jobs=jobs)
+    if cluster is not None:
+        from nailseg.workflows.tune import tune_with_workers
+
+        result = tune_with_workers(cluster, args.config, args.overrides, Path(args.space), dims, out,
+                                   trials=args.trials, folds=args.folds, storage=args.storage,
+                                   study_name=args.study, seed=args.seed, prune=not args.no_prune,
+                                   tasks=args.tasks or 2)
+    else:
+        result = run_tune(args.config, args.overrides, dims, out, trials=args.trials, folds=args.folds,
+                          storage=args.storage, study_name=args.study, seed=args.seed, prune=not args.no_prune,
+                          jobs=jobs, quota=args.quota)
     print(f"best trial {result['best_trial']}: val IoU {result['best_value']:.4f}  {result['best_params']}")
     print(f"train it: nailseg train {result['best_config']}")
     print(out / "best.json")
@@ -82,5 +95,14 @@ def add_parser(sub) -> None:
                     help="trials at once (default 1); the cores are split between them (cores / jobs threads and "
                          "one data worker each), so they do not fight over the cores")
     tu.add_argument("--no-prune", action="store_true", help="train every trial to its last epoch")
+    tu.add_argument("--quota", type=int, help=argparse.SUPPRESS)  # a study worker's share (tune --executor)
+    add_cluster_flags(
+        tu, "--executor slurm submits --tasks study workers as one SLURM array job and waits for them: each runs "
+        "nailseg tune on the same --storage with its share of the missing trials and its own sampler seed "
+        "(Optuna's distributed mode). A preempted worker is requeued and trains the study's next trials (the "
+        "storage marks the interrupted one failed). --executor local takes the same path on this machine. "
+        "On a cluster give a --storage every node reaches (PostgreSQL or MySQL; SQLite only on a shared disk "
+        "one node writes at a time).")
+    tu.add_argument("--tasks", type=int, help="with --executor: study workers submitted as tasks (default 2)")
     tu.add_argument("--out", required=True, help="output folder")
     tu.set_defaults(func=cmd_tune)

@@ -1,11 +1,14 @@
 """Trainings as submitit jobs: a SLURM array on a cluster, or submitit's local executor here.
 
 ``compare --executor slurm`` submits one array job (one task per config and fold) and waits
-for it; ``--executor local`` takes the same path on this machine through submitit's
-``LocalExecutor``, which is how it is tested. Each task runs ``nailseg train`` as a child
-process (torch and TensorFlow never share one). When SLURM preempts a task or its time runs
-out, SLURM sends its warning signal and submitit calls :meth:`TrainingJob.checkpoint`: the child is stopped and the task is
-requeued, and the requeued task continues the run from its ``last.ckpt`` (``train --resume``).
+for it; ``tune --executor slurm`` submits one task per study worker (each runs ``nailseg tune`` on
+the study's shared storage, Optuna's own distributed mode); ``--executor local`` takes the same
+path on this machine through submitit's ``LocalExecutor``, which is how it is tested. Each task
+runs ``nailseg train`` (or ``tune``) as a child process (torch and TensorFlow never share one).
+When SLURM preempts a task or its time runs out, SLURM sends its warning signal and submitit
+calls the job's ``checkpoint``: the child is stopped and the task is requeued; a requeued
+training continues its run from ``last.ckpt`` (``train --resume``), a requeued study worker
+trains the study's next trials.
 submitit is imported only here, and only when an executor is asked for.
 """
 
@@ -55,6 +58,24 @@ class ClusterSettings:
         return executor
 
 
+def _child_env(env: dict[str, str]) -> dict[str, str]:
+    child_env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1", **env}
+    child_env.pop("NAILSEG_RUN_DIR", None)
+    return child_env
+
+
+def _kill_now(child: subprocess.Popen | None) -> None:
+    """SIGKILL, not SIGTERM: Lightning only notes a SIGTERM and trains on, past the scheduler's grace.
+    os.*, not child.kill()/wait(): the signal handler that calls this interrupted child.wait(), which
+    holds the lock those take. Reaping it here means no requeued task can meet a child still alive."""
+    if child is not None and child.returncode is None:
+        try:
+            os.kill(child.pid, signal.SIGKILL)
+            os.waitpid(child.pid, 0)
+        except (ProcessLookupError, ChildProcessError):  # it had already ended
+            pass
+
+
 class TrainingJob(submitit.helpers.Checkpointable):
     """One training: ``nailseg train ARGS`` into ``run``, resumed from ``last.ckpt`` after a requeue."""
 
@@ -72,26 +93,41 @@ class TrainingJob(submitit.helpers.Checkpointable):
             if path.is_dir():  # stopped before its first epoch ended: nothing to continue from
                 shutil.rmtree(path)
             args = ["train", *train_args]
-        child_env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1", **env}
-        child_env.pop("NAILSEG_RUN_DIR", None)
-        self._child = subprocess.Popen([sys.executable, "-m", "nailseg.cli", *args], env=child_env)
+        self._child = subprocess.Popen([sys.executable, "-m", "nailseg.cli", *args], env=_child_env(env))
         return self._child.wait()
 
     def checkpoint(self, train_args: list[str], run: str, env: dict[str, str]) -> submitit.helpers.DelayedSubmission:
-        """Preempted or out of time: stop the training at once and requeue. SIGKILL, not SIGTERM:
-        Lightning only notes a SIGTERM and trains on, past the scheduler's grace. A kill is safe:
+        """Preempted or out of time: stop the training at once and requeue. A kill is safe:
         checkpoints are written atomically, and ``train --resume`` continues a run killed at any
         point from its last finished epoch (``tests/test_reliability.py`` kills around epoch ends)."""
-        child = self._child
-        if child is not None and child.returncode is None:
-            # os.*, not child.kill()/wait(): this handler interrupted child.wait(), which holds the lock
-            # those take. Reaping it here means no requeued task can meet a training still alive.
-            try:
-                os.kill(child.pid, signal.SIGKILL)
-                os.waitpid(child.pid, 0)
-            except (ProcessLookupError, ChildProcessError):  # it had already ended
-                pass
+        _kill_now(self._child)
         return submitit.helpers.DelayedSubmission(TrainingJob(), train_args, run, env)
+
+
+class StudyWorkerJob(submitit.helpers.Checkpointable):
+    """One worker of an Optuna study: ``nailseg tune ARGS`` on the study's shared storage. Preempted,
+    it is killed and requeued with the same command: the storage's heartbeat marks the trial it was
+    training failed, and the requeued worker trains the study's next trials."""
+
+    def __init__(self) -> None:
+        self._child: subprocess.Popen | None = None
+
+    def __call__(self, tune_args: list[str], env: dict[str, str]) -> int:
+        self._child = subprocess.Popen([sys.executable, "-m", "nailseg.cli", "tune", *tune_args], env=_child_env(env))
+        return self._child.wait()
+
+    def checkpoint(self, tune_args: list[str], env: dict[str, str]) -> submitit.helpers.DelayedSubmission:
+        _kill_now(self._child)
+        return submitit.helpers.DelayedSubmission(StudyWorkerJob(), tune_args, env)
+
+
+def submit_study_workers(settings: ClusterSettings, workers: list[list[str]], env: dict[str, str] | None = None
+                         ) -> list[submitit.Job]:
+    """Submit one task per worker command (``nailseg tune`` arguments), as one SLURM array."""
+    settings.folder.mkdir(parents=True, exist_ok=True)
+    executor = settings.executor_for(len(workers))
+    with executor.batch():
+        return [executor.submit(StudyWorkerJob(), list(args), dict(env or {})) for args in workers]
 
 
 def submit_trainings(settings: ClusterSettings, tasks: dict[str, tuple[list[str], Path, dict[str, str]]]
@@ -107,7 +143,8 @@ def submit_trainings(settings: ClusterSettings, tasks: dict[str, tuple[list[str]
 
 
 def wait_training(job: submitit.Job, log: Path) -> subprocess.CompletedProcess:
-    """Wait for one task; its exit status and the task's output (also kept in ``log``)."""
+    """Wait for one task (a training or a study worker); its exit status and the task's output (also
+    kept in ``log``)."""
     try:
         returncode = job.result()
     except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as err:
@@ -123,9 +160,9 @@ def wait_training(job: submitit.Job, log: Path) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess([], returncode, stdout, stderr)
 
 
-def cancel(jobs: dict[str, submitit.Job]) -> None:
-    """Ctrl-C or SIGTERM on compare: no task trains on alone."""
-    for job in jobs.values():
+def cancel(jobs) -> None:
+    """Ctrl-C or SIGTERM on compare or tune: no task trains on alone (``jobs``: a dict or a list)."""
+    for job in (jobs.values() if isinstance(jobs, dict) else jobs):
         try:
             job.cancel(check=False)
         except Exception:  # noqa: BLE001 - a task that already ended cannot be cancelled

@@ -187,10 +187,12 @@ def _train_and_report(args: list[str], run: Path, log: Path, report: Callable[[f
 
 def run_tune(config: str, overrides: list[str], dims: list[Dimension], out: Path, *, trials: int,
              folds: int | None, storage: str | None, study_name: str, seed: int, prune: bool, jobs: int = 1,
-             say: Callable[[str], None] = print) -> dict:
+             quota: int | None = None, say: Callable[[str], None] = print) -> dict:
     """Run (or continue) the study until it holds ``trials`` finished trials; write the best
     config, the trials table and the plots into ``out``. ``jobs``: trials at once, each on
-    cores / jobs threads and one data worker (Optuna's ``n_jobs``; TPE asks the shared study)."""
+    cores / jobs threads and one data worker (Optuna's ``n_jobs``; TPE asks the shared study).
+    ``quota``: at most this many trials from this process (a study worker's share; 0: none, only
+    the outputs are written)."""
     from nailseg.workflows.compare import _stop_live
     from nailseg.workflows.parallel import job_env, job_overrides
 
@@ -247,9 +249,10 @@ def run_tune(config: str, overrides: list[str], dims: list[Dimension], out: Path
         say(f"  trial {trial.number}: val IoU {score:.4f}" + (f" (mean of {len(scores)} folds)" if folds else ""))
         return score
 
-    if done < trials:
+    missing = trials - done if quota is None else min(trials - done, quota)
+    if missing > 0:
         try:  # n_trials: exactly the missing ones from this command, however many run at once
-            study.optimize(objective, n_trials=trials - done, n_jobs=jobs, catch=(RuntimeError,),
+            study.optimize(objective, n_trials=missing, n_jobs=jobs, catch=(RuntimeError,),
                            gc_after_trial=True, callbacks=[optuna.study.MaxTrialsCallback(trials, states=counted)])
         except BaseException:
             _stop_live()  # Ctrl-C/SIGTERM: no trial trains on alone (each is marked failed by the storage)
@@ -269,6 +272,57 @@ def run_tune(config: str, overrides: list[str], dims: list[Dimension], out: Path
     write_text(out / "trials.csv", trials_csv(study.trials, [d.key for d in dims]))
     for name in write_plots(study, out):
         say(f"plot: {name}")
+    return result
+
+
+def tune_with_workers(cluster, config: str, overrides: list[str], space: Path, dims: list[Dimension], out: Path, *,
+                      trials: int, folds: int | None, storage: str | None, study_name: str, seed: int,
+                      prune: bool, tasks: int, say: Callable[[str], None] = print) -> dict:
+    """The study's missing trials shared out among ``tasks`` submitit tasks (one SLURM array), each
+    a ``nailseg tune`` on the same storage with its own share and sampler seed: Optuna's own
+    distributed mode, so no scheduler of ours hands out trials. Then the outputs, from the study."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from nailseg.workflows.cluster import cancel, submit_study_workers, wait_training
+
+    given = open_storage(storage) if storage else None  # a bad URL says so before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    url = storage or default_storage(out)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=study_name, storage=given or open_storage(url), direction="maximize",
+                                load_if_exists=True)  # created once here, so the workers do not race to
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    missing = max(0, trials - done)
+    workers = min(tasks, missing)
+    shares = [missing // workers + (k < missing % workers) for k in range(workers)] if workers else []
+    from nailseg.workflows.parallel import job_env, job_overrides
+
+    # local tasks share this machine's cores: split them as --jobs does (a SLURM task has its own --cpus)
+    local = cluster.executor == "local" and workers > 1
+    common = [str(Path(config).resolve()), *overrides, *(job_overrides(workers) if local else []), "--space", str(space.resolve()), "--trials", str(trials),
+              "--storage", url, "--study", study_name, "--out", str(out.resolve()),
+              *(["--folds", str(folds)] if folds else []), *([] if prune else ["--no-prune"])]
+    if shares:
+        jobs = submit_study_workers(cluster, [[*common, "--seed", str(seed + k), "--quota", str(share)]
+                                              for k, share in enumerate(shares)], job_env(workers) if local else {})
+        say(f"study {study_name!r} in {url}: {done} of {trials} trials done; submitted {len(jobs)} worker"
+            f"{'s' * (len(jobs) != 1)} to submitit ({cluster.executor}) with {', '.join(map(str, shares))} trials, "
+            f"logs in {cluster.folder}")
+        try:
+            for k, job in enumerate(jobs):
+                proc = wait_training(job, cluster.folder / f"worker{k}.log")
+                say(f"worker {k}: " + ("done" if proc.returncode == 0 else
+                                      f"failed (exit {proc.returncode}), see {cluster.folder / f'worker{k}.log'}"))
+        except BaseException:  # Ctrl-C or SIGTERM: no worker trains on alone
+            cancel(jobs)
+            raise
+    result = run_tune(config, overrides, dims, out, trials=trials, folds=folds, storage=url, study_name=study_name,
+                      seed=seed, prune=prune, quota=0, say=say)
+    finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    if finished < trials:
+        say(f"the study holds {finished} of {trials} finished trials (see the workers' logs); run the same "
+            "command again to train the rest")
     return result
 
 
