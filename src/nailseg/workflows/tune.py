@@ -300,7 +300,8 @@ def tune_with_workers(cluster, config: str, overrides: list[str], space: Path, d
 
     # local tasks share this machine's cores: split them as --jobs does (a SLURM task has its own --cpus)
     local = cluster.executor == "local" and workers > 1
-    common = [str(Path(config).resolve()), *overrides, *(job_overrides(workers) if local else []), "--space", str(space.resolve()), "--trials", str(trials),
+    common = [str(Path(config).resolve()), *overrides, *(job_overrides(workers) if local else []),
+              "--space", str(space.resolve()), "--trials", str(trials),
               "--storage", url, "--study", study_name, "--out", str(out.resolve()),
               *(["--folds", str(folds)] if folds else []), *([] if prune else ["--no-prune"])]
     if shares:
