@@ -96,13 +96,13 @@ def add_parser(sub) -> None:
                          "one data worker each), so they do not fight over the cores")
     tu.add_argument("--no-prune", action="store_true", help="train every trial to its last epoch")
     tu.add_argument("--quota", type=int, help=argparse.SUPPRESS)  # a study worker's share (tune --executor)
-    add_cluster_flags(
+    cluster = add_cluster_flags(
         tu, "--executor slurm submits --tasks study workers as one SLURM array job and waits for them: each runs "
         "nailseg tune on the same --storage with its share of the missing trials and its own sampler seed "
         "(Optuna's distributed mode). A preempted worker is requeued and trains the study's next trials (the "
         "storage marks the interrupted one failed). --executor local takes the same path on this machine. "
         "On a cluster give a --storage every node reaches (PostgreSQL or MySQL; SQLite only on a shared disk "
         "one node writes at a time).")
-    tu.add_argument("--tasks", type=int, help="with --executor: study workers submitted as tasks (default 2)")
+    cluster.add_argument("--tasks", type=int, help="study workers submitted as tasks (default 2)")
     tu.add_argument("--out", required=True, help="output folder")
     tu.set_defaults(func=cmd_tune)
