@@ -61,6 +61,7 @@ PIPELINE_SPECS: dict[str, PipelineSpec] = {p.name: p for p in (
     PipelineSpec("tf", ALL_OPS, reads_cache=True, can_balance=True, device="cpu",
                  purpose="tf.data with tf.image ops, traced into the graph"),
     PipelineSpec("mmdet", frozenset({"hflip", "vflip"}), reads_cache=False, can_balance=False, device="cpu",
+                 keeps_labels=True,  # its instances carry their category through the flips
                  why_no_cache="MMDetection's pipeline reads the files itself",
                  purpose="MMDetection's own data pipeline (RandomFlip only)"),
 )}
@@ -110,7 +111,7 @@ STACKS: dict[str, StackSpec] = {spec.name: spec for spec in (
               folder_exports=("savedmodel",),
               purpose="The Keras stack (model.family: sm)"),
     StackSpec("mmdet", ("maskrcnn",), ("mmdet",), "mmdet", ("torch", "mmengine", "mmcv", "mmdet", "pycocotools"),
-              ("state_dict",), capabilities=frozenset({"instances"}),
+              ("state_dict",), capabilities=frozenset({"instances", "multiclass"}),
               folder_exports=("state_dict",),  # the weights and the mmdet config they need, side by side
               purpose="The MMDetection stack (model.family: maskrcnn)"),
 )}

@@ -180,3 +180,28 @@ def test_compare_two_folds_as_two_jobs(synth_data, tmp_path):
         assert "num_workers: 1" in (run / "config.yaml").read_text()
         assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
         assert "epoch 2/2" in (out / "runs" / f"demo-cpu-fold{k}.log").read_text()
+
+
+@pytest.mark.slow
+def test_many_class_folds_report_the_miou_and_each_class(class_data, tmp_path):
+    """Many classes through compare: each fold is scored by the class evaluation (iou = mIoU), and
+    the row and report.md carry each class's IoU, the mean over the folds."""
+    from tests.conftest import CLASS_NAMES
+
+    out = tmp_path / "cmp"
+    proc = run_cli("compare", str(REPO / "configs" / "demo-cpu.yaml"), f"data.root={class_data}",
+                   "data.classes=classes.txt", "data.cache=none", "model.encoder=resnet18", *TINY,
+                   "trainer.max_epochs=2", "--folds", "2", "--out", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [row] = json.loads((out / "compare.json").read_text())
+    assert row["folds"] == 2 and not row["fold_errors"]
+    folds = [json.loads((Path(run) / "compare-eval.json").read_text()) for run in row["runs"]]
+    assert row["iou"] == pytest.approx(sum(f["miou"] for f in folds) / 2, abs=1e-9)
+    assert set(row["per_class_iou"]) == set(CLASS_NAMES)
+    for name in CLASS_NAMES:
+        present = [f["per_class_iou"][name] for f in folds if f["per_class_iou"][name] is not None]
+        assert row["per_class_iou"][name] == pytest.approx(sum(present) / len(present), abs=1e-9)
+    report = (out / "report.md").read_text()
+    assert "| config | skin | nail | ring |" in report
+    worst = min((p for f in folds for p in f["per_image"]), key=lambda p: p["iou"])
+    assert f"`{worst['key']}` IoU {worst['iou']:.3f}" in report  # the worst images ranked by their mIoU

@@ -110,6 +110,7 @@ def cmd_data_coco(args) -> int:
     from nailseg.core.data.split import load_split
 
     out = output_file(args.out)
+    labels = _check_labels(args)
     pairs, _ = find_pairs(args.root)
     ids = image_ids(pairs)
     if args.split:
@@ -123,13 +124,15 @@ def cmd_data_coco(args) -> int:
         targets = {None: pairs}
     done = []  # every file converted first, then all written: a kill never mixes a new _train with an old _val
     for name, chosen in targets.items():
-        coco, report = to_coco(chosen, ids, min_area=args.min_area, fmt=args.format, progress=not args.quiet)
+        coco, report = to_coco(chosen, ids, min_area=args.min_area, fmt=args.format, progress=not args.quiet,
+                               labels=labels)
         done.append((out.with_name(f"{out.stem}_{name}{out.suffix}") if name else out, coco, report))
     for path, _coco, _ in done:
         output_file(str(path))
     for path, coco, report in done:
         write_coco(path, coco)
-        print(f"{path}: {report.images} images, {report.instances} instances, "
+        kinds = "" if labels is None else f" of {len(coco['categories'])} categories"
+        print(f"{path}: {report.images} images, {report.instances} instances{kinds}, "
               f"{report.dropped_small} regions below {args.min_area} px dropped, {report.with_holes} with holes")
     return 0
 
@@ -190,15 +193,22 @@ def add_parser(sub) -> None:
     bal.set_defaults(func=cmd_data_balance)
 
     coco = dsub.add_parser(
-        "coco", help="turn binary masks into COCO instance annotations (one per connected nail region)",
+        "coco", help="turn masks into COCO instance annotations (one per connected region of a class)",
         description="Each 4-connected foreground region of a mask becomes one 'nail' instance, with its exact "
                     "RLE (holes stay holes; --format polygon writes polygons, RLE for regions with holes), "
-                    "bounding box and area. Image ids are stable (sorted file names of the whole folder). "
-                    "With --split, writes OUT_train.json, OUT_val.json and OUT_test.json.")
+                    "bounding box and area. With classes (--classes, or ROOT/classes.txt), the first class "
+                    "is the background and each region of every other class is one instance of its "
+                    "category (category id = class index). Image ids are stable (sorted file names of the "
+                    "whole folder). With --split, writes OUT_train.json, OUT_val.json and OUT_test.json.")
     coco.add_argument("root", help="data folder")
     coco.add_argument("--out", required=True, help="output JSON (e.g. coco.json)")
     coco.add_argument("--split", help="a run's split.json: write one file per split")
     coco.add_argument("--min-area", type=int, default=4, help="drop regions smaller than this (pixels, default: 4)")
     coco.add_argument("--format", choices=["rle", "polygon"], default="rle", help="segmentation format (default: rle)")
+    coco.add_argument("--classes", metavar="FILE|A,B,...",
+                      help="masks hold class indices of these classes, the first one the background (default: "
+                           "ROOT/classes.txt when it exists, else binary masks: one 'nail' category)")
+    coco.add_argument("--ignore-index", type=int, default=255,
+                      help="with classes: the value of unlabelled pixels, in no instance (default: 255)")
     coco.add_argument("--quiet", action="store_true", help="no progress bar")
     coco.set_defaults(func=cmd_data_coco)

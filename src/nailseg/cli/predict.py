@@ -38,14 +38,14 @@ def cmd_predict(args) -> int:
             result = predict_files(model, inputs, out, progress=not args.quiet, options=options)
         return _report_predictions(result, inputs, out)
     run, exp, stack = open_for_inference(args.run)
-    if has_capability(exp, "instances"):
-        if args.tile:
-            raise NailsegError("--tile: an instance model's predictions are per-object masks, which do not blend "
-                               "across windows; leave --tile out (eval --tile scores the union mask)")
+    if has_capability(exp, "instances") and args.tile:
+        raise NailsegError("--tile: an instance model's predictions are per-object masks, which do not blend "
+                           "across windows; leave --tile out (eval --tile scores the union mask)")
+    if has_capability(exp, "instances") and exp.data.label_spec is None:
         result = predict_instance_files(stack.load_instance_predictor(run, exp), inputs, out, progress=not args.quiet)
         for w in result.written:
             print(f"{w['file']}: {w['instances']} instances")
-    elif exp.data.label_spec is not None:
+    elif exp.data.label_spec is not None:  # many classes (an instance model's: its instances painted by score)
         from nailseg.core.class_eval import predict_class_files
         from nailseg.core.postprocess import load_run_options
 

@@ -92,6 +92,9 @@ class Experiment(_Section):
         if weights != "none" and n is None:
             raise ValueError("loss.class_weights: weighs the classes of data.classes; a binary run weighs its "
                              "foreground with loss.bce_weight/dice_weight (or data.balance)")
+        if weights != "none" and "instances" in spec.capabilities:
+            raise ValueError(f"loss.class_weights: the {spec.name} stack's losses are its own (per instance), "
+                             "not weighed by class; remove it")
         if isinstance(weights, list) and len(weights) != n:
             raise ValueError(f"loss.class_weights: {len(weights)} weights for the {n} classes of data.classes")
         if n is None:

@@ -53,7 +53,8 @@ def evaluate_classes(predict, pairs: list[Pair], labels: LabelSpec, *, progress:
         matrix = confusion_matrix(pred, truth, labels.n, labels.ignore_index)
         total += matrix
         scored = class_scores(matrix, labels.names)
-        per_image.append({"key": pair.key, "miou": scored["miou"], "pixel_accuracy": scored["pixel_accuracy"]})
+        per_image.append({"key": pair.key, "iou": scored["miou"], "miou": scored["miou"],  # "iou" as binary runs'
+                          "pixel_accuracy": scored["pixel_accuracy"]})
         if overlays is not None:
             from nailseg.core.evaluate import overlay_name
 

@@ -254,7 +254,8 @@ def write_overlays(predict: Predictor, pairs: list[Pair], out: str | os.PathLike
         save_png(out / f"{name}.png", error_overlay(image, pred, truth, counts_scores(confusion(pred, truth))["iou"]))
 
 
-InstancePredictor = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]
+# RGB image -> (masks bool (K, H, W), scores (K,), class indices (K,); 1 = nail for binary masks)
+InstancePredictor = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray, np.ndarray]"]
 
 
 def predict_instance_files(predict: InstancePredictor, inputs: Inputs, out: str | os.PathLike[str], *,
@@ -267,13 +268,14 @@ def predict_instance_files(predict: InstancePredictor, inputs: Inputs, out: str 
     out = Path(out)
     result = PredictResult()
     for path, name, image in _readable_images(inputs, progress, result.failed):
-        masks, scores = predict(image)
+        masks, scores, classes = predict(image)
         keep = masks[scores >= score_threshold]
         union = keep.any(axis=0) if len(keep) else np.zeros(image.shape[:2], bool)
         save_png(out / f"{name}_mask.png", union.astype(np.uint8) * 255)
         save_png(out / f"{name}_overlay.png", instance_overlay(image, keep))
         result.written.append({"file": str(path), "instances": int(len(keep)),
-                               "scores": [float(x) for x in scores[scores >= score_threshold]]})
+                               "scores": [float(x) for x in scores[scores >= score_threshold]],
+                               "classes": [int(x) for x in classes[scores >= score_threshold]]})
     if result.written:
         write_json(out / "instances.json", result.written)
     return result

@@ -163,6 +163,8 @@ def row_from_run(run: Path, name: str, *, checkpoint: str, overlays: bool, eval_
     }
     if "segm_mAP" in ev:
         row["segm_mAP"] = ev["segm_mAP"]
+    if "per_class_iou" in ev:  # many classes: "iou" is the mIoU; each class's IoU too
+        row["per_class_iou"] = ev["per_class_iou"]
     return row
 
 
@@ -183,6 +185,10 @@ def aggregate_folds(rows: list[dict]) -> dict:
                 wall_time_s=sum(r.get("wall_time_s") or 0 for r in ok),
                 per_image=[p for r in ok for p in r["per_image"]],
                 curve=_mean_curve([r["curve"] for r in ok]), runs=[r["run"] for r in ok])
+    if "per_class_iou" in base:  # each class's mean over the folds where it was present (None: in none)
+        folds_of = {name: [r["per_class_iou"][name] for r in ok if r["per_class_iou"].get(name) is not None]
+                    for name in base["per_class_iou"]}
+        base["per_class_iou"] = {name: statistics.fmean(v) if v else None for name, v in folds_of.items()}
     base.pop("run", None)
     return base
 

@@ -81,6 +81,20 @@ def _cell(v) -> str:
     return str(v)
 
 
+def _class_table(rows: list[dict], folds: bool) -> list[str]:
+    """Many-class rows: each class's IoU (the mean over the folds it appears in), where "iou" is the mIoU."""
+    classed = [r for r in rows if r.get("per_class_iou")]
+    if not classed:
+        return []
+    names = list(classed[0]["per_class_iou"])
+    lines = ["", "IoU per class" + (" (mean over the folds where the class appears)" if folds else "") +
+             "; the iou column above is their mean (mIoU):", "",
+             "| config | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+    lines += [f"| {r['config']} | " + " | ".join(_cell(r["per_class_iou"].get(n)) for n in names) + " |"
+              for r in classed]
+    return lines
+
+
 def report_markdown(rows: list[dict], out: Path, title: str, command: str) -> str:
     folds = any("iou_mean" in r for r in rows)
     cols = ["config", "stack", "family", "arch", "encoder", "params", "iou"] + (["iou_sd", "folds"] if folds else []) \
@@ -98,6 +112,7 @@ def report_markdown(rows: list[dict], out: Path, title: str, command: str) -> st
     if folds:
         lines += ["", "Per-fold IoU:", ""]
         lines += [f"- {r['config']}: " + ", ".join(_cell(v) for v in r.get("fold_ious", [])) for r in rows]
+    lines += _class_table(rows, folds)
     lines += ["", "![IoU and training speed](compare.png)", "", "![validation IoU per epoch](curves.png)", "",
               "## Worst five images per config", "",
               "Overlays: true positives green, false positives red, false negatives blue; the IoU in the corner.", ""]

@@ -114,3 +114,34 @@ def test_real_nails_instances(real_data, tmp_path, capsys):
     assert main(["data", "coco", str(real_data), "--out", str(tmp_path / "c.json"), "--quiet"]) == 0
     data = json.loads((tmp_path / "c.json").read_text())
     assert len(data["images"]) == 40 and len(data["annotations"]) > 100
+
+
+def test_class_masks_give_one_category_per_class_but_the_background(tmp_path, capsys):
+    """Index masks of (skin, nail, ring) with an unlabelled band: the first class is the background,
+    each 4-connected region of another class one instance of its category (id = class index), and
+    unlabelled pixels belong to no instance; pycocotools decodes each back to its class's pixels."""
+    root = tmp_path / "data"
+    labels = np.zeros((30, 40), np.uint8)
+    labels[2:8, 2:8] = 1           # a nail
+    labels[2:8, 10:14] = 1         # another nail
+    labels[12:20, 5:15] = 2        # a ring
+    labels[12:20, 15:18] = 1       # a nail touching the ring: still its own instance
+    labels[:, 36:] = 255           # nobody labelled this band
+    write_image(root / "images" / "a.png", np.zeros((30, 40, 3), np.uint8))
+    write_image(root / "masks" / "a.png", labels)
+    (root / "classes.txt").write_text("skin\nnail\nring\n")
+    out = tmp_path / "coco.json"
+    assert main(["data", "coco", str(root), "--out", str(out), "--quiet"]) == 0
+    assert "4 instances of 2 categories" in capsys.readouterr().out
+    coco = COCO(str(out))
+    assert [(c["id"], c["name"]) for c in coco.dataset["categories"]] == [(1, "nail"), (2, "ring")]
+    by_category = {1: np.zeros((30, 40), bool), 2: np.zeros((30, 40), bool)}
+    for ann in coco.dataset["annotations"]:
+        by_category[ann["category_id"]] |= coco.annToMask(ann).astype(bool)
+    assert np.array_equal(by_category[1], labels == 1) and np.array_equal(by_category[2], labels == 2)
+    assert sorted(a["category_id"] for a in coco.dataset["annotations"]) == [1, 1, 1, 2]
+    # a value outside the classes is refused by file, as every many-class reader does
+    labels[0, 0] = 7
+    write_image(root / "masks" / "a.png", labels)
+    assert main(["data", "coco", str(root), "--out", str(tmp_path / "bad.json"), "--quiet"]) == 2
+    assert "a.png" in capsys.readouterr().err and not (tmp_path / "bad.json").exists()

@@ -129,3 +129,25 @@ def test_upernet_exports_a_verified_onnx_and_resumes(upernet_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     after = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in after] == list(range(9)) and after[:8] == before
+
+
+@pytest.mark.slow
+def test_upernet_trains_many_classes_and_names_them_in_its_hf_folder(class_data, tmp_path):
+    """The transformers model on three colour classes: a head of one channel per class (transformers
+    sizes it by id2label), softmax with the unlabelled band ignored, every class learned (a model
+    predicting skin everywhere scores about 0.3 mIoU), and the hf export names the data's classes."""
+    from tests.conftest import CLASS_NAMES
+
+    _installed()
+    runs = tmp_path / "runs"
+    proc = run_cli("train", str(REPO / "configs" / "hf-pretrained-cpu.yaml"), f"data.root={class_data}",
+                   "data.classes=classes.txt", "data.split.val=0.25", "data.split.test=0.0", "data.cache=none",
+                   f"run.dir={runs}", "run.name=up", "data.image_size=64", "data.crop_size=null",
+                   "trainer.batch_size=4", "data.num_workers=0", "trainer.max_epochs=6", "trainer.max_time=null",
+                   "optim.lr=0.003", "optim.warmup_epochs=0", "logging.predictions=1", "logging.tensorboard=false",
+                   env=OFFLINE)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((runs / "up" / "summary.json").read_text())
+    assert summary["val_miou"] > 0.5 and all(v > 0.2 for v in summary["val_per_class_iou"].values()), summary
+    config = json.loads((runs / "up" / "hf" / "config.json").read_text())
+    assert config["id2label"] == {str(i): name for i, name in enumerate(CLASS_NAMES)}

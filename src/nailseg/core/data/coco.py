@@ -1,6 +1,9 @@
-"""Binary nail masks -> COCO instance annotations that a user can trust.
+"""Masks -> COCO instance annotations that a user can trust.
 
-Each 4-connected foreground region of a mask is one nail instance. Its segmentation is the
+Each 4-connected foreground region of a binary mask is one nail instance. With many classes
+(a :class:`~nailseg.core.labels.LabelSpec`), the first class is the background, as for Mask R-CNN,
+and each 4-connected region of every other class is one instance of that class's category (id =
+the class index); unlabelled pixels belong to no instance. Its segmentation is the
 region's exact run-length encoding (RLE), so holes inside a region stay holes (contour-based
 converters turn a hole into an extra nail); ``--format polygon`` writes outer contours as
 polygons and falls back to RLE for a region with holes. Bounding box and area come from the
@@ -19,8 +22,17 @@ import numpy as np
 from nailseg.core.data.decode import read_mask
 from nailseg.core.data.discover import Pair
 from nailseg.core.io import write_json
+from nailseg.core.labels import LabelSpec, read_labels
 
 CATEGORIES = [{"id": 1, "name": "nail", "supercategory": "hand"}]
+
+
+def categories(labels: LabelSpec | None) -> list[dict]:
+    """COCO categories: ``nail`` for binary masks; with classes, every class but the first (the
+    background, which instance models do not predict), id = class index."""
+    if labels is None:
+        return CATEGORIES
+    return [{"id": i, "name": name, "supercategory": "thing"} for i, name in enumerate(labels.names) if i]
 
 
 @dataclass
@@ -128,7 +140,8 @@ def _polygons(region: Region) -> list[list[float]]:
     return [(c.reshape(-1, 2).astype(float) + offset + 0.5).ravel().tolist() for c in contours if len(c) >= 3]
 
 
-def region_annotation(region: Region | np.ndarray, *, ann_id: int, image_id: int, fmt: str = "rle") -> tuple[dict, bool]:
+def region_annotation(region: Region | np.ndarray, *, ann_id: int, image_id: int, fmt: str = "rle",
+                      category_id: int = 1) -> tuple[dict, bool]:
     region = as_region(region)
     ys, xs = np.nonzero(region.crop)
     x0, y0 = int(xs.min()) + region.x0, int(ys.min()) + region.y0
@@ -136,7 +149,7 @@ def region_annotation(region: Region | np.ndarray, *, ann_id: int, image_id: int
     holes = _has_hole(region)
     polys = _polygons(region) if fmt == "polygon" and not holes else []
     segmentation = polys if polys else encode_rle(region)
-    return {"id": ann_id, "image_id": image_id, "category_id": 1, "segmentation": segmentation,
+    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "segmentation": segmentation,
             "area": float(region.sum()), "bbox": bbox, "iscrowd": 0}, holes
 
 
@@ -145,8 +158,24 @@ def image_ids(pairs: list[Pair]) -> dict[str, int]:
     return {key: i + 1 for i, key in enumerate(sorted(p.key for p in pairs))}
 
 
+def class_instances(mask: np.ndarray, labels: LabelSpec | None, min_area: int = 0
+                    ) -> tuple[list[tuple[int, Region]], int]:
+    """(category id, region) of every instance in a mask, and how many regions were too small."""
+    if labels is None:
+        regions, dropped = mask_instances(mask, min_area)
+        return [(1, r) for r in regions], dropped
+    found, dropped = [], 0
+    for index in range(1, labels.n):
+        if not (mask == index).any():
+            continue
+        regions, small = mask_instances(mask == index, min_area)
+        found += [(index, r) for r in regions]
+        dropped += small
+    return found, dropped
+
+
 def to_coco(pairs: list[Pair], ids: dict[str, int], *, min_area: int = 0, fmt: str = "rle",
-            progress: bool = False) -> tuple[dict, ConversionReport]:
+            progress: bool = False, labels: LabelSpec | None = None) -> tuple[dict, ConversionReport]:
     report = ConversionReport()
     images, annotations = [], []
     iterator = sorted(pairs, key=lambda p: p.key)
@@ -154,20 +183,23 @@ def to_coco(pairs: list[Pair], ids: dict[str, int], *, min_area: int = 0, fmt: s
 
     iterator = bar(iterator, "converting masks", enabled=progress)
     for pair in iterator:
-        mask = read_mask(pair.mask)
+        mask = read_mask(pair.mask) if labels is None else read_labels(pair.mask, labels)
         image_id = ids[pair.key]
         images.append({"id": image_id, "file_name": pair.key, "height": int(mask.shape[0]),
                        "width": int(mask.shape[1])})
-        regions, dropped = mask_instances(mask, min_area)
+        found, dropped = class_instances(mask, labels, min_area)
         report.dropped_small += dropped
-        for region in regions:
-            ann, holes = region_annotation(region, ann_id=len(annotations) + 1, image_id=image_id, fmt=fmt)
+        for category, region in found:
+            ann, holes = region_annotation(region, ann_id=len(annotations) + 1, image_id=image_id, fmt=fmt,
+                                           category_id=category)
             annotations.append(ann)
             report.with_holes += holes
-        report.per_image[pair.key] = len(regions)
+        report.per_image[pair.key] = len(found)
     report.images, report.instances = len(images), len(annotations)
-    return {"info": {"description": "nail instances made by nailseg from binary masks", "version": "1"},
-            "images": images, "annotations": annotations, "categories": CATEGORIES}, report
+    what = "nail instances made by nailseg from binary masks" if labels is None else \
+        "instances made by nailseg from class masks (one per connected region of a class)"
+    return {"info": {"description": what, "version": "1"},
+            "images": images, "annotations": annotations, "categories": categories(labels)}, report
 
 
 def write_coco(path: str | os.PathLike[str], coco: dict) -> None:

@@ -243,6 +243,9 @@ class LightningStack:
             return path
         if fmt == "hf":
             out = Path(out or run.path / "hf")
+            if exp.data.label_spec is not None:  # the data's class names, for transformers' pipelines
+                model.hf.config.id2label = dict(enumerate(exp.data.label_spec.names))
+                model.hf.config.label2id = {name: i for i, name in enumerate(exp.data.label_spec.names)}
             with atomic_dir(out) as tmp:
                 model.hf.save_pretrained(tmp, safe_serialization=True)
             return out

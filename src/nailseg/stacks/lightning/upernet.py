@@ -22,7 +22,11 @@ OUT_INDICES = (1, 2, 3, 4)
 
 
 def _labels(classes: int) -> tuple[dict[int, str], dict[str, int]]:
-    id2label = {0: "nail"} if classes == 1 else {0: "background", 1: "nail"}
+    """One label per output channel (transformers sizes the head by ``len(id2label)``); the data's
+    class names replace ``class_i`` in the ``hf`` export."""
+    from nailseg.stacks.lightning.segformer import LABELS
+
+    id2label = {0: "nail"} if classes == 1 else {i: LABELS.get(i, f"class_{i}") for i in range(classes)}
     return id2label, {v: k for k, v in id2label.items()}
 
 

@@ -34,9 +34,21 @@ def backbone_config(encoder: str, weights: str = "none", freeze_bn: bool = False
     return dict(type="NailsegTimmBackbone", encoder=encoder, weights=weights, norm_eval=freeze_bn), feature_channels(encoder)
 
 
+def instance_classes(exp: Experiment) -> tuple[tuple[str, ...], list[tuple[int, int, int]]]:
+    """The categories Mask R-CNN predicts and their colours: ``nail``, or every class of
+    ``data.classes`` but the first, the background (``core.data.coco.categories``)."""
+    labels = exp.data.label_spec
+    if labels is None:
+        return ("nail",), [(220, 20, 60)]
+    from nailseg.core.labels import palette
+
+    return labels.names[1:], [tuple(int(v) for v in c) for c in palette(labels.n)[1:]]
+
+
 def model_config(encoder: str, max_instances: int = 30, freeze_bn: bool = False, norm: Normalization = IMAGENET,
-                 weights: str = "none") -> dict:
-    """MMDetection's Mask R-CNN; ``norm``: the encoder's input normalisation (``Experiment.normalization``)."""
+                 weights: str = "none", num_classes: int = 1) -> dict:
+    """MMDetection's Mask R-CNN; ``norm``: the encoder's input normalisation (``Experiment.normalization``);
+    ``num_classes``: its categories, the background not counted (MMDetection's convention)."""
     backbone, in_channels = backbone_config(encoder, weights, freeze_bn)
     return dict(
         type="MaskRCNN",
@@ -55,14 +67,16 @@ def model_config(encoder: str, max_instances: int = 30, freeze_bn: bool = False,
             type="StandardRoIHead",
             bbox_roi_extractor=dict(type="SingleRoIExtractor", roi_layer=dict(type="RoIAlign", output_size=7, sampling_ratio=0),
                                     out_channels=256, featmap_strides=[4, 8, 16, 32]),
-            bbox_head=dict(type="Shared2FCBBoxHead", in_channels=256, fc_out_channels=1024, roi_feat_size=7, num_classes=1,
+            bbox_head=dict(type="Shared2FCBBoxHead", in_channels=256, fc_out_channels=1024, roi_feat_size=7,
+                           num_classes=num_classes,
                            bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[0.1, 0.1, 0.2, 0.2]),
                            reg_class_agnostic=False,
                            loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
                            loss_bbox=dict(type="L1Loss", loss_weight=1.0)),
             mask_roi_extractor=dict(type="SingleRoIExtractor", roi_layer=dict(type="RoIAlign", output_size=14, sampling_ratio=0),
                                     out_channels=256, featmap_strides=[4, 8, 16, 32]),
-            mask_head=dict(type="FCNMaskHead", num_convs=4, in_channels=256, conv_out_channels=256, num_classes=1,
+            mask_head=dict(type="FCNMaskHead", num_convs=4, in_channels=256, conv_out_channels=256,
+                           num_classes=num_classes,
                            loss_mask=dict(type="CrossEntropyLoss", use_mask=True, loss_weight=1.0))),
         train_cfg=dict(
             rpn=dict(assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3,
@@ -137,8 +151,10 @@ def build_mmdet_config(exp: Experiment, *, work_dir: Path, images_dir: Path, ann
     val_pipeline = [dict(type="LoadImageFromFile"), dict(type="Resize", scale=scale, keep_ratio=True),
                     dict(type="LoadAnnotations", with_bbox=True, with_mask=True), dict(type="PackDetInputs", meta_keys=meta)]
 
+    classes, colours = instance_classes(exp)
+
     def dataset(split: str, pipeline: list, test_mode: bool) -> dict:
-        return dict(type="CocoDataset", metainfo=dict(classes=("nail",), palette=[(220, 20, 60)]),
+        return dict(type="CocoDataset", metainfo=dict(classes=classes, palette=colours),
                     data_root=str(images_dir), ann_file=str(ann_files[split]), data_prefix=dict(img=""),
                     filter_cfg=dict(filter_empty_gt=not test_mode, min_size=0), pipeline=pipeline, test_mode=test_mode)
 
@@ -154,7 +170,7 @@ def build_mmdet_config(exp: Experiment, *, work_dir: Path, images_dir: Path, ann
         default_scope="mmdet",
         custom_imports=CUSTOM_IMPORTS,
         model=model_config(exp.model.encoder, exp.model.max_instances, exp.optim.freeze_encoder_bn,
-                           exp.normalization, exp.model.encoder_weights),
+                           exp.normalization, exp.model.encoder_weights, num_classes=len(classes)),
         train_dataloader=dict(batch_size=t.batch_size, num_workers=workers, persistent_workers=workers > 0,
                               # InfiniteSampler: DefaultSampler with an iteration loop sleeps 2 s at every epoch end
                               sampler=dict(type="InfiniteSampler", shuffle=True),

@@ -34,7 +34,7 @@ from nailseg.specs import STACKS
 from nailseg.stacks._torch.tensorboard import use_tensorboard_without_tensorflow
 from nailseg.stacks._torch.checkpoints import safe_load
 from nailseg.stacks.mmdet.checkpoints import load_mmengine_checkpoint, mmengine_safe_loading
-from nailseg.stacks.mmdet.config import build_mmdet_config, model_config
+from nailseg.stacks.mmdet.config import build_mmdet_config, instance_classes, model_config
 
 use_tensorboard_without_tensorflow()
 # Instances kept for overlays, counts and the union mask: MMDetection's own default for drawing
@@ -51,7 +51,7 @@ def _write_coco_splits(exp: Experiment, run: RunDir, split_pairs: dict[str, list
     files = {}
     for name in ("train", "val", "test"):
         chosen = split_pairs[name] or split_pairs["train"]
-        coco, _ = to_coco(chosen, ids, min_area=exp.model.min_area)
+        coco, _ = to_coco(chosen, ids, min_area=exp.model.min_area, labels=exp.data.label_spec)
         files[name] = (run.path / "coco" / f"{name}.json").resolve()  # mmdet joins relative paths to data_root
         if global_rank() == 0:
             write_coco(files[name], coco)
@@ -191,18 +191,22 @@ class MmdetStack:
         return load_instance_predictor(run, exp, checkpoint)
 
     def load_predictor(self, run: RunDir, exp: Experiment, checkpoint: str = "best") -> Predictor:
-        return union_predictor(load_instance_predictor(run, exp, checkpoint))
+        instances = load_instance_predictor(run, exp, checkpoint)
+        labels = exp.data.label_spec
+        return union_predictor(instances) if labels is None else class_map_predictor(instances, labels.n)
 
     def evaluate_instances(self, run: RunDir, exp: Experiment, chosen: list[Pair], all_pairs: list[Pair],
                            checkpoint: str = "best") -> dict:
-        return evaluate_coco(load_instance_predictor(run, exp, checkpoint), chosen, all_pairs, exp.model.min_area)
+        return evaluate_coco(load_instance_predictor(run, exp, checkpoint), chosen, all_pairs, exp.model.min_area,
+                             exp.data.label_spec)
 
     def instance_summary(self, run: RunDir, exp: Experiment, val_pairs: list[Pair], all_pairs: list[Pair]) -> dict:
         """COCO segm/bbox mAP (@50, @75) of the best checkpoint on the validation split."""
         coco = self.evaluate_instances(run, exp, val_pairs, all_pairs)
         keys = {f"val_{k.lower()}": v for k, v in coco.items() if k.endswith(("mAP", "mAP_50", "mAP_75"))}
-        return {**keys, "val_metrics_at": "original resolution, best checkpoint; IoU/Dice of the union of "
-                                          f"instances scoring >= {SCORE_THRESHOLD}"}
+        scored = ("IoU/Dice of the union of instances" if exp.data.label_spec is None else
+                  "class IoU/Dice of the instances painted by score (the first class where none is)")
+        return {**keys, "val_metrics_at": f"original resolution, best checkpoint; {scored} scoring >= {SCORE_THRESHOLD}"}
 
     def export(self, run: RunDir, exp: Experiment, fmt: str, out: Path | None = None) -> Path:
         """``state_dict``: the plain inference weights (loadable with weights_only=True) plus the mmdet config."""
@@ -252,7 +256,9 @@ def load_model(run: RunDir, exp: Experiment, device: str | None = None, checkpoi
         raise ConfigError(f"{config_path}: not valid JSON ({err})") from None
     # The model is rebuilt from the typed config, never from the file: only data settings are read from it.
     # weights "none": the run's checkpoint holds them all
-    raw["model"] = model_config(exp.model.encoder, exp.model.max_instances, norm=exp.normalization)
+    classes, colours = instance_classes(exp)
+    raw["model"] = model_config(exp.model.encoder, exp.model.max_instances, norm=exp.normalization,
+                                num_classes=len(classes))
     cfg = Config(_restore_tuples(raw))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     import warnings
@@ -261,7 +267,7 @@ def load_model(run: RunDir, exp: Experiment, device: str | None = None, checkpoi
         warnings.simplefilter("ignore")  # "checkpoint is None, use COCO classes": ours are set next
         with mmengine_safe_loading():
             model = init_detector(cfg, checkpoint=None, device=device)
-    model.dataset_meta = {"classes": ("nail",), "palette": [(220, 20, 60)]}
+    model.dataset_meta = {"classes": classes, "palette": colours}
 
     def load(weights: Path):
         state = safe_load(weights, "weights file", map_location=device)
@@ -287,7 +293,8 @@ def _restore_tuples(obj, key: str | None = None):
 
 
 def load_instance_predictor(run: RunDir, exp: Experiment, checkpoint: str = "best"):
-    """RGB image -> (masks bool (K, H, W), scores (K,)) at the image's own size."""
+    """RGB image -> (masks bool (K, H, W), scores (K,), class indices (K,)) at the image's own size;
+    a class index is MMDetection's label + 1 (class 0, the background, has no instances)."""
     from mmdet.apis import inference_detector
 
     model = load_model(run, exp, checkpoint=checkpoint)
@@ -296,21 +303,36 @@ def load_instance_predictor(run: RunDir, exp: Experiment, checkpoint: str = "bes
         result = inference_detector(model, np.ascontiguousarray(image[..., ::-1]))  # mmdet reads BGR
         inst = result.pred_instances
         masks = inst.masks.cpu().numpy().astype(bool) if len(inst) else np.zeros((0, *image.shape[:2]), bool)
-        return masks, inst.scores.cpu().numpy()
+        return masks, inst.scores.cpu().numpy(), inst.labels.cpu().numpy().astype(np.int64) + 1
 
     return predict
 
 
 def union_predictor(instances) -> Predictor:
     def predict(image: np.ndarray) -> np.ndarray:
-        masks, scores = instances(image)
+        masks, scores, _ = instances(image)
         keep = masks[scores >= SCORE_THRESHOLD]
         return keep.any(axis=0).astype(np.float32) if len(keep) else np.zeros(image.shape[:2], np.float32)
 
     return predict
 
 
-def evaluate_coco(instances, chosen: list[Pair], all_pairs: list[Pair], min_area: int) -> dict:
+def class_map_predictor(instances, n: int) -> Predictor:
+    """Instances -> a class map as (H, W, n) one-hot scores, the form every many-class predictor
+    returns: each pixel takes the class of the highest-scoring instance over it (instances scoring
+    below ``SCORE_THRESHOLD`` left out), the background class 0 where no instance is."""
+    def predict(image: np.ndarray) -> np.ndarray:
+        masks, scores, classes = instances(image)
+        painted = np.zeros(image.shape[:2], np.int64)
+        for i in np.argsort(scores, kind="stable"):  # ascending: a higher score paints over a lower one
+            if scores[i] >= SCORE_THRESHOLD:
+                painted[masks[i]] = classes[i]
+        return np.eye(n, dtype=np.float32)[painted]
+
+    return predict
+
+
+def evaluate_coco(instances, chosen: list[Pair], all_pairs: list[Pair], min_area: int, labels=None) -> dict:
     """COCO bbox and segm mAP (all, @50, @75) of the instance predictor on ``chosen``."""
     import contextlib as _ctx
     import io
@@ -321,15 +343,15 @@ def evaluate_coco(instances, chosen: list[Pair], all_pairs: list[Pair], min_area
     from nailseg.core.data.coco import encode_rle
 
     ids = image_ids(all_pairs)
-    gt_dict, _ = to_coco(chosen, ids, min_area=min_area)
+    gt_dict, _ = to_coco(chosen, ids, min_area=min_area, labels=labels)
     results = []
     for pair in chosen:
-        masks, scores = instances(read_image(pair.image))
-        for m, s in zip(masks, scores):
+        masks, scores, classes = instances(read_image(pair.image))
+        for m, s, c in zip(masks, scores, classes):
             if not m.any():
                 continue
             ys, xs = np.nonzero(m)
-            results.append({"image_id": ids[pair.key], "category_id": 1, "segmentation": encode_rle(m),
+            results.append({"image_id": ids[pair.key], "category_id": int(c), "segmentation": encode_rle(m),
                             "bbox": [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
                                      float(ys.max() - ys.min() + 1)], "score": float(s)})
     out = {}
