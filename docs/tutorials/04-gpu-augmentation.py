@@ -24,6 +24,7 @@
 # the CPU, which is what this notebook does when no CUDA device is there.
 
 # %%
+import json
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from nailseg.config import load_experiment
 from nailseg.core.data.decode import read_image, read_mask
 from nailseg.core.data.discover import find_pairs
 from nailseg.core.visualize import overlay
-from nailseg.tutorial import budget, grid, overlays, real_data, sh, show, show_png, synth
+from nailseg.tutorial import budget, grid, overlays, real_data, record, sh, show, show_png, synth
 
 data = real_data() or synth("data/synth-tutorial", n=48, size="192x144")
 pairs, _ = find_pairs(data)
@@ -106,6 +107,7 @@ run = Path(sh(f"nailseg train configs/nails-pretrained-cpu.yaml data.root={data}
 show_png(run / "curves.png")
 sh(f"nailseg eval {run} --split test --overlays {run}/test-overlays --quiet")
 overlays(run / "test-overlays", n=2)
+record(test_iou=json.loads((run / "eval.json").read_text())["iou"])
 
 # %% [markdown]
 # ## 5. Which pipeline is faster here?

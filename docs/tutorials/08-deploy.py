@@ -27,7 +27,7 @@
 import json
 from pathlib import Path
 
-from nailseg.tutorial import budget, grid, real_data, sh, show, show_png, synth
+from nailseg.tutorial import budget, grid, real_data, record, sh, show, show_png, synth
 
 data = real_data() or synth("data/synth-tutorial", n=48, size="192x144")
 EPOCHS = budget(full=12, test=6)  # the test suite sets NAILSEG_TUTORIAL_BUDGET=test
@@ -35,6 +35,7 @@ run = Path(sh(f"nailseg train configs/nails-pretrained-cpu.yaml data.root={data}
               f"data.image_size=192 data.crop_size=null data.split.val=0.15 data.split.test=0.2 trainer.max_epochs={EPOCHS} optim.lr=0.002 "
               "optim.warmup_epochs=1", tail=3))
 show_png(run / "curves.png")
+record(val_iou=json.loads((run / "summary.json").read_text())["val_iou"])
 
 # %% [markdown]
 # ## 1. Export
