@@ -20,16 +20,19 @@ def cmd_eject(args) -> int:
 def add_parser(sub) -> None:
     ej = sub.add_parser(
         "eject", help="write an experiment as a plain framework script (no nailseg import) to keep",
-        description="Write the experiment as one readable script of its stack's own framework, importing "
-                    "only that framework's libraries, never nailseg: Lightning + smp + albumentations "
-                    "(a LightningDataModule, a LightningModule, Trainer.fit) for model.family smp, or tf.keras + "
-                    "segmentation_models + tf.data (albumentations through tf.numpy_function, the mixed-precision "
-                    "policy, compile/fit, TensorBoard) for model.family sm. OUT/train.py trains on the "
-                    "split `nailseg train` would use (OUT/split.json) with the same augmentation, model, loss, "
-                    "optimiser and schedule; OUT/README.md says how to run it. The data and config are "
-                    "checked first; OUT must be new or empty (nothing is overwritten). Example: "
-                    "nailseg eject configs/nails-pretrained-cpu.yaml data.root=DATA --out my-trainer")
+        description="Write the experiment as plain code of its stack's own framework, importing only that "
+                    "framework's libraries, never nailseg. model.family smp, upernet or segformer: Lightning + "
+                    "albumentations (a LightningDataModule, a LightningModule holding smp's or transformers' own "
+                    "model, Trainer.fit). sm: tf.keras + segmentation_models + tf.data (albumentations through "
+                    "tf.numpy_function, the mixed-precision policy, compile/fit, TensorBoard). maskrcnn: a whole "
+                    "MMDetection config (mask_rcnn.py, no _base_), the timm backbone registered in MMDetection's "
+                    "registry, and a train.py that writes COCO instances with pycocotools and trains with "
+                    "Runner.from_cfg. OUT/train.py trains on the split `nailseg train` would use (OUT/split.json) "
+                    "with the same augmentation, model, loss, optimiser and schedule; OUT/README.md says how to "
+                    "run it. The data and config are checked first; OUT must be new or empty (nothing is "
+                    "overwritten). Example: nailseg eject configs/nails-pretrained-cpu.yaml data.root=DATA --out my-trainer")
     ej.add_argument("config", help="experiment YAML (see configs/)")
     ej.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
-    ej.add_argument("--out", required=True, help="new or empty folder for train.py, split.json, README.md")
+    ej.add_argument("--out", required=True,
+                    help="new or empty folder for train.py, split.json, README.md (and mask_rcnn.py for Mask R-CNN)")
     ej.set_defaults(func=cmd_eject)

@@ -109,3 +109,43 @@ def test_eject_refuses_what_it_cannot_write_and_leaves_nothing(synth_data, tmp_p
     proc = run_cli("eject", str(REPO / "configs" / "demo-cpu.yaml"), f"data.root={synth_data}", "--out", str(taken))
     assert proc.returncode == 2 and "never overwrites" in proc.stderr
     assert [p.name for p in taken.iterdir()] == ["mine.txt"]
+
+
+SMALL = ["data.image_size=64", "data.crop_size=null", "data.num_workers=0", "trainer.precision=32-true"]
+
+
+@pytest.mark.parametrize("config", ["hf-pretrained-cpu.yaml", "segformer-b0-nails-cpu.yaml"])
+def test_the_transformers_script_is_nailsegs_model_in_a_lightning_module(config, synth_data, tmp_path):
+    """The transformers families eject as their own classes (UperNet over timm's network, SegFormer)
+    inside the same LightningModule: the same tensors as nailseg's model, the same output, and it
+    trains (one batch through Lightning's Trainer)."""
+    import lightning as L
+    import torch
+
+    from nailseg.config import load_experiment
+    from nailseg.stacks.lightning.models import build_model
+
+    overrides = [f"data.root={synth_data}", *SMALL]
+    out = tmp_path / "trainer"
+    proc = run_cli("eject", str(REPO / "configs" / config), *overrides, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tree = ast.parse((out / "train.py").read_text())
+    imported = {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert "transformers" in imported and "nailseg" not in imported
+    script = _load(out / "train.py")
+    theirs = script.Segmenter()
+    ours = build_model(load_experiment(REPO / "configs" / config, overrides).model)
+    assert type(theirs.model) is type(ours.hf)
+    mine, yours = theirs.model.state_dict(), ours.hf.state_dict()
+    assert mine.keys() == yours.keys() and all(mine[k].shape == yours[k].shape for k in mine)
+    if config.startswith("hf"):  # the ImageNet encoder, as nailseg loaded it
+        assert all(torch.equal(mine[k], yours[k]) for k in mine if k.startswith("backbone."))
+    theirs.model.load_state_dict(yours)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.eval()(x), ours.eval()(x))
+    theirs.train()
+    before = {k: v.clone() for k, v in theirs.model.state_dict().items()}
+    trainer = L.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer.fit(theirs, datamodule=script.PairDataModule(batch_size=2))
+    assert any(not torch.equal(before[k], v) for k, v in theirs.model.state_dict().items())  # it learned a step

@@ -1,5 +1,7 @@
-"""``nailseg eject`` for the Lightning stack: the experiment as one plain Lightning + smp +
-albumentations script (``templates/train.py.tmpl``) that imports nothing of nailseg.
+"""``nailseg eject`` for the Lightning stack: the experiment as one plain Lightning + albumentations
+script (``templates/train.py.tmpl``) that imports nothing of nailseg. Its model is smp's
+(``model.family: smp``) or transformers' own UperNet over a timm backbone or SegFormer
+(``upernet``, ``segformer``) inside the same ``LightningModule``.
 
 What the script holds is rendered from the same objects nailseg trains with, never retyped: the
 albumentations pipeline is nailseg's own ``Compose`` (``core.augment.to_albumentations``) written
@@ -9,6 +11,7 @@ and ImageNet weights are the encoder's tensors as nailseg loads them (saved besi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from string import Template
 
@@ -37,8 +40,8 @@ OPTIMIZERS = {
 def refusals(exp: Experiment) -> list[str]:
     """What this script cannot express yet, one line per key (``nailseg eject`` refuses before writing)."""
     lines = []
-    if exp.model.family != "smp":
-        lines.append(f"model.family={exp.model.family}: eject writes smp models (family smp) on this stack")
+    if exp.model.family not in MODELS:
+        lines.append(f"model.family={exp.model.family}: eject writes the families {', '.join(MODELS)} on this stack")
     if exp.pipeline != "albumentations":
         lines.append(f"data.pipeline={exp.pipeline}: eject writes the albumentations pipeline; "
                      "train this experiment with data.pipeline: albumentations to eject it")
@@ -54,16 +57,86 @@ def refusals(exp: Experiment) -> list[str]:
 
 
 def _encoder_weights(exp: Experiment, out: Path) -> str | None:
-    """The encoder's starting tensors as nailseg loads them, saved beside the script (``None``: random)."""
-    if str(exp.model.encoder_weights) in ("", "none"):
+    """The encoder's starting tensors as nailseg loads them, saved beside the script (``None``: random,
+    or SegFormer, whose weights come whole from ``model.pretrained``)."""
+    if str(getattr(exp.model, "encoder_weights", "none")) in ("", "none"):
         return None
     import torch
 
-    from nailseg.stacks.lightning.models import build_smp_model
+    if exp.model.family == "upernet":
+        from nailseg.stacks.lightning.upernet import build_upernet
 
-    model = build_smp_model(exp.model)  # the offline provider (SHA-256 checked), a file, or smp's download
-    torch.save(model.encoder.state_dict(), out / WEIGHTS_FILE)
+        encoder = build_upernet(exp.model).hf.backbone._backbone  # timm's features_only network
+    else:
+        from nailseg.stacks.lightning.models import build_smp_model
+
+        encoder = build_smp_model(exp.model).encoder  # the offline provider (SHA-256 checked), a file, or a download
+    torch.save(encoder.state_dict(), out / WEIGHTS_FILE)
     return WEIGHTS_FILE
+
+
+def _smp_model(exp: Experiment) -> dict[str, str]:
+    m = exp.model
+    arch, encoder = json.dumps(m.arch), json.dumps(m.encoder)
+    return dict(
+        model_library="segmentation_models_pytorch", model_imports="",
+        model_lines=f"""        self.model = smp.create_model({arch}, encoder_name={encoder}, encoder_weights=None,
+                                      in_channels=3, classes=1)
+        if ENCODER_WEIGHTS:  # ImageNet weights, as nailseg loaded them (no download)
+            self.model.encoder.load_state_dict(torch.load(HERE / ENCODER_WEIGHTS, weights_only=True))""",
+        forward_lines="        return self.model(image)", encoder_module="self.model.encoder",
+        save_lines='    torch.save(model.model.state_dict(), out / "model.pt")',
+        title=f"Lightning + segmentation_models_pytorch ({m.arch} on {m.encoder})")
+
+
+def _upernet_model(exp: Experiment) -> dict[str, str]:
+    from nailseg.stacks.lightning.upernet import OUT_INDICES
+
+    m = exp.model
+    return dict(
+        model_library="transformers",
+        model_imports="from transformers import TimmBackboneConfig, UperNetConfig, UperNetForSemanticSegmentation\n",
+        model_lines=f"""        # transformers' own classes; use_pretrained_backbone=False: nothing is downloaded
+        backbone = TimmBackboneConfig(backbone={json.dumps(m.encoder[3:])}, out_indices={OUT_INDICES!r},
+                                      use_pretrained_backbone=False)
+        config = UperNetConfig(backbone_config=backbone, hidden_size={m.hidden_size}, use_auxiliary_head=False,
+                               num_labels=1, id2label={{0: "nail"}}, label2id={{"nail": 0}})
+        self.model = UperNetForSemanticSegmentation(config)
+        if ENCODER_WEIGHTS:  # ImageNet weights into timm's features_only network, as nailseg loaded them
+            self.model.backbone._backbone.load_state_dict(torch.load(HERE / ENCODER_WEIGHTS, weights_only=True))""",
+        forward_lines="        return self.model(pixel_values=image).logits  # UperNet upsamples to the input's size",
+        encoder_module="self.model.backbone", save_lines=HF_SAVE,
+        title=f"Lightning + transformers (UperNet on timm's {m.encoder[3:]})")
+
+
+def _segformer_model(exp: Experiment) -> dict[str, str]:
+    from nailseg.stacks.lightning.segformer import VARIANTS
+
+    m = exp.model
+    if m.pretrained in ("", "none"):
+        sizes = ", ".join(f"{k}={v!r}" for k, v in VARIANTS[m.variant].items())
+        build = f"""        config = SegformerConfig({sizes},
+                                 num_attention_heads=[1, 2, 5, 8], sr_ratios=[8, 4, 2, 1],
+                                 num_labels=1, id2label={{0: "nail"}}, label2id={{"nail": 0}})
+        self.model = SegformerForSemanticSegmentation(config)  # mit-{m.variant}'s sizes, random weights"""
+    else:
+        source = str(Path(m.pretrained).expanduser().resolve()) if Path(m.pretrained).expanduser().is_dir() else m.pretrained
+        build = f"""        # a new one-logit head over the pretrained encoder (a hub id needs the hub or its local cache)
+        self.model = SegformerForSemanticSegmentation.from_pretrained(
+            {json.dumps(source)}, num_labels=1, id2label={{0: "nail"}}, label2id={{"nail": 0}}, ignore_mismatched_sizes=True)"""
+    return dict(
+        model_library="transformers",
+        model_imports="from transformers import SegformerConfig, SegformerForSemanticSegmentation\n",
+        model_lines=build,
+        forward_lines="""        logits = self.model(pixel_values=image).logits  # at 1/4 of the input
+        return nn.functional.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)""",
+        encoder_module="self.model.segformer", save_lines=HF_SAVE,
+        title=f"Lightning + transformers (SegFormer mit-{m.variant})")
+
+
+HF_SAVE = '''    torch.save(model.model.state_dict(), out / "model.pt")
+    model.model.save_pretrained(out / "hf_model")  # loads in plain transformers: from_pretrained(out / "hf_model")'''
+MODELS = {"smp": _smp_model, "upernet": _upernet_model, "segformer": _segformer_model}
 
 
 def write_script(exp: Experiment, pairs: dict[str, list[Pair]], out: Path, config_name: str) -> list[Path]:
@@ -82,7 +155,6 @@ def write_script(exp: Experiment, pairs: dict[str, list[Pair]], out: Path, confi
             if exp.loss.name == "dice_bce" else LOSS_LINES[exp.loss.name])
     weights = _encoder_weights(exp, out)
     values = dict(
-        title=f"Train {config_name}: Lightning + segmentation_models_pytorch ({exp.model.arch} on {exp.model.encoder}).",
         config=config_name, image_size=repr(tuple(exp.data.size_hw)), mean=repr(tuple(norm.mean)),
         std=repr(tuple(norm.std)), norm_name=norm.name, epochs=t.max_epochs, batch_size=t.batch_size,
         seed=t.seed, num_workers=1 if exp.data.num_workers == "auto" else exp.data.num_workers,
@@ -90,15 +162,20 @@ def write_script(exp: Experiment, pairs: dict[str, list[Pair]], out: Path, confi
         encoder_lr_scale=repr(encoder_lr_scale(o.encoder_lr_scale, exp.model.default_encoder_lr_scale)),
         warmup_epochs=o.warmup_epochs, schedule=repr(o.scheduler), poly_power=repr(o.poly_power),
         precision=repr(torch_precision(t.precision, "cpu").name), encoder_weights=repr(weights),
-        train_transforms=render_compose(train), eval_transforms=render_compose(evaluation),
-        arch=repr(exp.model.arch), encoder=repr(exp.model.encoder), loss_lines=" " * 8 + loss,
+        train_transforms=render_compose(train), eval_transforms=render_compose(evaluation), loss_lines=" " * 8 + loss,
         optimizer_line=" " * 8 + OPTIMIZERS[o.name], gradient_clip_val=repr(t.gradient_clip_val),
         accumulate=t.accumulate_grad_batches, readers=READERS,
     )
+    model = MODELS[exp.model.family](exp)
+    values.update(model, title=f"Train {config_name}: {model['title']}.")
     script = Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values)
     (out / "train.py").write_text(script, encoding="utf-8")
     write_split(pairs, out)
+    hf = exp.model.family != "smp"
     (out / "README.md").write_text(README.format(config=config_name, epochs=t.max_epochs,
+                                                 extra_pip=" transformers timm" if hf else "",
+                                                 model=model["title"].split("(")[-1].rstrip(")"),
+                                                 hf_out="; OUT/hf_model is its `save_pretrained` folder" if hf else "",
                                                  weights=f"- `{WEIGHTS_FILE}`: the encoder's starting weights "
                                                  f"({exp.model.encoder_weights}), as nailseg loaded them\n"
                                                  if weights else ""), encoding="utf-8")
@@ -110,12 +187,12 @@ README = """# {config}, as a plain Lightning script
 Written by `nailseg eject`. Nothing here imports nailseg.
 
 ```console
-pip install torch lightning segmentation-models-pytorch albumentations pillow opencv-python-headless
-python train.py                 # {epochs} epochs; OUT/metrics.json holds the val (and test) IoU and Dice
+pip install torch lightning segmentation-models-pytorch albumentations pillow opencv-python-headless{extra_pip}
+python train.py                 # {epochs} epochs; OUT/metrics.json holds the val (and test) IoU and Dice{hf_out}
 python train.py --epochs 3 --out runs/quick
 ```
 
-- `train.py`: the data (a `Dataset` + `LightningDataModule`, albumentations), the model (`smp.create_model`),
+- `train.py`: the data (a `Dataset` + `LightningDataModule`, albumentations), the model ({model}),
   its loss, optimiser and schedule (a `LightningModule`), `Trainer.fit`, and the evaluation at each photo's size
 - `split.json`: the image and mask files of the train, val and test parts, as `nailseg train` splits them
 {weights}"""

@@ -208,6 +208,12 @@ class MmdetStack:
                   "class IoU/Dice of the instances painted by score (the first class where none is)")
         return {**keys, "val_metrics_at": f"original resolution, best checkpoint; {scored} scoring >= {SCORE_THRESHOLD}"}
 
+    def eject(self, exp: Experiment, pairs: dict, out: Path, config_name: str) -> list[Path]:
+        """The experiment as a plain MMDetection folder in ``out`` (``stacks/mmdet/eject.py``)."""
+        from nailseg.stacks.mmdet.eject import write_folder
+
+        return write_folder(exp, pairs, out, config_name)
+
     def export(self, run: RunDir, exp: Experiment, fmt: str, out: Path | None = None) -> Path:
         """``state_dict``: the plain inference weights (loadable with weights_only=True) plus the mmdet config."""
         if fmt not in self.spec.exports:
