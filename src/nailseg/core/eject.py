@@ -34,15 +34,16 @@ def read_mask(path: str) -> np.ndarray:
     return (arr >= 1 if arr.max(initial=0) <= 1 else arr > top / 2).astype(np.float32)'''
 
 
-def _value(key: str, value) -> str:
+def render_value(key: str, value) -> str:
+    """An argument's value as code: cv2 flags by name, floats without binary noise, tuples as tuples."""
     if key in CV2_FLAGS and value in CV2_FLAGS[key]:
         return CV2_FLAGS[key][value]
     if isinstance(value, float):
         return repr(float(f"{value:.10g}"))  # 5.3999999999999995 (0.03 x 180) is written 5.4
     if isinstance(value, (list, tuple)):
-        return "(" + ", ".join(_value("", v) for v in value) + ("," if len(value) == 1 else "") + ")"
+        return "(" + ", ".join(render_value("", v) for v in value) + ("," if len(value) == 1 else "") + ")"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k!r}: {_value('', v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{k!r}: {render_value('', v)}" for k, v in value.items()) + "}"
     return repr(value)
 
 
@@ -72,7 +73,7 @@ def render_transform(d: dict, indent: str = "    ") -> str:
     required = [k for k, p in params.items() if p.default is inspect.Parameter.empty and k in d]
     rest = [k for k in d if k in params and k not in required and k != "__class_fullname__"
             and (k not in default or _plain(default[k]) != _plain(d[k]))]
-    args = [f"{k}={_value(k, d[k])}" for k in (*required, *rest)]
+    args = [f"{k}={render_value(k, d[k])}" for k in (*required, *rest)]
     line = f"{indent}A.{name}({', '.join(args)})"
     if len(line) <= 100:
         return line

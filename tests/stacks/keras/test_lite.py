@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,31 +164,3 @@ def _keras_tiles_see_each_photo_at_the_training_scale(run, photo, work):
     assert one.sum() > 100 and tiled.shape == (384, 384)
     quarter = tiled[:192, :192]
     assert (one & quarter).sum() / (one | quarter).sum() > 0.8
-
-
-@pytest.mark.slow
-@pytest.mark.realdata
-def test_the_ejected_keras_script_trains_as_far_as_nailseg_train(lite_run, tmp_path):
-    """``nailseg eject`` of the same experiment: plain tf.keras + sm + tf.data, no nailseg import, on the
-    same split; it draws its own augmentations and batches, so its IoU is near nailseg's, not equal."""
-    import ast
-
-    out = tmp_path / "ejected"
-    proc = run_cli("eject", str(KERAS_RECIPE), f"data.root={REAL_DATA}", *SHRUNK, "--out", str(out), timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "initial_model.keras", "split.json", "train.py"]
-    tree = ast.parse((out / "train.py").read_text())
-    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert "nailseg" not in imported and {"tensorflow", "tf_keras", "segmentation_models", "albumentations"} <= imported
-    split = json.loads((out / "split.json").read_text())
-    assert [Path(i).name for i, _ in split["val"]] == json.loads((lite_run / "split.json").read_text())["val"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NAILSEG")}
-    trained = subprocess.run([sys.executable, str(out / "train.py"), "--out", str(tmp_path / "out")], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=900, env=env)
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    script_iou = json.loads((tmp_path / "out" / "metrics.json").read_text())["val"]["iou"]
-    nailseg_iou = json.loads((lite_run / "summary.json").read_text())["val_iou"]
-    # two trainings of 10 epochs judged on 8 photos differ by chance: 0.41 (script) and 0.53 (nailseg)
-    # measured in CI; a broken script scores about 0.05, the nails' share of a photo
-    assert min(script_iou, nailseg_iou) > 0.3 and abs(script_iou - nailseg_iou) < 0.2, (script_iou, nailseg_iou)

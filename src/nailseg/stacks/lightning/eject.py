@@ -42,9 +42,9 @@ def refusals(exp: Experiment) -> list[str]:
     lines = []
     if exp.model.family not in MODELS:
         lines.append(f"model.family={exp.model.family}: eject writes the families {', '.join(MODELS)} on this stack")
-    if exp.pipeline != "albumentations":
-        lines.append(f"data.pipeline={exp.pipeline}: eject writes the albumentations pipeline; "
-                     "train this experiment with data.pipeline: albumentations to eject it")
+    if exp.pipeline not in PIPELINES:
+        lines.append(f"data.pipeline={exp.pipeline}: eject writes the albumentations and kornia pipelines; "
+                     "train this experiment with one of them to eject it")
     if getattr(exp.model, "classes", 1) != 1:
         lines.append("model.classes: eject writes binary models (one logit + sigmoid)")
     if str(getattr(exp.model, "init_from", "none")) not in ("", "none") or exp.pretrain is not None:
@@ -134,6 +134,54 @@ def _segformer_model(exp: Experiment) -> dict[str, str]:
         title=f"Lightning + transformers (SegFormer mit-{m.variant})")
 
 
+def _albumentations_pipeline(exp: Experiment) -> dict[str, str]:
+    """The DataLoader workers augment (``data.pipeline: albumentations``)."""
+    return dict(augment_imports="", loader_transform="", train_loader_transform="TRAIN_AUGMENT",
+                val_loader_transform="EVAL_TRANSFORM", augment_lines="", batch_hook="")
+
+
+KORNIA_HOOK = '''    @torch.no_grad()
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """kornia where the batch now is (the GPU, when there is one): augment training batches, then
+        normalise every batch with the encoder's mean and std."""
+        image, mask = batch["image"].float() / 255.0, batch["mask"].float()
+        if self.trainer.training and self.augment is not None:
+            image, mask = self.augment(image, mask)
+            image, mask = image.clamp(0.0, 1.0), (mask > 0.5).float()
+        return {"image": (image - self.mean) / self.std, "mask": mask}
+
+'''
+
+
+def _kornia_pipeline(exp: Experiment) -> dict[str, str]:
+    """The workers only resize; kornia augments and normalises the batch on its device
+    (``data.pipeline: kornia``), with the steps nailseg builds (``loaders/kornia.kornia_steps``)."""
+    from nailseg.core.augment import to_albumentations
+    from nailseg.core.eject import render_value
+    from nailseg.stacks.lightning.loaders.kornia import kornia_steps
+
+    steps = kornia_steps(exp.augment.train, exp.data.size_hw, exp.data.crop_hw)
+    calls = "".join(f"            K.{name}({', '.join(f'{k}={render_value(k, v)}' for k, v in kwargs.items())}),\n"
+                    for name, kwargs in steps)
+    resize = render_compose(to_albumentations([], exp.data.size_hw, train=False, normalize=False))
+    sequential = (f"K.AugmentationSequential(\n{calls}            data_keys=[\"input\", \"mask\"],\n        )"
+                  if steps else "None")
+    return dict(
+        augment_imports="import kornia.augmentation as K\n",
+        loader_transform=("\n# data.pipeline kornia: the loaders only resize and hand over uint8; the LightningModule "
+                          "augments and\n# normalises on the batch's device (on_after_batch_transfer)\n"
+                          f"LOADER_TRANSFORM = A.Compose([\n{resize}\n])\n"),
+        train_loader_transform="LOADER_TRANSFORM", val_loader_transform="LOADER_TRANSFORM",
+        augment_lines=("        # one sequential for image and mask: every geometric draw is shared (the mask: nearest)\n"
+                       f"        self.augment = {sequential}\n"
+                       "        self.register_buffer(\"mean\", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)\n"
+                       "        self.register_buffer(\"std\", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)\n"),
+        batch_hook=KORNIA_HOOK)
+
+
+PIPELINES = {"albumentations": _albumentations_pipeline, "kornia": _kornia_pipeline}
+
+
 HF_SAVE = '''    torch.save(model.model.state_dict(), out / "model.pt")
     model.model.save_pretrained(out / "hf_model")  # loads in plain transformers: from_pretrained(out / "hf_model")'''
 MODELS = {"smp": _smp_model, "upernet": _upernet_model, "segformer": _segformer_model}
@@ -168,6 +216,7 @@ def write_script(exp: Experiment, pairs: dict[str, list[Pair]], out: Path, confi
     )
     model = MODELS[exp.model.family](exp)
     values.update(model, title=f"Train {config_name}: {model['title']}.")
+    values.update(PIPELINES[exp.pipeline](exp))
     script = Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values)
     (out / "train.py").write_text(script, encoding="utf-8")
     write_split(pairs, out)

@@ -15,10 +15,9 @@ import functools
 from pathlib import Path
 
 from mmdet.registry import MODELS
-from mmengine.model import BaseModule
-from torch import nn
 
-OUT_INDICES = (1, 2, 3, 4)  # strides 4, 8, 16, 32
+from nailseg.stacks.mmdet.templates.timm_backbone import OUT_INDICES
+from nailseg.stacks.mmdet.templates.timm_backbone import TimmBackbone as PlainTimmBackbone
 
 
 def feature_channels(encoder: str) -> list[int]:
@@ -36,16 +35,15 @@ def _feature_channels(encoder: str) -> tuple[int, ...]:
 
 
 @MODELS.register_module(name="NailsegTimmBackbone")
-class TimmBackbone(BaseModule):
-    """``encoder``: ``tu-<timm model>``. ``norm_eval``: BatchNorm layers stay in eval mode while
-    training (``optim.freeze_encoder_bn``), as MMDetection's ResNet does with the same flag."""
+class TimmBackbone(PlainTimmBackbone):
+    """The backbone ``nailseg eject`` writes (``templates/timm_backbone.py``: timm's network, its
+    forward and ``norm_eval``), named ``tu-<timm model>`` as in the smp stack, with nailseg's weights:
+    the installed package for ``imagenet`` (SHA-256 checked), recorded in ``weights_record``.
+    ``norm_eval`` is ``optim.freeze_encoder_bn``."""
 
     def __init__(self, encoder: str, weights: str = "none", norm_eval: bool = False, init_cfg=None):
-        import timm
-
-        super().__init__(init_cfg)
-        self.encoder, self.weights, self.norm_eval = encoder, weights, norm_eval
-        self.net = timm.create_model(encoder[3:], features_only=True, pretrained=False, out_indices=OUT_INDICES)
+        super().__init__(encoder[3:], "none", norm_eval, init_cfg)
+        self.encoder, self.weights = encoder, weights
         self.weights_record: dict = {"source": "none", "value": "none"}
 
     def init_weights(self) -> None:
@@ -61,17 +59,6 @@ class TimmBackbone(BaseModule):
             load_encoder_state(self.net, read_state(Path(self.weights), "model.encoder_weights"), self.weights)
             self.weights_record = {"source": "file", "file": self.weights, "sha256": sha256_of(Path(self.weights))}
         self._weights_loaded = True
-
-    def forward(self, x):
-        return tuple(self.net(x))
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if mode and self.norm_eval:
-            for module in self.net.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        return self
 
 
 def imagenet_provider(encoder: str):

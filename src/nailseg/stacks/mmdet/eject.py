@@ -4,8 +4,9 @@ imports nothing of nailseg.
 - ``mask_rcnn.py``: the MMDetection config nailseg trains with (``config.build_mmdet_config``),
   written whole (no ``_base_``) as Python, in its keys' own order; only its paths and the
   backbone's registry name change, so what the script trains is what nailseg trains.
-- ``timm_backbone.py`` (timm encoders): the backbone registered in MMDetection's ``MODELS``, with
-  the encoder's starting weights as nailseg loaded them in ``encoder_weights.pt``.
+- ``timm_backbone.py`` (timm encoders): the backbone registered in MMDetection's ``MODELS`` (the very
+  class nailseg's own backbone extends with its weights provider), with the encoder's starting
+  weights as nailseg loaded them in ``encoder_weights.pt``.
 - ``train.py``: masks -> COCO instances with pycocotools, then ``Runner.from_cfg(cfg).train()``.
 """
 

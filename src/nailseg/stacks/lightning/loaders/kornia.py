@@ -19,32 +19,41 @@ from torch import nn
 from nailseg.core.augment import IMAGENET, AugmentOp, Normalization
 
 
-def _kornia_blur(K, op, size):
+def _kornia_blur(op, size):
     kernel = 2 * math.ceil(3 * op.sigma[1]) + 1
-    return K.RandomGaussianBlur(kernel_size=(kernel, kernel), sigma=op.sigma, p=op.p)
+    return "RandomGaussianBlur", dict(kernel_size=(kernel, kernel), sigma=op.sigma, p=op.p)
 
 
-# One kornia translation per op: (K, op, size) -> augmentation. Its keys are the kornia row's
-# ``ops`` in nailseg.specs (tests/test_specs.py).
+# One kornia translation per op: (op, size) -> (the ``kornia.augmentation`` class, its arguments),
+# which build the module here and are written as code by ``nailseg eject``. Its keys are the kornia
+# row's ``ops`` in nailseg.specs (tests/test_specs.py).
 KORNIA_OPS = {
-    "hflip": lambda K, op, size: K.RandomHorizontalFlip(p=op.p),
-    "vflip": lambda K, op, size: K.RandomVerticalFlip(p=op.p),
-    "affine": lambda K, op, size: K.RandomAffine(degrees=op.rotate, translate=(op.translate, op.translate),
-                                                 scale=op.scale, padding_mode="zeros", p=op.p),
-    "random_resized_crop": lambda K, op, size: K.RandomResizedCrop(size=size, scale=op.scale, ratio=op.ratio,
-                                                                   p=op.p),
+    "hflip": lambda op, size: ("RandomHorizontalFlip", dict(p=op.p)),
+    "vflip": lambda op, size: ("RandomVerticalFlip", dict(p=op.p)),
+    "affine": lambda op, size: ("RandomAffine", dict(degrees=op.rotate, translate=(op.translate, op.translate),
+                                                     scale=op.scale, padding_mode="zeros", p=op.p)),
+    "random_resized_crop": lambda op, size: ("RandomResizedCrop", dict(size=size, scale=op.scale, ratio=op.ratio,
+                                                                       p=op.p)),
     # albumentations: brightness adds beta * 255, contrast scales around the mean
-    "brightness_contrast": lambda K, op, size: K.ColorJiggle(brightness=op.brightness, contrast=op.contrast,
-                                                             p=op.p),
-    "hue_saturation": lambda K, op, size: K.ColorJiggle(hue=op.hue, saturation=op.saturation, p=op.p),
+    "brightness_contrast": lambda op, size: ("ColorJiggle", dict(brightness=op.brightness, contrast=op.contrast,
+                                                                 p=op.p)),
+    "hue_saturation": lambda op, size: ("ColorJiggle", dict(hue=op.hue, saturation=op.saturation, p=op.p)),
     # kornia draws with one std: the middle of the spec's range
-    "gauss_noise": lambda K, op, size: K.RandomGaussianNoise(mean=0.0, std=sum(op.std) / 2, p=op.p),
+    "gauss_noise": lambda op, size: ("RandomGaussianNoise", dict(mean=0.0, std=sum(op.std) / 2, p=op.p)),
     "blur": _kornia_blur,
 }
 
 
-def _kornia_op(K, op: AugmentOp, size: tuple[int, int]):
-    return KORNIA_OPS[op.name](K, op, size)
+def kornia_steps(ops: list[AugmentOp], size: tuple[int, int], crop: tuple[int, int] | None = None
+                 ) -> list[tuple[str, dict]]:
+    """The spec as (kornia class name, arguments) in order. ``data.crop_size``: the window is cut
+    as soon as the size picture exists (after a random_resized_crop, else first), as in the
+    albumentations pipeline."""
+    steps = [KORNIA_OPS[op.name](op, size) for op in ops]
+    if crop is not None and tuple(crop) != tuple(size):
+        at = next((i + 1 for i, op in enumerate(ops) if op.name == "random_resized_crop"), 0)
+        steps.insert(at, ("RandomCrop", dict(size=tuple(crop))))
+    return steps
 
 
 class GpuAugment(nn.Module):
@@ -61,12 +70,7 @@ class GpuAugment(nn.Module):
         require("kornia", "gpuaug", "GPU augmentation (data.pipeline: kornia)")
         import kornia.augmentation as K
 
-        # data.crop_size: the window is cut as soon as the size picture exists (after a
-        # random_resized_crop, else first), as in the albumentations pipeline.
-        steps = [_kornia_op(K, op, size) for op in ops]
-        if crop is not None and tuple(crop) != tuple(size):
-            at = next((i + 1 for i, op in enumerate(ops) if op.name == "random_resized_crop"), 0)
-            steps.insert(at, K.RandomCrop(tuple(crop)))
+        steps = [getattr(K, name)(**kwargs) for name, kwargs in kornia_steps(ops, size, crop)]
         self.sequential = K.AugmentationSequential(*steps, data_keys=["input", "mask"]) if steps else None
         self.register_buffer("mean", torch.tensor(norm.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(norm.std).view(1, 3, 1, 1), persistent=False)

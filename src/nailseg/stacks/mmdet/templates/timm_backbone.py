@@ -24,7 +24,7 @@ from torch import nn
 OUT_INDICES = (1, 2, 3, 4)  # strides 4, 8, 16, 32
 
 
-@MODELS.register_module()
+@MODELS.register_module(force=True)  # force: importing this file again (a notebook, a test) replaces the entry
 class TimmBackbone(BaseModule):
     """``encoder``: a timm model name. ``norm_eval``: BatchNorm statistics stay fixed while training,
     as MMDetection's ResNet does with the same flag."""
