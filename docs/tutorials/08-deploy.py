@@ -58,6 +58,30 @@ print("graph check:", report["graph_check"])
 print("metadata:", {k: report["metadata"][k] for k in ("image_size", "threshold", "normalization")})
 
 # %% [markdown]
+# The core of it is one `torch.onnx.export` call. In plain PyTorch, on the run's network rebuilt
+# with smp and loaded from `nailseg export --format state_dict` (plain tensors, loadable with
+# `weights_only=True`), with the batch size left free, then run by onnxruntime beside torch:
+
+# %%
+import numpy as np
+import onnxruntime as ort
+import segmentation_models_pytorch as smp
+import torch
+
+state = Path(sh(f"nailseg export {run} --format state_dict", tail=1).splitlines()[-1])
+net = smp.create_model("Unet", encoder_name="tu-tf_efficientnet_lite0", encoder_weights=None, classes=1)
+net.load_state_dict(torch.load(state, weights_only=True))
+net.eval()
+x = torch.randn(2, 3, 192, 192)
+torch.onnx.export(net, (x,), "plain.onnx", input_names=["image"], output_names=["logits"],
+                  dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+session = ort.InferenceSession("plain.onnx", providers=["CPUExecutionProvider"])
+with torch.no_grad():
+    difference = np.abs(session.run(None, {"image": x.numpy()})[0] - net(x).numpy()).max()
+print(f"plain torch.onnx.export: onnxruntime vs torch, max |logit difference| {difference:.2e}")
+assert difference < 1e-3
+
+# %% [markdown]
 # ## 2. Plain onnxruntime, no nailseg
 #
 # The photo goes in as it is: the graph resizes it to the training size (stored in the metadata as
