@@ -158,7 +158,7 @@ print(f"sm.Unet on efficientnet-lite0: {unet.count_params() / 1e6:.2f} M paramet
 # The ejected script loads that model, built and given its starting weights by nailseg, from
 # `initial_model.keras`: once built, the Lite encoder is ordinary Keras layers, so plain tf-keras
 # loads it. Its docstring is the model's recipe. Every BatchNormalization's momentum is 0.9: Keras'
-# default, 0.99, keeps 99% of the moving statistics at each step, so a fine-tune of a few hundred
+# default, 0.99, keeps 99% of the moving statistics at each step, so a fine-tune of a few dozen
 # steps validates with the decoder's initial statistics (mean 0, variance 1), and its validation IoU
 # stays near the nails' share of a photo while the training IoU rises. torch's BatchNorm keeps 90%,
 # and so does nailseg's Keras stack, so the stacks compare on equal terms:
@@ -185,7 +185,7 @@ import tf_keras as keras
 
 keras.mixed_precision.set_global_policy("mixed_bfloat16")
 base = sm.Unet("efficientnetb0", input_shape=(160, 160, 3), classes=1, activation="linear", encoder_weights=None)
-net = keras.Model(base.input, keras.layers.Activation("sigmoid", dtype="float32")(base.output))
+net = keras.Model(base.input, keras.layers.Activation("sigmoid", dtype="float32")(base.output), name="unet_b0_bf16")
 conv = next(layer for layer in net.layers if isinstance(layer, keras.layers.Conv2D))
 print(f"{base.name}: {net.count_params() / 1e6:.1f} M parameters")
 print("a conv layer computes in", conv.compute_dtype, "and keeps its weights in", conv.variable_dtype)
@@ -206,11 +206,12 @@ part("def lr_factor", "# ---- evaluation")
 part("def main()", "if __name__")
 
 # %% [markdown]
-# `nailseg train` trains the same experiment in one line. Beside TensorBoard it adds nailseg's
+# `nailseg train` trains the same experiment in one line (its final line, the val IoU, is scored at
+# each validation photo's own size; the epoch lines at 160 px). Beside TensorBoard it adds nailseg's
 # recorder (atomic last/best weights, one `metrics.jsonl` line per epoch) and `BackupAndRestore`,
 # so a killed run resumes where it stopped; `summary.json` records the weights' package, version
-# and SHA-256. Without the weights it trains from scratch, and 40 photos are too few for that:
-# expect a modest score.
+# and SHA-256 (printed below). Without the weights installed it would train from scratch, and 40
+# photos are too few for that.
 
 # %%
 import json
@@ -245,7 +246,7 @@ record(val_iou=summary["val_iou"], ejected_val_iou=ejected_iou)
 # %% [markdown]
 # ## 6. Weights & Biases
 #
-# **Weights & Biases.** `logging.wandb.enabled=true` adds W&B's `WandbMetricsLogger` callback;
+# `logging.wandb.enabled=true` adds W&B's `WandbMetricsLogger` callback;
 # `logging.wandb.mode=offline` (the default) writes the run under `RUN/wandb/`, to be uploaded
 # later with `wandb sync`. It needs `pip install -e '.[wandb]'`:
 

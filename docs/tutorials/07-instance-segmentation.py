@@ -75,7 +75,8 @@ def part(text: str, start: str, end: str) -> None:
 # %% [markdown]
 # ## 2. Masks to COCO instances, with pycocotools
 #
-# Each 4-connected region of a mask is one nail (two nails touching only at a corner stay two),
+# Each 4-connected region of a mask is one nail (two nails touching only at a corner stay two;
+# two whose masks share an edge become one region, so one instance),
 # encoded as COCO run-length encoding (RLE) by pycocotools, which keeps holes exactly (a polygon
 # cannot). This is `train.py`'s conversion:
 
@@ -137,12 +138,13 @@ backbone_code = (folder / "timm_backbone.py").read_text()
 part(backbone_code, "OUT_INDICES", "    def train(")
 
 # %% [markdown]
-# The model: that backbone, an FPN neck, an RPN and RoI heads with a mask branch, normalised by the
-# data preprocessor with the encoder's own mean and std (0.5 for EfficientNet-Lite, not ImageNet's):
+# The model: that backbone, an FPN neck, an RPN and RoI heads with a box and a mask branch,
+# normalised by the data preprocessor with the encoder's own mean and std (0.5 for EfficientNet-Lite,
+# not ImageNet's); its training and test settings (anchor assigners, samplers, NMS) follow in the file:
 
 # %%
 config_text = (folder / "mask_rcnn.py").read_text()
-part(config_text, "default_scope", "    roi_head=dict(")
+part(config_text, "default_scope", "    train_cfg=dict(")
 
 # %% [markdown]
 # The dataset and its pipeline (load, resize keeping the aspect ratio, flips, pack), the
@@ -154,8 +156,9 @@ part(config_text, "train_dataloader = ", "val_dataloader = ")
 part(config_text, "train_cfg = ", "default_hooks = ")
 
 # %% [markdown]
-# mmengine's `Config.fromfile` reads the file (`{{fileDirname}}` becomes the folder) and imports
-# `custom_imports`, so the registry knows `TimmBackbone`:
+# mmengine's `Config.fromfile` reads the file (`{{fileDirname}}` becomes the folder; `coco/*.json`
+# is written there by `train.py` in section 4) and imports `custom_imports`, so the registry knows
+# `TimmBackbone`:
 
 # %%
 import sys
@@ -194,7 +197,8 @@ show_png(run / "curves.png")
 
 # %% [markdown]
 # And the ejected folder, trained by MMDetection alone (`python train.py`). At the full budget it
-# trains as many epochs as the run above; the test budget gives it one epoch, enough to see it run.
+# trains as many epochs as the run above; the test budget gives it one epoch, enough to see it run
+# but all warm-up, so its detections may not yet pass MMDetection's score threshold.
 # (Measured at 4 epochs of 256 px on the same split, 2 CPU cores: val segm mAP 0.159 at its best
 # epoch for both, the ejected folder and `nailseg train`.)
 
@@ -215,13 +219,20 @@ print(shown or "no instance scored above MMDetection's threshold yet (CocoMetric
 
 # %% [markdown]
 # ## 5. segm mAP, and the predicted instances
+#
+# COCO's segm mAP averages the precision of the predicted masks over recall and over mask-overlap
+# thresholds from 0.5 to 0.95 (mAP_50: at 0.5 only); `val_iou` is the IoU of the union of the
+# instances scoring at least 0.3 against the truth mask, comparable with the semantic stacks. At
+# the test budget (4 epochs of 256 px) the model finds only some nails; the published notebook's
+# 16 epochs of 384 px find most.
 
 # %%
 summary = json.loads((run / "summary.json").read_text())
 print({k: round(v, 4) for k, v in summary.items() if k.startswith("val_") and isinstance(v, float)})
 record(val_iou=summary["val_iou"], val_segm_map=summary["val_segm_map"])
+plain = ejected_metrics["val"].get("coco/segm_mAP")
 print(f"val segm mAP: nailseg train {summary['val_segm_map']:.3f} ({EPOCHS} epochs, best checkpoint) | plain "
-      f"MMDetection {ejected_metrics['val'].get('coco/segm_mAP', 0.0):.3f} ({EJECTED_EPOCHS} epochs, last weights)")
+      f"MMDetection {'n/a (no detections yet)' if plain is None else f'{plain:.3f}'} ({EJECTED_EPOCHS} epochs, last weights)")
 test_photo = data / "images" / json.loads((run / "split.json").read_text())["test"][0]
 sh(f"nailseg predict {run} {test_photo} --out {run}/instances", tail=2)
 grid(sorted((run / "instances").glob("*_overlay.png")), ["predicted instances (one colour per nail)"], cols=1, width=5)
@@ -233,6 +244,7 @@ grid(sorted((run / "instances").glob("*_overlay.png")), ["predicted instances (o
 #   (384 px, 16 epochs: about 20 minutes on 2 CPU cores; its 5-fold figures are on the results page).
 # - Many classes: with `data.classes`, each class but the first (the background) is one COCO
 #   category, and `nailseg data coco --classes` writes them ([classes](../classes.md)).
-# - MMDetection's own tools take the ejected config: `python tools/train.py mask_rcnn.py` from the
-#   folder, once `train.py` has written `coco/`.
+# - MMDetection's own tools take the ejected config: `tools/train.py` of MMDetection's source
+#   repository, `PYTHONPATH=. python path/to/mmdetection/tools/train.py mask_rcnn.py` from the folder
+#   once `train.py` has written `coco/` (the folder on the path for `custom_imports`).
 # - The measured comparison with the semantic stacks: [results](../results.md).

@@ -31,7 +31,7 @@ def budget(full: int, test: int) -> int:
         raise ValueError(f"{BUDGET_ENV}={chosen!r}: use one of {', '.join(BUDGETS)}")
     epochs = full if chosen == "full" else test
     note = "" if chosen == "full" else f" ({BUDGET_ENV}=test; the published notebook trains {full})"
-    print(f"training budget: {epochs} epochs{note}")
+    print(f"training budget: {epochs} epoch{'s' if epochs != 1 else ''}{note}")
     return epochs
 
 

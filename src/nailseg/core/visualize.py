@@ -121,7 +121,7 @@ def instance_overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -
     """One colour per instance (golden-angle hues, so neighbours differ), outlined, with its number."""
     out = image.astype(np.float32).copy()
     for i, m in enumerate(masks):
-        hue = int((i * 137.508) % 180)
+        hue = int((i * 137.508 / 2) % 180)  # the golden angle on OpenCV's 0-180 hue scale
         colour = cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
         out[m] = out[m] * (1 - alpha) + colour * alpha
     out = out.astype(np.uint8)

@@ -270,7 +270,11 @@ def load_model(run: RunDir, exp: Experiment, device: str | None = None, checkpoi
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "checkpoint is None, use COCO classes": ours are set next
+        # "checkpoint is None, use COCO classes": ours are set next. init_detector resets the filters
+        # (simplefilter "once") just before it warns, so the warning is dropped where it is shown.
+        show = warnings.showwarning
+        warnings.showwarning = lambda message, *args, **kwargs: (
+            None if "checkpoint is None" in str(message) else show(message, *args, **kwargs))
         with mmengine_safe_loading():
             model = init_detector(cfg, checkpoint=None, device=device)
     model.dataset_meta = {"classes": classes, "palette": colours}
