@@ -77,11 +77,11 @@ def test_the_scripts_augmentation_is_nailsegs_own(ejected: Path):
 
 
 def test_eject_refuses_what_it_cannot_write_and_leaves_nothing(synth_data, tmp_path):
-    out = tmp_path / "dali"
+    out = tmp_path / "balanced"
     proc = run_cli("eject", str(REPO / "configs" / "demo-cpu.yaml"), f"data.root={synth_data}",
-                   "data.pipeline=dali", "--out", str(out))
-    assert proc.returncode == 2 and "data.pipeline=dali" in proc.stderr and "Traceback" not in proc.stderr
-    assert not out.exists() and not list(tmp_path.glob(".dali.*"))
+                   "data.balance={by: fg_bins}", "--out", str(out))
+    assert proc.returncode == 2 and "data.balance" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists() and not list(tmp_path.glob(".balanced.*"))
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "mine.txt").write_text("keep")
@@ -161,3 +161,41 @@ def test_the_kornia_script_augments_on_the_batch_as_nailseg_does(synth_data, tmp
     before = {k: v.clone() for k, v in theirs.model.state_dict().items()}
     trainer.fit(theirs, datamodule=script.PairDataModule(batch_size=2))
     assert any(not torch.equal(before[k], v) for k, v in theirs.model.state_dict().items())
+
+
+def test_the_dali_script_reads_through_nailsegs_own_dali_file(synth_data, tmp_path):
+    """``data.pipeline: dali`` ejects with ``dali_pipeline.py`` beside the script (the file nailseg's DALI
+    loader runs): the script's validation batches equal nailseg's, and it trains a step in Lightning."""
+    pytest.importorskip("nvidia.dali")
+    import lightning as L
+    import torch
+
+    from nailseg.config import load_experiment
+    from nailseg.core.data.discover import find_pairs
+    from nailseg.stacks.lightning.loaders import build_loaders
+    from nailseg.stacks.lightning.templates import dali_pipeline
+
+    overrides = [f"data.root={synth_data}", "data.pipeline=dali", "data.image_size=96", "data.crop_size=64",
+                 "data.num_workers=0", "trainer.precision=32-true", "model.encoder_weights=none",
+                 "trainer.batch_size=4"]
+    out = tmp_path / "trainer"
+    proc = run_cli("eject", str(RECIPE), *overrides, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "dali_pipeline.py").read_text() == Path(dali_pipeline.__file__).read_text()
+    assert "nailseg" not in {n.module.split(".")[0] for n in ast.walk(ast.parse((out / "dali_pipeline.py").read_text()))
+                             if isinstance(n, ast.ImportFrom) and n.module}
+    script = _load(out / "train.py")
+    exp = load_experiment(RECIPE, overrides)
+    assert [op.name for op in script.OPS] == [op.name for op in exp.augment.train] and script.CROP == (64, 64)
+    assert [vars(op) for op in script.OPS] == [op.model_dump() for op in exp.augment.train]
+    split = json.loads((out / "split.json").read_text())
+    by_image = {str(p.image.resolve()): p for p in find_pairs(synth_data)[0]}
+    val_pairs = [by_image[image] for image, _ in split["val"]]  # in the script's order
+    data = script.PairDataModule(batch_size=4)
+    theirs = next(iter(data.val_dataloader()))
+    ours = next(iter(build_loaders(exp, val_pairs, val_pairs)[1]))
+    assert torch.equal(theirs["image"], ours["image"]) and torch.equal(theirs["mask"], ours["mask"])
+    module = script.Segmenter()
+    before = {k: v.clone() for k, v in module.model.state_dict().items()}
+    L.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False).fit(module, datamodule=data)
+    assert any(not torch.equal(before[k], v) for k, v in module.model.state_dict().items())

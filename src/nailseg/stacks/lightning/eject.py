@@ -43,7 +43,7 @@ def refusals(exp: Experiment) -> list[str]:
     if exp.model.family not in MODELS:
         lines.append(f"model.family={exp.model.family}: eject writes the families {', '.join(MODELS)} on this stack")
     if exp.pipeline not in PIPELINES:
-        lines.append(f"data.pipeline={exp.pipeline}: eject writes the albumentations and kornia pipelines; "
+        lines.append(f"data.pipeline={exp.pipeline}: eject writes the {', '.join(PIPELINES)} pipelines; "
                      "train this experiment with one of them to eject it")
     if getattr(exp.model, "classes", 1) != 1:
         lines.append("model.classes: eject writes binary models (one logit + sigmoid)")
@@ -134,10 +134,20 @@ def _segformer_model(exp: Experiment) -> dict[str, str]:
         title=f"Lightning + transformers (SegFormer mit-{m.variant})")
 
 
+TORCH_TRAIN_LOADER = (
+    '        return DataLoader(PairDataset(SPLIT["train"], {transform}), batch_size=self.batch_size, shuffle=True,\n'
+    "                          num_workers=NUM_WORKERS, drop_last=drop_last, persistent_workers=NUM_WORKERS > 0)")
+TORCH_VAL_LOADER = (
+    '        return DataLoader(PairDataset(SPLIT["val"] or SPLIT["train"], {transform}), batch_size=self.batch_size,\n'
+    "                          num_workers=NUM_WORKERS, persistent_workers=NUM_WORKERS > 0)")
+DALI_FILE = "dali_pipeline.py"
+
+
 def _albumentations_pipeline(exp: Experiment) -> dict[str, str]:
     """The DataLoader workers augment (``data.pipeline: albumentations``)."""
-    return dict(augment_imports="", loader_transform="", train_loader_transform="TRAIN_AUGMENT",
-                val_loader_transform="EVAL_TRANSFORM", augment_lines="", batch_hook="")
+    return dict(augment_imports="", data_imports="DataLoader, Dataset", loader_transform="",
+                train_loader=TORCH_TRAIN_LOADER.format(transform="TRAIN_AUGMENT"),
+                val_loader=TORCH_VAL_LOADER.format(transform="EVAL_TRANSFORM"), augment_lines="", batch_hook="")
 
 
 KORNIA_HOOK = '''    @torch.no_grad()
@@ -167,11 +177,12 @@ def _kornia_pipeline(exp: Experiment) -> dict[str, str]:
     sequential = (f"K.AugmentationSequential(\n{calls}            data_keys=[\"input\", \"mask\"],\n        )"
                   if steps else "None")
     return dict(
-        augment_imports="import kornia.augmentation as K\n",
+        augment_imports="import kornia.augmentation as K\n", data_imports="DataLoader, Dataset",
         loader_transform=("\n# data.pipeline kornia: the loaders only resize and hand over uint8; the LightningModule "
                           "augments and\n# normalises on the batch's device (on_after_batch_transfer)\n"
                           f"LOADER_TRANSFORM = A.Compose([\n{resize}\n])\n"),
-        train_loader_transform="LOADER_TRANSFORM", val_loader_transform="LOADER_TRANSFORM",
+        train_loader=TORCH_TRAIN_LOADER.format(transform="LOADER_TRANSFORM"),
+        val_loader=TORCH_VAL_LOADER.format(transform="LOADER_TRANSFORM"),
         augment_lines=("        # one sequential for image and mask: every geometric draw is shared (the mask: nearest)\n"
                        f"        self.augment = {sequential}\n"
                        "        self.register_buffer(\"mean\", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)\n"
@@ -179,7 +190,42 @@ def _kornia_pipeline(exp: Experiment) -> dict[str, str]:
         batch_hook=KORNIA_HOOK)
 
 
-PIPELINES = {"albumentations": _albumentations_pipeline, "kornia": _kornia_pipeline}
+def _dali_pipeline(exp: Experiment) -> dict[str, str]:
+    """DALI reads, decodes and augments (``data.pipeline: dali``): ``dali_pipeline.py``, the very
+    file nailseg's DALI loader runs, is copied beside the script; the spec's ops are written as plain
+    objects with the spec's attributes."""
+    from nailseg.core.eject import render_value
+
+    def fields(op) -> dict:
+        dumped = op.model_dump()
+        return {"name": dumped.pop("name"), **dumped}
+
+    ops = ",\n".join("    SimpleNamespace(" + ", ".join(f"{k}={render_value(k, v)}" for k, v in fields(op).items())
+                     + ")" for op in exp.augment.train)
+    crop = repr(tuple(exp.data.crop_hw)) if exp.data.crop_hw is not None else "None"
+    return dict(
+        augment_imports="import sys\nfrom types import SimpleNamespace\n\n", data_imports="Dataset",
+        loader_transform=f"""
+# data.pipeline dali: DALI reads, decodes and augments, on the GPU when there is one (dali_pipeline.py,
+# beside this file); the albumentations EVAL_TRANSFORM above only serves evaluate() at each photo's size
+sys.path.insert(0, str(HERE))
+from dali_pipeline import DaliLoader  # noqa: E402
+
+OPS = [  # the augmentation spec: each op's name and arguments, as dali_pipeline.py reads them
+{ops}{"," if ops else ""}
+]
+CROP = {crop}  # training windows cut after the resize (None: whole pictures)
+""",
+        train_loader="""        files = [pair[0] for pair in SPLIT["train"]], [pair[1] for pair in SPLIT["train"]]
+        return DaliLoader(*files, OPS, IMAGE_SIZE, batch_size=self.batch_size, train=True, seed=SEED,
+                          drop_last=drop_last, mean=MEAN, std=STD, crop=CROP)""",
+        val_loader="""        pairs = SPLIT["val"] or SPLIT["train"]
+        return DaliLoader([p[0] for p in pairs], [p[1] for p in pairs], [], IMAGE_SIZE, batch_size=self.batch_size,
+                          train=False, seed=SEED, drop_last=False, mean=MEAN, std=STD)""",
+        augment_lines="", batch_hook="")
+
+
+PIPELINES = {"albumentations": _albumentations_pipeline, "kornia": _kornia_pipeline, "dali": _dali_pipeline}
 
 
 HF_SAVE = '''    torch.save(model.model.state_dict(), out / "model.pt")
@@ -220,6 +266,10 @@ def write_script(exp: Experiment, pairs: dict[str, list[Pair]], out: Path, confi
     script = Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values)
     (out / "train.py").write_text(script, encoding="utf-8")
     write_split(pairs, out)
+    if exp.pipeline == "dali":
+        import shutil
+
+        shutil.copy(Path(__file__).with_name("templates") / DALI_FILE, out / DALI_FILE)
     hf = exp.model.family != "smp"
     (out / "README.md").write_text(README.format(config=config_name, epochs=t.max_epochs,
                                                  extra_pip=" transformers timm" if hf else "",
