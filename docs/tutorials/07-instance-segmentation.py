@@ -223,8 +223,8 @@ print(shown or "no instance scored above MMDetection's threshold yet (CocoMetric
 # COCO's segm mAP averages the precision of the predicted masks over recall and over mask-overlap
 # thresholds from 0.5 to 0.95 (mAP_50: at 0.5 only); `val_iou` is the IoU of the union of the
 # instances scoring at least 0.3 against the truth mask, comparable with the semantic stacks. At
-# the test budget (4 epochs of 256 px) the model finds only some nails; the published notebook's
-# 16 epochs of 384 px find most.
+# the test budget (4 epochs of 256 px) the model is far from trained, and the picture may show few
+# of the photo's nails or none; the published notebook's 16 epochs of 384 px find most of them.
 
 # %%
 summary = json.loads((run / "summary.json").read_text())
