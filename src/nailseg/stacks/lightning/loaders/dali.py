@@ -52,13 +52,6 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-def build_pipeline(image_files: list[str], mask_files: list[str], ops: list[AugmentOp], size: tuple[int, int], *,
-                   norm: Normalization = IMAGENET, **kwargs):
-    """The DALI pipeline (``dali_pipeline.build_pipeline``) normalised with ``norm``, the encoder's own."""
-    return _pipeline_module().build_pipeline(image_files, mask_files, ops, size, mean=tuple(norm.mean),
-                                             std=tuple(norm.std), **kwargs)
-
-
 def index_masks(pairs: list[Pair], labels, folder: Path) -> list[str]:
     """Each pair's mask as an 8-bit index PNG in ``folder`` (written once, atomically; a file
     already there from an earlier epoch or a resume is kept), read by nailseg's label reader so
