@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from nailseg.cli.common import choices, output_folder, positive
+from nailseg.cli.common import add_experiment_arguments, choices, output_folder, positive
 
 
 def _print_rates(results: list[dict], label: str, paths) -> None:
@@ -152,8 +152,8 @@ def cmd_bench_serve(args) -> int:
 
 
 def _config_args(parser) -> None:
-    parser.add_argument("config", nargs="?", help="experiment YAML (optional: the flags below can stand in)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, as with train")
+    add_experiment_arguments(parser, optional=True,
+                             config_help="experiment YAML (optional: the flags below can stand in)")
     parser.add_argument("--data", help="data folder (shorthand for data.root=DIR)")
 
 
@@ -164,15 +164,33 @@ def _timing_args(parser, *, batches: int, what: str, out: str) -> None:
     parser.add_argument("--out", default=out, help=f"output folder (default: {out})")
 
 
+LOADERS_DESCRIPTION = """\
+Time each pipeline (cpu: DataLoader + albumentations; kornia: DataLoader decode + resize, kornia on
+the device; dali: NVIDIA DALI) in one run, with the augmentation spec of CONFIG (default: the
+built-in spec).
+"""
+
+TRAIN_DESCRIPTION = """\
+For each precision: training steps fed by the configured pipeline, and the same steps on one batch
+already in device memory (the model's limit); prints the pipeline's share of the limit. A Keras
+config (model.family: sm) runs each precision as its Keras policy, without and with XLA
+(jit_compile).
+"""
+
+SERVE_DESCRIPTION = """\
+Start `nailseg serve` on a free loopback port, send --requests POSTs (--concurrency at a time,
+stopping at --time-cap seconds), and report requests/s, latency percentiles and errors; also times
+onnxruntime (and with --torch the run's torch predictor) in-process on the same images.
+"""
+
+
 def add_parser(sub) -> None:
     bench = sub.add_parser("bench", help="measure input pipelines and training throughput (JSON + PNG)",
                            description="Benchmarks write bench.json (a list of results, each with the method) "
                                        "and bench.png (bars with the min-max spread over repeats) into --out.")
     bsub = bench.add_subparsers(dest="bench_command", metavar="BENCH_COMMAND", required=True)
     bl = bsub.add_parser("loaders", help="time input pipelines, batches delivered on the device",
-                         description="Time each pipeline (cpu: DataLoader + albumentations; kornia: DataLoader "
-                                     "decode + resize, kornia on the device; dali: NVIDIA DALI) in one run, "
-                                     "with the augmentation spec of CONFIG (default: the built-in spec).")
+                         description=LOADERS_DESCRIPTION)
     _config_args(bl)
     bl.add_argument("--size", type=positive, help="image side in pixels (shorthand for data.image_size)")
     bl.add_argument("--batch", type=positive, default=64, help="batch size (default: 64)")
@@ -196,10 +214,7 @@ def add_parser(sub) -> None:
     _timing_args(btf, batches=10, what="batches", out="bench/tfdata")
     btf.set_defaults(func=cmd_bench_tfdata)
     bt = bsub.add_parser("train", help="training images/s with the configured pipeline vs the model's limit",
-                         description="For each precision: training steps fed by the configured pipeline, and the "
-                                     "same steps on one batch already in device memory (the model's limit); "
-                                     "prints the pipeline's share of the limit. A Keras config (model.family: sm) "
-                                     "runs each precision as its Keras policy, without and with XLA (jit_compile).")
+                         description=TRAIN_DESCRIPTION)
     _config_args(bt)
     bt.add_argument("--size", type=positive, help="image side in pixels (shorthand for data.image_size)")
     bt.add_argument("--batch", type=positive, help="batch size (shorthand for trainer.batch_size)")
@@ -210,10 +225,7 @@ def add_parser(sub) -> None:
     _timing_args(bt, batches=10, what="steps", out="bench/train")
     bt.set_defaults(func=cmd_bench_train)
     bs = bsub.add_parser("serve", help="load-test nailseg serve on 127.0.0.1 (requests/s, p50/p95/p99)",
-                         description="Start `nailseg serve` on a free loopback port, send --requests POSTs "
-                                     "(--concurrency at a time, stopping at --time-cap seconds), and report "
-                                     "requests/s, latency percentiles and errors; also times onnxruntime (and "
-                                     "with --torch the run's torch predictor) in-process on the same images.")
+                         description=SERVE_DESCRIPTION)
     bs.add_argument("target", help="MODEL.onnx or a run folder (its model.onnx)")
     bs.add_argument("--data", required=True, help="folder of images + masks whose images are sent")
     bs.add_argument("--images", type=positive, default=16, help="how many of its images (default: 16)")

@@ -1,4 +1,4 @@
-"""Helpers the verb modules share: output-path checks and comma-separated choices."""
+"""Helpers the verb modules share: output-path checks, comma-separated choices, the experiment positionals."""
 
 from __future__ import annotations
 
@@ -44,3 +44,10 @@ def positive(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return number
+
+
+def add_experiment_arguments(parser, *, optional: bool = False, config_help: str = "experiment YAML (see configs/)",
+                             overrides_help: str = "dotted overrides, e.g. trainer.max_epochs=3") -> None:
+    """The CONFIG and KEY=VALUE... positionals of every verb that resolves an experiment."""
+    parser.add_argument("config", nargs="?" if optional else None, help=config_help)
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=overrides_help)

@@ -54,16 +54,21 @@ def cmd_compare(args) -> int:
     return 2 if all("error" in r for r in rows) else 0
 
 
+DESCRIPTION = """\
+Train each CONFIG (each in its own process: torch and TensorFlow never share one) on the same data
+and the same split, with the KEY=VALUE overrides applied to all, and score each with the shared
+evaluation at original resolution on the same held-out images. --folds K runs K-fold
+cross-validation over the whole folder (seeded, the same folds for every config). --runs collects
+finished runs instead (their splits must match). Writes OUT/compare.json, compare.png, curves.png
+and report.md (with each config's worst images). A config that fails is reported in its row; the
+others still run.
+"""
+
+
 def add_parser(sub) -> None:
     cmp_ = sub.add_parser(
         "compare", help="train configs on the same data and split (or k folds) and compare them",
-        description="Train each CONFIG (each in its own process: torch and TensorFlow never share one) on the "
-                    "same data and the same split, with the KEY=VALUE overrides applied to all, and score each "
-                    "with the shared evaluation at original resolution on the same held-out images. --folds K "
-                    "runs K-fold cross-validation over the whole folder (seeded, the same folds for every "
-                    "config). --runs collects finished runs instead (their splits must match). Writes "
-                    "OUT/compare.json, compare.png, curves.png and report.md (with each config's worst images). "
-                    "A config that fails is reported in its row; the others still run.")
+        description=DESCRIPTION)
     cmp_.add_argument("items", nargs="*", metavar="CONFIG|KEY=VALUE", help="experiment configs and overrides")
     cmp_.add_argument("--runs", nargs="+", metavar="RUN", help="compare finished run folders instead of training")
     cmp_.add_argument("--folds", type=int, help="k-fold cross-validation with K folds (K >= 2)")

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import argparse
 
+from nailseg.cli.common import add_experiment_arguments
 from nailseg.specs import STACKS
+
+
+DESCRIPTION = """\
+show: the config after its overrides, with every default filled in (what `nailseg train` would run;
+like LightningCLI's --print_config). keys: every key, its type, default and meaning.
+"""
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("config", help="print a resolved config, or every key with its type and default",
-                       description="show: the config after its overrides, with every default filled in (what "
-                                   "`nailseg train` would run; like LightningCLI's --print_config). keys: every "
-                                   "key, its type, default and meaning.")
+                       description=DESCRIPTION)
     verbs = p.add_subparsers(dest="config_command", metavar="VERB", required=True)
     show = verbs.add_parser("show", help="the resolved config as YAML")
-    show.add_argument("config", nargs="?", help="experiment YAML (default: the built-in defaults)")
-    show.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
+    add_experiment_arguments(show, optional=True, config_help="experiment YAML (default: the built-in defaults)")
     show.set_defaults(func=cmd_show)
     keys = verbs.add_parser("keys", help="every key with its type and default")
     keys.add_argument("--family", choices=[f for s in STACKS.values() for f in s.families], default=None,

@@ -137,6 +137,23 @@ def cmd_data_coco(args) -> int:
     return 0
 
 
+BALANCE_DESCRIPTION = """\
+Group the images (by foreground-share bins, first sub-folder under images/, or a CSV column), then
+print each group's files, share of the data, target share and the share observed in a simulated draw
+of 10 epochs; --out also writes a bar chart PNG. SOURCE is a data folder (all pairs) or an
+experiment config (its train split and data.balance settings; flags override them).
+"""
+
+COCO_DESCRIPTION = """\
+Each 4-connected foreground region of a mask becomes one 'nail' instance, with its exact RLE (holes
+stay holes; --format polygon writes polygons, RLE for regions with holes), bounding box and area.
+With classes (--classes, or ROOT/classes.txt), the first class is the background and each region of
+every other class is one instance of its category (category id = class index). Image ids are stable
+(sorted file names of the whole folder). With --split, writes OUT_train.json, OUT_val.json and
+OUT_test.json.
+"""
+
+
 def add_parser(sub) -> None:
     data = sub.add_parser("data", help="make, check and inspect data folders",
                           description="Tools for data folders: ROOT/images/ + ROOT/labels/ (or masks/).")
@@ -173,11 +190,7 @@ def add_parser(sub) -> None:
 
     bal = dsub.add_parser(
         "balance", help="show how balanced sampling would draw groups of images",
-        description="Group the images (by foreground-share bins, first sub-folder under images/, "
-                    "or a CSV column), then print each group's files, share of the data, target share and "
-                    "the share observed in a simulated draw of 10 epochs; --out also writes a bar chart PNG. "
-                    "SOURCE is a data folder (all pairs) or an experiment config (its train split and "
-                    "data.balance settings; flags override them).")
+        description=BALANCE_DESCRIPTION)
     bal.add_argument("source", help="data folder or experiment YAML")
     bal.add_argument("--by", choices=["fg_bins", "folder", "csv"], help="grouping key (default: fg_bins)")
     bal.add_argument("--bins", type=int, help="fg_bins: number of bins (default: 4, at least 2)")
@@ -194,12 +207,7 @@ def add_parser(sub) -> None:
 
     coco = dsub.add_parser(
         "coco", help="turn masks into COCO instance annotations (one per connected region of a class)",
-        description="Each 4-connected foreground region of a mask becomes one 'nail' instance, with its exact "
-                    "RLE (holes stay holes; --format polygon writes polygons, RLE for regions with holes), "
-                    "bounding box and area. With classes (--classes, or ROOT/classes.txt), the first class "
-                    "is the background and each region of every other class is one instance of its "
-                    "category (category id = class index). Image ids are stable (sorted file names of the "
-                    "whole folder). With --split, writes OUT_train.json, OUT_val.json and OUT_test.json.")
+        description=COCO_DESCRIPTION)
     coco.add_argument("root", help="data folder")
     coco.add_argument("--out", required=True, help="output JSON (e.g. coco.json)")
     coco.add_argument("--split", help="a run's split.json: write one file per split")

@@ -135,10 +135,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+DESCRIPTION = """\
+Report the installed extras, which stacks and pipelines can run, the accelerator and the precision
+`auto` picks, the ImageNet weights available offline, and the versions. Imports no framework.
+"""
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("doctor", help="what this machine can run: extras, stacks, accelerator, offline weights",
-                       description="Report the installed extras, which stacks and pipelines can run, the "
-                                   "accelerator and the precision `auto` picks, the ImageNet weights available "
-                                   "offline, and the versions. Imports no framework.")
+                       description=DESCRIPTION)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_doctor)

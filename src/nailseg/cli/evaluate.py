@@ -148,13 +148,17 @@ def _print_class_scores(result: dict) -> None:
           f"pixel accuracy {result['pixel_accuracy']:.4f}")
 
 
+DESCRIPTION = """\
+Compute IoU, Dice, precision and recall per image and over the set (pixels summed over all images),
+at each image's original size; writes eval.json into the run folder. A many-class run (data.classes)
+gets per-class IoU and Dice, mIoU over the classes present, pixel accuracy and a confusion matrix
+PNG (eval_confusion.png beside the JSON).
+"""
+
+
 def add_parser(sub) -> None:
     ev = sub.add_parser("eval", help="score a run at each image's original resolution",
-                        description="Compute IoU, Dice, precision and recall per image and over the set "
-                                    "(pixels summed over all images), at each image's original size; "
-                                    "writes eval.json into the run folder. A many-class run (data.classes) "
-                                    "gets per-class IoU and Dice, mIoU over the classes present, pixel "
-                                    "accuracy and a confusion matrix PNG (eval_confusion.png beside the JSON).")
+                        description=DESCRIPTION)
     ev.add_argument("run", help="run folder, or a MODEL.onnx from `nailseg export --format onnx` (needs --data; "
                                 "runs on onnxruntime alone)")
     ev.add_argument("--split", default="test", choices=["train", "val", "test", "all"],

@@ -32,21 +32,24 @@ def cmd_export(args) -> int:
     return 0
 
 
+DESCRIPTION = """\
+hf: a transformers save_pretrained folder (UperNet and SegFormer runs; default RUN/hf). state_dict:
+a plain PyTorch state dict, loadable with weights_only=True (default RUN/model.pt). savedmodel: a
+TensorFlow SavedModel folder (Keras runs; default RUN/savedmodel). keras: a .keras file (default
+RUN/model.keras). onnx: uint8 RGB in, probability out, resize, normalisation and sigmoid inside
+(Lightning runs; default RUN/model.onnx), verified against the torch model on the run's validation
+images into export.json; the graph resizes a photo of any size to the training size and the
+probability back, so any ONNX consumer gets nailseg predict's answer. --int8 adds model.int8.onnx
+(ONNX Runtime static quantisation, calibrated on the run's training images, refused when its masks
+stray from the float32 model's: the settings suit the target CPU (--int8-target) and safer ones are
+tried before a refusal; figures in export.int8.json). tflite: a TensorFlow Lite file (Keras runs;
+default RUN/model.tflite), verified the same way.
+"""
+
+
 def add_parser(sub) -> None:
     exp_ = sub.add_parser("export", help="write a run's model for use without nailseg",
-                          description="hf: a transformers save_pretrained folder (UperNet and SegFormer runs; default RUN/hf). "
-                                      "state_dict: a plain PyTorch state dict, loadable with weights_only=True "
-                                      "(default RUN/model.pt). savedmodel: a TensorFlow SavedModel folder (Keras "
-                                      "runs; default RUN/savedmodel). keras: a .keras file (default RUN/model.keras). "
-                                      "onnx: uint8 RGB in, probability out, resize, normalisation and sigmoid inside "
-                                      "(Lightning runs; default RUN/model.onnx), verified against the torch model "
-                                      "on the run's validation images into export.json; the graph resizes a photo of "
-                                      "any size to the training size and the probability back, so any ONNX consumer "
-                                      "gets nailseg predict's answer. --int8 adds model.int8.onnx (ONNX Runtime static "
-                                      "quantisation, calibrated on the run's training images, refused when its masks "
-                                      "stray from the float32 model's: the settings suit the target CPU (--int8-target) "
-                                      "and safer ones are tried before a refusal; figures in export.int8.json). tflite: a "
-                                      "TensorFlow Lite file (Keras runs; default RUN/model.tflite), verified the same way.")
+                          description=DESCRIPTION)
     exp_.add_argument("run", help="run folder")
     exp_.add_argument("--format", required=True, choices=export_formats(),
                       help="hf / state_dict / onnx (Lightning runs), savedmodel / keras / tflite (Keras runs), "

@@ -67,13 +67,17 @@ def _report_predictions(result, inputs, out) -> int:
     return 0
 
 
+DESCRIPTION = """\
+For each image (files or folders, any size and aspect ratio) write OUT/<path>_mask.png (0/255; class
+indices in a palette PNG for a many-class run) and OUT/<path>_overlay.png (with a legend of class
+names), keeping each input's folders below the folder it was found in. Unreadable files are named at
+the end (exit code 2); the others are still predicted.
+"""
+
+
 def add_parser(sub) -> None:
     pr = sub.add_parser("predict", help="write masks and overlays for images",
-                        description="For each image (files or folders, any size and aspect ratio) write "
-                                    "OUT/<path>_mask.png (0/255; class indices in a palette PNG for a many-class run) and "
-                                    "OUT/<path>_overlay.png (with a legend of class names), keeping each "
-                                    "input's folders below the folder it was found in. Unreadable files are "
-                                    "named at the end (exit code 2); the others are still predicted.")
+                        description=DESCRIPTION)
     pr.add_argument("run", help="run folder, or a MODEL.onnx (onnxruntime alone: no torch or TensorFlow needed)")
     pr.add_argument("inputs", nargs="+", help="image files or folders")
     pr.add_argument("--out", required=True, help="output folder")

@@ -56,14 +56,19 @@ def cmd_serve(args) -> int:
     return 0
 
 
+DESCRIPTION = """\
+Serve an exported ONNX model. Endpoints: GET /healthz, GET /v1/model, POST
+/v1/segment?format=png|overlay|json|bundle (multipart field 'image'), GET / (an upload page) and GET
+/openapi.json (the schema; /docs is off because Swagger UI loads from a CDN and is blank offline).
+Bad uploads get a 4xx JSON error; past --max-concurrent the answer is 503 with Retry-After. Example:
+nailseg serve runs/nails-cpu/model.onnx --port 8000
+"""
+
+
 def add_parser(sub) -> None:
     sv = sub.add_parser(
         "serve", help="serve a model over HTTP (FastAPI + uvicorn on onnxruntime)",
-        description="Serve an exported ONNX model. Endpoints: GET /healthz, GET /v1/model, "
-                    "POST /v1/segment?format=png|overlay|json|bundle (multipart field 'image'), GET / (an upload "
-                    "page) and GET /openapi.json (the schema; /docs is off because Swagger UI loads from a CDN "
-                    "and is blank offline). Bad uploads get a 4xx JSON error; past --max-concurrent the answer is 503 with "
-                    "Retry-After. Example: nailseg serve runs/nails-cpu/model.onnx --port 8000")
+        description=DESCRIPTION)
     sv.add_argument("target", help="MODEL.onnx, or a run folder (its model.onnx, exported first if missing)")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="port (default: 8000)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from nailseg.cli.common import add_experiment_arguments
 from nailseg.errors import NailsegError
 
 
@@ -30,17 +31,21 @@ def cmd_train(args) -> int:
     return 0
 
 
+DESCRIPTION = """\
+Train from a YAML experiment config with dotted overrides, e.g. 'nailseg train configs/demo-cpu.yaml
+trainer.max_epochs=3 model.encoder=resnet18'. The config and the data are checked first (nothing is
+written for a refused run); the run folder (config.yaml, split.json, checkpoints, metrics.jsonl,
+TensorBoard events, summary.json, predictions/) is printed last. One process at a time may train a
+run folder.
+"""
+
+
 def add_parser(sub) -> None:
     train = sub.add_parser(
         "train", help="train a model from an experiment config",
-        description="Train from a YAML experiment config with dotted overrides, e.g. "
-                    "'nailseg train configs/demo-cpu.yaml trainer.max_epochs=3 model.encoder=resnet18'. "
-                    "The config and the data are checked first (nothing is written for a refused run); the run "
-                    "folder (config.yaml, split.json, checkpoints, metrics.jsonl, TensorBoard events, "
-                    "summary.json, predictions/) is printed last. One process at a time may train a run folder.",
+        description=DESCRIPTION,
     )
-    train.add_argument("config", nargs="?", help="experiment YAML (see configs/)")
-    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
+    add_experiment_arguments(train, optional=True)
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue a killed or finished run from its last checkpoint (overrides that change "
                             "the model are refused)")

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from nailseg.cli.cluster import add_cluster_flags, cluster_settings
-from nailseg.cli.common import output_folder, positive
+from nailseg.cli.common import add_experiment_arguments, output_folder, positive
 from nailseg.errors import NailsegError
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
@@ -68,23 +68,25 @@ def _stop_trials_on_signal() -> None:
     signal.signal(signal.SIGINT, stop)
 
 
+DESCRIPTION = """\
+Search the config keys of SPACE.yaml, e.g. optim.lr: {type: float, low: 1e-4, high: 1e-2, log: true}
+and trainer.batch_size: {type: categorical, choices: [4, 8]}, with Optuna's TPE sampler. Each
+trial is one `nailseg train` (any stack) under OUT/trials/; each finished epoch's validation score
+feeds Optuna's median pruner, which may stop a poor trial early. --folds K scores a trial by the
+mean validation IoU of K folds (never the held-out fold). The study is kept in --storage (default:
+OUT/study.db, SQLite), so running the same command again continues it up to --trials finished
+(complete or pruned) trials; a killed trial is marked failed and trained again. --jobs N runs N
+trials at once, the cores split between them. A PostgreSQL or MySQL URL lets several machines work
+on one study (run the same command on each). Writes OUT/best.yaml (a complete config for `nailseg
+train`), best.json, trials.csv and Optuna's plots (history.png, importances.png, parallel.png).
+"""
+
+
 def add_parser(sub) -> None:
     tu = sub.add_parser(
         "tune", help="search config keys with Optuna (TPE, pruning, a resumable study)",
-        description="Search the config keys of SPACE.yaml, e.g.\n  optim.lr: {type: float, low: 1e-4, high: 1e-2, log: true}\n"
-                    "  trainer.batch_size: {type: categorical, choices: [4, 8]}\n"
-                    "with Optuna's TPE sampler. Each trial is one `nailseg train` (any stack) under OUT/trials/; "
-                    "each finished epoch's validation score feeds Optuna's median pruner, which may stop a poor "
-                    "trial early. --folds K scores a trial by the mean validation IoU of K folds (never the "
-                    "held-out fold). The study is kept in --storage (default: OUT/study.db, SQLite), so running "
-                    "the same command again continues it up to --trials finished (complete or pruned) trials; a "
-                    "killed trial is marked failed and trained again. --jobs N runs N trials at once, the cores "
-                    "split between them. A "
-                    "PostgreSQL or MySQL URL lets several machines work on one study (run the same command on "
-                    "each). Writes OUT/best.yaml (a complete config for `nailseg train`), best.json, trials.csv "
-                    "and Optuna's plots (history.png, importances.png, parallel.png).")
-    tu.add_argument("config", help="experiment YAML (see configs/)")
-    tu.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides applied to every trial")
+        description=DESCRIPTION)
+    add_experiment_arguments(tu, overrides_help="dotted overrides applied to every trial")
     tu.add_argument("--space", required=True, help="YAML search space: {key: {type, low, high, log, step, choices}}")
     tu.add_argument("--trials", type=positive, required=True, help="finished trials the study should hold")
     tu.add_argument("--folds", type=int, help="score each trial by K-fold cross-validation (K >= 2)")

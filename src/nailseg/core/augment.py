@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from nailseg.core.weights import IMAGENET, IMAGENET_MEAN, IMAGENET_STD, Normalization  # noqa: F401 - re-exported
 
@@ -43,6 +43,18 @@ def _range(v: tuple[float, float], low: float, high: float, *, open_low: bool = 
     return v
 
 
+def _bounded(low: float, high: float, *, open_low: bool = False):
+    """The type of a (min, max) field whose values must lie in [low, high] (or (low, high])."""
+    return Annotated[tuple[float, float], AfterValidator(lambda v: _range(v, low, high, open_low=open_low))]
+
+
+ZoomRange = _bounded(0.0, 10.0, open_low=True)  # a scale factor
+ShareRange = _bounded(0.0, 1.0, open_low=True)  # a share of the picture's area
+AspectRange = _bounded(0.0, 100.0, open_low=True)  # width / height
+FractionRange = _bounded(0.0, 1.0)  # noise std, a fraction of 255
+SigmaRange = _bounded(0.0, 20.0, open_low=True)  # blur sigma, pixels
+
+
 class HFlip(_Aug):
     name: Literal["hflip"]
 
@@ -54,30 +66,15 @@ class VFlip(_Aug):
 class Affine(_Aug):
     name: Literal["affine"]
     rotate: float = Field(15.0, ge=0, le=180, description="max rotation, degrees (+/-)")
-    scale: tuple[float, float] = (0.9, 1.1)
+    scale: ZoomRange = (0.9, 1.1)
     translate: float = Field(0.05, ge=0, le=0.5, description="max shift, fraction of size")
-
-    @field_validator("scale")
-    @classmethod
-    def _zoom(cls, v):
-        return _range(v, 0.0, 10.0, open_low=True)
 
 
 class RandomResizedCrop(_Aug):
     name: Literal["random_resized_crop"]
-    scale: tuple[float, float] = (0.5, 1.0)
-    ratio: tuple[float, float] = (0.75, 1.3333)
+    scale: ShareRange = (0.5, 1.0)
+    ratio: AspectRange = (0.75, 1.3333)
     p: float = Field(1.0, ge=0.0, le=1.0)
-
-    @field_validator("scale")
-    @classmethod
-    def _area_share(cls, v):
-        return _range(v, 0.0, 1.0, open_low=True)
-
-    @field_validator("ratio")
-    @classmethod
-    def _aspect(cls, v):
-        return _range(v, 0.0, 100.0, open_low=True)
 
 
 class BrightnessContrast(_Aug):
@@ -94,22 +91,12 @@ class HueSaturation(_Aug):
 
 class GaussNoise(_Aug):
     name: Literal["gauss_noise"]
-    std: tuple[float, float] = Field((0.01, 0.05), description="noise std range, fraction of 255")
-
-    @field_validator("std")
-    @classmethod
-    def _std(cls, v):
-        return _range(v, 0.0, 1.0)
+    std: FractionRange = Field((0.01, 0.05), description="noise std range, fraction of 255")
 
 
 class Blur(_Aug):
     name: Literal["blur"]
-    sigma: tuple[float, float] = (0.1, 1.5)
-
-    @field_validator("sigma")
-    @classmethod
-    def _sigma(cls, v):
-        return _range(v, 0.0, 20.0, open_low=True)
+    sigma: SigmaRange = (0.1, 1.5)
 
 
 AugmentOp = Annotated[

@@ -18,6 +18,7 @@ import numpy as np
 METRIC_NAMES = ("iou", "dice", "precision", "recall", "pixel_accuracy")
 
 
+# Plain field declarations: their likeness to coco.ConversionReport and SynthConfig is shape alone.
 @dataclass
 class Counts:
     tp: int = 0

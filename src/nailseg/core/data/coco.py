@@ -35,8 +35,11 @@ def categories(labels: LabelSpec | None) -> list[dict]:
     return [{"id": i, "name": name, "supercategory": "thing"} for i, name in enumerate(labels.names) if i]
 
 
+# Plain field declarations: their likeness to SynthConfig and metrics.Counts is shape alone, nothing to share.
 @dataclass
 class ConversionReport:
+    """What a conversion wrote and what it left out, for the summary line and coco_report.json."""
+
     images: int = 0
     instances: int = 0
     dropped_small: int = 0

@@ -30,8 +30,11 @@ POLISH = np.array(
 NAIL_SHAPES = ("oval", "square", "almond", "long")
 
 
+# Plain field declarations: their likeness to coco.ConversionReport and metrics.Counts is shape alone.
 @dataclass
 class SynthConfig:
+    """How many pictures, their size and seed: the same config draws the same pictures."""
+
     n: int = 200
     seed: int = 0
     width: int = 384
