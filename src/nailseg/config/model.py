@@ -138,6 +138,11 @@ class MaskrcnnModel(_ModelBase):
     max_instances: int = Field(30, ge=1, le=1000, description="most instances kept per image (MMDetection's "
                                "max_per_img; its COCO default of 100 is far above the nails of a few hands, "
                                "and the mask head's work grows with it)")
+    rois_per_image: int = Field(512, ge=16, le=4096, description="proposals sampled per training image for the "
+                                "box and mask heads, a quarter of them positive (MMDetection's rcnn sampler num; "
+                                "512 is its COCO default). On a CPU the mask head's four 256-channel convolutions "
+                                "over each positive are most of a step: 128 (Detectron2's small-data tutorial "
+                                "value) trains about twice as fast")
 
     @field_validator("encoder")
     @classmethod

@@ -20,9 +20,10 @@ pytest.importorskip("mmcv.ops")
 pytestmark = pytest.mark.slow
 
 RECIPE = REPO / "configs" / "maskrcnn-pretrained-cpu.yaml"
-# A few iterations at a small size: the test checks the folder builds and trains, not its mAP.
+# A few iterations at a small size: the test checks the folder builds and trains, not its mAP. The
+# sampler's size is not the default, so the config comparison shows the key reaches the ejected file.
 BUDGET = ["data.image_size=96", "trainer.max_epochs=2", "trainer.limit_train_batches=3", "data.num_workers=0",
-          "data.split.val=0.1"]
+          "data.split.val=0.1", "model.rois_per_image=128"]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def test_the_folder_imports_no_nailseg_and_holds_nailsegs_config(ejected: Path, 
     cfg = Config.fromfile(ejected / "mask_rcnn.py").to_dict()
     exp = load_experiment(RECIPE, [f"data.root={REAL_DATA}", *BUDGET])
     ours = model_config(exp.model.encoder, exp.model.max_instances, exp.optim.freeze_encoder_bn, exp.normalization,
-                        exp.model.encoder_weights)
+                        exp.model.encoder_weights, rois_per_image=exp.model.rois_per_image)
     theirs = dict(cfg["model"])
     assert theirs.pop("backbone") == dict(type="TimmBackbone", encoder="tf_efficientnet_lite0",
                                           weights="encoder_weights.pt", norm_eval=False)

@@ -146,9 +146,12 @@ class TestMmdetContract(StackContract):
     @pytest.fixture
     def train_args(self):
         """The ImageNet Lite0 recipe at 96 px: Mask R-CNN from scratch would not learn the many-class
-        test's colours in a few epochs. Each class but the first (skin, the background) is a category."""
+        test's colours in a few epochs. Each class but the first (skin, the background) is a category.
+        128 sampled proposals an image (of 512): the mask head over each positive is most of a CPU step,
+        and three objects a picture need few."""
         def args(runs: Path, name: str, epochs: int) -> list[str]:
             return [str(REPO / "configs" / "maskrcnn-pretrained-cpu.yaml"), f"run.dir={runs}", f"run.name={name}",
-                    f"trainer.max_epochs={epochs}", "data.image_size=96", "logging.predictions=1"]
+                    f"trainer.max_epochs={epochs}", "data.image_size=96", "logging.predictions=1",
+                    "model.rois_per_image=128"]
 
         return args

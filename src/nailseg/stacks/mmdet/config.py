@@ -46,7 +46,7 @@ def instance_classes(exp: Experiment) -> tuple[tuple[str, ...], list[tuple[int, 
 
 
 def model_config(encoder: str, max_instances: int = 30, freeze_bn: bool = False, norm: Normalization = IMAGENET,
-                 weights: str = "none", num_classes: int = 1) -> dict:
+                 weights: str = "none", num_classes: int = 1, rois_per_image: int = 512) -> dict:
     """MMDetection's Mask R-CNN; ``norm``: the encoder's input normalisation (``Experiment.normalization``);
     ``num_classes``: its categories, the background not counted (MMDetection's convention)."""
     backbone, in_channels = backbone_config(encoder, weights, freeze_bn)
@@ -86,7 +86,7 @@ def model_config(encoder: str, max_instances: int = 30, freeze_bn: bool = False,
             rpn_proposal=dict(nms_pre=2000, max_per_img=1000, nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
             rcnn=dict(assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.5,
                                     match_low_quality=True, ignore_iof_thr=-1),
-                      sampler=dict(type="RandomSampler", num=512, pos_fraction=0.25, neg_pos_ub=-1, add_gt_as_proposals=True),
+                      sampler=dict(type="RandomSampler", num=rois_per_image, pos_fraction=0.25, neg_pos_ub=-1, add_gt_as_proposals=True),
                       mask_size=28, pos_weight=-1, debug=False)),
         test_cfg=dict(
             rpn=dict(nms_pre=1000, max_per_img=1000, nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
@@ -170,7 +170,8 @@ def build_mmdet_config(exp: Experiment, *, work_dir: Path, images_dir: Path, ann
         default_scope="mmdet",
         custom_imports=CUSTOM_IMPORTS,
         model=model_config(exp.model.encoder, exp.model.max_instances, exp.optim.freeze_encoder_bn,
-                           exp.normalization, exp.model.encoder_weights, num_classes=len(classes)),
+                           exp.normalization, exp.model.encoder_weights, num_classes=len(classes),
+                           rois_per_image=exp.model.rois_per_image),
         train_dataloader=dict(batch_size=t.batch_size, num_workers=workers, persistent_workers=workers > 0,
                               # InfiniteSampler: DefaultSampler with an iteration loop sleeps 2 s at every epoch end
                               sampler=dict(type="InfiniteSampler", shuffle=True),
