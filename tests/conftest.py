@@ -36,6 +36,9 @@ def _has_gpu() -> bool:
 # other module's tests stay together on one worker (``--dist loadgroup``), so a module-scoped
 # fixture (a trained run) is built once, not once per worker.
 SPREAD_MODULES = {"test_notebooks.py", "test_layers.py", "test_config.py"}
+# Packages whose modules share a package-scoped trained run (tests/deploy: ``onnx_run``): one group for
+# the whole package, so the run is trained once rather than once on each worker that draws a module.
+GROUPED_PACKAGES = {REPO / "tests" / "deploy"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
@@ -46,7 +49,8 @@ def pytest_collection_modifyitems(config, items):
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(skip_gpu)
         if item.path.name not in SPREAD_MODULES and not any(m.name == "xdist_group" for m in item.iter_markers()):
-            item.add_marker(pytest.mark.xdist_group(str(item.path.relative_to(REPO))))
+            group = item.path.parent if item.path.parent in GROUPED_PACKAGES else item.path
+            item.add_marker(pytest.mark.xdist_group(str(group.relative_to(REPO))))
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-xdist has tagged the grouped tests (in a worker)
