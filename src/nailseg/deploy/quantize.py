@@ -157,6 +157,7 @@ def quantize_int8(fp32: Path, out: Path, calibration: list[np.ndarray], check_im
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError:
         raise MissingDependencyError("onnxruntime", "onnx", "int8 quantisation (onnxruntime.quantization)") from None
+    from nailseg.core.io import write_json
     from nailseg.core.runtime import cpu_report
 
     profile, ladder = int8_ladder(target)  # the ladder, trimmed to what this CPU can verify for the target
@@ -189,12 +190,35 @@ def quantize_int8(fp32: Path, out: Path, calibration: list[np.ndarray], check_im
         except _Strayed as strayed:
             tried.append({"setting": setting.name, "verified": False, **strayed.check})
             continue
+        if profile == here["profile"]:  # another target's kernels cannot be timed here
+            report["speed_vs_fp32"] = _speed_ratio(fp32, out, check_images)
+            write_json(out.with_name("export.int8.json"), report)
+            if report["speed_vs_fp32"] < 1.0:
+                print(f"int8: the {setting.name} copy runs at {report['speed_vs_fp32']:.2f}x the float32 model's speed "
+                      f"on this CPU ({profile}): ONNX Runtime has no fast int8 kernel for it here. It is smaller, "
+                      "not faster; keep model.onnx (or --half) where speed matters", file=sys.stderr)
         return report
     figures = "; ".join(f"{t['setting']}: mask agreement {t['mask_agreement']:.4f}, mask IoU {t['mask_iou']:.4f}"
                         for t in tried)
     raise ConfigError(f"--int8: no int8 setting for {profile} keeps the float32 model's masks on {source} "
                       f"({figures}; tolerance {INT8_TOLERANCE}); nothing written. A model that has barely learned "
                       "sits near its threshold everywhere: train longer, or keep the float32 (or --half) file")
+
+
+def _speed_ratio(fp32: Path, int8: Path, images: list[np.ndarray]) -> float:
+    """The int8 copy's speed over the float32 model's on ``images`` (each warmed up once): on a CPU
+    without VNNI the copy that keeps the masks may be the slower one (u8u8: 0.6x on an AVX2 EPYC)."""
+    from nailseg.deploy.onnx_model import OnnxSegmenter
+
+    def seconds(model: Path) -> float:
+        predictor = OnnxSegmenter(model)
+        predictor(images[0])
+        started = time.perf_counter()
+        for image in images:
+            predictor(image)
+        return time.perf_counter() - started
+
+    return round(seconds(fp32) / max(seconds(int8), 1e-9), 3)
 
 
 def record_int8(export_json: Path, report: dict) -> None:
