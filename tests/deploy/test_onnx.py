@@ -149,8 +149,8 @@ def test_each_int8_setting_keeps_a_learned_models_masks(onnx_run, tmp_path, name
 
 def test_an_int8_copy_slower_than_float32_is_recorded_and_said(onnx_run, tmp_path, monkeypatch, capsys):
     """On the CPU it is for, the kept copy is timed against float32 (export.int8.json) and a slower
-    one is said in a line: on an AVX2 EPYC the u8u8 copy that kept the masks ran at 0.6x. The timing
-    itself is forced here (tests never time); the real ratio is recorded as a number."""
+    one is said in a line: on an AVX2 EPYC the u8u8 copy that kept the masks ran at 0.6x. The ratio
+    is forced here, since no test asserts a speed; the real one is computed once, as a ratio."""
     from nailseg.core.runtime import cpu_profile
     from nailseg.deploy import quantize
     from nailseg.deploy.verify import training_images, verification_images
@@ -166,7 +166,7 @@ def test_an_int8_copy_slower_than_float32_is_recorded_and_said(onnx_run, tmp_pat
                                     settings=[quantize.INT8_SETTINGS["u8u8"]])
     assert report["target"] == cpu_profile() and report["speed_vs_fp32"] == 0.6
     assert json.loads((tmp_path / "export.int8.json").read_text())["speed_vs_fp32"] == 0.6
-    assert len(measured) == 1 and 0 < measured[0] < 100  # a ratio of two timings of the same photos
+    assert len(measured) == 1 and isinstance(measured[0], float) and measured[0] > 0
     assert "the u8u8 copy runs at 0.60x the float32 model's speed" in capsys.readouterr().err
 
     other = "avx2" if cpu_profile() != "avx2" else "amx"  # another CPU's kernels are not timed here

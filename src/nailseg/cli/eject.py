@@ -19,7 +19,7 @@ def cmd_eject(args) -> int:
     return 0
 
 
-DESCRIPTION = """
+DESCRIPTION = """\
 Write the experiment as plain code of its stack's own framework, importing only that framework's
 libraries, never nailseg. model.family smp, upernet or segformer: Lightning + albumentations (a
 LightningDataModule, a LightningModule holding smp's or transformers' own model, with data.pipeline

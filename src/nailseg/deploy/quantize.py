@@ -34,6 +34,9 @@ from nailseg.errors import ConfigError, MissingDependencyError
 
 # An int8 model is allowed to move probabilities (that is the point), not the masks.
 INT8_TOLERANCE = {"mask_agreement": 0.99, "mask_iou": 0.90}
+# Below this share of float32's speed (one short timed pass, so not 1.0: noise) the kept int8 copy is
+# said to be slower: the verified u8u8 copy ran at 0.5-0.6x on an AVX2-only EPYC.
+SLOWER_THAN_FP32 = 0.9
 # float16 keeps 11 bits of mantissa: the probabilities move by ~1e-3, so the masks should hardly
 # move either. Either passes (as for the in-graph resize in deploy/verify.py): the same masks, or
 # the same numbers. A barely trained model whose probabilities sit at the threshold flips pixels at
@@ -193,7 +196,7 @@ def quantize_int8(fp32: Path, out: Path, calibration: list[np.ndarray], check_im
         if profile == here["profile"]:  # another target's kernels cannot be timed here
             report["speed_vs_fp32"] = _speed_ratio(fp32, out, check_images)
             write_json(out.with_name("export.int8.json"), report)
-            if report["speed_vs_fp32"] < 1.0:
+            if report["speed_vs_fp32"] < SLOWER_THAN_FP32:
                 print(f"int8: the {setting.name} copy runs at {report['speed_vs_fp32']:.2f}x the float32 model's speed "
                       f"on this CPU ({profile}): ONNX Runtime has no fast int8 kernel for it here. It is smaller, "
                       "not faster; keep model.onnx (or --half) where speed matters", file=sys.stderr)
