@@ -16,6 +16,7 @@ from PIL import Image
 
 from nailseg.core.data.synth import SynthConfig, synthesize
 from tests.cli_fork import run_forked
+from tests.schedule import longest_groups_first
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("NAILSEG_REAL_DATA", REPO.parent / "shared" / "data" / "nails_segmentation"))
@@ -51,6 +52,19 @@ def pytest_collection_modifyitems(config, items):
         if item.path.name not in SPREAD_MODULES and not any(m.name == "xdist_group" for m in item.iter_markers()):
             group = item.path.parent if item.path.parent in GROUPED_PACKAGES else item.path
             item.add_marker(pytest.mark.xdist_group(str(group.relative_to(REPO))))
+    items[:] = longest_groups_first(items, _xdist_scope)
+
+
+def _xdist_scope(item) -> str:
+    """What pytest-xdist's loadgroup keeps on one worker: the item's group, else the item alone."""
+    marker = item.get_closest_marker("xdist_group")
+    return marker.args[0] if marker and marker.args else item.nodeid
+
+
+def pytest_configure(config):
+    # xdist would reorder the groups by their number of tests; tests/schedule.py orders them by time
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-xdist has tagged the grouped tests (in a worker)

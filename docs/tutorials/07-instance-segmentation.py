@@ -57,7 +57,7 @@ from nailseg.core.weights import provider_for
 weights_here = provider_for("tu-tf_efficientnet_lite0").locate() is not None
 WEIGHTS = "imagenet" if weights_here else "none"
 print("ImageNet weights installed:", weights_here, "-> model.encoder_weights =", WEIGHTS)
-EPOCHS = budget(full=16, test=4)  # the test suite sets NAILSEG_TUTORIAL_BUDGET=test
+EPOCHS = budget(full=16, test=3)  # the test suite sets NAILSEG_TUTORIAL_BUDGET=test
 # The test budget: smaller photos, fewer epochs, and 128 sampled proposals an image instead of 512
 # (on a CPU the mask head over each positive proposal is most of a training step)
 SIZE = "" if EPOCHS == 16 else " data.image_size=256 model.rois_per_image=128"
@@ -225,7 +225,7 @@ print(shown or "no instance scored above MMDetection's threshold yet (CocoMetric
 # COCO's segm mAP averages the precision of the predicted masks over recall and over mask-overlap
 # thresholds from 0.5 to 0.95 (mAP_50: at 0.5 only); `val_iou` is the IoU of the union of the
 # instances scoring at least 0.3 against the truth mask, comparable with the semantic stacks. At
-# the test budget (4 epochs of 256 px) the model is far from trained, and the picture may show few
+# the test budget (3 epochs of 256 px) the model is far from trained, and the picture may show few
 # of the photo's nails or none; the published notebook's 16 epochs of 384 px find most of them.
 
 # %%
