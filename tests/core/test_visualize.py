@@ -35,3 +35,26 @@ def test_run_curves_png(tmp_path):
     path = plot_run_curves(records, tmp_path / "curves.png", "a run")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
     assert plot_run_curves([], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+
+
+def test_overlays_of_a_large_photo_need_no_float_copy_of_it():
+    """A 24-megapixel photo's float copy is 288 MB (its float64 intermediates twice that); the overlays
+    blend a band of rows at a time, so what they allocate stays near the photo's own uint8 size."""
+    import tracemalloc
+
+    from nailseg.core.visualize import class_overlay
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (1500, 2000, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:1500, :2000]
+    mask = (yy - 700) ** 2 + (xx - 900) ** 2 < 500**2  # one large nail, say: its outline is drawn too
+    labels = (yy // 400 + xx // 600).astype(np.uint8) % 4
+    for draw in (lambda: overlay(image, mask), lambda: error_overlay(image, mask, ~mask, 0.5),
+                 lambda: class_overlay(image, labels, ["a", "b", "c", "d"])):
+        tracemalloc.start()
+        out = draw()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert out.shape[1] == 2000 and out.dtype == np.uint8
+        # the picture and its copy with the legend are 2x; the whole-photo float blend was 8-20x
+        assert peak < 4.5 * image.nbytes, (peak / image.nbytes)

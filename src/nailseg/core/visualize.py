@@ -23,8 +23,22 @@ LABELS = {"tp": "true positive", "fp": "false positive", "fn": "false negative",
 PRED_COLOUR = PALETTE["tp"]
 
 
+# Overlays are blended a band of rows at a time, in place on the uint8 picture: a whole-photo float
+# copy of a 6000x4000 shot is 288 MB (float64 intermediates twice that), and was most of `predict`'s
+# peak memory on large photos. The arithmetic per pixel is what a whole-photo float32 blend gives.
+BAND_ROWS = 256
+
+
+def _bands(height: int) -> Iterable[slice]:
+    return (slice(top, top + BAND_ROWS) for top in range(0, height, BAND_ROWS))
+
+
 def _blend(out: np.ndarray, region: np.ndarray, colour: Sequence[int], alpha: float) -> None:
-    out[region] = out[region] * (1 - alpha) + np.asarray(colour, np.float32) * alpha
+    """``colour`` laid over ``out`` (uint8, in place) where ``region`` is set, at ``alpha``."""
+    tint = np.asarray(colour, np.float32) * alpha
+    for rows in _bands(out.shape[0]):
+        band, where = out[rows], region[rows]
+        band[where] = (band[where].astype(np.float32) * (1 - alpha) + tint).astype(np.uint8)
 
 
 def _outline(out: np.ndarray, mask: np.ndarray, colour: Sequence[int], width: int) -> None:
@@ -66,10 +80,9 @@ def legend(width: int, entries: Iterable[tuple[str, Sequence[int]]], note: str =
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, *, with_legend: bool = True) -> np.ndarray:
     """A prediction on its photograph: the mask filled and outlined in the palette's blue, with a
     legend strip underneath (``with_legend=False`` keeps the image's own size)."""
-    out = image.astype(np.float32).copy()
+    out = np.array(image, np.uint8)
     m = mask.astype(bool)
     _blend(out, m, PRED_COLOUR, alpha)
-    out = out.astype(np.uint8)
     _outline(out, m, PRED_COLOUR, _line_width(out.shape))
     if not with_legend:
         return out
@@ -82,11 +95,10 @@ def error_overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, iou: f
     """Truth against prediction: true positives, false positives and false negatives each in their
     palette colour, with a legend (and the image's IoU). Shows at a glance what a model mistakes
     for a nail, and what it misses."""
-    out = image.astype(np.float32).copy()
+    out = np.array(image, np.uint8)
     pred, truth = pred.astype(bool), truth.astype(bool)
     for key, region in (("tp", pred & truth), ("fp", pred & ~truth), ("fn", ~pred & truth)):
         _blend(out, region, PALETTE[key], alpha)
-    out = out.astype(np.uint8)
     _outline(out, truth, (255, 255, 255), _line_width(out.shape))
     if not with_legend:
         return out
@@ -103,13 +115,17 @@ def class_overlay(image: np.ndarray, labels: np.ndarray, names, ignore_index: in
     n = len(names)
 
     def blended(lab: np.ndarray) -> np.ndarray:
-        colours = color_labels(lab, n, ignore_index).astype(np.float32)
-        keep = (lab != ignore_index)[..., None]
-        return np.where(keep, image * (1 - alpha) + colours * alpha, image).astype(np.uint8)
+        out = np.array(image, np.uint8)
+        for rows in _bands(out.shape[0]):
+            colours = color_labels(lab[rows], n, ignore_index).astype(np.float32)
+            keep = (lab[rows] != ignore_index)[..., None]
+            out[rows] = np.where(keep, image[rows] * (1 - alpha) + colours * alpha, image[rows]).astype(np.uint8)
+        return out
 
-    panels = [blended(labels)] + ([blended(truth)] if truth is not None else [])
-    out = np.hstack(panels)
-    shown = np.unique(np.concatenate([p.ravel() for p in ([labels] + ([truth] if truth is not None else []))]))
+    out = blended(labels) if truth is None else np.hstack([blended(labels), blended(truth)])
+    present = np.bincount(labels.ravel(), minlength=256) + (np.bincount(truth.ravel(), minlength=256)
+                                                           if truth is not None else 0)
+    shown = np.flatnonzero(present)
     colours = palette(n)
     entries = [(names[i], colours[i]) for i in shown if i < n]
     if truth is not None:
@@ -119,12 +135,10 @@ def class_overlay(image: np.ndarray, labels: np.ndarray, names, ignore_index: in
 
 def instance_overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """One colour per instance (golden-angle hues, so neighbours differ), outlined, with its number."""
-    out = image.astype(np.float32).copy()
+    out = np.array(image, np.uint8)
     for i, m in enumerate(masks):
         hue = int((i * 137.508 / 2) % 180)  # the golden angle on OpenCV's 0-180 hue scale
-        colour = cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
-        out[m] = out[m] * (1 - alpha) + colour * alpha
-    out = out.astype(np.uint8)
+        _blend(out, m, cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2RGB)[0, 0], alpha)
     for i, m in enumerate(masks):
         contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, (255, 255, 255), 1, cv2.LINE_AA)
