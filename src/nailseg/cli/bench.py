@@ -1,4 +1,4 @@
-"""``nailseg bench loaders | train | tfdata | serve``: throughput benchmarks (JSON + PNG)."""
+"""``nailseg bench loaders | train | tfdata | serve | predict``: speed benchmarks (JSON + PNG)."""
 
 from __future__ import annotations
 
@@ -151,6 +151,49 @@ def cmd_bench_serve(args) -> int:
     return 0
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """``--size WxH`` (e.g. 640x480) as (w, h)."""
+    import argparse
+
+    parts = str(text).lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give WIDTHxHEIGHT in pixels, e.g. 640x480")
+    return int(parts[0]), int(parts[1])
+
+
+def cmd_bench_predict(args) -> int:
+    from nailseg.core.benchmark import write_report
+    from nailseg.core.evaluate import collect_inputs
+    from nailseg.errors import NailsegError
+    from nailseg.workflows.bench_predict import check_target, run_bench_predict
+
+    for target in args.targets:  # before anything is read or written
+        check_target(target)
+    folder = Path(args.data) / "images" if (Path(args.data) / "images").is_dir() else Path(args.data)
+    photos = [str(p) for p in collect_inputs([str(folder)]).files[: args.images]]
+    if not photos:
+        raise NailsegError(f"--data {args.data}: no images found")
+    out = output_folder(args.out)
+    rows = run_bench_predict(args.targets, photos, size=args.size, warmup=args.warmup, repeats=args.repeats)
+    timed = [r for r in rows if "latency_ms" in r]
+    if timed:
+        where = f"{args.size[0]}x{args.size[1]} photos" if args.size else "photos at their own size"
+        paths = write_report(out, timed, title=f"ms per photo, median ({where}, {len(photos)} photos, "
+                                                f"{timed[0]['environment']['cpu']['profile']} CPU)",
+                             value="latency_ms", label="ms per photo (median)")
+    print(f"{'model':40} {'stack':12} {'ms median':>10} {'p90':>8} {'photos/s':>9}")
+    for r in rows:
+        if "latency_ms" in r:
+            print(f"{r['label'][:40]:40} {r['stack']:12} {r['latency_ms']:>10.1f} {r['latency_ms_p90']:>8.1f} "
+                  f"{r['images_per_s']:>9.2f}")
+        else:
+            print(f"{r['label'][:40]:40} failed: {r['error']}")
+    if not timed:
+        raise NailsegError("nailseg bench predict: no target could be timed (see the lines above)")
+    print(*paths, sep="\n")
+    return 0 if len(timed) == len(rows) else 2
+
+
 def _config_args(parser) -> None:
     add_experiment_arguments(parser, optional=True,
                              config_help="experiment YAML (optional: the flags below can stand in)")
@@ -177,6 +220,14 @@ config (model.family: sm) runs each precision as its Keras policy, without and w
 (jit_compile).
 """
 
+PREDICT_DESCRIPTION = """\
+The time one photo takes to predict, for each TARGET (run folders of any stack, MODEL.onnx files):
+each target in a process of its own, on the same photos from --data, one photo a call, as `nailseg
+predict` calls the model (resize, network, the answer at the photo's size; decoding and writing
+files are not timed). Reports the median, p90, min and max per photo, the load time and the peak
+memory of each target's process.
+"""
+
 SERVE_DESCRIPTION = """\
 Start `nailseg serve` on a free loopback port, send --requests POSTs (--concurrency at a time,
 stopping at --time-cap seconds), and report requests/s, latency percentiles and errors; also times
@@ -185,7 +236,7 @@ onnxruntime (and with --torch the run's torch predictor) in-process on the same 
 
 
 def add_parser(sub) -> None:
-    bench = sub.add_parser("bench", help="measure input pipelines and training throughput (JSON + PNG)",
+    bench = sub.add_parser("bench", help="measure input pipelines, training and prediction speed (JSON + PNG)",
                            description="Benchmarks write bench.json (a list of results, each with the method) "
                                        "and bench.png (bars with the min-max spread over repeats) into --out.")
     bsub = bench.add_subparsers(dest="bench_command", metavar="BENCH_COMMAND", required=True)
@@ -236,3 +287,14 @@ def add_parser(sub) -> None:
     bs.add_argument("--torch", action="store_true", help="also time the run's torch predictor (TARGET a run folder)")
     bs.add_argument("--out", default="bench/serve", help="output folder (default: bench/serve)")
     bs.set_defaults(func=cmd_bench_serve)
+    bp = bsub.add_parser("predict", help="ms per photo for runs of any stack and ONNX models, side by side",
+                         description=PREDICT_DESCRIPTION)
+    bp.add_argument("targets", nargs="+", metavar="TARGET", help="run folder or MODEL.onnx")
+    bp.add_argument("--data", required=True, help="a data folder (its images/), a folder of photos, or one photo")
+    bp.add_argument("--images", type=positive, default=8, help="how many of its photos (default: 8)")
+    bp.add_argument("--size", type=parse_size, help="resize every photo to WxH first, e.g. 640x480 "
+                                                     "(default: each photo's own size)")
+    bp.add_argument("--warmup", type=int, default=2, help="untimed calls first (default: 2)")
+    bp.add_argument("--repeats", type=positive, default=3, help="timed passes over the photos (default: 3)")
+    bp.add_argument("--out", default="bench/predict", help="output folder (default: bench/predict)")
+    bp.set_defaults(func=cmd_bench_predict)

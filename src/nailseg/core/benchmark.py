@@ -67,7 +67,7 @@ def write_report(out: str | os.PathLike[str], results: list[dict], *, title: str
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "bench.json", results)
-    names = [r.get("label", r["pipeline"]) for r in results]
+    names = [r["label"] if "label" in r else r["pipeline"] for r in results]
     values = [r[value] for r in results]
     low = [r[value] - r.get(f"{value}_min", r[value]) for r in results]
     high = [r.get(f"{value}_max", r[value]) - r[value] for r in results]
