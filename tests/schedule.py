@@ -35,6 +35,7 @@ SECONDS = {
     "tests/cli/test_cluster.py::test_a_study_shared_by_submitit_workers": 46,
     "tests/cli/test_cluster.py::test_a_preempted_task_requeues_and_resumes_from_last_ckpt": 38,
     "tests/deploy/test_onnx.py::test_export_is_verified_and_carries_metadata": 50,
+    "tests/deploy/test_bench_predict.py::test_a_run_and_its_onnx_file_are_timed_on_the_same_photos": 20,
     "tests/stacks/mmdet/test_stack.py::TestMmdetContract::test_many_classes_train_and_score_per_class": 133,
     "tests/stacks/mmdet/test_stack.py::test_torchrun_two_processes_on_cpu": 51,
     "tests/stacks/mmdet/test_stack.py::test_run_folder": 31,
