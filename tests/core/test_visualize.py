@@ -58,3 +58,18 @@ def test_overlays_of_a_large_photo_need_no_float_copy_of_it():
         assert out.shape[1] == 2000 and out.dtype == np.uint8
         # the picture and its copy with the legend are 2x; the whole-photo float blend was 8-20x
         assert peak < 4.5 * image.nbytes, (peak / image.nbytes)
+
+
+def test_overlays_take_a_transposed_array_as_a_picture():
+    """A CHW tensor's ``transpose(1, 2, 0)`` (as the kornia and DALI tutorials draw their batches) is
+    not C-contiguous: OpenCV draws the outline on a copy that must be."""
+    from nailseg.core.visualize import class_overlay, instance_overlay
+
+    image = np.zeros((3, 40, 50), np.uint8).transpose(1, 2, 0)
+    mask = np.zeros((40, 50), bool)
+    mask[5:15, 5:15] = True
+    assert not image.flags.c_contiguous
+    assert tuple(overlay(image, mask, alpha=1.0, with_legend=False)[10, 10]) == PALETTE["tp"]
+    assert error_overlay(image, mask, ~mask, 0.5).shape[1] == 50
+    assert class_overlay(image, mask.astype(np.uint8), ["background", "nail"]).shape[1] == 50
+    assert instance_overlay(image, mask[None]).shape == image.shape

@@ -80,7 +80,7 @@ def legend(width: int, entries: Iterable[tuple[str, Sequence[int]]], note: str =
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, *, with_legend: bool = True) -> np.ndarray:
     """A prediction on its photograph: the mask filled and outlined in the palette's blue, with a
     legend strip underneath (``with_legend=False`` keeps the image's own size)."""
-    out = np.array(image, np.uint8)
+    out = np.array(image, np.uint8, order="C")
     m = mask.astype(bool)
     _blend(out, m, PRED_COLOUR, alpha)
     _outline(out, m, PRED_COLOUR, _line_width(out.shape))
@@ -95,7 +95,7 @@ def error_overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, iou: f
     """Truth against prediction: true positives, false positives and false negatives each in their
     palette colour, with a legend (and the image's IoU). Shows at a glance what a model mistakes
     for a nail, and what it misses."""
-    out = np.array(image, np.uint8)
+    out = np.array(image, np.uint8, order="C")
     pred, truth = pred.astype(bool), truth.astype(bool)
     for key, region in (("tp", pred & truth), ("fp", pred & ~truth), ("fn", ~pred & truth)):
         _blend(out, region, PALETTE[key], alpha)
@@ -114,17 +114,18 @@ def class_overlay(image: np.ndarray, labels: np.ndarray, names, ignore_index: in
 
     n = len(names)
 
+    present = np.zeros(256, np.int64)  # the classes shown, for the legend: counted band by band too
+
     def blended(lab: np.ndarray) -> np.ndarray:
-        out = np.array(image, np.uint8)
+        out = np.empty(image.shape, np.uint8)
         for rows in _bands(out.shape[0]):
+            present[:] += np.bincount(lab[rows].ravel(), minlength=256)[:256]
             colours = color_labels(lab[rows], n, ignore_index).astype(np.float32)
             keep = (lab[rows] != ignore_index)[..., None]
             out[rows] = np.where(keep, image[rows] * (1 - alpha) + colours * alpha, image[rows]).astype(np.uint8)
         return out
 
     out = blended(labels) if truth is None else np.hstack([blended(labels), blended(truth)])
-    present = np.bincount(labels.ravel(), minlength=256) + (np.bincount(truth.ravel(), minlength=256)
-                                                           if truth is not None else 0)
     shown = np.flatnonzero(present)
     colours = palette(n)
     entries = [(names[i], colours[i]) for i in shown if i < n]
@@ -135,7 +136,7 @@ def class_overlay(image: np.ndarray, labels: np.ndarray, names, ignore_index: in
 
 def instance_overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """One colour per instance (golden-angle hues, so neighbours differ), outlined, with its number."""
-    out = np.array(image, np.uint8)
+    out = np.array(image, np.uint8, order="C")
     for i, m in enumerate(masks):
         hue = int((i * 137.508 / 2) % 180)  # the golden angle on OpenCV's 0-180 hue scale
         _blend(out, m, cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2RGB)[0, 0], alpha)
