@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from nailseg.cli.common import add_experiment_arguments, choices, output_folder, positive
+from nailseg.cli.common import add_experiment_arguments, choices, non_negative, output_folder, positive
 
 
 def _print_rates(results: list[dict], label: str, paths) -> None:
@@ -163,8 +163,10 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def cmd_bench_predict(args) -> int:
     from nailseg.core.benchmark import write_report
+    from nailseg.core.data.decode import read_image
     from nailseg.core.evaluate import collect_inputs
-    from nailseg.errors import NailsegError
+    from nailseg.core.io import write_json
+    from nailseg.errors import DataError, NailsegError
     from nailseg.workflows.bench_predict import check_target, run_bench_predict
 
     for target in args.targets:  # before anything is read or written
@@ -173,6 +175,14 @@ def cmd_bench_predict(args) -> int:
     photos = [str(p) for p in collect_inputs([str(folder)]).files[: args.images]]
     if not photos:
         raise NailsegError(f"--data {args.data}: no images found")
+    unreadable = []
+    for photo in photos:  # every photo decodes here, once, before a model is loaded or a file written
+        try:
+            read_image(photo)
+        except DataError as err:
+            unreadable.extend(err.lines)
+    if unreadable:
+        raise NailsegError(unreadable)
     out = output_folder(args.out)
     rows = run_bench_predict(args.targets, photos, size=args.size, warmup=args.warmup, repeats=args.repeats)
     timed = [r for r in rows if "latency_ms" in r]
@@ -181,6 +191,7 @@ def cmd_bench_predict(args) -> int:
         paths = write_report(out, timed, title=f"ms per photo, median ({where}, {len(photos)} photos, "
                                                 f"{timed[0]['environment']['cpu']['profile']} CPU)",
                              value="latency_ms", label="ms per photo (median)")
+        write_json(out / "bench.json", rows)  # the failed targets too, each with its error
     print(f"{'model':40} {'stack':12} {'ms median':>10} {'p90':>8} {'photos/s':>9}")
     for r in rows:
         if "latency_ms" in r:
@@ -225,7 +236,9 @@ The time one photo takes to predict, for each TARGET (run folders of any stack, 
 each target in a process of its own, on the same photos from --data, one photo a call, as `nailseg
 predict` calls the model (resize, network, the answer at the photo's size; decoding and writing
 files are not timed). Reports the median, p90, min and max per photo, the load time and the peak
-memory of each target's process.
+memory of each target's process. A target that fails is named with its error (a row of bench.json
+too) and the others are still timed; the exit code is then 2. bench.png shows each median with the
+min-max spread over all its calls.
 """
 
 SERVE_DESCRIPTION = """\
@@ -294,7 +307,7 @@ def add_parser(sub) -> None:
     bp.add_argument("--images", type=positive, default=8, help="how many of its photos (default: 8)")
     bp.add_argument("--size", type=parse_size, help="resize every photo to WxH first, e.g. 640x480 "
                                                      "(default: each photo's own size)")
-    bp.add_argument("--warmup", type=int, default=2, help="untimed calls first (default: 2)")
+    bp.add_argument("--warmup", type=non_negative, default=2, help="untimed calls first (default: 2)")
     bp.add_argument("--repeats", type=positive, default=3, help="timed passes over the photos (default: 3)")
     bp.add_argument("--out", default="bench/predict", help="output folder (default: bench/predict)")
     bp.set_defaults(func=cmd_bench_predict)

@@ -33,17 +33,26 @@ def choices(text: str, allowed, flag: str) -> list[str]:
     return chosen
 
 
-def positive(value: str) -> int:
-    """argparse type: a whole number >= 1 (a clear usage error otherwise)."""
+def _whole_number(value: str, least: int) -> int:
     import argparse
 
     try:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    if number < least:
+        raise argparse.ArgumentTypeError(f"{value} must be at least {least}")
     return number
+
+
+def positive(value: str) -> int:
+    """argparse type: a whole number >= 1 (a clear usage error otherwise)."""
+    return _whole_number(value, 1)
+
+
+def non_negative(value: str) -> int:
+    """argparse type: a whole number >= 0."""
+    return _whole_number(value, 0)
 
 
 def add_experiment_arguments(parser, *, optional: bool = False, config_help: str = "experiment YAML (see configs/)",

@@ -119,10 +119,17 @@ def run_bench_predict(targets: list[str], photo_paths: list[str], *, size: tuple
         if proc.returncode == 0 and lines:
             rows.append(json.loads(lines[-1][len(RESULT_PREFIX):]))
         else:
-            error = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+            error = child_error(proc.stderr, proc.returncode)
             say(f"  failed: {error}")
             rows.append({"label": target_name(target), "target": str(target), "error": error})
     return rows
+
+
+def child_error(stderr: str, returncode: int) -> str:
+    """The child's own error lines (``error: ...``, as nailseg prints them), else its last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    return "; ".join(errors) if errors else (lines[-1] if lines else f"exit {returncode}")
 
 
 def _child(request: str) -> int:
