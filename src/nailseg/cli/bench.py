@@ -165,7 +165,6 @@ def cmd_bench_predict(args) -> int:
     from nailseg.core.benchmark import write_report
     from nailseg.core.data.decode import read_image
     from nailseg.core.evaluate import collect_inputs
-    from nailseg.core.io import write_json
     from nailseg.errors import DataError, NailsegError
     from nailseg.workflows.bench_predict import check_target, run_bench_predict
 
@@ -188,10 +187,9 @@ def cmd_bench_predict(args) -> int:
     timed = [r for r in rows if "latency_ms" in r]
     if timed:
         where = f"{args.size[0]}x{args.size[1]} photos" if args.size else "photos at their own size"
-        paths = write_report(out, timed, title=f"ms per photo, median ({where}, {len(photos)} photos, "
-                                                f"{timed[0]['environment']['cpu']['profile']} CPU)",
+        paths = write_report(out, rows, title=f"ms per photo, median ({where}, {len(photos)} photos, "
+                                               f"{timed[0]['environment']['cpu']['profile']} CPU)",
                              value="latency_ms", label="ms per photo (median)")
-        write_json(out / "bench.json", rows)  # the failed targets too, each with its error
     print(f"{'model':40} {'stack':12} {'ms median':>10} {'p90':>8} {'photos/s':>9}")
     for r in rows:
         if "latency_ms" in r:

@@ -3,10 +3,7 @@ inference flags (threshold, TTA, small-region removal) on top of the run's store
 
 from __future__ import annotations
 
-
-def is_onnx(target: str) -> bool:
-    """A model file exported with ``--format onnx`` rather than a run folder."""
-    return str(target).lower().endswith(".onnx")
+from nailseg.deploy import is_onnx  # noqa: F401  (predict and eval import it from here)
 
 
 def inference_options(args, base, model_hw: tuple[int, int]):

@@ -59,7 +59,8 @@ def environment(device: str = "cpu") -> dict:
 
 def write_report(out: str | os.PathLike[str], results: list[dict], *, title: str, value: str = "images_per_s",
                  label: str = "images / s") -> tuple[Path, Path]:
-    """``bench.json`` (the list of results) and ``bench.png`` (a bar chart with min-max spread)."""
+    """``bench.json`` (the list of results) and ``bench.png`` (a bar chart with min-max spread of the
+    results that have ``value``: a row that failed is kept in the JSON with its error)."""
     from nailseg.core.optional import pyplot
 
     plt = pyplot("the benchmark chart (bench.png)")
@@ -67,6 +68,7 @@ def write_report(out: str | os.PathLike[str], results: list[dict], *, title: str
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "bench.json", results)
+    results = [r for r in results if value in r]
     names = [r["label"] if "label" in r else r["pipeline"] for r in results]
     values = [r[value] for r in results]
     low = [r[value] - r.get(f"{value}_min", r[value]) for r in results]

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from nailseg.deploy import is_onnx
 from nailseg.errors import NailsegError
 
 RESULT_PREFIX = "bench-predict-result: "  # the child's one line of JSON on stdout
@@ -26,13 +27,13 @@ RESULT_PREFIX = "bench-predict-result: "  # the child's one line of JSON on stdo
 def target_name(target: str) -> str:
     """A short label: the run folder's name, or the model file's parent and name."""
     path = Path(target)
-    return f"{path.parent.name}/{path.name}" if path.suffix.lower() == ".onnx" else path.name
+    return f"{path.parent.name}/{path.name}" if is_onnx(target) else path.name
 
 
 def check_target(target: str) -> None:
     """One line naming the target when it is neither a run folder nor an ONNX file."""
     path = Path(target)
-    if path.suffix.lower() == ".onnx":
+    if is_onnx(target):
         if not path.is_file():
             raise NailsegError(f"{target}: no such ONNX file")
     elif not (path / "config.yaml").is_file():
@@ -53,7 +54,7 @@ def load_photos(paths: list[str], size: tuple[int, int] | None):
 
 def _predictor(target: str):
     """(predict, what the row records about the model) for a run folder or an ONNX file."""
-    if target.lower().endswith(".onnx"):
+    if is_onnx(target):
         from nailseg.deploy.onnx_model import OnnxSegmenter
 
         return OnnxSegmenter(target), {"format": "onnx", "stack": "onnxruntime"}
