@@ -179,15 +179,18 @@ overlays(run / "test-overlays", n=4)
 #
 # A run killed at any moment (even `kill -9`) continues from its newest verified checkpoint with no
 # epoch lost. Overrides given with `--resume` are saved into the run's config, so this also extends
-# a finished run by two epochs:
+# a finished run by two epochs. The recipe's time budget (`trainer.max_time`) planned the first
+# attempt's epochs; a resume that names another `trainer.max_epochs` trains to that number, says so,
+# and sizes the learning-rate schedule to it (the rate rises again for the two extra epochs, then falls):
 
 # %%
-sh(f"nailseg train --resume {run} trainer.max_epochs={EPOCHS + 2}", tail=4)
+sh(f"nailseg train --resume {run} trainer.max_epochs={EPOCHS + 2}", tail=5)
 import json
 
-for line in (run / "metrics.jsonl").read_text().splitlines()[-3:]:
-    epoch = json.loads(line)
+epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+for epoch in epochs[-3:]:
     print({k: round(v, 4) if isinstance(v, float) else v for k, v in epoch.items() if k in ("epoch", "train_loss", "val_iou", "lr")})
+assert len(epochs) == EPOCHS + 2, f"the run has {len(epochs)} epochs"  # epochs count from 0 in metrics.jsonl
 
 # %% [markdown]
 # ## 9. Run the ejected script, and compare

@@ -34,7 +34,9 @@ from nailseg.runs import (RUN_DIR_ENV, PreparedData, RunDir, RunLock, check_data
 
 def time_budget(exp: Experiment, run: RunDir, resume: bool, started: float) -> TimeBudget | None:
     """``trainer.max_time``'s plan. A resumed run keeps the epochs its first attempt planned (its
-    schedule was sized to them) and trims no further."""
+    schedule was sized to them) and trims no further, unless the resume asks for another
+    ``trainer.max_epochs``: that number is then trained, as it would be without a budget (the budget
+    was the first attempt's, and is not counted again)."""
     budget_s = exp.trainer.max_time_s
     if budget_s is None:
         return None
@@ -42,12 +44,23 @@ def time_budget(exp: Experiment, run: RunDir, resume: bool, started: float) -> T
     saved = run.path / BUDGET_FILE
     if resume and saved.is_file():
         try:
-            planned = int(json.loads(saved.read_text())["planned_epochs"])
-        except (ValueError, KeyError, TypeError, OSError):
+            plan = json.loads(saved.read_text())
+            planned = int(plan["planned_epochs"])
+            first_max = int(plan.get("max_epochs", exp.trainer.max_epochs))
+        except (ValueError, KeyError, TypeError, AttributeError, OSError):
             raise ConfigError(f"{saved}: not a budget file nailseg wrote (planned_epochs missing); "
                               "remove it to plan the epochs again") from None
-        budget.epochs = max(1, min(planned, exp.trainer.max_epochs))
         budget.fixed = True  # the plan stands; the budget is not counted again
+        if exp.trainer.max_epochs != first_max:
+            budget.epochs = exp.trainer.max_epochs
+            line = (f"trainer.max_time: the first attempt planned {planned} of {first_max} epochs; this resume asks "
+                    f"for trainer.max_epochs={exp.trainer.max_epochs}, so it trains to epoch {budget.epochs}, "
+                    "the learning-rate schedule sized to them")
+            budget.notes.append(line)
+            if global_rank() == 0:
+                print(line, flush=True)
+        else:
+            budget.epochs = max(1, min(planned, exp.trainer.max_epochs))
     return budget
 
 

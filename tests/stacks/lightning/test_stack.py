@@ -1,6 +1,7 @@
 """End to end through the real CLI on tiny synthetic data: train, eval, predict, resume, DDP."""
 
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -340,6 +341,27 @@ def test_a_log_gets_one_plain_line_per_epoch_and_no_bar_frames(synth_data, tmp_p
     assert (tmp_path / "log" / "curves.png").stat().st_size > 5000  # the run's own loss and IoU curves
 
 
+def test_a_resume_past_a_budgeted_run_trains_the_epochs_it_asks_for_on_their_schedule(synth_data, tmp_path):
+    """A budgeted run planned 2 epochs; ``--resume RUN trainer.max_epochs=4`` trains two more, says so,
+    and each new epoch's lr is the 4-epoch schedule's (the first resumed epoch too, not the lr the
+    2-epoch schedule left in the optimiser)."""
+    from nailseg.core.runtime import lr_factor
+
+    proc = _train(synth_data, tmp_path / "runs", "trainer.max_epochs=2", "trainer.max_time=30m", "run.name=more",
+                  "optim.warmup_epochs=0", "logging.tensorboard=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "runs" / "more"
+    assert json.loads((run / "budget.json").read_text())["planned_epochs"] == 2
+    again = run_cli("train", "--resume", str(run), "trainer.max_epochs=4")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "this resume asks for trainer.max_epochs=4" in again.stdout
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3]
+    lr = 0.002  # demo-cpu.yaml's
+    for r in records[2:]:
+        assert r["lr"] == pytest.approx(lr * lr_factor(r["epoch"], 4, 0, "cosine")), r
+
+
 def test_a_time_budget_trims_the_epochs_and_sizes_the_schedule_to_them(synth_data, tmp_path):
     """trainer.max_time far below what 200 epochs take: the run trains fewer epochs, says so in one
     line, and its cosine schedule ends at the bottom on the planned last epoch (a run merely cut
@@ -356,7 +378,12 @@ def test_a_time_budget_trims_the_epochs_and_sizes_the_schedule_to_them(synth_dat
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert 3 <= planned < 200 and summary["epochs"] == planned == len(records)
     lr = 0.002  # demo-cpu.yaml's
-    assert records[-1]["lr"] == pytest.approx(lr * lr_factor(planned - 1, planned, 0, "cosine"))
+    # each epoch's lr comes from the plan made before it started ("... after N); training M epochs"):
+    # the last plan, unless an epoch that ran slow at the very end made it (the run then stops there)
+    plans = [tuple(map(int, m)) for m in re.findall(r"after (\d+)\); training (\d+) epochs", proc.stderr)]
+    in_force = [m for after, m in plans if after < len(records)][-1]
+    assert in_force == planned or plans[-1][0] == planned, plans
+    assert records[-1]["lr"] == pytest.approx(lr * lr_factor(planned - 1, in_force, 0, "cosine")), plans
     # the 200-epoch schedule would still be near its top there
     assert records[-1]["lr"] < 0.5 * lr * lr_factor(planned - 1, 200, 0, "cosine")
     assert json.loads((run / "budget.json").read_text())["planned_epochs"] == planned

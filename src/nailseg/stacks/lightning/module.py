@@ -104,6 +104,15 @@ class SegmentationModule(L.LightningModule):
         self.log("val_iou", result["iou"], prog_bar=True, sync_dist=False)
         self.log("val_dice", result["dice"], prog_bar=False, sync_dist=False)
 
+    def on_train_start(self) -> None:
+        """A resume restores each group's lr as the old schedule left it; a resume that trains to
+        another ``trainer.max_epochs`` spans a new schedule, so its first epoch takes that schedule's lr."""
+        for config in self.trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            if isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
+                for group, base, factor in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+                    group["lr"] = base * factor(sched.last_epoch)
+
     def configure_optimizers(self):
         o = self.exp.optim
         scale = encoder_lr_scale(o.encoder_lr_scale, self.exp.model.default_encoder_lr_scale)
