@@ -28,7 +28,6 @@ SECONDS = {
     f"{NOTEBOOK}[05-dali]": 120,
     "tests/cli/test_compare.py::test_compare_two_stacks_with_folds_then_runs": 159,
     "tests/cli/test_compare.py::test_many_class_folds_report_the_miou_and_each_class": 52,
-    "tests/cli/test_compare.py::test_compare_two_folds_as_two_jobs": 36,
     "tests/cli/test_tune.py::test_a_study_with_two_jobs_killed_and_continued_ends_with_its_trials": 82,
     "tests/cli/test_tune.py::test_a_study_runs_writes_the_best_config_and_continues": 75,
     "tests/cli/test_cluster.py::test_compare_folds_as_submitit_jobs": 60,

@@ -65,7 +65,7 @@ print(len(pairs), "pairs from", data, "| TensorFlow", tf.__version__)
 # the very `Compose` nailseg trains with (a test checks that they are equal).
 
 # %%
-EPOCHS = budget(full=24, test=8)  # the test suite sets NAILSEG_TUTORIAL_BUDGET=test
+EPOCHS = budget(full=24, test=5)  # the test suite sets NAILSEG_TUTORIAL_BUDGET=test
 weights_here = provider_for(SM_LITE_ENCODERS["efficientnet-lite0"]).locate() is not None
 WEIGHTS = "imagenet" if weights_here else "none"
 print("ImageNet weights installed:", weights_here, "-> model.encoder_weights =", WEIGHTS)

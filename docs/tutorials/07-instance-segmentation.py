@@ -63,8 +63,10 @@ EPOCHS = budget(full=16, test=3)  # the test suite sets NAILSEG_TUTORIAL_BUDGET=
 SIZE = "" if EPOCHS == 16 else " data.image_size=256 model.rois_per_image=128"
 EXPERIMENT = (f"configs/maskrcnn-pretrained-cpu.yaml data.root={data} model.encoder_weights={WEIGHTS} "
               f"data.split.val=0.1 data.split.test=0.2 trainer.max_epochs={EPOCHS}{SIZE}")
+# at the test budget the ejected folder trains one epoch of three batches (section 4 runs it)
+EJECT_LIMIT = "" if EPOCHS == 16 else " trainer.limit_train_batches=3"
 shutil.rmtree("ejected-maskrcnn", ignore_errors=True)
-_ = sh(f"nailseg eject {EXPERIMENT} --out ejected-maskrcnn", tail=8)
+_ = sh(f"nailseg eject {EXPERIMENT}{EJECT_LIMIT} --out ejected-maskrcnn", tail=8)
 folder = Path("ejected-maskrcnn")
 script = (folder / "train.py").read_text()
 
@@ -199,8 +201,8 @@ show_png(run / "curves.png")
 
 # %% [markdown]
 # And the ejected folder, trained by MMDetection alone (`python train.py`). At the full budget it
-# trains as many epochs as the run above; the test budget gives it one epoch, enough to see it run
-# but all warm-up, so its detections may not yet pass MMDetection's score threshold.
+# trains as many epochs as the run above; the test budget gives it one epoch of three batches, enough
+# to see it run but all warm-up, so its detections may not yet pass MMDetection's score threshold.
 # (Measured at 4 epochs of 256 px with 512 proposals on the same split, 2 CPU cores: val segm mAP
 # 0.159 at its best epoch for both, the ejected folder and `nailseg train`.)
 

@@ -166,35 +166,24 @@ def test_jobs_split_the_cores_between_the_trainings(monkeypatch):
 
 
 @pytest.mark.slow
-def test_compare_two_folds_as_two_jobs(synth_data, tmp_path):
-    """Two folds trained side by side, each on its share of the cores with one data worker."""
-    out = tmp_path / "cmp"
-    proc = run_cli("compare", str(REPO / "configs" / "demo-cpu.yaml"), f"data.root={synth_data}",
-                   "model.encoder=resnet18", *TINY[:-1], "trainer.max_epochs=2", "--folds", "2", "--jobs", "2",
-                   "--out", str(out), timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads((out / "compare.json").read_text())
-    assert rows[0]["folds"] == 2 and len(rows[0]["fold_ious"]) == 2 and "error" not in rows[0]
-    for k in (0, 1):
-        run = out / "runs" / f"demo-cpu-fold{k}"
-        assert "num_workers: 1" in (run / "config.yaml").read_text()
-        assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
-        assert "epoch 2/2" in (out / "runs" / f"demo-cpu-fold{k}.log").read_text()
-
-
-@pytest.mark.slow
 def test_many_class_folds_report_the_miou_and_each_class(class_data, tmp_path):
-    """Many classes through compare: each fold is scored by the class evaluation (iou = mIoU), and
-    the row and report.md carry each class's IoU, the mean over the folds."""
+    """Many classes through compare, the two folds trained side by side (``--jobs 2``, each on its
+    share of the cores with one data worker): each fold is scored by the class evaluation
+    (iou = mIoU), and the row and report.md carry each class's IoU, the mean over the folds."""
     from tests.conftest import CLASS_NAMES
 
     out = tmp_path / "cmp"
     proc = run_cli("compare", str(REPO / "configs" / "demo-cpu.yaml"), f"data.root={class_data}",
                    "data.classes=classes.txt", "data.cache=none", "model.encoder=resnet18", *TINY,
-                   "trainer.max_epochs=2", "--folds", "2", "--out", str(out), timeout=900)
+                   "trainer.max_epochs=2", "--folds", "2", "--jobs", "2", "--out", str(out), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [row] = json.loads((out / "compare.json").read_text())
     assert row["folds"] == 2 and not row["fold_errors"]
+    for k in (0, 1):
+        run = out / "runs" / f"demo-cpu-fold{k}"
+        assert "num_workers: 1" in (run / "config.yaml").read_text()  # the job's share wins over TINY's 0
+        assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+        assert "epoch 2/2" in (out / "runs" / f"demo-cpu-fold{k}.log").read_text()
     folds = [json.loads((Path(run) / "compare-eval.json").read_text()) for run in row["runs"]]
     assert row["iou"] == pytest.approx(sum(f["miou"] for f in folds) / 2, abs=1e-9)
     assert set(row["per_class_iou"]) == set(CLASS_NAMES)

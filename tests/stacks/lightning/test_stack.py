@@ -3,6 +3,7 @@
 import json
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,6 +91,21 @@ def test_eval_at_original_resolution(trained_run):
     assert [r["key"] for r in result["per_image"]] == split["test"]
     # counts are at the images' own size (96x72), not the model's 64x64
     assert all(r["tp"] + r["fp"] + r["fn"] + r["tn"] == 96 * 72 for r in result["per_image"])
+
+
+def test_eval_and_predict_load_the_network_without_lightning(trained_run, synth_data, tmp_path):
+    """Only training needs the Trainer: eval and predict of a Lightning run never import Lightning
+    (it pulls in torchmetrics and most of torchvision, ~2.5 s of every command's start)."""
+    image = sorted((synth_data / "images").iterdir())[0]
+    run, scores, masks = str(trained_run), str(tmp_path / "e.json"), str(tmp_path / "p")
+    code = ("import sys\nfrom nailseg.cli import main\n"
+            f"assert main(['eval', {run!r}, '--split', 'val', '--quiet', '--out', {scores!r}]) == 0\n"
+            f"assert main(['predict', {run!r}, {str(image)!r}, '--out', {masks!r}, '--quiet']) == 0\n"
+            "heavy = [m for m in ('lightning', 'torchmetrics', 'tensorflow') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "e.json").read_text())["n_images"] > 0 and list((tmp_path / "p").glob("*_mask.png"))
 
 
 def test_predict_any_size(trained_run, tmp_path):
