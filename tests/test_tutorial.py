@@ -1,4 +1,4 @@
-"""The notebooks' shared helpers (``nailseg.tutorial``): the training budget switch."""
+"""The notebooks' shared helpers (``nailseg.tutorial``): the training budget switch, ``record`` and ``sh``."""
 
 from __future__ import annotations
 
@@ -34,3 +34,26 @@ def test_record_keeps_each_figure_for_the_floors(tmp_path, monkeypatch, capsys):
     record(test_iou=0.25, val_iou=0.5)  # a later call adds, and replaces a figure it names again
     assert json.loads((tmp_path / RESULT_FILE).read_text()) == {"val_iou": 0.5, "test_iou": 0.25}
     assert "notebook result: val_iou 0.412" in capsys.readouterr().out
+
+
+def test_sh_shows_both_streams_in_the_order_written_and_returns_the_last_stdout_line(tmp_path, capsys):
+    """As a terminal shows a command: the epoch lines (stderr) before the summary and the run folder
+    (stdout), colour codes removed; the return value is stdout's last line whatever stderr wrote after."""
+    import shlex
+    import sys
+
+    from nailseg.tutorial import sh
+
+    code = ("import sys, time\n"
+            "for i in range(3):\n"
+            "    print(f'epoch {i}', file=sys.stderr); time.sleep(0.05)\n"
+            "print('val IoU 0.5'); time.sleep(0.05)\n"
+            "print('runs/x'); time.sleep(0.05)\n"
+            "print('\\x1b[4m\\x1b[97mINFO\\x1b[0m done', file=sys.stderr)\n")
+    script = tmp_path / "command.py"
+    script.write_text(code)
+    assert sh(f"{shlex.quote(sys.executable)} {shlex.quote(str(script))}") == "runs/x"
+    shown = capsys.readouterr().out.splitlines()[1:]  # after the "$ command" line
+    assert shown == ["epoch 0", "epoch 1", "epoch 2", "val IoU 0.5", "runs/x", "INFO done"]
+    with pytest.raises(RuntimeError, match="exited with 3"):
+        sh(f"{shlex.quote(sys.executable)} -c 'raise SystemExit(3)'")

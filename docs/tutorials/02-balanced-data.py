@@ -42,9 +42,10 @@ print(len(keys), "pairs; foreground share from", f"{min(fg_share.values()):.1%} 
 # %% [markdown]
 # ## 1. Groups and weights
 #
-# `data.balance.by: fg_bins` puts each image in a bin of its foreground share (log-spaced bins by
-# default: 0.5-1%, 1-2%, 2-4%...). Each group then gets a *target share* of the draws, and each
-# image the per-sample probability `target[g] / n_g`:
+# `data.balance.by: fg_bins` puts each image in a bin of its foreground share: by default the
+# range from the smallest share to the largest is cut in equal steps of log(share), so each bin
+# spans the same ratio (the table below shows the three bins of these photos). Each group then gets
+# a *target share* of the draws, and each image the per-sample probability `target[g] / n_g`:
 
 # %%
 show(balance.fg_bin_groups, balance.target_shares, balance.Grouping.sample_weights)
@@ -138,14 +139,14 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# `nailseg data balance DATA --by fg_bins --bins 3` prints the same table and writes this chart
-# as a PNG.
+# `nailseg data balance DATA --by fg_bins --bins 3 --out balance.png` prints a table like this one
+# (its own simulated draw: `--seed` picks it) and writes a bar chart of the groups as a PNG.
 #
 # ## 5. Does it change the result? Measured
 #
 # Two short trainings on the same split with the same seed, one plain and one balanced by
-# foreground share, both scored on the same held-out photos. On 40 photos and one split this is a
-# small experiment: read a difference of a few hundredths as noise.
+# foreground share, both scored on the same held-out photos. On 40 photos, one split and a few
+# epochs this is a small experiment: the two can differ by a tenth by chance alone.
 
 # %%
 EPOCHS = budget(full=10, test=6)  # the test suite sets NAILSEG_TUTORIAL_BUDGET=test
@@ -155,21 +156,20 @@ scores = {}
 runs = {}
 for name, extra in (("plain", ""), ("balanced", "data.balance.by=fg_bins data.balance.bins=3")):
     runs[name] = Path(sh(f"nailseg train configs/nails-pretrained-cpu.yaml {COMMON} {extra}", tail=3))
-    sh(f"nailseg eval {runs[name]} --split test --quiet", tail=4)
+    sh(f"nailseg eval {runs[name]} --split test --overlays {runs[name]}/test-overlays --quiet", tail=4)
     scores[name] = json.loads((runs[name] / "eval.json").read_text())["iou"]
 record(**{f"{name}_test_iou": value for name, value in scores.items()})
 
 # %%
 show_png(runs["balanced"] / "curves.png")
-sh(f"nailseg eval {runs['balanced']} --split test --overlays {runs['balanced']}/test-overlays --quiet", tail=1)
 overlays(runs["balanced"] / "test-overlays", n=2)
 
 # %% [markdown]
 # **Why balancing can score lower here.** Balancing changes *which* photos the model sees, not how
-# many: with 3 bins of equal weight, the few photos in the rarest bin (hands with the smallest or
-# the largest nail share) are drawn several times an epoch, and common photos less often. On 40
-# photos that means fewer distinct photos per epoch and some repeated ones, for the same number of
-# steps, so a short training can end a little lower; and the held-out photos follow the data's own
+# many: with 3 bins of equal weight, the few photos in the rarest bin (here the hands with the
+# largest nail share, 7 of the 40) are drawn several times an epoch, and common photos less often.
+# On 40 photos that means fewer distinct photos per epoch and some repeated ones, for the same
+# number of steps, so a short training can end lower; and the held-out photos follow the data's own
 # mix, not the balanced one, so nothing in the test rewards the rare bins. Balancing earns its keep
 # when the rare group matters to you (score it separately: `nailseg eval --overlays` and the
 # per-image rows of `eval.json`) or when the groups are far more unequal than these.

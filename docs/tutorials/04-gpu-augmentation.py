@@ -147,7 +147,8 @@ test_iou = json.loads((run / "eval.json").read_text())["iou"]
 
 # %% [markdown]
 # And the ejected kornia script, trained by Lightning alone (`python ejected-kornia/train.py`); it
-# draws its own random augmentations and batches, so its IoU is close to the run above, not equal:
+# draws its own random augmentations and batches, so its IoU differs from the run above by chance
+# (by 0.1 or more either way, on eight test photos after a few epochs):
 
 # %%
 import os
@@ -168,7 +169,10 @@ record(test_iou=test_iou, ejected_test_iou=ejected_test_iou)
 # `nailseg bench loaders` times each pipeline on the same photos (JSON + a bar chart; `cpu` is the
 # albumentations DataLoader, with nailseg's default spec here). On a CPU kornia runs in the
 # training process and augments a whole batch at once, the DataLoader one photo at a time in its
-# workers; on a GPU kornia also frees those workers:
+# workers; on a GPU kornia also frees those workers. Three batches timed once, as here, are a
+# demonstration of the command, not a measurement: the same `cpu` row moves by half from run to
+# run (tutorial 05 runs it too), and with nothing cached kornia was the slower one in the measured
+# figures linked below. Measure with `--batches 20 --repeats 3` before choosing:
 
 # %%
 sh(f"nailseg bench loaders --data {data} --size 192 --batch 8 --batches 3 --repeats 1 --pipelines cpu,kornia "

@@ -139,7 +139,8 @@ test_iou = json.loads((run / "eval.json").read_text())["iou"]
 
 # %% [markdown]
 # And the ejected script, trained by Lightning and DALI alone (`python ejected/train.py`); it draws
-# its own random augmentations, so its IoU is close to the run above, not equal. At the test budget
+# its own random augmentations, so its IoU differs from the run above by chance (by 0.1 or more
+# either way, on eight test photos after a few epochs). At the test budget
 # (4 epochs of 160 px) both are short of what the published 10 epochs reach:
 
 # %%
@@ -160,7 +161,9 @@ record(test_iou=test_iou, ejected_test_iou=ejected_test_iou)
 #
 # Without a GPU, DALI runs in CPU mode and competes with training for the same cores; its main
 # value is on a GPU, where the decode moves to the device. The figures below are this machine's,
-# at a tiny size; measure yours with `nailseg bench loaders` (JSON + a bar chart):
+# three batches timed once: a demonstration of the command, not a measurement (the `cpu` row moves
+# by half from run to run). Measure yours with `nailseg bench loaders --batches 20 --repeats 3`
+# (JSON + a bar chart):
 
 # %%
 sh(f"nailseg bench loaders --data {data} --size 192 --batch 8 --batches 3 --repeats 1 --pipelines cpu,dali "

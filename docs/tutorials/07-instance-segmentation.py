@@ -175,7 +175,8 @@ print("model:", cfg.model.type, "| backbone:", cfg.model.backbone.type, cfg.mode
       "| neck:", cfg.model.neck.type, "in_channels", cfg.model.neck.in_channels)
 print("train pipeline:", [step["type"] for step in cfg.train_dataloader.dataset.pipeline])
 print("schedule:", [(s["type"], s["begin"], s["end"]) for s in cfg.param_scheduler])
-print("evaluator:", cfg.val_evaluator.type, cfg.val_evaluator.metric, "on", cfg.val_evaluator.ann_file)
+print("evaluator:", cfg.val_evaluator.type, cfg.val_evaluator.metric, "on",
+      Path(cfg.val_evaluator.ann_file).resolve().relative_to(Path.cwd()))  # the folder's own coco/val.json
 
 # %% [markdown]
 # ## 4. Training through mmengine's `Runner`
@@ -227,8 +228,9 @@ print(shown or "no instance scored above MMDetection's threshold yet (CocoMetric
 # COCO's segm mAP averages the precision of the predicted masks over recall and over mask-overlap
 # thresholds from 0.5 to 0.95 (mAP_50: at 0.5 only); `val_iou` is the IoU of the union of the
 # instances scoring at least 0.3 against the truth mask, comparable with the semantic stacks. At
-# the test budget (3 epochs of 256 px) the model is far from trained, and the picture may show few
-# of the photo's nails or none; the published notebook's 16 epochs of 384 px find most of them.
+# the test budget (3 epochs of 256 px) the model is far from trained: the picture may miss nails,
+# and show duplicate or fragmentary instances (several masks on one nail, specks on the skin); the
+# published notebook's 16 epochs of 384 px find most nails once each.
 
 # %%
 summary = json.loads((run / "summary.json").read_text())

@@ -58,9 +58,13 @@ print("graph check:", report["graph_check"])
 print("metadata:", {k: report["metadata"][k] for k in ("image_size", "threshold", "normalization")})
 
 # %% [markdown]
-# The core of it is one `torch.onnx.export` call. In plain PyTorch, on the run's network rebuilt
-# with smp and loaded from `nailseg export --format state_dict` (plain tensors, loadable with
-# `weights_only=True`), with the batch size left free, then run by onnxruntime beside torch:
+# The core of it is one `torch.onnx.export` call. Below is the minimal version, in plain PyTorch:
+# the run's network rebuilt with smp and loaded from `nailseg export --format state_dict` (plain
+# tensors, loadable with `weights_only=True`), exported as bare logits at the training size with the
+# batch size left free (the classic TorchScript exporter, `dynamo=False`), then run by onnxruntime
+# beside torch. nailseg's export above is more: it wraps the network in `ExportWrapper` (the resize
+# to the training size, the normalisation, the sigmoid and the resize back, all inside the graph),
+# exports it with the dynamo exporter (`export.json`: `exporter`), and verifies it on real photos:
 
 # %%
 import numpy as np
@@ -197,6 +201,8 @@ def segment(path: Path, fmt: str) -> bytes:
 
 
 summary = json.loads(segment(photo_path, "json"))
+# nail_count: the connected regions of the mask of at least 20 pixels (a model trained this briefly
+# also leaves blobs on the skin, and they count)
 print({k: summary[k] for k in ("width", "height", "nail_count", "fg_share")})
 import io
 

@@ -9,12 +9,33 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import shlex
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+
+def _quiet_library_noise() -> None:
+    """Messages that teach nothing in a notebook: tqdm's hint about Jupyter widgets, Lightning's
+    advert for its cloud logger, and Lightning's deprecation of a torch helper it calls itself.
+    Every other warning still shows."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+    class _NoAdverts(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "litlogger" not in record.getMessage()
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+
+
+_quiet_library_noise()
 
 REAL_DATA_ENV = "NAILSEG_REAL_DATA"
 BUDGET_ENV = "NAILSEG_TUTORIAL_BUDGET"
@@ -57,18 +78,44 @@ def sh(command: str, *, expect: int | tuple[int, ...] = 0, quiet: bool = False, 
     if argv[0] == "nailseg":  # the nailseg of this Python, whatever PATH says
         argv = [sys.executable, "-m", "nailseg.cli", *argv[1:]]
     print(f"$ {command}")
-    proc = subprocess.run(argv, capture_output=True, text=True,
-                          env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"})
-    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip() and "\r" not in line]
+    returncode, both, out = _run(argv, {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
+                                        "PYTHONUNBUFFERED": "1"})
+    lines = [_ANSI.sub("", line) for line in both if line.strip() and "\r" not in line]
     if not quiet:
         shown = lines[-tail:]
         if len(lines) > len(shown):
             print(f"[... {len(lines) - len(shown)} earlier lines]")
         print("\n".join(shown))
-    if proc.returncode not in ((expect,) if isinstance(expect, int) else expect):
-        raise RuntimeError(f"{command!r} exited with {proc.returncode} (expected {expect})")
-    out = proc.stdout.strip().splitlines()
+    if returncode not in ((expect,) if isinstance(expect, int) else expect):
+        raise RuntimeError(f"{command!r} exited with {returncode} (expected {expect})")
+    out = [line for line in out if line.strip()]
     return out[-1].strip() if out else ""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # mmengine colours its log lines
+
+
+def _run(argv: list[str], env: dict[str, str]) -> tuple[int, list[str], list[str]]:
+    """Run a command; its exit code, its stdout and stderr lines in the order it wrote them (as a
+    terminal shows them: the summary after the epochs), and its stdout lines alone."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    both: list[str] = []
+    out: list[str] = []
+    lock = threading.Lock()
+
+    def pump(stream, keep: list[str] | None) -> None:
+        for line in stream:
+            with lock:
+                both.append(line.rstrip("\n"))
+                if keep is not None:
+                    keep.append(line.rstrip("\n"))
+
+    readers = [threading.Thread(target=pump, args=(proc.stdout, out)), threading.Thread(target=pump, args=(proc.stderr, None))]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    return proc.wait(), both, out
 
 
 RESULT_FILE = "notebook-result.json"
