@@ -24,7 +24,8 @@ import traceback
 WARM_MODULES = {
     "torch": ("torch", "lightning", "segmentation_models_pytorch", "albumentations", "cv2", "kornia", "onnx",
               "onnxruntime", "nailseg.cli", "nailseg.engine", "nailseg.stacks.lightning.stack",
-              "nailseg.stacks.lightning.module"),
+              "nailseg.stacks.lightning.module", "nailseg.stacks.lightning.callbacks",
+              "nailseg.stacks.lightning.loaders.dataloader"),
     # the Keras stack first: it sets TF_USE_LEGACY_KERAS and SM_FRAMEWORK before TensorFlow loads
     "tensorflow": ("nailseg.cli", "nailseg.engine", "nailseg.stacks.keras.stack", "tensorflow", "tf_keras",
                    "segmentation_models", "albumentations", "cv2"),

@@ -31,6 +31,12 @@ def test_a_resume_that_asks_for_more_epochs_trains_them_and_says_so(tmp_path, ca
     assert budget.epochs == 7 and budget.fixed
     line = capsys.readouterr().out
     assert "planned 5 of 5 epochs" in line and "trainer.max_epochs=7" in line and budget.notes == [line.strip()]
+    # the new plan is kept: resumed again with the config's 7 (saved by the first resume), it stands unsaid
+    plan = json.loads((tmp_path / BUDGET_FILE).read_text())
+    assert (plan["max_epochs"], plan["planned_epochs"]) == (7, 7)
+    again = time_budget(load_experiment(REPO / "configs" / "nails-pretrained-cpu.yaml", ["trainer.max_epochs=7"]),
+                        RunDir(tmp_path), True, time.monotonic())
+    assert again.epochs == 7 and not again.notes and capsys.readouterr().out == ""
     # a budget that trimmed the first attempt: asking for fewer epochs is taken too
     assert _resume(tmp_path, {"max_epochs": 100, "planned_epochs": 45}, "trainer.max_epochs=30").epochs == 30
 

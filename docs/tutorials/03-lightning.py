@@ -183,10 +183,11 @@ overlays(run / "test-overlays", n=4)
 # epoch lost. Overrides given with `--resume` are saved into the run's config, so this also extends
 # a finished run by two epochs. The recipe's time budget (`trainer.max_time`) planned the first
 # attempt's epochs; a resume that names another `trainer.max_epochs` trains to that number, says so,
-# and sizes the learning-rate schedule to it (the rate rises again for the two extra epochs, then falls):
+# and sizes the learning-rate schedule to it (the rate rises again for the first extra epoch and
+# falls in the second):
 
 # %%
-sh(f"nailseg train --resume {run} trainer.max_epochs={EPOCHS + 2}", tail=5)
+sh(f"nailseg train --resume {run} trainer.max_epochs={EPOCHS + 2}", tail=10)
 import json
 
 epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -133,7 +133,8 @@ show_png(run / "curves.png")
 # learning rates, and `Trainer.fit`. It trains on nailseg's split (`split.json` is plain JSON).
 # It is shorter than nailseg's training in three ways: its augmentation is a horizontal flip only
 # (the recipe adds an affine warp and colour jitter), its schedule is `CosineAnnealingLR` from the
-# first epoch down to 0 (nailseg warms up for one epoch and ends at 1% of the rate), and it drops
+# first epoch on, towards 0 (nailseg warms up for one epoch, then its cosine heads towards 1% of
+# the rate), and it drops
 # the last incomplete batch. Add its own random draws, and its IoU differs from nailseg's by chance
 # and by these choices; on six validation photos after a few epochs, by 0.1 or so.
 

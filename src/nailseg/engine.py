@@ -59,6 +59,8 @@ def time_budget(exp: Experiment, run: RunDir, resume: bool, started: float) -> T
             budget.notes.append(line)
             if global_rank() == 0:
                 print(line, flush=True)
+                # the plan from now on: a later resume without the override keeps it, and says nothing
+                write_json(saved, {**plan, "max_epochs": exp.trainer.max_epochs, "planned_epochs": budget.epochs})
         else:
             budget.epochs = max(1, min(planned, exp.trainer.max_epochs))
     return budget

@@ -98,7 +98,6 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # mmengine colours its log lines
 def _run(argv: list[str], env: dict[str, str]) -> tuple[int, list[str], list[str]]:
     """Run a command; its exit code, its stdout and stderr lines in the order it wrote them (as a
     terminal shows them: the summary after the epochs), and its stdout lines alone."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     both: list[str] = []
     out: list[str] = []
     lock = threading.Lock()
@@ -110,12 +109,20 @@ def _run(argv: list[str], env: dict[str, str]) -> tuple[int, list[str], list[str
                 if keep is not None:
                     keep.append(line.rstrip("\n"))
 
-    readers = [threading.Thread(target=pump, args=(proc.stdout, out)), threading.Thread(target=pump, args=(proc.stderr, None))]
-    for reader in readers:
-        reader.start()
-    for reader in readers:
-        reader.join()
-    return proc.wait(), both, out
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+                          errors="replace", env=env) as proc:
+        readers = [threading.Thread(target=pump, args=(proc.stdout, out), daemon=True),
+                   threading.Thread(target=pump, args=(proc.stderr, None), daemon=True)]
+        try:
+            for reader in readers:
+                reader.start()
+            for reader in readers:
+                reader.join()
+            return proc.wait(), both, out
+        except BaseException:  # an interrupted cell stops the command too, as subprocess.run would
+            proc.kill()
+            proc.wait()
+            raise
 
 
 RESULT_FILE = "notebook-result.json"

@@ -115,3 +115,4 @@ class TimeBudgetCallback(Callback):
         if planned is not None:
             trainer.fit_loop.max_epochs = planned
             pl_module.schedule_epochs = planned
+            pl_module.apply_schedule()  # the next epoch already runs on the new plan

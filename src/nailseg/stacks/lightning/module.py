@@ -107,6 +107,13 @@ class SegmentationModule(L.LightningModule):
     def on_train_start(self) -> None:
         """A resume restores each group's lr as the old schedule left it; a resume that trains to
         another ``trainer.max_epochs`` spans a new schedule, so its first epoch takes that schedule's lr."""
+        self.apply_schedule()
+
+    def apply_schedule(self) -> None:
+        """Set each group's lr to the schedule's value for the coming epoch, as ``schedule_epochs``
+        now sizes it. Lightning steps an epoch scheduler at the epoch's last batch, before the time
+        budget re-plans in ``on_train_epoch_end``; without this the epoch after a trim would still
+        run at the old plan's rate."""
         for config in self.trainer.lr_scheduler_configs:
             sched = config.scheduler
             if isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
