@@ -102,8 +102,8 @@ def cmd_bench_train(args) -> int:
     precisions = choices(args.precision, ("32", "32-true", "bf16-mixed", "16-mixed"), "--precision")
     pipelines = choices(args.pipelines, exp.stack_spec.pipelines, "--pipelines") if args.pipelines else None
     caches = choices(args.cache, ("none", "ram", "disk"), "--cache") if args.cache else None
-    results = bench.run(exp, precisions, batches=args.batches, repeats=args.repeats, pipelines=pipelines,
-                          caches=caches)
+    results = bench.run(exp, precisions, batches=args.batches, repeats=args.repeats, warmup=args.warmup,
+                        pipelines=pipelines, caches=caches)
     paths = write_report(out, results, title=f"training images/s: {results[0]['model']}, "
                          f"{exp.data.size_hw[0]} px, batch {exp.trainer.batch_size}, {results[0]['device']}")
     print(f"{'what':42} {'precision':>10} {'images/s':>9} {'of limit':>9}")
@@ -284,6 +284,8 @@ def add_parser(sub) -> None:
     bt.add_argument("--pipelines", help="comma-separated data.pipeline values of the config's stack to feed the "
                                         "steps (Lightning: albumentations, kornia, dali; default: the config's)")
     bt.add_argument("--cache", help="comma-separated data.cache modes: none,ram,disk (default: the config's)")
+    bt.add_argument("--warmup", type=non_negative, default=3,
+                    help="untimed steps before each timed row: oneDNN picks its kernels, the allocator settles (default: 3)")
     _timing_args(bt, batches=10, what="steps", out="bench/train")
     bt.set_defaults(func=cmd_bench_train)
     bs = bsub.add_parser("serve", help="load-test nailseg serve on 127.0.0.1 (requests/s, p50/p95/p99)",

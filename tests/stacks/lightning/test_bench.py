@@ -37,10 +37,11 @@ def test_bench_train_reports_share_of_limit(synth_data, tmp_path):
     # rows, not the rates, are what this test checks
     code = main(["bench", "train", str(REPO / "configs" / "demo-cpu.yaml"), f"data.root={synth_data}",
                  "data.image_size=32", "trainer.batch_size=4", "data.num_workers=0", "model.encoder=resnet18",
-                 "--batches", "2", "--repeats", "1", "--precision", "32-true,bf16-mixed", "--cache", "none,ram",
-                 "--out", str(tmp_path)])
+                 "--batches", "2", "--repeats", "1", "--warmup", "1", "--precision", "32-true,bf16-mixed",
+                 "--cache", "none,ram", "--out", str(tmp_path)])
     assert code == 0
     results = json.loads((tmp_path / "bench.json").read_text())
+    assert all("after 1 warm-up step" in r["method"] for r in results), [r["method"] for r in results]
     assert [r["precision"] for r in results] == ["32-true"] * 3 + ["bf16-mixed"] * 3
     loader_rows = [r for r in results if "percent_of_limit" in r]
     assert [r["cache"] for r in loader_rows] == ["none", "ram"] * 2

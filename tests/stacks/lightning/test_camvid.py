@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,6 +38,15 @@ def camvid_run(tmp_path_factory):
         yield runs / "camvid"
 
 
+@pytest.fixture(scope="module")
+def camvid_onnx(camvid_run, tmp_path_factory) -> Path:
+    """The run exported to ONNX once (verified by export itself), for the export and the tiling tests."""
+    out = tmp_path_factory.mktemp("camvid-onnx") / "camvid.onnx"
+    proc = run_cli("export", str(camvid_run), "--format", "onnx", "--out", str(out), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_camvid_trains_and_scores_each_class(camvid_run, tmp_path):
@@ -59,10 +69,8 @@ def test_camvid_trains_and_scores_each_class(camvid_run, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.realdata
-def test_camvid_exports_a_verified_onnx_that_predicts_and_serves_class_maps(camvid_run, tmp_path):
-    proc = run_cli("export", str(camvid_run), "--format", "onnx", "--out", str(tmp_path / "camvid.onnx"), timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads((tmp_path / "export.json").read_text())
+def test_camvid_exports_a_verified_onnx_that_predicts_and_serves_class_maps(camvid_run, camvid_onnx, tmp_path):
+    report = json.loads((camvid_onnx.parent / "export.json").read_text())
     assert report["mask_agreement"] > 0.99 and report["metadata"]["classes"][3] == "road"
     frames = sorted((CAMVID / "images").iterdir())[:3]
     # the ONNX file alone (no run folder) scores as the run does on the same frames
@@ -72,14 +80,14 @@ def test_camvid_exports_a_verified_onnx_that_predicts_and_serves_class_maps(camv
     for f in frames:
         (sample / "images" / f.name).write_bytes(f.read_bytes())
         (sample / "labels" / f"{f.stem}.png").write_bytes((CAMVID / "labels" / f"{f.stem}.png").read_bytes())
-    onnx_eval = run_cli("eval", str(tmp_path / "camvid.onnx"), "--data", str(sample), "--out",
+    onnx_eval = run_cli("eval", str(camvid_onnx), "--data", str(sample), "--out",
                         str(tmp_path / "onnx.json"), "--quiet")
     assert onnx_eval.returncode == 0, onnx_eval.stderr[-3000:]
     run_eval = run_cli("eval", str(camvid_run), "--data", str(sample), "--out", str(tmp_path / "run.json"), "--quiet")
     assert run_eval.returncode == 0, run_eval.stderr[-3000:]
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("onnx.json", "run.json"))
     assert a["miou"] == pytest.approx(b["miou"], abs=0.01) and a["classes"] == b["classes"]
-    predicted = run_cli("predict", str(tmp_path / "camvid.onnx"), str(frames[0]), "--out", str(tmp_path / "pred"),
+    predicted = run_cli("predict", str(camvid_onnx), str(frames[0]), "--out", str(tmp_path / "pred"),
                         "--quiet")
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     mask = Image.open(tmp_path / "pred" / f"{frames[0].stem}_mask.png")
@@ -89,7 +97,7 @@ def test_camvid_exports_a_verified_onnx_that_predicts_and_serves_class_maps(camv
 
     from nailseg.deploy.serve import ServeSettings, create_app
 
-    client = TestClient(create_app(ServeSettings(model=str(tmp_path / "camvid.onnx"))))
+    client = TestClient(create_app(ServeSettings(model=str(camvid_onnx))))
     body = frames[0].read_bytes()
     answer = client.post("/v1/segment", params={"format": "json"}, files={"image": ("f.jpg", body, "image/jpeg")})
     assert answer.status_code == 200, answer.text
@@ -109,7 +117,7 @@ def _mosaic(paths, *, label: bool) -> np.ndarray:
 
 @pytest.mark.slow
 @pytest.mark.realdata
-def test_tiled_inference_on_a_photo_four_times_the_training_frames(camvid_run, tmp_path):
+def test_tiled_inference_on_a_photo_four_times_the_training_frames(camvid_run, camvid_onnx, tmp_path):
     """A 2x2 mosaic of validation frames stands for a photo far larger than the training ones.
     Resized whole, every object shrinks by half; windows of one frame's size (``--tile 480``,
     in the model's aspect ratio), blended across the frames' seams, score as the frames do one by
@@ -139,10 +147,7 @@ def test_tiled_inference_on_a_photo_four_times_the_training_frames(camvid_run, t
     assert tiled == pytest.approx(frames_miou, abs=0.04), (frames_miou, whole, tiled)
     assert tiled > whole + 0.015, (frames_miou, whole, tiled)  # measured 0.301 vs 0.263 (frames 0.315)
 
-    proc = run_cli("export", str(camvid_run), "--format", "onnx", "--out", str(tmp_path / "m" / "camvid.onnx"),
-                   timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert miou(tmp_path / "m" / "camvid.onnx", big, "--tile", "480") == pytest.approx(tiled, abs=0.01)
+    assert miou(camvid_onnx, big, "--tile", "480") == pytest.approx(tiled, abs=0.01)
     pred = run_cli("predict", str(camvid_run), str(big / "images" / "mosaic.png"), "--out", str(tmp_path / "pred"),
                    "--tile", "480", "--quiet")
     assert pred.returncode == 0, pred.stderr[-2000:]
@@ -153,7 +158,7 @@ def test_tiled_inference_on_a_photo_four_times_the_training_frames(camvid_run, t
 
     from nailseg.deploy.serve import ServeSettings, create_app
 
-    client = TestClient(create_app(ServeSettings(model=str(tmp_path / "m" / "camvid.onnx"), tile=[343, 480])))
+    client = TestClient(create_app(ServeSettings(model=str(camvid_onnx), tile=[343, 480])))
     png = client.post("/v1/segment", params={"format": "png"},
                       files={"image": ("mosaic.png", (big / "images" / "mosaic.png").read_bytes(), "image/png")})
     assert png.status_code == 200, png.text

@@ -63,7 +63,7 @@ def bench_train(exp: Experiment, precisions: list[str], *, batches: int, repeats
                           model=f"{d['family']}:{d['arch']}/{d['encoder']}", batch_size=exp.trainer.batch_size,
                           image_size=list(exp.data.size_hw), parameters=int(model.count_params()),
                           method=f"Keras train_on_batch (forward, loss, backward, Adam step); median of {repeats} "
-                                 f"repeats of {batches} steps after {warmup} warm-up steps", **env)
+                                 f"repeats of {batches} steps after {warmup} warm-up step{'s' if warmup != 1 else ''}", **env)
             tag = f"{policy}{' + XLA' if xla else ''}"
             try:
                 step(resident)  # XLA compiles here, or says it cannot

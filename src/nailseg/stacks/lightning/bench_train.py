@@ -84,7 +84,7 @@ def bench_train(exp: Experiment, precisions: list[str], *, batches: int, repeats
                       batch_size=exp.trainer.batch_size, image_size=list(exp.data.size_hw),
                       parameters=sum(p.numel() for p in model.parameters()),
                       method=f"training steps (forward, loss, backward, AdamW step); median of {repeats} repeats "
-                             f"of {batches} steps after {warmup} warm-up steps", **env)
+                             f"of {batches} steps after {warmup} warm-up step{'s' if warmup != 1 else ''}", **env)
         lim = summarize("model limit (batch in device memory)", limit, label=f"limit {precision}", **common)
         results.append(lim)
         for pipeline, cache in variants:
