@@ -217,7 +217,16 @@ def run_tune(config: str, overrides: list[str], dims: list[Dimension], out: Path
     say(f"study {study_name!r} in {url}: {done} of {trials} trials done"
         + (f" ({failed} failed, not counted)" if failed else ""))
 
+    running: set[int] = set()  # the numbers of the trials this process trains now
+
     def objective(trial) -> float:
+        running.add(trial.number)
+        try:
+            return trial_score(trial)
+        finally:
+            running.discard(trial.number)
+
+    def trial_score(trial) -> float:
         params = {d.key: d.suggest(trial) for d in dims}
         chosen = [f"{k}={json.dumps(v)}" for k, v in params.items()]
         say(f"trial {trial.number}: {' '.join(chosen)}")
@@ -255,7 +264,12 @@ def run_tune(config: str, overrides: list[str], dims: list[Dimension], out: Path
             study.optimize(objective, n_trials=missing, n_jobs=jobs, catch=(RuntimeError,),
                            gc_after_trial=True, callbacks=[optuna.study.MaxTrialsCallback(trials, states=counted)])
         except BaseException:
-            _stop_live()  # Ctrl-C/SIGTERM: no trial trains on alone (each is marked failed by the storage)
+            _stop_live()  # Ctrl-C/SIGTERM: no trial trains on alone
+            # and each is marked failed now: a stop that lands while Optuna's pool is shutting down
+            # (every trial already handed out) leaves its threads to finish at interpreter exit, too
+            # late to record the failure, and the trial would stay RUNNING in the storage for good
+            for number in list(running):
+                study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
             raise
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
