@@ -18,6 +18,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+
 def _quiet_library_noise() -> None:
     """Messages that teach nothing in a notebook: tqdm's hint about Jupyter widgets, Lightning's
     advert for its cloud logger, and Lightning's deprecation of a torch helper it calls itself.
@@ -80,7 +81,7 @@ def sh(command: str, *, expect: int | tuple[int, ...] = 0, quiet: bool = False, 
     print(f"$ {command}")
     returncode, both, out = _run(argv, {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
                                         "PYTHONUNBUFFERED": "1"})
-    lines = [_ANSI.sub("", line) for line in both if line.strip() and "\r" not in line]
+    lines = [_ANSI.sub("", line) for line in both if line.strip()]  # a "\r" reaches _run as a line break
     if not quiet:
         shown = lines[-tail:]
         if len(lines) > len(shown):
