@@ -29,7 +29,6 @@ SECONDS = {
     f"{NOTEBOOK}[04-gpu-augmentation]": 109,
     f"{NOTEBOOK}[05-dali]": 104,
     "tests/stacks/mmdet/test_stack.py::TestMmdetContract::test_many_classes_train_and_score_per_class": 103,
-    "tests/stacks/mmdet/test_backbone.py::test_mask_rcnn_on_the_imagenet_lite_encoder_trains_evaluates_and_resumes": 75,
     "tests/stacks/lightning/test_camvid.py::test_camvid_trains_and_scores_each_class": 71,
     "tests/stacks/lightning/test_stack.py::test_short_pretrained_training_segments_real_nails": 70,
     "tests/cli/test_tune.py::test_a_study_with_two_jobs_killed_and_continued_ends_with_its_trials": 67,

@@ -57,3 +57,28 @@ def test_sh_shows_both_streams_in_the_order_written_and_returns_the_last_stdout_
     assert shown == ["epoch 0", "epoch 1", "epoch 2", "val IoU 0.5", "runs/x", "INFO done"]
     with pytest.raises(RuntimeError, match="exited with 3"):
         sh(f"{shlex.quote(sys.executable)} -c 'raise SystemExit(3)'")
+
+
+def test_sh_in_a_fork_of_a_warm_interpreter_shows_what_a_fresh_one_does(tmp_path, monkeypatch, capsys):
+    """``NAILSEG_TUTORIAL_FORK`` (what the test suite sets) changes where a `nailseg` line runs, never
+    what the notebook shows: the same lines, the same returned line, the same refusals."""
+    from nailseg.tutorial import FORK_ENV, sh
+
+    shown = {}
+    for side, fork in (("fresh", None), ("forked", "torch")):
+        if fork:
+            monkeypatch.setenv(FORK_ENV, fork)
+        else:
+            monkeypatch.delenv(FORK_ENV, raising=False)
+        (tmp_path / side).mkdir()
+        monkeypatch.chdir(tmp_path / side)
+        last = sh("nailseg data synth synth --n 2 --size 64x48")
+        assert (tmp_path / side / "synth" / "labels").is_dir() and last
+        sh("nailseg data check no-such-folder", expect=2)
+        with pytest.raises(RuntimeError, match="exited with 2"):
+            sh("nailseg data check no-such-folder")
+        shown[side] = [line for line in capsys.readouterr().out.splitlines() if "it/s" not in line]
+    # the same lines; lines of the two streams written within the same instant may come in either
+    # order, from a fork as from a fresh process (two pipes, two readers)
+    assert sorted(shown["forked"]) == sorted(shown["fresh"]) and len(shown["fresh"]) >= 10
+    assert "error: no-such-folder: data folder does not exist" in shown["forked"]

