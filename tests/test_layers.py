@@ -14,7 +14,7 @@
    3   ``runs`` (run folders), ``engine`` (the Stack protocol and the training steps)
    4   ``workflows`` (compare, k-fold, the balance report)
    5   ``stacks`` (one folder per stack; ``stacks/_torch`` is what the torch stacks share)
-   6   ``tutorial``, ``cli``
+   6   ``tutorial``, ``forked_cli`` (the CLI run in forks of a warm interpreter), ``cli``
   ===  ==============================================================================
 
 - a stack folder never imports another stack's folder (only ``stacks/_torch``).
@@ -65,7 +65,7 @@ def test_imports_point_down(path: Path):
 
 LAYERS = [("nailseg.errors", 0), ("nailseg.specs", 0), ("nailseg.registry", 0), ("nailseg.core", 1),
           ("nailseg.config", 2), ("nailseg.deploy", 2), ("nailseg.runs", 3), ("nailseg.contract", 3), ("nailseg.engine", 3),
-          ("nailseg.workflows", 4), ("nailseg.stacks", 5), ("nailseg.tutorial", 6), ("nailseg.cli", 6)]
+          ("nailseg.workflows", 4), ("nailseg.stacks", 5), ("nailseg.tutorial", 6), ("nailseg.forked_cli", 6), ("nailseg.cli", 6)]
 
 
 def layer_of(module: str) -> int:

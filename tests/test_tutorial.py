@@ -77,8 +77,25 @@ def test_sh_in_a_fork_of_a_warm_interpreter_shows_what_a_fresh_one_does(tmp_path
         sh("nailseg data check no-such-folder", expect=2)
         with pytest.raises(RuntimeError, match="exited with 2"):
             sh("nailseg data check no-such-folder")
+        # a plain script (an ejected train.py): run as __main__ in its folder, its own folder importable
+        folder = tmp_path / side / "ejected"
+        folder.mkdir()
+        (folder / "helper.py").write_text("ANSWER = 42\n")
+        (folder / "train.py").write_text(
+            "import os, sys, warnings\nfrom pathlib import Path\nimport helper\n"
+            "if __name__ == '__main__':\n"
+            "    warnings.warn('a noisy library')\n"
+            "    print(sys.argv[1:], helper.ANSWER, os.environ['TUTORIAL_TEST'], Path.cwd().name)\n"
+            "    print('done', file=sys.stderr)\n"
+            "    raise SystemExit(int(sys.argv[-1]))\n")
+        quiet = {"TUTORIAL_TEST": side, "PYTHONWARNINGS": "ignore"}  # read at start by a fresh interpreter
+        assert sh("python train.py --out x 0", cwd=folder, env=quiet) == \
+            f"['--out', 'x', '0'] 42 {side} ejected"
+        sh("python ejected/train.py 3", env={"TUTORIAL_TEST": side}, expect=3)
         shown[side] = [line for line in capsys.readouterr().out.splitlines() if "it/s" not in line]
     # the same lines; lines of the two streams written within the same instant may come in either
     # order, from a fork as from a fresh process (two pipes, two readers)
-    assert sorted(shown["forked"]) == sorted(shown["fresh"]) and len(shown["fresh"]) >= 10
+    assert sorted(shown["forked"]) == sorted(x.replace("fresh", "forked") for x in shown["fresh"])
+    assert len(shown["fresh"]) >= 14
+    assert sum("UserWarning: a noisy library" in line for line in shown["forked"]) == 1  # the second script
     assert "error: no-such-folder: data folder does not exist" in shown["forked"]

@@ -204,13 +204,7 @@ assert len(epochs) == EPOCHS + 2, f"the run has {len(epochs)} epochs"  # epochs 
 # suite holds the two within 0.2 of each other; a broken script scores under 0.1):
 
 # %%
-import os
-import subprocess
-import sys
-
-proc = subprocess.run([sys.executable, "ejected/train.py", "--out", "ejected/out"], capture_output=True, text=True,
-                      env={**os.environ, "PYTHONWARNINGS": "ignore"})
-assert proc.returncode == 0, proc.stderr[-2000:]
+sh("python ejected/train.py --out ejected/out", tail=1, env={"PYTHONWARNINGS": "ignore"})
 ejected_iou = json.loads(Path("ejected/out/metrics.json").read_text())["val"]["iou"]
 print(f"val IoU: plain Lightning script {ejected_iou:.3f}, nailseg train {first_run_iou:.3f} (before the resume)")
 record(nailseg_val_iou=first_run_iou, ejected_val_iou=ejected_iou)

@@ -77,11 +77,14 @@ def _fork_context(kind: str) -> multiprocessing.context.BaseContext:
     return _context[1]
 
 
-def _child(args: list[str], cwd: str | None, env: dict[str, str], out: socket.socket, err: socket.socket) -> None:
-    """In the forked child: become ``python -m nailseg.cli ARGS`` with stdout/stderr on the sockets."""
+def _child(args: list[str], cwd: str | None, env: dict[str, str], out: socket.socket, err: socket.socket,
+           script: str | None = None) -> None:
+    """In the forked child: become ``python -m nailseg.cli ARGS`` (or ``python SCRIPT ARGS``) with
+    stdout/stderr on the sockets."""
     multiprocessing.set_start_method(None, force=True)  # the platform's default, as in a fresh interpreter
     os.environ.clear()
     os.environ.update(env)
+    _apply_warning_options(env.get("PYTHONWARNINGS", ""))
     if cwd:
         os.chdir(cwd)
     for fd, sock in ((1, out), (2, err)):
@@ -89,13 +92,19 @@ def _child(args: list[str], cwd: str | None, env: dict[str, str], out: socket.so
         sock.close()
     for stream in (sys.stdout, sys.stderr):  # each line reaches the reader as written (PYTHONUNBUFFERED)
         stream.reconfigure(line_buffering=True, write_through=True)
-    sys.argv = [os.path.join(os.path.dirname(sys.modules["nailseg.cli"].__file__), "__main__.py"), *args]
-    code: int | str | None
-    try:
-        from nailseg.cli import main
+    import runpy
 
-        code = main(list(args))
-    except SystemExit as stop:  # argparse's usage errors, --help
+    code: int | str | None = 0
+    try:
+        if script is not None:  # as `python SCRIPT`: its folder first on the path, run as __main__
+            sys.argv = [script, *args]
+            path = os.path.abspath(script)  # its __file__, absolute as the interpreter makes it
+            sys.path.insert(0, os.path.dirname(path))
+            runpy.run_path(path, run_name="__main__")
+        else:  # as `python -m nailseg.cli` (its __main__ exits with main()'s code)
+            sys.argv = ["-m", *args]
+            runpy.run_module("nailseg.cli", run_name="__main__", alter_sys=True)
+    except SystemExit as stop:  # the exit code, argparse's usage errors, --help
         code = stop.code
     except BaseException:  # an uncaught error: traceback and exit 1, as the interpreter would
         traceback.print_exc()
@@ -109,6 +118,18 @@ def _child(args: list[str], cwd: str | None, env: dict[str, str], out: socket.so
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code or 0)
+
+
+def _apply_warning_options(options: str) -> None:
+    """``PYTHONWARNINGS``, which a fresh interpreter reads at start and a fork would miss
+    (``ignore``, ``ignore::DeprecationWarning``, ...: the ``-W`` syntax, comma-separated)."""
+    import warnings
+
+    for option in filter(None, (o.strip() for o in options.split(","))):
+        try:
+            warnings._setoption(option)  # what the interpreter itself calls for each -W option
+        except warnings._OptionError:  # the interpreter warns about a bad option and goes on
+            pass
 
 
 @dataclass
@@ -127,9 +148,10 @@ class Timeout(Exception):
 
 
 def run_forked(args: list[str], *, cwd=None, env: dict[str, str] | None = None, kind: str = "torch",
-               timeout: float | None = None) -> Finished:
-    """``nailseg ARGS`` in a child of this process's warm fork server (``kind``: torch, mmdet or
-    tensorflow). An interrupt (or a timeout: :class:`Timeout`) kills the child."""
+               timeout: float | None = None, script: str | None = None) -> Finished:
+    """``nailseg ARGS`` (with ``script``: ``python SCRIPT ARGS``) in a child of this process's warm
+    fork server (``kind``: torch, mmdet or tensorflow). An interrupt (or a timeout: :class:`Timeout`)
+    kills the child."""
     env = dict(os.environ if env is None else env)
     env.pop(SERVER_ENV, None)
     ctx = _fork_context(kind)
@@ -145,7 +167,7 @@ def run_forked(args: list[str], *, cwd=None, env: dict[str, str] | None = None, 
                     chunks[name].append(line)
                     lines.append((name, line.rstrip("\r\n")))
 
-    proc = ctx.Process(target=_child, args=(list(args), str(cwd) if cwd else None, env, out_w, err_w))
+    proc = ctx.Process(target=_child, args=(list(args), str(cwd) if cwd else None, env, out_w, err_w, script))
     try:
         proc.start()
     finally:

@@ -74,20 +74,28 @@ def real_data() -> Path | None:
     return None
 
 
-def sh(command: str, *, expect: int | tuple[int, ...] = 0, quiet: bool = False, tail: int = 25) -> str:
-    """Run one ``nailseg ...`` line as a reader would type it, print its output (the last ``tail``
-    lines), and raise when its exit code is not ``expect`` (or one of them: a refusal, exit 2, that
-    the notebook explains), so a broken command fails the notebook.
+def sh(command: str, *, expect: int | tuple[int, ...] = 0, quiet: bool = False, tail: int = 25,
+       cwd: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> str:
+    """Run one ``nailseg ...`` (or ``python script.py ...``) line as a reader would type it, in
+    ``cwd`` with ``env`` added to the environment, print its output (the last ``tail`` lines), and
+    raise when its exit code is not ``expect`` (or one of them: a refusal, exit 2, that the notebook
+    explains), so a broken command fails the notebook.
     Returns the last line of standard output (``train`` prints its run folder there)."""
     argv = shlex.split(command)
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1",
+           **(env or {})}
     print(f"$ {command}")
-    if argv[0] == "nailseg" and os.environ.get(FORK_ENV):
-        returncode, both, out = _run_forked(argv[1:], env, os.environ[FORK_ENV])
+    forkable = argv[0] == "nailseg" or (argv[0] == "python" and len(argv) > 1 and not argv[1].startswith("-"))
+    if forkable and os.environ.get(FORK_ENV):
+        script = argv[1] if argv[0] == "python" else None
+        args = argv[2:] if script else argv[1:]
+        returncode, both, out = _run_forked(args, env, os.environ[FORK_ENV], cwd, script)
     else:
         if argv[0] == "nailseg":  # the nailseg of this Python, whatever PATH says
             argv = [sys.executable, "-m", "nailseg.cli", *argv[1:]]
-        returncode, both, out = _run(argv, env)
+        elif argv[0] == "python":  # and its python
+            argv = [sys.executable, *argv[1:]]
+        returncode, both, out = _run(argv, env, cwd)
     lines = [_ANSI.sub("", line) for line in both if line.strip()]  # a "\r" reaches _run as a line break
     if not quiet:
         shown = lines[-tail:]
@@ -100,10 +108,10 @@ def sh(command: str, *, expect: int | tuple[int, ...] = 0, quiet: bool = False, 
     return out[-1].strip() if out else ""
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # mmengine colours its log lines
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # mmengine colours its log lines; progress bars hide the cursor
 
 
-def _run(argv: list[str], env: dict[str, str]) -> tuple[int, list[str], list[str]]:
+def _run(argv: list[str], env: dict[str, str], cwd=None) -> tuple[int, list[str], list[str]]:
     """Run a command; its exit code, its stdout and stderr lines in the order it wrote them (as a
     terminal shows them: the summary after the epochs), and its stdout lines alone."""
     both: list[str] = []
@@ -118,7 +126,7 @@ def _run(argv: list[str], env: dict[str, str]) -> tuple[int, list[str], list[str
                     keep.append(line.rstrip("\n"))
 
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
-                          errors="replace", env=env) as proc:
+                          errors="replace", env=env, cwd=cwd) as proc:
         readers = [threading.Thread(target=pump, args=(proc.stdout, out), daemon=True),
                    threading.Thread(target=pump, args=(proc.stderr, None), daemon=True)]
         try:
@@ -133,11 +141,13 @@ def _run(argv: list[str], env: dict[str, str]) -> tuple[int, list[str], list[str
             raise
 
 
-def _run_forked(args: list[str], env: dict[str, str], kind: str) -> tuple[int, list[str], list[str]]:
-    """:func:`_run` for ``nailseg ARGS``, in a fork of the warm interpreter of ``kind``."""
+def _run_forked(args: list[str], env: dict[str, str], kind: str, cwd=None,
+                script: str | None = None) -> tuple[int, list[str], list[str]]:
+    """:func:`_run` for ``nailseg ARGS`` or ``python SCRIPT ARGS``, in a fork of the warm
+    interpreter of ``kind``."""
     from nailseg.forked_cli import run_forked
 
-    done = run_forked(args, env=env, kind=kind)
+    done = run_forked(args, env=env, kind=kind, cwd=cwd, script=script)
     return done.returncode, [line for _, line in done.lines], [line for name, line in done.lines if name == "out"]
 
 
