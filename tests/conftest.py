@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from nailseg.core.data.synth import SynthConfig, synthesize
+from nailseg.forked_cli import SERVER_ENV
 from tests.cli_fork import run_forked
 from tests.schedule import longest_groups_first
 
@@ -137,7 +138,7 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     never share a process) and for variables that libraries read at import time (a forked child
     sees ``env`` only from the moment it starts)."""
     full_env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    full_env.pop("NAILSEG_FORK_SERVER", None)
+    full_env.pop(SERVER_ENV, None)
     if fresh:
         proc = subprocess.run([sys.executable, "-m", "nailseg.cli", *args], cwd=cwd, env=full_env,
                               capture_output=True, text=True, timeout=timeout)

@@ -42,18 +42,47 @@ WARM_MODULES: dict[str, tuple[str, ...]] = {
                    "segmentation_models", "albumentations", "cv2"),
 }
 
+# The module path a fresh interpreter starts with (its first entry, the script's folder or the
+# working folder, aside): a child's path is rebuilt from it, not inherited from whoever started the server.
+_FRESH_PATH: list[str] | None = None
+# The warning filters before the warm imports: a plain script gets these back (a `nailseg` command
+# keeps the ones nailseg's modules installed when the server imported them, as a fresh one would).
+_FRESH_WARNING_FILTERS: list | None = None
+
 if os.environ.get(SERVER_ENV) in WARM_MODULES:
     # Only the fork server pays for these imports; a process that imports this module does not.
     import importlib
+    import json
+    import subprocess
 
+    _FRESH_PATH = json.loads(subprocess.run([sys.executable, "-c", "import json, sys; print(json.dumps(sys.path[1:]))"],
+                                            capture_output=True, text=True, check=True).stdout)
+    import warnings
+
+    _FRESH_WARNING_FILTERS = list(warnings.filters)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # read when albumentations is imported
-    for _name in WARM_MODULES[os.environ[SERVER_ENV]]:
-        try:
-            importlib.import_module(_name)
-        except ImportError:
-            pass
+    # What the imports print (segmentation_models names its framework) is the server's, not a
+    # command's: it goes nowhere, rather than into the caller's output or every child's buffer.
+    _saved = [os.dup(1), os.dup(2)]
+    _devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(_devnull, 1)
+    os.dup2(_devnull, 2)
+    try:
+        for _name in WARM_MODULES[os.environ[SERVER_ENV]]:
+            try:
+                importlib.import_module(_name)
+            except ImportError:
+                pass
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for _fd, _copy in zip((1, 2), _saved):
+            os.dup2(_copy, _fd)
+            os.close(_copy)
+        os.close(_devnull)
 
 _context: tuple[str, multiprocessing.context.BaseContext] | None = None
+_context_lock = threading.Lock()
 
 
 def _fork_context(kind: str) -> multiprocessing.context.BaseContext:
@@ -61,17 +90,18 @@ def _fork_context(kind: str) -> multiprocessing.context.BaseContext:
     global _context
     if kind not in WARM_MODULES:
         raise ValueError(f"fork server kind {kind!r}: use one of {', '.join(WARM_MODULES)}")
-    if _context is None:
-        from multiprocessing import forkserver
+    with _context_lock:
+        if _context is None:
+            from multiprocessing import forkserver
 
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
-        os.environ[SERVER_ENV] = kind  # inherited by the server, which then warms up on import
-        try:
-            forkserver.ensure_running()
-        finally:
-            del os.environ[SERVER_ENV]  # this process's other children are not servers
-        _context = (kind, ctx)
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload([__name__])
+            os.environ[SERVER_ENV] = kind  # inherited by the server, which then warms up on import
+            try:
+                forkserver.ensure_running()
+            finally:
+                os.environ.pop(SERVER_ENV, None)  # this process's other children are not servers
+            _context = (kind, ctx)
     if _context[0] != kind:
         raise RuntimeError(f"this process's fork server has {_context[0]} loaded, not {kind}")
     return _context[1]
@@ -84,6 +114,11 @@ def _child(args: list[str], cwd: str | None, env: dict[str, str], out: socket.so
     multiprocessing.set_start_method(None, force=True)  # the platform's default, as in a fresh interpreter
     os.environ.clear()
     os.environ.update(env)
+    if script is not None and _FRESH_WARNING_FILTERS is not None:
+        import warnings
+
+        warnings.filters[:] = _FRESH_WARNING_FILTERS
+        warnings._filters_mutated()
     _apply_warning_options(env.get("PYTHONWARNINGS", ""))
     if cwd:
         os.chdir(cwd)
@@ -95,12 +130,13 @@ def _child(args: list[str], cwd: str | None, env: dict[str, str], out: socket.so
     import runpy
 
     code: int | str | None = 0
+    path = os.path.abspath(script) if script is not None else None  # __file__, absolute as Python makes it
+    # the path a fresh interpreter has: the script's folder (or, for -m, the working folder) first
+    sys.path[:] = [os.path.dirname(path) if path else os.getcwd(), *(_FRESH_PATH or sys.path[1:])]
     try:
-        if script is not None:  # as `python SCRIPT`: its folder first on the path, run as __main__
+        if path is not None:  # as `python SCRIPT`, run as __main__
             sys.argv = [script, *args]
-            path = os.path.abspath(script)  # its __file__, absolute as the interpreter makes it
-            sys.path.insert(0, os.path.dirname(path))
-            runpy.run_path(path, run_name="__main__")
+            _run_script(path)
         else:  # as `python -m nailseg.cli` (its __main__ exits with main()'s code)
             sys.argv = ["-m", *args]
             runpy.run_module("nailseg.cli", run_name="__main__", alter_sys=True)
@@ -120,6 +156,20 @@ def _child(args: list[str], cwd: str | None, env: dict[str, str], out: socket.so
         os._exit(code or 0)
 
 
+def _run_script(path: str) -> None:
+    """Run the file at ``path`` as ``__main__`` the way the interpreter does: ``__file__`` absolute,
+    ``sys.argv[0]`` as typed (``runpy.run_path`` would overwrite it with the path)."""
+    import builtins
+    import types
+
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__file__=path, __builtins__=builtins, __cached__=None, __spec__=None, __loader__=None)
+    sys.modules["__main__"] = main  # so pickling and `if __name__ == "__main__"` see this module
+    with open(path, "rb") as source:
+        code = compile(source.read(), path, "exec")
+    exec(code, main.__dict__)
+
+
 def _apply_warning_options(options: str) -> None:
     """``PYTHONWARNINGS``, which a fresh interpreter reads at start and a fork would miss
     (``ignore``, ``ignore::DeprecationWarning``, ...: the ``-W`` syntax, comma-separated)."""
@@ -134,13 +184,17 @@ def _apply_warning_options(options: str) -> None:
 
 @dataclass
 class Finished:
-    """A forked command's exit code and output: each stream whole, and every line of both in the
-    order the command wrote them (``("out" | "err", line)``), as a terminal shows them."""
+    """A forked command's exit code and output: each stream whole, and every line of both as it
+    arrived (``("out" | "err", line)``): the order written, except that lines of the two streams
+    written within the same instant may come either way (two sockets, two readers), as with pipes."""
 
     returncode: int
     stdout: str = ""
     stderr: str = ""
     lines: list[tuple[str, str]] = field(default_factory=list)
+
+
+READ_GRACE_S = 5.0  # how long output may trail the command's exit
 
 
 class Timeout(Exception):
@@ -181,11 +235,25 @@ def run_forked(args: list[str], *, cwd=None, env: dict[str, str] | None = None, 
         proc.join(timeout)
         if proc.is_alive():
             raise Timeout(f"nailseg {' '.join(args)}: still running after {timeout} s")
-        for reader in readers:
-            reader.join()
     except BaseException:
         proc.kill()
         proc.join()
         raise
+    finally:
+        # What the command wrote is read by now, or within moments; a process it started that
+        # outlives it (submitit's local controller does) may hold the sockets open: stop reading.
+        started = [reader for reader in readers if reader.ident is not None]
+        for reader in started:
+            reader.join(READ_GRACE_S)
+        for sock in (out_r, err_r):
+            if any(reader.is_alive() for reader in started):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        for reader in started:
+            reader.join()
+        for sock in (out_r, err_r):
+            sock.close()  # a reader that never started leaves its socket to us
     return Finished(proc.exitcode if proc.exitcode is not None else 1, "".join(chunks["out"]),
                     "".join(chunks["err"]), lines)
