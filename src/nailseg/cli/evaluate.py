@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from nailseg.cli.common import output_file, output_folder
-from nailseg.cli.inference import add_inference_flags, check_tile_flags, inference_options, is_onnx
+from nailseg.cli.inference import (add_inference_flags, check_tile_flags, inference_options, is_onnx,
+                                   with_score_threshold)
 from nailseg.errors import NailsegError
 
 
@@ -16,6 +17,7 @@ def _eval_onnx(args, out) -> int:
     from nailseg.core.io import write_json
     from nailseg.deploy.onnx_model import OnnxSegmenter
 
+    with_score_threshold(args, None, instances=False)
     if not args.data:
         raise NailsegError("nailseg eval MODEL.onnx: give the labelled images with --data DIR (a model file has no split)")
     from nailseg.core.outputs import refuse_data_folder
@@ -70,6 +72,7 @@ def cmd_eval(args) -> int:
     from nailseg.core.outputs import refuse_data_folder, refuse_overwriting_inputs
 
     run, exp, stack = open_for_inference(args.run)
+    exp = with_score_threshold(args, exp, has_capability(exp, "instances"))
     root = args.data or exp.data.root
     overlays = refuse_data_folder(output_folder(args.overlays, "--overlays"), "--overlays", [root]) \
         if args.overlays else None
@@ -105,8 +108,9 @@ def cmd_eval(args) -> int:
         print(f"threshold {threshold:.2f} (pooled IoU {tried[f'{threshold:.2f}']:.4f}) stored in "
               f"{run.path / INFERENCE_FILE}")
     result = evaluate_pairs(predictor, chosen, progress=not args.quiet, overlays=overlays, options=options)
-    if has_capability(exp, "instances"):  # instance models: COCO bbox/segm mAP as well
-        result = {**stack.evaluate_instances(run, exp, chosen, pairs, args.checkpoint), **result}
+    if has_capability(exp, "instances"):  # instance models: COCO bbox/segm mAP as well, and the union's cut
+        result = {**stack.evaluate_instances(run, exp, chosen, pairs, args.checkpoint), **result,
+                  "score_threshold": exp.model.score_threshold}
     result = {"run": str(run.path), "data": str(root), "split": "all" if args.data else args.split,
               "checkpoint": args.checkpoint, **result}
     out = out or run.eval

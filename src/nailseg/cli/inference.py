@@ -20,6 +20,30 @@ def inference_options(args, base, model_hw: tuple[int, int]):
                           overlap=getattr(args, "overlap", None))
 
 
+def with_score_threshold(args, exp, instances: bool):
+    """The run's experiment with ``--score-threshold`` as its ``model.score_threshold`` (instance runs
+    only). An instance run's union mask has no pixel probabilities, so ``--threshold`` and
+    ``--choose-threshold`` would change nothing there: each is one line, before any model loads."""
+    from nailseg.errors import ConfigError
+
+    value = getattr(args, "score_threshold", None)
+    if not instances:
+        if value is not None:
+            raise ConfigError("--score-threshold: only for instance runs (Mask R-CNN); a semantic run's "
+                              "cut is --threshold")
+        return exp
+    if args.threshold is not None or getattr(args, "choose_threshold", False):
+        flag = "--threshold" if args.threshold is not None else "--choose-threshold"
+        raise ConfigError(f"{flag}: an instance run's masks are cut by the instances' scores, not by pixel "
+                          "probabilities; use --score-threshold (default: the run's model.score_threshold, "
+                          f"{exp.model.score_threshold})")
+    if value is None:
+        return exp
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"--score-threshold {value}: a score between 0 and 1")
+    return exp.model_copy(update={"model": exp.model.model_copy(update={"score_threshold": value})})
+
+
 def check_tile_flags(args) -> None:
     """``--overlap`` without ``--tile``, or out of range: one line, before any model is loaded."""
     from nailseg.core.tiling import check_overlap
@@ -37,6 +61,9 @@ def add_inference_flags(parser, *, choose: bool = False) -> None:
                         "prediction with that of the mirrored image (default: the run's, else none)")
     parser.add_argument("--threshold", type=float, help="foreground probability threshold (default: the run's "
                         "stored one, else 0.5)")
+    parser.add_argument("--score-threshold", type=float, metavar="S",
+                        help="instance runs (Mask R-CNN): keep the instances scoring at least S in the union "
+                             "mask, class map, overlays and counts (default: the run's model.score_threshold)")
     parser.add_argument("--min-area", type=float, metavar="SHARE", help="remove predicted regions smaller than "
                         "this share of the image, e.g. 0.0005 (default: the run's, else 0 = keep all)")
     parser.add_argument("--tile", type=tile_size, nargs="?", const="model", metavar="SIZE|HxW",

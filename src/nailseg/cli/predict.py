@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from nailseg.cli.common import output_folder
-from nailseg.cli.inference import add_inference_flags, check_tile_flags, inference_options, is_onnx
+from nailseg.cli.inference import (add_inference_flags, check_tile_flags, inference_options, is_onnx,
+                                   with_score_threshold)
 from nailseg.errors import NailsegError
 
 
@@ -24,6 +25,7 @@ def cmd_predict(args) -> int:
     refuse_overwriting_inputs([out / f"{name}{suffix}" for name in inputs.names
                                for suffix in ("_mask.png", "_overlay.png")], present, "--out")
     if is_onnx(args.run):
+        with_score_threshold(args, None, instances=False)
         from nailseg.deploy.onnx_model import OnnxSegmenter
 
         from nailseg.core.postprocess import InferenceOptions
@@ -38,11 +40,13 @@ def cmd_predict(args) -> int:
             result = predict_files(model, inputs, out, progress=not args.quiet, options=options)
         return _report_predictions(result, inputs, out)
     run, exp, stack = open_for_inference(args.run)
+    exp = with_score_threshold(args, exp, has_capability(exp, "instances"))
     if has_capability(exp, "instances") and args.tile:
         raise NailsegError("--tile: an instance model's predictions are per-object masks, which do not blend "
                            "across windows; leave --tile out (eval --tile scores the union mask)")
     if has_capability(exp, "instances") and exp.data.label_spec is None:
-        result = predict_instance_files(stack.load_instance_predictor(run, exp), inputs, out, progress=not args.quiet)
+        result = predict_instance_files(stack.load_instance_predictor(run, exp), inputs, out,
+                                        score_threshold=exp.model.score_threshold, progress=not args.quiet)
         for w in result.written:
             print(f"{w['file']}: {w['instances']} instances")
     elif exp.data.label_spec is not None:  # many classes (an instance model's: its instances painted by score)

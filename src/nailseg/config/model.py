@@ -143,6 +143,13 @@ class MaskrcnnModel(_ModelBase):
                                 "512 is its COCO default). On a CPU the mask head's four 256-channel convolutions "
                                 "over each positive are most of a step: 128 (Detectron2's small-data tutorial "
                                 "value) trains about twice as fast")
+    score_threshold: float = Field(0.5, ge=0.0, le=1.0, description="instances scoring below this are left out "
+                                   "of the union mask (eval's IoU), the class map, and predict's masks, overlays "
+                                   "and counts; COCO mAP ranks every instance whatever it is. 0.5: the best "
+                                   "union IoU of the pretrained recipe's held-out folds (docs/results.md); "
+                                   "MMDetection draws from 0.3")
+    mask_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="a pixel is in an instance where the mask "
+                                  "head's probability reaches this (MMDetection's mask_thr_binary)")
 
     @field_validator("encoder")
     @classmethod

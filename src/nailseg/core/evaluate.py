@@ -259,9 +259,10 @@ InstancePredictor = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray, np.nda
 
 
 def predict_instance_files(predict: InstancePredictor, inputs: Inputs, out: str | os.PathLike[str], *,
-                           score_threshold: float = 0.5, progress: bool = True) -> PredictResult:
+                           score_threshold: float, progress: bool = True) -> PredictResult:
     """Per image: the union mask, an overlay with one colour per instance, and the instance count
-    (all counts also in ``OUT/instances.json``)."""
+    (all counts also in ``OUT/instances.json``), of the instances scoring at least ``score_threshold``
+    (the run's ``model.score_threshold``, the one eval's union mask uses)."""
     from nailseg.core.io import write_json
     from nailseg.core.visualize import instance_overlay
 

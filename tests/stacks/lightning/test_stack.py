@@ -37,6 +37,14 @@ def trained_run(synth_data, tmp_path_factory) -> Iterator[Path]:
         yield run
 
 
+def test_score_threshold_is_refused_for_a_semantic_run(trained_run, tmp_path):
+    """``--score-threshold`` cuts instances; a semantic run has none: one line naming --threshold."""
+    for verb, target in (("eval", []), ("predict", [str(trained_run / "predictions")])):
+        proc = run_cli(verb, str(trained_run), *target, "--out", str(tmp_path / verb), "--score-threshold", "0.5")
+        assert proc.returncode == 2 and "--threshold" in proc.stderr, proc.stderr[-1500:]
+        assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / verb).exists()
+
+
 def assert_summary_is_the_evaluation(run: Path) -> dict:
     """summary.json's val scores are exactly what `nailseg eval --split val` computes from the best
     checkpoint at the photos' own size: no second, drifting metric."""

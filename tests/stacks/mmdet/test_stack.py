@@ -47,6 +47,65 @@ def test_freeze_encoder_bn_is_mmdets_norm_eval():
     assert model_config("resnet18")["backbone"]["norm_eval"] is False
 
 
+def _three_instances(image):
+    """Three 4x4 instances on an 8x8 picture, scoring 0.2, 0.4 and 0.9 (classes 1, 2, 1)."""
+    import numpy as np
+
+    masks = np.zeros((3, 8, 8), bool)
+    masks[0, :4, :4] = masks[1, :4, 4:] = masks[2, 4:, :4] = True
+    return masks, np.array([0.2, 0.4, 0.9]), np.array([1, 2, 1])
+
+
+@pytest.mark.parametrize("threshold, kept", [(0.1, 3), (0.3, 2), (0.5, 1), (0.95, 0)])
+def test_score_threshold_decides_the_union_the_class_map_and_predicts_files(threshold, kept, tmp_path):
+    """``model.score_threshold`` is the one cut between instances and the masks every output shows:
+    eval's union, the many-class map and predict's files keep the same instances."""
+    import numpy as np
+
+    from nailseg.core.evaluate import collect_inputs, predict_instance_files
+    from nailseg.core.visualize import save_png
+    from nailseg.stacks.mmdet.stack import class_map_predictor, union_predictor
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    union = union_predictor(_three_instances, threshold)(image)
+    assert union.sum() == 16 * kept
+    classes = class_map_predictor(_three_instances, 3, threshold)(image).argmax(-1)
+    assert np.count_nonzero(classes) == 16 * kept
+    save_png(tmp_path / "a.png", image)
+    result = predict_instance_files(_three_instances, collect_inputs([str(tmp_path / "a.png")]), tmp_path / "out",
+                                    score_threshold=threshold, progress=False)
+    assert result.written[0]["instances"] == kept
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "a_mask.png")) > 0, union > 0)
+
+
+def test_mask_threshold_is_mmdets_mask_thr_binary(tmp_path):
+    from nailseg.config import load_experiment
+    from nailseg.stacks.mmdet.config import model_config
+
+    assert model_config("resnet18", mask_threshold=0.65)["test_cfg"]["rcnn"]["mask_thr_binary"] == 0.65
+    exp = load_experiment(CONFIG, ["model.mask_threshold=0.6", "model.score_threshold=0.45"])
+    assert (exp.model.mask_threshold, exp.model.score_threshold) == (0.6, 0.45)
+
+
+def test_score_threshold_flag_replaces_the_runs_cut():
+    """eval and predict put ``--score-threshold`` in place of the run's ``model.score_threshold``."""
+    from argparse import Namespace
+
+    from nailseg.cli.inference import with_score_threshold
+    from nailseg.config import load_experiment
+    from nailseg.errors import ConfigError
+
+    exp = load_experiment(CONFIG)
+    flags = Namespace(score_threshold=0.05, threshold=None, choose_threshold=False)
+    assert with_score_threshold(flags, exp, instances=True).model.score_threshold == 0.05
+    assert exp.model.score_threshold == 0.5  # the run's own config is left as it was
+    assert with_score_threshold(Namespace(score_threshold=None, threshold=None), exp, True) is exp
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        with_score_threshold(Namespace(score_threshold=1.5, threshold=None), exp, True)
+
+
 @pytest.mark.slow
 def test_run_folder(mmdet_run):
     names = {p.name for p in mmdet_run.iterdir()}
@@ -98,6 +157,20 @@ def test_eval_and_predict(mmdet_run, synth_data, tmp_path):
     assert pr.returncode == 0, pr.stderr[-3000:]
     counts = json.loads((tmp_path / "p" / "instances.json").read_text())
     assert 0 <= counts[0]["instances"] <= 30 and (tmp_path / "p" / f"{image.stem}_overlay.png").exists()
+    # --score-threshold 0: every instance MMDetection returns; the run's default cut keeps exactly those
+    # of them scoring at least model.score_threshold, in predict as in eval
+    everything = run_cli("predict", str(mmdet_run), str(image), "--out", str(tmp_path / "all"), "--quiet",
+                         "--score-threshold", "0")
+    assert everything.returncode == 0, everything.stderr[-3000:]
+    scores = json.loads((tmp_path / "all" / "instances.json").read_text())[0]["scores"]
+    assert len(scores) >= counts[0]["instances"]
+    assert counts[0]["instances"] == sum(s >= 0.5 for s in scores)  # the default model.score_threshold
+    assert result["score_threshold"] == 0.5
+    # a pixel-probability threshold means nothing to an instance run: one line, nothing written
+    for flags in (["--threshold", "0.4"], ["--choose-threshold"]):
+        refused = run_cli("eval", str(mmdet_run), "--quiet", "--out", str(tmp_path / "no.json"), *flags)
+        assert refused.returncode == 2 and "--score-threshold" in refused.stderr, refused.stderr[-1500:]
+        assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "no.json").exists()
 
 
 @pytest.mark.slow

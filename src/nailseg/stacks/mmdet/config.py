@@ -46,9 +46,11 @@ def instance_classes(exp: Experiment) -> tuple[tuple[str, ...], list[tuple[int, 
 
 
 def model_config(encoder: str, max_instances: int = 30, freeze_bn: bool = False, norm: Normalization = IMAGENET,
-                 weights: str = "none", num_classes: int = 1, rois_per_image: int = 512) -> dict:
+                 weights: str = "none", num_classes: int = 1, rois_per_image: int = 512,
+                 mask_threshold: float = 0.5) -> dict:
     """MMDetection's Mask R-CNN; ``norm``: the encoder's input normalisation (``Experiment.normalization``);
-    ``num_classes``: its categories, the background not counted (MMDetection's convention)."""
+    ``num_classes``: its categories, the background not counted (MMDetection's convention);
+    ``mask_threshold``: the mask head's probability at which a pixel is in an instance."""
     backbone, in_channels = backbone_config(encoder, weights, freeze_bn)
     return dict(
         type="MaskRCNN",
@@ -92,7 +94,7 @@ def model_config(encoder: str, max_instances: int = 30, freeze_bn: bool = False,
         test_cfg=dict(
             rpn=dict(nms_pre=1000, max_per_img=1000, nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
             rcnn=dict(score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_per_img=max_instances,
-                      mask_thr_binary=0.5)),
+                      mask_thr_binary=mask_threshold)),
     )
 
 
@@ -172,7 +174,7 @@ def build_mmdet_config(exp: Experiment, *, work_dir: Path, images_dir: Path, ann
         custom_imports=CUSTOM_IMPORTS,
         model=model_config(exp.model.encoder, exp.model.max_instances, exp.optim.freeze_encoder_bn,
                            exp.normalization, exp.model.encoder_weights, num_classes=len(classes),
-                           rois_per_image=exp.model.rois_per_image),
+                           rois_per_image=exp.model.rois_per_image, mask_threshold=exp.model.mask_threshold),
         train_dataloader=dict(batch_size=t.batch_size, num_workers=workers, persistent_workers=workers > 0,
                               # InfiniteSampler: DefaultSampler with an iteration loop sleeps 2 s at every epoch end
                               sampler=dict(type="InfiniteSampler", shuffle=True),

@@ -37,9 +37,6 @@ from nailseg.stacks.mmdet.checkpoints import load_mmengine_checkpoint, mmengine_
 from nailseg.stacks.mmdet.config import build_mmdet_config, instance_classes, model_config
 
 use_tensorboard_without_tensorflow()
-# Instances kept for overlays, counts and the union mask: MMDetection's own default for drawing
-# predictions (DetLocalVisualizer's pred_score_thr). COCO mAP ranks every instance, whatever this is.
-SCORE_THRESHOLD = 0.3
 
 
 def _launcher() -> str:
@@ -193,7 +190,9 @@ class MmdetStack:
     def load_predictor(self, run: RunDir, exp: Experiment, checkpoint: str = "best") -> Predictor:
         instances = load_instance_predictor(run, exp, checkpoint)
         labels = exp.data.label_spec
-        return union_predictor(instances) if labels is None else class_map_predictor(instances, labels.n)
+        threshold = exp.model.score_threshold
+        return (union_predictor(instances, threshold) if labels is None
+                else class_map_predictor(instances, labels.n, threshold))
 
     def evaluate_instances(self, run: RunDir, exp: Experiment, chosen: list[Pair], all_pairs: list[Pair],
                            checkpoint: str = "best") -> dict:
@@ -206,7 +205,8 @@ class MmdetStack:
         keys = {f"val_{k.lower()}": v for k, v in coco.items() if k.endswith(("mAP", "mAP_50", "mAP_75"))}
         scored = ("IoU/Dice of the union of instances" if exp.data.label_spec is None else
                   "class IoU/Dice of the instances painted by score (the first class where none is)")
-        return {**keys, "val_metrics_at": f"original resolution, best checkpoint; {scored} scoring >= {SCORE_THRESHOLD}"}
+        cut = exp.model.score_threshold
+        return {**keys, "val_metrics_at": f"original resolution, best checkpoint; {scored} scoring >= {cut}"}
 
     def eject(self, exp: Experiment, pairs: dict, out: Path, config_name: str) -> list[Path]:
         """The experiment as a plain MMDetection folder in ``out`` (``stacks/mmdet/eject.py``)."""
@@ -264,7 +264,7 @@ def load_model(run: RunDir, exp: Experiment, device: str | None = None, checkpoi
     # weights "none": the run's checkpoint holds them all
     classes, colours = instance_classes(exp)
     raw["model"] = model_config(exp.model.encoder, exp.model.max_instances, norm=exp.normalization,
-                                num_classes=len(classes))
+                                num_classes=len(classes), mask_threshold=exp.model.mask_threshold)
     cfg = Config(_restore_tuples(raw))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     import warnings
@@ -318,24 +318,26 @@ def load_instance_predictor(run: RunDir, exp: Experiment, checkpoint: str = "bes
     return predict
 
 
-def union_predictor(instances) -> Predictor:
+def union_predictor(instances, score_threshold: float) -> Predictor:
+    """Instances -> the union of those scoring at least ``score_threshold`` (``model.score_threshold``),
+    as a 0/1 mask: what the semantic stacks' metrics score."""
     def predict(image: np.ndarray) -> np.ndarray:
         masks, scores, _ = instances(image)
-        keep = masks[scores >= SCORE_THRESHOLD]
+        keep = masks[scores >= score_threshold]
         return keep.any(axis=0).astype(np.float32) if len(keep) else np.zeros(image.shape[:2], np.float32)
 
     return predict
 
 
-def class_map_predictor(instances, n: int) -> Predictor:
+def class_map_predictor(instances, n: int, score_threshold: float) -> Predictor:
     """Instances -> a class map as (H, W, n) one-hot scores, the form every many-class predictor
     returns: each pixel takes the class of the highest-scoring instance over it (instances scoring
-    below ``SCORE_THRESHOLD`` left out), the background class 0 where no instance is."""
+    below ``score_threshold`` left out), the background class 0 where no instance is."""
     def predict(image: np.ndarray) -> np.ndarray:
         masks, scores, classes = instances(image)
         painted = np.zeros(image.shape[:2], np.int64)
         for i in np.argsort(scores, kind="stable"):  # ascending: a higher score paints over a lower one
-            if scores[i] >= SCORE_THRESHOLD:
+            if scores[i] >= score_threshold:
                 painted[masks[i]] = classes[i]
         return np.eye(n, dtype=np.float32)[painted]
 
