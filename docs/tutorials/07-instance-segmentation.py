@@ -224,7 +224,7 @@ print(shown or "no instance scored above MMDetection's threshold yet (CocoMetric
 # thresholds from 0.5 to 0.95 (mAP_50: at 0.5 only); `val_iou` is the IoU of the union of the
 # instances scoring at least `model.score_threshold` (0.5) against the truth mask, comparable with
 # the semantic stacks. mAP ranks every instance whatever its score, but a union mask has to cut
-# somewhere: on three of the recipe's held-out folds, 0.5 scored the union about 0.05 IoU above
+# somewhere: on four of the recipe's held-out folds, 0.5 scored the union 0.04 IoU above
 # MMDetection's drawing threshold of 0.3, whose extra instances were mostly false detections
 # (precision rose on every fold, recall fell by 0.01-0.02). At
 # the test budget (3 epochs of 256 px) the model is far from trained: the picture may miss nails,

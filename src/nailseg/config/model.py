@@ -145,8 +145,8 @@ class MaskrcnnModel(_ModelBase):
                                 "value) trains about twice as fast")
     score_threshold: float = Field(0.5, ge=0.0, le=1.0, description="instances scoring below this are left out "
                                    "of the union mask (eval's IoU), the class map, and predict's masks, overlays "
-                                   "and counts; COCO mAP ranks every instance whatever it is. 0.5: the best "
-                                   "union IoU of the pretrained recipe's held-out folds (docs/results.md); "
+                                   "and counts; COCO mAP ranks every instance whatever it is. 0.5: chosen on the "
+                                   "pretrained recipe's held-out folds (docs/results.md); "
                                    "MMDetection draws from 0.3")
     mask_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="a pixel is in an instance where the mask "
                                   "head's probability reaches this (MMDetection's mask_thr_binary)")
