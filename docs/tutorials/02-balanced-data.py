@@ -45,20 +45,47 @@ print(len(keys), "pairs; foreground share from", f"{min(fg_share.values()):.1%} 
 # `data.balance.by: fg_bins` puts each image in a bin of its foreground share: by default the
 # range from the smallest share to the largest is cut in equal steps of log(share), so each bin
 # spans the same ratio (the table below shows the three bins of these photos). Each group then gets
-# a *target share* of the draws, and each image the per-sample probability `target[g] / n_g`:
+# a *target share* of the draws (`weights: equal`: a third each), and each image the per-sample
+# probability `target[g] / n_g`. In plain numpy:
 
 # %%
-show(balance.fg_bin_groups, balance.target_shares, balance.Grouping.sample_weights)
+share = np.array([fg_share[k] for k in keys])
+edges = np.exp(np.linspace(np.log(share.min()), np.log(share.max()), 3 + 1))  # 3 bins, equal in log(share)
+group = np.clip(np.searchsorted(edges, share, side="right") - 1, 0, 2)
+n_in_group = np.bincount(group, minlength=3)
+used = np.flatnonzero(n_in_group)  # a bin no image falls in gets no share
+weights = (1 / len(used)) / n_in_group[group]  # target share / group size: a small group's images weigh more
+weights /= weights.sum()
+print("bin edges:", [f"{e:.1%}" for e in edges], "images per bin:", n_in_group.tolist())
+
+# %% [markdown]
+# nailseg's `data.balance` computes the same (`balance.make_grouping`, which also groups by folder or
+# by a CSV column, and takes other weights: `inverse`, `sqrt_inverse` or one per group):
 
 # %%
 grouping = balance.make_grouping(keys, BalanceConfig(by="fg_bins", bins=3, weights="equal"), fg_share)
+assert np.allclose(grouping.sample_weights(), weights)
 for row in balance.balance_table(grouping, epoch_size=len(keys), seed=0):
     print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
 
 # %% [markdown]
 # ## 2. The torch `Sampler`
 #
-# `BalancedSampler` draws `epoch_size` indices with replacement from one seeded stream per epoch,
+# torch's own tool for this is `WeightedRandomSampler`: it draws `num_samples` indices with
+# replacement by the weights, and a `DataLoader` batches whatever it draws:
+
+# %%
+import torch
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+loader = DataLoader(range(len(keys)), batch_size=8,
+                    sampler=WeightedRandomSampler(torch.as_tensor(weights), num_samples=2000, replacement=True,
+                                                  generator=torch.Generator().manual_seed(0)))
+drawn = torch.cat(list(loader)).numpy()
+print("WeightedRandomSampler, 2000 draws:", {g: round(s, 3) for g, s in grouping.shares(drawn).items()})
+
+# %% [markdown]
+# nailseg's `BalancedSampler` draws `epoch_size` indices with replacement from one seeded stream per epoch,
 # so a small group is drawn again and again but never runs dry. Under DDP every rank draws the
 # same stream and takes a disjoint part of it (so Lightning must not wrap it in its own
 # `DistributedSampler`):
@@ -92,28 +119,25 @@ import sys
 TF_DRAW = f"""
 import os, json
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-from nailseg.config import BalanceConfig
-from nailseg.core.data import balance
-from nailseg.core.data.discover import find_pairs
-from nailseg.stacks.keras.tfdata import balanced_files
-pairs, _ = find_pairs({str(data)!r})
-fg = {json.dumps(fg_share)}
-grouping = balance.make_grouping(sorted(fg), BalanceConfig(by="fg_bins", bins=3), fg)
-pairs = [p for p in pairs if p.key in fg]
-stream = balanced_files(sorted(pairs, key=lambda p: p.key), grouping, seed=0).take(2000)
-groups = [int(g) for _, _, g in stream.as_numpy_iterator()]
-print(json.dumps({{n: groups.count(i) / len(groups) for i, n in enumerate(grouping.names)}}))
+import tensorflow as tf
+
+keys, group, used = {json.dumps(keys)}, {json.dumps(group.tolist())}, {json.dumps(used.tolist())}
+# one shuffled, endless stream of file names per group ...
+streams = [tf.data.Dataset.from_tensor_slices([k for k, g in zip(keys, group) if g == b])
+           .shuffle(64, seed=b, reshuffle_each_iteration=True).repeat().map(lambda k, b=b: (k, b))
+           for b in used]
+# ... and sample_from_datasets picks the next stream by the target shares
+mixed = tf.data.Dataset.sample_from_datasets(streams, weights=[1 / len(used)] * len(used), seed=0).take(2000)
+drawn = [int(b) for _, b in mixed.as_numpy_iterator()]
+print(json.dumps([drawn.count(b) / len(drawn) for b in used]))
 """
 proc = subprocess.run([sys.executable, "-c", TF_DRAW], capture_output=True, text=True)
 if proc.returncode == 0:
-    shares_tf = json.loads(proc.stdout.strip().splitlines()[-1])
+    shares_tf = dict(zip(grouping.names, json.loads(proc.stdout.strip().splitlines()[-1])))
     print("tf.data, 2000 draws:", {g: round(s, 3) for g, s in shares_tf.items()})
 else:
     shares_tf = None
     print("TensorFlow is not installed here (pip install -e '.[tf]'): the tf.data draw is skipped")
-
-# %%
-show(("nailseg.stacks.keras.tfdata", "balanced_files"))
 
 # %% [markdown]
 # ## 4. The picture: group shares with and without balancing
@@ -160,6 +184,18 @@ for name, extra in (("plain", ""), ("balanced", "data.balance.by=fg_bins data.ba
     scores[name] = json.loads((runs[name] / "eval.json").read_text())["iou"]
 record(**{f"{name}_test_iou": value for name, value in scores.items()})
 
+# %% [markdown]
+# The balanced run records, for each epoch, the share of the draws each group really got
+# (`group_share` in `metrics.jsonl`): the sampler at work inside training, not in a simulation. An
+# epoch is as many draws as there are training photos (a few dozen here), so one epoch's shares
+# wander around the targets; over the epochs they average to them.
+
+# %%
+epochs = [json.loads(line)["group_share"] for line in (runs["balanced"] / "metrics.jsonl").read_text().splitlines()]
+for i, shares in enumerate(epochs, 1):
+    print(f"epoch {i}:", {g: round(s, 2) for g, s in shares.items()})
+print("mean over the epochs:", {g: round(float(np.mean([e[g] for e in epochs])), 2) for g in epochs[0]})
+
 # %%
 show_png(runs["balanced"] / "curves.png")
 overlays(runs["balanced"] / "test-overlays", n=2)
@@ -167,8 +203,9 @@ overlays(runs["balanced"] / "test-overlays", n=2)
 # %% [markdown]
 # **Why balancing can score lower here.** Balancing changes *which* photos the model sees, not how
 # many: with 3 bins of equal weight, the few photos in the rarest bin (here the hands with the
-# largest nail share, 7 of the 40) are drawn several times an epoch, and common photos less often.
-# On 40 photos that means fewer distinct photos per epoch and some repeated ones, for the same
+# largest nail share: 7 of the 40 photos, a handful of the training ones) are drawn about twice an
+# epoch each, and common photos less often than once. On a few dozen training photos that means
+# fewer distinct photos per epoch and some repeated ones, for the same
 # number of steps, so a short training can end lower; and the held-out photos follow the data's own
 # mix, not the balanced one, so nothing in the test rewards the rare bins. Balancing earns its keep
 # when the rare group matters to you (score it separately: `nailseg eval --overlays` and the

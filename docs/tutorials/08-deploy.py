@@ -17,8 +17,9 @@
 # service, a browser. This notebook:
 #
 # - exports a run to ONNX (`torch.onnx.export`), verified against the torch model;
-# - runs it with plain `onnxruntime` in about 15 lines, with no nailseg import;
-# - serves it over HTTP with `nailseg serve` (FastAPI + uvicorn) and calls the API.
+# - runs it with plain `onnxruntime` in a few lines, with no nailseg import;
+# - quantises it to int8 (`onnxruntime.quantization.quantize_static`), checked against float32;
+# - serves it over HTTP: a FastAPI route of a few lines, then `nailseg serve` (FastAPI + uvicorn), and calls the API.
 #
 # Install with `pip install -e '.[torch,export,serve]'`; inference alone needs only
 # `pip install -e '.[onnx]'` (onnxruntime, no torch).
@@ -134,8 +135,30 @@ grid([photo, overlay(photo, mask)], ["photo", "plain onnxruntime"], cols=2, widt
 #   255 x 127 x 2 does not fit, so large activations saturate and masks move. Weights in 7 bits
 #   (`u8s8-7bit`, `reduce_range`) cannot overflow, so they come first there.
 #
-# When the first setting strays, the next is tried; `export.int8.json` records what was tried, the
-# CPU flags, and the figures. A model that has barely learned can be refused on every setting (its
+# In ONNX Runtime's own API, one setting is one `quantize_static` call, fed a few training photos
+# through a `CalibrationDataReader` (the graph takes uint8 RGB photos, so the photos go in as they are):
+#
+# ```python
+# from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+#                                       quantize_static)
+# from onnxruntime.quantization.shape_inference import quant_pre_process
+#
+# class Photos(CalibrationDataReader):
+#     def __init__(self, photos):
+#         self.feeds = iter([{"image": photo[None]} for photo in photos])
+#
+#     def get_next(self):
+#         return next(self.feeds, None)  # None: calibration is over
+#
+# quant_pre_process("model.onnx", "model.pre.onnx", skip_symbolic_shape=True)
+# quantize_static("model.pre.onnx", "model.int8.onnx", Photos(training_photos),
+#                 quant_format=QuantFormat.QDQ, per_channel=True, calibrate_method=CalibrationMethod.MinMax,
+#                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,  # u8s8
+#                 reduce_range=False)  # True: 7-bit weights (u8s8-7bit), the AVX2-only first choice
+# ```
+#
+# nailseg adds the checks around it. When the first setting strays, the next is tried;
+# `export.int8.json` records what was tried, the CPU flags, and the figures. A model that has barely learned can be refused on every setting (its
 # probabilities sit near the threshold, where any rounding flips pixels): the refusal then names each
 # setting's agreement, and the float32 file stays the one to ship.
 
@@ -161,8 +184,33 @@ else:
           " ship model.onnx, or model.fp16.onnx from --half")
 
 # %% [markdown]
-# ## 4. `nailseg serve`
+# ## 4. A service: FastAPI, then `nailseg serve`
 #
+# The heart of a segmentation service in FastAPI's own code: one route that reads the upload, runs
+# the onnxruntime session of section 2 and answers JSON. FastAPI's `TestClient` calls it in-process
+# (no server, no port):
+
+# %%
+import io
+
+from fastapi import FastAPI, UploadFile
+from fastapi.testclient import TestClient
+
+app = FastAPI()
+
+
+@app.post("/segment")
+async def segment_upload(image: UploadFile) -> dict:
+    rgb = np.asarray(Image.open(io.BytesIO(await image.read())).convert("RGB"))
+    nail = onnx_model.run(None, {onnx_model.get_inputs()[0].name: rgb[None]})[0][0] > threshold
+    return {"file": image.filename, "width": rgb.shape[1], "height": rgb.shape[0], "nail_share": float(nail.mean())}
+
+
+with TestClient(app) as client:
+    answer = client.post("/segment", files={"image": (photo_path.name, photo_path.read_bytes(), "image/jpeg")})
+print(answer.status_code, answer.json())
+
+# %% [markdown]
 # `nailseg serve MODEL.onnx` starts FastAPI on uvicorn with onnxruntime: `POST /v1/segment`
 # (multipart field `image`) answers a PNG mask, an overlay, JSON (nail count, share, COCO RLE) or
 # all of it at once (`format=bundle`, what the upload page at `/` uses: one inference per upload).
@@ -204,7 +252,6 @@ summary = json.loads(segment(photo_path, "json"))
 # nail_count: the connected regions of the mask of at least 20 pixels (a model trained this briefly
 # also leaves blobs on the skin, and they count)
 print({k: summary[k] for k in ("width", "height", "nail_count", "fg_share")})
-import io
 
 served = np.asarray(Image.open(io.BytesIO(segment(photo_path, "overlay"))))
 print("model info:", json.loads(urllib.request.urlopen(f"{base}/v1/model").read())["model"])

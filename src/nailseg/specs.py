@@ -58,7 +58,7 @@ PIPELINE_SPECS: dict[str, PipelineSpec] = {p.name: p for p in (
                  why_no_cache="DALI reads and decodes the files itself (on the GPU with nvJPEG), so a CPU "
                               "decode cache would undo what it is for",
                  purpose="NVIDIA DALI reads, decodes and augments (on the GPU when there is one)"),
-    PipelineSpec("tf", ALL_OPS, reads_cache=True, can_balance=True, device="cpu",
+    PipelineSpec("tf", ALL_OPS, reads_cache=True, can_balance=True, device="cpu", can_crop=True,
                  purpose="tf.data with tf.image ops, traced into the graph"),
     PipelineSpec("mmdet", frozenset({"hflip", "vflip"}), reads_cache=False, can_balance=False, device="cpu",
                  keeps_labels=True,  # its instances carry their category through the flips
@@ -106,7 +106,7 @@ STACKS: dict[str, StackSpec] = {spec.name: spec for spec in (
               purpose="The PyTorch Lightning stack (model.family: smp, or upernet and segformer from transformers)"),
     StackSpec("keras", ("sm",), ("albumentations", "tf"), "tf", ("tensorflow", "tf_keras", "segmentation_models"),
               ("savedmodel", "keras", "tflite"), optim_unsupported=("encoder_lr_scale", "freeze_encoder_bn"),
-              capabilities=frozenset({"eject", "multiclass"}),
+              capabilities=frozenset({"crop", "eject", "multiclass"}),
               benches=("tfdata", "train"),
               folder_exports=("savedmodel",),
               purpose="The Keras stack (model.family: sm)"),

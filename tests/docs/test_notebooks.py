@@ -28,7 +28,8 @@ REQUIRED = {
     "01-tensorflow": ["nailseg eject", "tf.numpy_function", "AUTOTUNE", "prefetch", "set_global_policy",
                       'dtype="float32"', "keras.callbacks.TensorBoard", "wandb", "Backbones._models_update",
                       "sm.Unet(\"efficientnet-lite0\"", "model.compile(", "model.fit("],
-    "02-balanced-data": ["BalancedSampler", "sample_from_datasets", "draw_epoch", "target_shares"],
+    "02-balanced-data": ["WeightedRandomSampler", "DataLoader(", "BalancedSampler", "sample_from_datasets", "draw_epoch",
+                         "group_share"],
     "03-lightning": ["def training_step", "def validation_step", "def configure_optimizers", "LambdaLR", "nailseg eject",
                      "class Segmenter(L.LightningModule)", "A.Compose",
                      "smp.create_model", "PRECISION", "trainer.fit", "--resume"],
@@ -41,7 +42,8 @@ REQUIRED = {
     "07-instance-segmentation": ["nailseg eject", "mask_utils.encode", "connectedComponentsWithStats", "MaskRCNN",
                                  "@MODELS.register_module()", "param_scheduler = [", "Config.fromfile",
                                  "Runner.from_cfg(cfg)", "segm_mAP"],
-    "08-deploy": ["torch.onnx.export", "onnxruntime", "InferenceSession", "nailseg.cli\", \"serve\""],
+    "08-deploy": ["torch.onnx.export", "onnxruntime", "InferenceSession", "quantize_static", "FastAPI()",
+                  "TestClient(app)", "nailseg.cli\", \"serve\""],
 }
 # The floor each notebook's figures (``nailseg.tutorial.record``) must reach on the real nail photos
 # at the test budget. A model that learned nothing scores 0 (no nail) or about 0.04 (nail

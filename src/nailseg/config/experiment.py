@@ -59,7 +59,9 @@ class Experiment(_Section):
                              f"{pipeline.why_no_cache}; use data.cache: none (or auto)")
         if self.data.crop_size is not None and not ("crop" in spec.capabilities and pipeline.can_crop):
             croppers = [s.name for s in STACKS.values() if "crop" in s.capabilities]
-            why = (f"the {spec.name} stack does not train on windows (the {', '.join(croppers)} stack does)"
+            others = (f"the {croppers[0]} stack does" if len(croppers) == 1
+                      else f"the {', '.join(croppers[:-1])} and {croppers[-1]} stacks do")
+            why = (f"the {spec.name} stack does not train on windows ({others})"
                    if "crop" not in spec.capabilities else f"the {pipeline.name} pipeline cannot cut windows")
             raise ValueError(f"data.crop_size: {why}; remove it and train on the whole data.image_size picture")
         if self.trainer.max_time is not None and "budget" not in spec.capabilities:

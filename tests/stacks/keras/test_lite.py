@@ -97,8 +97,8 @@ def test_a_forged_weights_file_is_refused_by_name(tf, monkeypatch):
 
 # The recipe shrunk as the Lightning recipe's test shrinks it, shared by the recipe and eject tests.
 SIZE = 160  # tutorial 01's test budget: 8 epochs of 160 px reach 0.51 there
-SHRUNK = ["model.encoder=efficientnet-lite0", f"data.image_size={SIZE}", "trainer.max_epochs=8", "optim.lr=0.002",
-          "optim.warmup_epochs=1", "data.split.val=0.2", "logging.predictions=0"]
+SHRUNK = ["model.encoder=efficientnet-lite0", f"data.image_size={SIZE}", "data.crop_size=null", "trainer.max_epochs=8",
+          "optim.lr=0.002", "optim.warmup_epochs=1", "data.split.val=0.2", "logging.predictions=0"]
 KERAS_RECIPE = REPO / "configs" / "keras-pretrained-cpu.yaml"
 
 

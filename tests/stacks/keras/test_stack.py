@@ -17,8 +17,9 @@ TINY = ["data.image_size=64", "trainer.batch_size=4", "logging.predictions=2"]
 def keras_run(synth_data, tmp_path_factory):
     pytest.importorskip("segmentation_models")
     with scratch(tmp_path_factory, "kruns") as runs:
+        # trained on 32 px windows (data.crop_size) of the 64 px pictures, validated, exported and served whole
         proc = run_cli("train", CONFIG, f"data.root={synth_data}", f"run.dir={runs}", "run.name=k",
-                       "trainer.max_epochs=2", "optim.warmup_epochs=2", "optim.lr=0.003", *TINY)
+                       "trainer.max_epochs=2", "optim.warmup_epochs=2", "optim.lr=0.003", *TINY, "data.crop_size=32")
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert Path(proc.stdout.strip().splitlines()[-1]) == runs / "k"
         yield runs / "k"
@@ -78,7 +79,7 @@ def test_tf_pipeline_and_balance(synth_data, tmp_path):
     pytest.importorskip("segmentation_models")
     proc = run_cli("train", CONFIG, f"data.root={synth_data}", f"run.dir={tmp_path}", "run.name=t",
                    "trainer.max_epochs=2", "data.pipeline=tf", "data.balance={by: fg_bins, bins: 2, epoch_size: 16}",
-                   *TINY)
+                   *TINY, "data.crop_size=[32,64]")  # tf.image windows, whole-picture validation
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(x) for x in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [4, 8]

@@ -41,6 +41,28 @@ def test_masks_binary_and_aligned(tf, tmp_path, pipeline):
 
 
 @pytest.mark.parametrize("pipeline", ["albumentations", "tf"])
+def test_crop_size_windows_the_training_batches_only(tf, tmp_path, pipeline):
+    """data.crop_size: training batches are (32, 48) windows of the 64 px pictures, each at its own
+    place and still aligned with its mask after the flips; evaluation batches stay whole."""
+    from nailseg.stacks.keras.tfdata import build_dataset
+
+    pairs = _coded_pairs(tmp_path)
+    train = build_dataset(pairs, GEOMETRY[:2], (64, 64), batch_size=6, train=True, seed=1, pipeline=pipeline,
+                          crop=(32, 48))
+    images, masks = next(iter(train))
+    assert images.shape == (6, 32, 48, 3) and masks.shape == (6, 32, 48, 1)
+    for img, m in zip(images.numpy(), masks.numpy()):
+        red = denormalize(img.transpose(2, 0, 1))[..., 0]
+        assert ((red > 127) == (m[..., 0] == 1)).mean() > 0.95
+    plain = build_dataset(pairs, [], (64, 64), batch_size=6, train=True, seed=1, pipeline=pipeline, crop=(32, 48))
+    assert len({m.tobytes() for m in next(iter(plain))[1].numpy()}) > 1  # the window moves, with no op at all
+    whole = build_dataset(pairs, GEOMETRY[:2], (64, 64), batch_size=6, train=False, seed=1, pipeline=pipeline,
+                          crop=(32, 48))
+    images, masks = next(iter(whole))
+    assert images.shape == (6, 64, 64, 3) and len({m.tobytes() for m in masks.numpy()}) == 1
+
+
+@pytest.mark.parametrize("pipeline", ["albumentations", "tf"])
 def test_deterministic_for_a_fixed_seed(tf, synth_data, pipeline):
     from nailseg.stacks.keras.tfdata import build_dataset
 

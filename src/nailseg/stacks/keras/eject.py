@@ -53,19 +53,23 @@ def write_script(exp: Experiment, pairs: dict[str, list[Pair]], out: Path, confi
     if problems:
         raise ConfigError(problems)
     norm, o, t, m = exp.normalization, exp.optim, exp.trainer, exp.model
-    model = build_sm_model(m, exp.data.size_hw)  # offline ImageNet tensors, a file, or sm's download
+    crop = exp.data.crop_hw
+    # offline ImageNet tensors, a file, or sm's download; any input size when training on windows
+    model = build_sm_model(m, exp.data.size_hw if crop is None else (None, None))
     model.save(out / "initial_model.keras")
     loss = (f"{exp.loss.dice_weight!r} * sm.losses.DiceLoss() + {exp.loss.bce_weight!r} * sm.losses.BinaryCELoss()"
             if exp.loss.name == "dice_bce" else LOSSES[exp.loss.name])
     weights = str(m.encoder_weights)
     values = dict(
         title=f"Train {config_name}: tf.keras + segmentation_models ({m.arch} on {m.encoder}).",
-        config=config_name, image_size=repr(tuple(exp.data.size_hw)), epochs=t.max_epochs, batch_size=t.batch_size,
+        config=config_name, image_size=repr(tuple(exp.data.size_hw)),
+        train_size="IMAGE_SIZE" if crop is None else repr(tuple(crop)),
+        input_shape="(*IMAGE_SIZE, 3)" if crop is None else "(None, None, 3)", epochs=t.max_epochs, batch_size=t.batch_size,
         seed=t.seed, lr=repr(o.lr), weight_decay=repr(o.weight_decay), warmup_epochs=o.warmup_epochs,
         schedule=repr(o.scheduler), poly_power=repr(o.poly_power), policy=repr(resolve_policy(exp)),
         readers=READERS, arch=m.arch, encoder=repr(m.encoder),
         weights_note=f" ({weights}: {norm.name} input normalisation)" if weights not in ("", "none") else " (random)",
-        train_transforms=render_compose(to_albumentations(exp.augment.train, exp.data.size_hw, norm=norm)),
+        train_transforms=render_compose(to_albumentations(exp.augment.train, exp.data.size_hw, norm=norm, crop=crop)),
         eval_transforms=render_compose(to_albumentations([], exp.data.size_hw, train=False, norm=norm)),
         optimizer_line=OPTIMIZERS[o.name], loss_line=f"    loss = {loss}",
     )

@@ -192,7 +192,7 @@ class KerasStack:
                                  train=True, seed=t.seed, pipeline=exp.pipeline, grouping=grouping, counter=counter,
                                  drop_remainder=drop, source=open_source(exp.data, ctx.train_pairs, "train", run.path,
                                                                          pipeline=exp.pipeline),
-                                 norm=exp.normalization, ignore_index=ignore)
+                                 norm=exp.normalization, ignore_index=ignore, crop=exp.data.crop_hw)
         if grouping is None:
             train_ds = train_ds.repeat()  # steps_per_epoch sets the epoch, as with balancing
         val_ds = build_dataset(ctx.val_pairs, [], exp.data.size_hw, batch_size=t.batch_size, train=False,
@@ -203,7 +203,9 @@ class KerasStack:
             steps = min(steps, t.limit_train_batches)
         schedule, per_epoch = piecewise_schedule(exp, steps)
         with _strategy(exp).scope():
-            model = build_sm_model(exp.model, exp.data.size_hw)
+            # Trained on windows (data.crop_size), validated on whole pictures: one network for any
+            # input size (its convolutions do not care; the saved weights load into a fixed-size model).
+            model = build_sm_model(exp.model, exp.data.size_hw if exp.data.crop_hw is None else (None, None))
             opt = _optimizer(exp, schedule)
             if policy == "mixed_float16":
                 opt = keras.mixed_precision.LossScaleOptimizer(opt)

@@ -144,8 +144,13 @@ TF_OPS = {
 
 
 def tf_augment(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, ops: list[AugmentOp],
-               size: tuple[int, int], train: bool) -> tuple[tf.Tensor, tf.Tensor]:
-    """float32 image in [0, 255] (h, w, 3) and float32 0/1 mask (h, w, 1) after the spec."""
+               size: tuple[int, int], train: bool, window: tuple[int, int] | None = None,
+               ) -> tuple[tf.Tensor, tf.Tensor]:
+    """float32 image in [0, 255] (h, w, 3) and float32 0/1 mask (h, w, 1) after the spec.
+
+    ``window`` (``data.crop_size``, training only): a random (height, width) window of the ``size``
+    picture, cut as soon as it exists, so the ops after it run on the window (as albumentations'
+    ``RandomCrop`` does in the other pipeline)."""
     h, w = size
     ops = list(ops) if train else []
     crop = next((op for op in ops if op.name == "random_resized_crop"), None)
@@ -168,6 +173,13 @@ def tf_augment(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, ops: list[Aug
         mask = tf.image.crop_to_bounding_box(mask, oy, ox, th, tw)
     image = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear", antialias=False)
     mask = tf.cast(tf.image.resize(mask, size, method="nearest"), tf.float32)
+    if train and window is not None and tuple(window) != (h, w):
+        s = _sub(seed, 200)
+        oy = tf.random.stateless_uniform([], s, 0, h - window[0] + 1, dtype=tf.int32)
+        ox = tf.random.stateless_uniform([], _sub(s, 1), 0, w - window[1] + 1, dtype=tf.int32)
+        image = tf.image.crop_to_bounding_box(image, oy, ox, window[0], window[1])
+        mask = tf.image.crop_to_bounding_box(mask, oy, ox, window[0], window[1])
+        h, w = window
     for i, op in enumerate(ops):
         image, mask = TF_OPS[op.name](_sub(seed, i), op, image, mask, h, w)
     return tf.clip_by_value(image, 0.0, 255.0), mask
@@ -175,9 +187,11 @@ def tf_augment(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, ops: list[Aug
 
 # ---- the albumentations pipeline ---------------------------------------------------------------------
 
-def _albumentations_fn(ops: list[AugmentOp], size: tuple[int, int], train: bool, mask_fill: int = 0):
+def _albumentations_fn(ops: list[AugmentOp], size: tuple[int, int], train: bool, mask_fill: int = 0,
+                       crop: tuple[int, int] | None = None):
     """A numpy function for ``tf.numpy_function``; one Compose per tf.data thread (each holds its RNG).
-    ``mask_fill``: what a warp pads the mask with (the ignore value for class-index masks)."""
+    ``mask_fill``: what a warp pads the mask with (the ignore value for class-index masks); ``crop``:
+    the training window (``data.crop_size``)."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     local = threading.local()
 
@@ -185,7 +199,7 @@ def _albumentations_fn(ops: list[AugmentOp], size: tuple[int, int], train: bool,
         transform = getattr(local, "transform", None)
         if transform is None:
             transform = local.transform = to_albumentations(ops, size, train=train, normalize=False,
-                                                            mask_fill=mask_fill)
+                                                            mask_fill=mask_fill, crop=crop)
         transform.set_random_seed(int(seed) % (2**31))
         out = transform(image=image, mask=mask[..., 0])
         return out["image"].astype(np.float32), out["mask"][..., None].astype(np.float32)
@@ -252,8 +266,11 @@ def source_reader(pairs: list[Pair], source):
 def build_dataset(pairs: list[Pair], ops: list[AugmentOp], size: tuple[int, int], *, batch_size: int,
                   train: bool, seed: int, pipeline: str, grouping=None, counter: GroupCounter | None = None,
                   drop_remainder: bool = False, source=None, norm: Normalization = IMAGENET,
-                  ignore_index: int | None = None) -> tf.data.Dataset:
+                  ignore_index: int | None = None, crop: tuple[int, int] | None = None) -> tf.data.Dataset:
     """Batches of (normalised float32 image (N, h, w, 3), float32 0/1 mask (N, h, w, 1)).
+
+    ``crop`` (``data.crop_size``): training batches are random (height, width) windows of the
+    ``size`` pictures; evaluation batches (``train=False``) stay whole.
 
     ``source``: a :mod:`nailseg.core.data.cache` source the pairs are read from; without one,
     ``tf.io`` decodes the files at full size. ``norm``: the encoder's (``Experiment.normalization``).
@@ -272,17 +289,19 @@ def build_dataset(pairs: list[Pair], ops: list[AugmentOp], size: tuple[int, int]
             files = files.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).map(lambda x: tf.stack([x, x // 7 + 1]))
     ds = tf.data.Dataset.zip((files, seeds))
-    h, w = size
+    crop = tuple(crop) if train and crop is not None else None
+    h, w = crop or size
     mean = tf.constant(norm.mean, tf.float32) * 255.0
     std = tf.constant(norm.std, tf.float32) * 255.0
 
     if pipeline == "tf":
         def load(item, element_seed):
             image, mask = decode(item[0], item[1])
-            image, mask = tf_augment(image, mask, element_seed, ops, size, train)
+            image, mask = tf_augment(image, mask, element_seed, ops, size, train, crop)
             return (image - mean) / std, mask
     else:
-        apply = _albumentations_fn(ops, size, train, mask_fill=0 if ignore_index is None else ignore_index)
+        apply = _albumentations_fn(ops, size, train, mask_fill=0 if ignore_index is None else ignore_index,
+                                   crop=crop)
 
         def load(item, element_seed):
             image, mask = decode(item[0], item[1])
