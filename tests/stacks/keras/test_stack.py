@@ -1,6 +1,9 @@
 """The Keras backend end to end through the real CLI (subprocesses: TensorFlow stays out of pytest)."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +104,32 @@ class TestKerasContract(StackContract):
         pytest.importorskip("segmentation_models")
         return lambda runs, name, epochs: [CONFIG, f"data.root={synth_data}", f"run.dir={runs}", f"run.name={name}",
                                            f"trainer.max_epochs={epochs}", *TINY]
+
+
+@pytest.mark.slow
+def test_ejected_script_trains_on_windows_and_scores_whole_pictures(synth_data, tmp_path):
+    """``nailseg eject`` of a Keras experiment with data.crop_size: the plain script's training batches
+    are the windows (TRAIN_SIZE), its model takes any size, and it scores whole 64 px pictures."""
+    pytest.importorskip("segmentation_models")
+    out = tmp_path / "ejected"
+    proc = run_cli("eject", CONFIG, f"data.root={synth_data}", *TINY, "data.crop_size=32", "trainer.max_epochs=1",
+                   "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    script = (out / "train.py").read_text()
+    assert "TRAIN_SIZE = (32, 32)" in script and "IMAGE_SIZE = (64, 64)" in script and "A.RandomCrop(" in script
+    assert "import nailseg" not in script and "from nailseg" not in script
+    probe = ("import json, train; x, y = next(iter(train.dataset(train.SPLIT['train'], train=True))); "
+             "v, _ = next(iter(train.dataset(train.SPLIT['val'], train=False))); "
+             "print(json.dumps([list(x.shape), list(y.shape), list(v.shape), list(train.build_model().input_shape)]))")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    shapes = subprocess.run([sys.executable, "-c", probe], cwd=out, env=env, capture_output=True, text=True, timeout=300)
+    assert shapes.returncode == 0, shapes.stderr[-3000:]
+    train_x, train_y, val_x, model_in = json.loads(shapes.stdout.strip().splitlines()[-1])
+    assert train_x[1:] == [32, 32, 3] and train_y[1:] == [32, 32, 1] and val_x[1:] == [64, 64, 3]
+    assert model_in == [None, None, None, 3]  # one model for the windows and the whole pictures
+    trained = subprocess.run([sys.executable, "train.py", "--epochs", "1", "--out", "o"], cwd=out, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    scores = json.loads((out / "o" / "metrics.json").read_text())
+    split = json.loads((out / "split.json").read_text())
+    assert scores["epochs"] == 1 and scores["val"]["images"] == len(split["val"]) > 0  # scored whole, photo by photo
