@@ -80,6 +80,13 @@ def test_crop_size_refused_where_it_cannot_run(config, reason):
     assert len(info.value.lines) == 1 and "data.crop_size" in info.value.lines[0] and reason in info.value.lines[0]
 
 
+def test_crop_size_refused_on_sms_pspnet():
+    """sm's PSPNet checks a fixed input size when it is built, so windows cannot train it."""
+    with pytest.raises(ConfigError) as info:
+        load_experiment(REPO / "configs" / "keras-cpu.yaml", ["model.arch=PSPNet", "data.crop_size=32"])
+    assert len(info.value.lines) == 1 and "data.crop_size: sm's PSPNet is built for one input size" in info.value.lines[0]
+
+
 @pytest.mark.parametrize("config", ["demo-cpu.yaml", "keras-cpu.yaml", "keras-cpu.yaml data.pipeline=tf"])
 def test_crop_size_is_a_window_of_the_picture(config):
     name, *more = config.split()

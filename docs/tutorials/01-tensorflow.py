@@ -247,7 +247,7 @@ import matplotlib.pyplot as plt
 
 def tensorboard_curve(folder: Path, tag: str) -> tuple[list[int], list[float]]:
     """One scalar's (epochs, values) from the event files the TensorBoard callback wrote."""
-    events = EventAccumulator(str(folder)).Reload()
+    events = EventAccumulator(str(folder), size_guidance={"tensors": 0, "scalars": 0}).Reload()  # 0: every event
     if tag in events.Tags()["tensors"]:  # tf.summary (TF 2) stores scalars as tensors
         points = [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
     else:

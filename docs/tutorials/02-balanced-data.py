@@ -50,13 +50,14 @@ print(len(keys), "pairs; foreground share from", f"{min(fg_share.values()):.1%} 
 
 # %%
 share = np.array([fg_share[k] for k in keys])
-edges = np.exp(np.linspace(np.log(share.min()), np.log(share.max()), 3 + 1))  # 3 bins, equal in log(share)
-group = np.clip(np.searchsorted(edges, share, side="right") - 1, 0, 2)
-n_in_group = np.bincount(group, minlength=3)
-used = np.flatnonzero(n_in_group)  # a bin no image falls in gets no share
-weights = (1 / len(used)) / n_in_group[group]  # target share / group size: a small group's images weigh more
+nail = share > 0  # a photo with no nail at all has no log(share): it is a group of its own
+edges = np.exp(np.linspace(np.log(share[nail].min()), np.log(share[nail].max()), 3 + 1))  # 3 bins, equal in log(share)
+bin_of = np.where(nail, np.clip(np.searchsorted(edges, share, side="right") - 1, 0, 2), -1)
+labels, group = np.unique(bin_of, return_inverse=True)  # the groups that occur (-1: no nail), numbered 0, 1, ...
+n_in_group = np.bincount(group)
+weights = (1 / len(labels)) / n_in_group[group]  # target share / group size: a small group's images weigh more
 weights /= weights.sum()
-print("bin edges:", [f"{e:.1%}" for e in edges], "images per bin:", n_in_group.tolist())
+print("bin edges:", [f"{e:.1%}" for e in edges], "images per group:", n_in_group.tolist())
 
 # %% [markdown]
 # nailseg's `data.balance` computes the same (`balance.make_grouping`, which also groups by folder or
@@ -121,7 +122,7 @@ import os, json
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import tensorflow as tf
 
-keys, group, used = {json.dumps(keys)}, {json.dumps(group.tolist())}, {json.dumps(used.tolist())}
+keys, group, used = {json.dumps(keys)}, {json.dumps(group.tolist())}, list(range({len(labels)}))
 # one shuffled, endless stream of file names per group ...
 streams = [tf.data.Dataset.from_tensor_slices([k for k, g in zip(keys, group) if g == b])
            .shuffle(64, seed=b, reshuffle_each_iteration=True).repeat().map(lambda k, b=b: (k, b))

@@ -154,10 +154,12 @@ grid([photo, overlay(photo, mask)], ["photo", "plain onnxruntime"], cols=2, widt
 # quantize_static("model.pre.onnx", "model.int8.onnx", Photos(training_photos),
 #                 quant_format=QuantFormat.QDQ, per_channel=True, calibrate_method=CalibrationMethod.MinMax,
 #                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,  # u8s8
-#                 reduce_range=False)  # True: 7-bit weights (u8s8-7bit), the AVX2-only first choice
+#                 reduce_range=False,  # True: 7-bit weights (u8s8-7bit), the AVX2-only first choice
+#                 nodes_to_quantize=network_nodes)  # the network's own nodes only
 # ```
 #
-# nailseg adds the checks around it. When the first setting strays, the next is tried;
+# `network_nodes` keeps the graph's resize, normalisation and sigmoid in float32: only the network
+# between them is quantised. nailseg adds the checks around it. When the first setting strays, the next is tried;
 # `export.int8.json` records what was tried, the CPU flags, and the figures. A model that has barely learned can be refused on every setting (its
 # probabilities sit near the threshold, where any rounding flips pixels): the refusal then names each
 # setting's agreement, and the float32 file stays the one to ship.
@@ -200,8 +202,8 @@ app = FastAPI()
 
 
 @app.post("/segment")
-async def segment_upload(image: UploadFile) -> dict:
-    rgb = np.asarray(Image.open(io.BytesIO(await image.read())).convert("RGB"))
+def segment_upload(image: UploadFile) -> dict:  # a plain def: FastAPI runs it in a worker thread, off the event loop
+    rgb = np.asarray(Image.open(image.file).convert("RGB"))
     nail = onnx_model.run(None, {onnx_model.get_inputs()[0].name: rgb[None]})[0][0] > threshold
     return {"file": image.filename, "width": rgb.shape[1], "height": rgb.shape[0], "nail_share": float(nail.mean())}
 

@@ -64,6 +64,10 @@ class Experiment(_Section):
             why = (f"the {spec.name} stack does not train on windows ({others})"
                    if "crop" not in spec.capabilities else f"the {pipeline.name} pipeline cannot cut windows")
             raise ValueError(f"data.crop_size: {why}; remove it and train on the whole data.image_size picture")
+        if self.data.crop_size is not None and self.model.family == "sm" and self.model.arch.lower() == "pspnet":
+            raise ValueError("data.crop_size: sm's PSPNet is built for one input size (its pooling grid divides it), "
+                             "so it cannot train on windows and validate on whole pictures; use model.arch Unet, FPN "
+                             "or Linknet, or remove data.crop_size")
         if self.trainer.max_time is not None and "budget" not in spec.capabilities:
             budgeted = [s.name for s in STACKS.values() if "budget" in s.capabilities]
             raise ValueError(f"trainer.max_time: the {spec.name} stack cannot size its epochs to a time budget yet "

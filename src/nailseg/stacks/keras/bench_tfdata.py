@@ -32,7 +32,7 @@ def bench_tfdata(exp: Experiment, pipelines: list[str], *, batches: int, repeats
         ops = [] if name == "decode-only" else exp.augment.train
         ds = build_dataset(pairs, ops, exp.data.size_hw, batch_size=exp.trainer.batch_size, train=True, seed=0,
                            pipeline="tf" if name == "tf" else "albumentations", drop_remainder=True,
-                           norm=exp.normalization).repeat()
+                           norm=exp.normalization, crop=exp.data.crop_hw).repeat()
         stream = iter(ds)
 
         def step():
@@ -41,6 +41,7 @@ def bench_tfdata(exp: Experiment, pipelines: list[str], *, batches: int, repeats
 
         rates = time_repeats(step, warmup=warmup, batches=batches, repeats=repeats)
         results.append(summarize(name, rates, batch_size=exp.trainer.batch_size, image_size=list(exp.data.size_hw),
+                                 crop_size=list(exp.data.crop_hw) if exp.data.crop_hw else None,
                                  files=len(pairs), data=str(exp.data.root),
                                  augment=[op.name for op in ops], tensorflow=tf.__version__,
                                  cpu_count=os.cpu_count(), machine=platform.machine(), device="cpu (tf.data)",

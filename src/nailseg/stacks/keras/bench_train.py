@@ -37,7 +37,8 @@ def bench_train(exp: Experiment, precisions: list[str], *, batches: int, repeats
         pairs = list(itertools.islice(itertools.cycle(pairs), exp.trainer.batch_size))
     pipeline = exp.pipeline
     dataset = build_dataset(pairs, exp.augment.train, exp.data.size_hw, batch_size=exp.trainer.batch_size,
-                            train=True, seed=0, pipeline=pipeline, drop_remainder=True, norm=exp.normalization).repeat()
+                            train=True, seed=0, pipeline=pipeline, drop_remainder=True, norm=exp.normalization,
+                            crop=exp.data.crop_hw).repeat()  # the windows training sees (data.crop_size)
     stream = iter(dataset)
     resident = next(stream)
     env = environment("cpu" if not tf.config.list_physical_devices("GPU") else "gpu")
@@ -49,7 +50,8 @@ def bench_train(exp: Experiment, precisions: list[str], *, batches: int, repeats
             keras.backend.clear_session()
             keras.utils.set_random_seed(0)
             keras.mixed_precision.set_global_policy(policy)
-            model = build_sm_model(exp.model.model_copy(update={"encoder_weights": "none"}), exp.data.size_hw)
+            model = build_sm_model(exp.model.model_copy(update={"encoder_weights": "none"}),
+                                   exp.data.crop_hw or exp.data.size_hw)
             opt = keras.optimizers.Adam(exp.optim.lr)
             if policy == "mixed_float16":
                 opt = keras.mixed_precision.LossScaleOptimizer(opt)
@@ -61,7 +63,8 @@ def bench_train(exp: Experiment, precisions: list[str], *, batches: int, repeats
 
             common = dict(precision=precision, keras_policy=policy, jit_compile=xla,
                           model=f"{d['family']}:{d['arch']}/{d['encoder']}", batch_size=exp.trainer.batch_size,
-                          image_size=list(exp.data.size_hw), parameters=int(model.count_params()),
+                          image_size=list(exp.data.size_hw), crop_size=list(exp.data.crop_hw) if exp.data.crop_hw else None,
+                          parameters=int(model.count_params()),
                           method=f"Keras train_on_batch (forward, loss, backward, Adam step); median of {repeats} "
                                  f"repeats of {batches} steps after {warmup} warm-up step{'s' if warmup != 1 else ''}", **env)
             tag = f"{policy}{' + XLA' if xla else ''}"
