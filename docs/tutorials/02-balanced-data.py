@@ -31,7 +31,7 @@ import numpy as np
 from nailseg.config import BalanceConfig
 from nailseg.core.data import balance
 from nailseg.core.data.check import check_dataset
-from nailseg.tutorial import budget, overlays, real_data, record, sh, show, show_png, synth
+from nailseg.tutorial import budget, overlays, real_data, record, sh, show_png, synth
 
 data = real_data() or synth("data/synth-tutorial", n=48, size="192x144")
 report = check_dataset(data, progress=False)
@@ -86,22 +86,53 @@ drawn = torch.cat(list(loader)).numpy()
 print("WeightedRandomSampler, 2000 draws:", {g: round(s, 3) for g, s in grouping.shares(drawn).items()})
 
 # %% [markdown]
-# nailseg's `BalancedSampler` draws `epoch_size` indices with replacement from one seeded stream per epoch,
-# so a small group is drawn again and again but never runs dry. Under DDP every rank draws the
-# same stream and takes a disjoint part of it (so Lightning must not wrap it in its own
-# `DistributedSampler`):
+# Under DDP that sampler is not enough: each rank would draw its own random indices. nailseg's
+# `BalancedSampler` draws `epoch_size` indices with replacement from one stream seeded by (seed,
+# epoch), the same on every rank, and each rank takes a disjoint part of it (so Lightning must not
+# wrap it in its own `DistributedSampler`). As a plain torch `Sampler`, it is this:
+
+# %%
+from torch.utils.data import Sampler
+
+
+class EpochSampler(Sampler[int]):
+    """One seeded stream of draws per epoch, the same on every rank; rank r takes draws r, r + world, ..."""
+
+    def __init__(self, weights: np.ndarray, epoch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.weights, self.epoch_size, self.seed, self.rank, self.world = weights, epoch_size, seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls it at the start of each epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-self.epoch_size // self.world)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        stream = rng.choice(len(self.weights), size=len(self) * self.world, replace=True, p=self.weights)
+        return iter(stream[self.rank::self.world].tolist())
+
+
+two_ranks = [list(EpochSampler(weights, 400, seed=0, rank=r, world_size=2)) for r in (0, 1)]
+print("two ranks:", len(two_ranks[0]), "+", len(two_ranks[1]), "draws, one stream between them")
+
+# %% [markdown]
+# nailseg's `BalancedSampler` (what `data.balance` puts in the training `DataLoader`) draws exactly
+# these indices:
 
 # %%
 from nailseg.stacks.lightning.loaders.dataloader import BalancedSampler
 
-show(balance.draw_epoch, BalancedSampler)
-
-# %%
 sampler = BalancedSampler(grouping.sample_weights(), epoch_size=400, seed=0)
+plain = EpochSampler(grouping.sample_weights(), 400, seed=0)
 drawn_torch = []
 for epoch in range(5):
     sampler.set_epoch(epoch)
-    drawn_torch.extend(list(sampler))
+    plain.set_epoch(epoch)
+    drawn = list(sampler)
+    assert drawn == list(plain)
+    drawn_torch.extend(drawn)
 shares_torch = grouping.shares(np.array(drawn_torch))
 print("torch sampler, 5 epochs:", {g: round(s, 3) for g, s in shares_torch.items()})
 

@@ -28,7 +28,7 @@
 import json
 from pathlib import Path
 
-from nailseg.tutorial import budget, grid, real_data, record, sh, show, show_png, synth
+from nailseg.tutorial import budget, grid, real_data, record, sh, show_png, synth
 
 data = real_data() or synth("data/synth-tutorial", n=48, size="192x144")
 EPOCHS = budget(full=12, test=6)  # the test suite sets NAILSEG_TUTORIAL_BUDGET=test
@@ -49,9 +49,6 @@ record(val_iou=json.loads((run / "summary.json").read_text())["val_iou"])
 # nailseg's own predictor, and refuses it if they disagree; `export.json` records both checks.
 
 # %%
-from nailseg.stacks.lightning import onnx_export
-
-show(onnx_export.ExportWrapper)
 sh(f"nailseg export {run} --format onnx", tail=3)
 report = json.loads((run / "export.json").read_text())
 print({k: report[k] for k in ("format", "opset", "exporter", "mask_agreement", "verified_on")})
