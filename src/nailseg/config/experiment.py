@@ -17,6 +17,14 @@ from nailseg.config.trainer import TrainerConfig
 from nailseg.specs import PIPELINE_SPECS, STACKS, spec_for_family
 
 
+def _stacks_that(capability: str, one: str, many: str) -> str:
+    """"the lightning stack does" / "the lightning and keras stacks do": who offers ``capability``."""
+    names = [s.name for s in STACKS.values() if capability in s.capabilities]
+    if len(names) == 1:
+        return f"the {names[0]} stack {one}"
+    return f"the {', '.join(names[:-1])} and {names[-1]} stacks {many}"
+
+
 class Experiment(_Section):
     """Everything one training run needs. Key names are a public interface."""
 
@@ -58,9 +66,7 @@ class Experiment(_Section):
             raise ValueError(f"data.cache: {self.data.cache} cannot serve the {pipeline.name} pipeline: "
                              f"{pipeline.why_no_cache}; use data.cache: none (or auto)")
         if self.data.crop_size is not None and not ("crop" in spec.capabilities and pipeline.can_crop):
-            croppers = [s.name for s in STACKS.values() if "crop" in s.capabilities]
-            others = (f"the {croppers[0]} stack does" if len(croppers) == 1
-                      else f"the {', '.join(croppers[:-1])} and {croppers[-1]} stacks do")
+            others = _stacks_that("crop", "does", "do")
             why = (f"the {spec.name} stack does not train on windows ({others})"
                    if "crop" not in spec.capabilities else f"the {pipeline.name} pipeline cannot cut windows")
             raise ValueError(f"data.crop_size: {why}; remove it and train on the whole data.image_size picture")
@@ -69,9 +75,8 @@ class Experiment(_Section):
                              "so it cannot train on windows and validate on whole pictures; use model.arch Unet, FPN "
                              "or Linknet, or remove data.crop_size")
         if self.trainer.max_time is not None and "budget" not in spec.capabilities:
-            budgeted = [s.name for s in STACKS.values() if "budget" in s.capabilities]
             raise ValueError(f"trainer.max_time: the {spec.name} stack cannot size its epochs to a time budget yet "
-                             f"(the {', '.join(budgeted)} stack can); remove it and set trainer.max_epochs")
+                             f"({_stacks_that('budget', 'can', 'can')}); remove it and set trainer.max_epochs")
         if self.data.balance is not None and not pipeline.can_balance:
             raise ValueError(f"data.balance: the {pipeline.name} pipeline cannot draw weighted samples "
                              f"(use data.pipeline: {spec.pipelines[0]})")

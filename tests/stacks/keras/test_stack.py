@@ -21,8 +21,10 @@ def keras_run(synth_data, tmp_path_factory):
     pytest.importorskip("segmentation_models")
     with scratch(tmp_path_factory, "kruns") as runs:
         # trained on 32 px windows (data.crop_size) of the 64 px pictures, validated, exported and served whole
+        # with the encoder on its own optimiser at half the rate, inside a time budget that fits both epochs
         proc = run_cli("train", CONFIG, f"data.root={synth_data}", f"run.dir={runs}", "run.name=k",
-                       "trainer.max_epochs=2", "optim.warmup_epochs=2", "optim.lr=0.003", *TINY, "data.crop_size=32")
+                       "trainer.max_epochs=2", "optim.warmup_epochs=2", "optim.lr=0.003", *TINY, "data.crop_size=32",
+                       "optim.encoder_lr_scale=0.5", "trainer.max_time=30m")
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert Path(proc.stdout.strip().splitlines()[-1]) == runs / "k"
         yield runs / "k"
@@ -40,6 +42,8 @@ def test_run_folder_matches_lightning_keys(keras_run):
         assert all(r[key] is not None for r in records), key
     summary = json.loads((keras_run / "summary.json").read_text())
     assert summary["stack"] == "keras" and "backend" not in summary and summary["precision"] == "float32"
+    assert summary["budget"]["planned_epochs"] == 2 and len(summary["budget"]["epoch_times_s"]) == 2
+    assert json.loads((keras_run / "budget.json").read_text())["planned_epochs"] == 2
     assert (keras_run / "checkpoints" / "best.weights.h5").exists()
     # summary.json's scores are exactly the shared evaluation's: TestKerasContract
 
@@ -113,20 +117,24 @@ def test_ejected_script_trains_on_windows_and_scores_whole_pictures(synth_data, 
     pytest.importorskip("segmentation_models")
     out = tmp_path / "ejected"
     proc = run_cli("eject", CONFIG, f"data.root={synth_data}", *TINY, "data.crop_size=32", "trainer.max_epochs=1",
-                   "--out", str(out))
+                   "optim.encoder_lr_scale=0.5", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     script = (out / "train.py").read_text()
     assert "TRAIN_SIZE = (32, 32)" in script and "IMAGE_SIZE = (64, 64)" in script and "A.RandomCrop(" in script
     assert "import nailseg" not in script and "from nailseg" not in script
     probe = ("import json, train; x, y = next(iter(train.dataset(train.SPLIT['train'], train=True))); "
              "v, _ = next(iter(train.dataset(train.SPLIT['val'], train=False))); "
-             "print(json.dumps([list(x.shape), list(y.shape), list(v.shape), list(train.build_model().input_shape)]))")
+             "m = train.compile_model(train.build_model(), 1, 1); "
+             "print(json.dumps([list(x.shape), list(y.shape), list(v.shape), list(m.input_shape), type(m).__name__, "
+             "sum(m.is_encoder), float(m.encoder_optimizer.learning_rate / m.optimizer.learning_rate)]))")
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "TF_CPP_MIN_LOG_LEVEL": "3"}
     shapes = subprocess.run([sys.executable, "-c", probe], cwd=out, env=env, capture_output=True, text=True, timeout=300)
     assert shapes.returncode == 0, shapes.stderr[-3000:]
-    train_x, train_y, val_x, model_in = json.loads(shapes.stdout.strip().splitlines()[-1])
+    train_x, train_y, val_x, model_in, kind, encoder, rate = json.loads(shapes.stdout.strip().splitlines()[-1])
     assert train_x[1:] == [32, 32, 3] and train_y[1:] == [32, 32, 1] and val_x[1:] == [64, 64, 3]
     assert model_in == [None, None, None, 3]  # one model for the windows and the whole pictures
+    # optim.encoder_lr_scale: a second optimiser on resnet18's 58 trainable encoder variables, at half the rate
+    assert kind == "TwoRateModel" and encoder == 58 and rate == pytest.approx(0.5)
     trained = subprocess.run([sys.executable, "train.py", "--epochs", "1", "--out", "o"], cwd=out, env=env,
                              capture_output=True, text=True, timeout=600)
     assert trained.returncode == 0, trained.stderr[-3000:]

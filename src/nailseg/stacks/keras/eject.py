@@ -9,6 +9,7 @@ object; the albumentations pipeline is nailseg's own ``Compose`` written back as
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from string import Template
 
@@ -47,6 +48,7 @@ def write_script(exp: Experiment, pairs: dict[str, list[Pair]], out: Path, confi
     """Write ``train.py``, ``initial_model.keras``, ``split.json`` and ``README.md`` into ``out``."""
     from nailseg.core.augment import to_albumentations
     from nailseg.stacks.keras.models import build_sm_model
+    from nailseg.stacks.keras.optim import encoder_layer_names, encoder_scale
     from nailseg.stacks.keras.stack import resolve_policy
 
     problems = refusals(exp)
@@ -57,6 +59,9 @@ def write_script(exp: Experiment, pairs: dict[str, list[Pair]], out: Path, confi
     # offline ImageNet tensors, a file, or sm's download; any input size when training on windows
     model = build_sm_model(m, exp.data.size_hw if crop is None else (None, None))
     model.save(out / "initial_model.keras")
+    if encoder_scale(exp) != 1.0:  # the script's second optimiser steps these layers
+        names = sorted(encoder_layer_names(m.encoder)[0])
+        (out / "encoder_layers.json").write_text(json.dumps(names, indent=0), encoding="utf-8")
     loss = (f"{exp.loss.dice_weight!r} * sm.losses.DiceLoss() + {exp.loss.bce_weight!r} * sm.losses.BinaryCELoss()"
             if exp.loss.name == "dice_bce" else LOSSES[exp.loss.name])
     weights = str(m.encoder_weights)
@@ -72,6 +77,7 @@ def write_script(exp: Experiment, pairs: dict[str, list[Pair]], out: Path, confi
         train_transforms=render_compose(to_albumentations(exp.augment.train, exp.data.size_hw, norm=norm, crop=crop)),
         eval_transforms=render_compose(to_albumentations([], exp.data.size_hw, train=False, norm=norm)),
         optimizer_line=OPTIMIZERS[o.name], loss_line=f"    loss = {loss}",
+        encoder_lr_scale=repr(encoder_scale(exp)),
     )
     (out / "train.py").write_text(Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values), encoding="utf-8")
     write_split(pairs, out)
@@ -95,4 +101,6 @@ tensorboard --logdir out/tb
 - `initial_model.keras`: the segmentation_models model and its starting weights, as nailseg built it
   (plain tf-keras loads it: `keras.models.load_model(..., compile=False)`)
 - `split.json`: the image and mask files of the train, val and test parts, as `nailseg train` splits them
+- `encoder_layers.json` (with `optim.encoder_lr_scale`): the encoder's layer names, which the second
+  optimiser steps at `ENCODER_LR_SCALE` times the learning rate
 """

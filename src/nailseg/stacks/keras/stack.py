@@ -31,12 +31,13 @@ from nailseg.core.evaluate import Predictor, at_image_size, model_input  # noqa:
 from nailseg.core.io import atomic_dir, atomic_path, read_jsonl  # noqa: E402
 from nailseg.core.metrics import scores  # noqa: E402
 from nailseg.runs import RunDir, load_with_fallback  # noqa: E402
-from nailseg.core.runtime import lr_factor, resolve_accelerator, resolve_precision  # noqa: E402
+from nailseg.core.runtime import resolve_accelerator, resolve_precision  # noqa: E402
 from nailseg.contract import EpochRecord, FitResult, TrainContext  # noqa: E402
 from nailseg.errors import ConfigError  # noqa: E402
 from nailseg.specs import STACKS  # noqa: E402
 from nailseg.stacks.keras.metrics import ClassConfusion, ConfusionCounts, find_confusion  # noqa: E402
 from nailseg.stacks.keras.models import build_sm_loss, build_sm_model, check_sm_model  # noqa: E402
+from nailseg.stacks.keras.optim import EpochSchedule, TimeBudgetCallback, make_optimizer, with_encoder_rate  # noqa: E402
 from nailseg.core.data.cache import open_source  # noqa: E402
 from nailseg.stacks.keras.tfdata import GroupCounter, build_dataset  # noqa: E402
 
@@ -139,25 +140,6 @@ def _strategy(exp: Experiment):
     return tf.distribute.get_strategy()
 
 
-def piecewise_schedule(exp: Experiment, steps: int):
-    """The shared per-epoch schedule (``core.runtime.lr_factor``) as Keras's own piecewise-constant
-    schedule: the lr is constant within an epoch, as with Lightning's epoch-interval ``LambdaLR``."""
-    o, epochs = exp.optim, exp.trainer.max_epochs
-    values = [o.lr * lr_factor(e, epochs, o.warmup_epochs, o.scheduler, o.poly_power) for e in range(epochs)]
-    if epochs == 1:
-        return keras.optimizers.schedules.PiecewiseConstantDecay([steps * 10], values * 2), values
-    return keras.optimizers.schedules.PiecewiseConstantDecay([steps * e for e in range(1, epochs)], values), values
-
-
-def _optimizer(exp: Experiment, schedule):
-    o = exp.optim
-    if o.name == "adamw":
-        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=o.weight_decay)
-    if o.name == "adam":  # Keras applies weight decay decoupled; torch's Adam adds it to the gradient (L2)
-        return keras.optimizers.Adam(learning_rate=schedule, weight_decay=o.weight_decay or None)
-    return keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, weight_decay=o.weight_decay or None)
-
-
 class KerasStack:
     spec = STACKS["keras"]
 
@@ -201,12 +183,14 @@ class KerasStack:
                                norm=exp.normalization, ignore_index=ignore)
         if isinstance(t.limit_train_batches, int):
             steps = min(steps, t.limit_train_batches)
-        schedule, per_epoch = piecewise_schedule(exp, steps)
+        # sized to trainer.max_time's plan when a resume keeps one (else to max_epochs, until the budget plans)
+        schedule = EpochSchedule.build(exp, steps, ctx.budget.epochs if ctx.budget is not None else None)
         with _strategy(exp).scope():
             # Trained on windows (data.crop_size), validated on whole pictures: one network for any
             # input size (its convolutions do not care; the saved weights load into a fixed-size model).
             model = build_sm_model(exp.model, exp.data.size_hw if exp.data.crop_hw is None else (None, None))
-            opt = _optimizer(exp, schedule)
+            model = with_encoder_rate(model, exp, schedule, policy)  # optim.encoder_lr_scale: a second optimiser
+            opt = make_optimizer(exp, schedule)
             if policy == "mixed_float16":
                 opt = keras.mixed_precision.LossScaleOptimizer(opt)
             if labels is None:
@@ -216,7 +200,9 @@ class KerasStack:
                 loss = build_sm_loss(exp.loss, labels.n, labels.ignore_index, ctx.data.class_weights)
                 metrics = [ClassConfusion(labels.n, labels.ignore_index)]
             model.compile(optimizer=opt, loss=loss, metrics=metrics)
-        callbacks = [RunRecorder(ctx, steps, lambda e: per_epoch[min(e, len(per_epoch) - 1)], counter)]
+        callbacks = [RunRecorder(ctx, steps, schedule.at_epoch, counter)]
+        if ctx.budget is not None:  # before BackupAndRestore: a trimmed plan is in budget.json before the epoch's backup
+            callbacks.append(TimeBudgetCallback(ctx, schedule))
         if exp.logging.tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.path / "tb"), update_freq="epoch"))
         if exp.logging.wandb.enabled:
@@ -233,7 +219,8 @@ class KerasStack:
         callbacks.append(keras.callbacks.BackupAndRestore(str(run.checkpoints / "backup"), delete_checkpoint=False))
         callbacks.append(EpochCommit(ctx))
         fit_started = time.perf_counter()
-        history = model.fit(train_ds, validation_data=val_ds, epochs=t.max_epochs, steps_per_epoch=steps,
+        epochs = ctx.budget.epochs if ctx.budget is not None else t.max_epochs  # a resume keeps its plan
+        history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps,
                             callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
         fit_time = time.perf_counter() - fit_started
         records = read_jsonl(run.metrics)  # an epoch re-run after a kill has two lines until the engine dedupes
