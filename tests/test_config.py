@@ -123,7 +123,8 @@ def test_model_keys_belong_to_their_family():
     (["data.classes=[a, b, c]", "model.classes=2"], "model.classes: 2, but data.classes names 3"),
     (["data.classes=[a, b, c]", "loss.name=lovasz"], "loss.name: lovasz is a binary loss"),
     (["data.classes=[a, b, c]", "data.ignore_index=1"], "data.ignore_index: 1 is class 'b'"),
-    (["data.classes=[a, a]"], "data.classes: give 2 to 255 distinct"),
+    (["data.classes=[a, a]"], "data.classes: 'a' is named twice"),
+    (["data.classes=[a]"], "data.classes: give 2 to 255 distinct"),
     (["data.classes=[a, b]", "data.colors=[[0, 0, 0]]"], "data.colors: 1 colours for 2 classes"),
     (["model.classes=5"], "model.classes: 5 classes need data.classes"),
 ])

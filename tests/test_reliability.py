@@ -55,6 +55,11 @@ def _bomb_png(path: Path, w: int = 60000, h: int = 60000) -> Path:
 
 def _cases(tmp: Path, data: Path) -> list[tuple[str, list[str]]]:
     (tmp / "cfgdir").mkdir()
+    (tmp / "text.pth").write_text("garbage")
+    import torch
+
+    torch.save({"conv.weight": torch.zeros(2, 2)}, tmp / "other.pth")
+    (tmp / "twice.txt").write_text("background\nnail\nbackground\n")
     (tmp / "binary.yaml").write_bytes(b"\xff\xfe\x00bad")
     (tmp / "afile").write_text("x")
     bombs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
@@ -125,6 +130,15 @@ def _cases(tmp: Path, data: Path) -> list[tuple[str, list[str]]]:
         ("serve --max-pixels 200000000", ["serve", str(tmp / "afile"), "--max-pixels", "200000000"]),
         ("synth --size 32x32", ["data", "synth", str(tmp / "s32"), "--n", "2", "--size", "32x32"]),
         ("synth --size 40000x40000", ["data", "synth", str(tmp / "s40k"), "--n", "2", "--size", "40000x40000"]),
+        # a local encoder_weights file is loaded before the run folder exists (it used to leave one behind)
+        ("encoder_weights a text file", ["train", CONFIG, f"data.root={data}", "model.encoder=resnet18",
+                                         f"model.encoder_weights={tmp / 'text.pth'}"]),
+        ("encoder_weights of another model", ["train", CONFIG, f"data.root={data}", "model.encoder=resnet18",
+                                              f"model.encoder_weights={tmp / 'other.pth'}"]),
+        ("classes.txt names a class twice", ["data", "check", str(data), "--classes", str(tmp / "twice.txt")]),
+        ("--classes names a class twice", ["data", "check", str(data), "--classes", "nail,skin,nail"]),
+        ("compare with a config that does not load", ["compare", CONFIG, str(tmp / "binary.yaml"),
+                                                      f"data.root={data}", "--out", str(tmp / "cmp")]),
     ]
 
 
@@ -141,7 +155,7 @@ def test_table_of_bad_input_exits_2_with_one_line(tmp_path, monkeypatch):
         assert len(proc.stderr) < 2000, (name, len(proc.stderr))  # echoed values are previews
         assert time.monotonic() - started < 120, name
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # refused runs leave nothing
-    assert not (tmp_path / "s32").exists() and not (tmp_path / "s40k").exists()
+    assert not (tmp_path / "s32").exists() and not (tmp_path / "s40k").exists() and not (tmp_path / "cmp").exists()
 
 
 def test_decompression_bomb_is_a_data_error_everywhere(tmp_path):

@@ -151,6 +151,8 @@ def wait_for_split(run: RunDir, timeout_s: float = 600.0) -> dict[str, list[str]
 def open_run(path: str | os.PathLike[str]) -> tuple[RunDir, Experiment]:
     """Open an existing run folder and its resolved config."""
     run = RunDir(Path(path))
+    if run.path.exists() and not run.path.is_dir():
+        raise ConfigError(f"{run.path}: a file, not a run folder (give the folder nailseg train wrote)")
     if not run.path.is_dir():
         raise ConfigError(f"{run.path}: no such run folder")
     if not run.config.exists():

@@ -64,13 +64,19 @@ def test_compare_two_stacks_with_folds_then_runs(synth_data, tmp_path):
     assert refused.returncode == 2 and "demo-cpu-fold1" in refused.stderr and "differs" in refused.stderr
 
 
-def test_a_failing_config_is_reported_in_its_row(synth_data, tmp_path):
+def test_a_config_that_does_not_load_stops_the_comparison_before_anything_trains(synth_data, tmp_path):
+    """One bad config among good ones: one line naming it and its key, exit 2, before the good one
+    trains for nothing, and no report written (a training that fails is a row: the test above)."""
     bad = tmp_path / "bad.yaml"
     bad.write_text("trainer: {max_epochs: 1}\nmodel: {family: smp, encoder: resnet18}\ndata: {image_size: 100}\n")
-    proc = run_cli("compare", str(bad), f"data.root={synth_data}", "--out", str(tmp_path / "cmp"))
+    missing = tmp_path / "missing.yaml"
+    proc = run_cli("compare", str(REPO / "configs" / "demo-cpu.yaml"), str(bad), str(missing),
+                   f"data.root={synth_data}", "--out", str(tmp_path / "cmp"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())
-    assert rows[0]["config"] == "bad" and "data.image_size" in rows[0]["error"]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 2 and "bad.yaml" in errors[0] and "data.image_size" in errors[0], proc.stderr
+    assert "missing.yaml" in errors[1] and "not found" in errors[1], proc.stderr
+    assert "epoch" not in proc.stdout and not (tmp_path / "cmp").exists()
 
 
 def test_compare_refuses_run_dir_and_names_the_key(synth_data, tmp_path):

@@ -66,6 +66,10 @@ def test_class_names_file(tmp_path):
     (tmp_path / "one.txt").write_text("sky\n")
     with pytest.raises(DataError, match=r"one\.txt: names 1 class"):
         read_class_names(tmp_path / "one.txt")
+    # two indices sharing a name would share (and lose) their counts: refused, naming the lines
+    (tmp_path / "twice.txt").write_text("sky\nroad\n# a comment\nsky\n")
+    with pytest.raises(DataError, match=r"twice\.txt: class 'sky' is named twice \(lines 1 and 4\)"):
+        read_class_names(tmp_path / "twice.txt")
 
 
 def test_confusion_and_scores_follow_mmsegmentation():

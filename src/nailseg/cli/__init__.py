@@ -41,11 +41,19 @@ examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag or value is one ``error:`` line (as every other refusal is), not the
+    usage block before it; ``--help`` still prints the usage. Sub-command parsers are this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from nailseg.cli import (bench, compare, config, data, doctor, eject, evaluate, export, predict, serve, train,
                              tune, weights)
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nailseg",
         description="Train, evaluate and compare segmentation models for photographs of hands and nails "
                     "(or any folder of images/ + labels/ or masks/). Exit codes: 0 done, 2 refused input "

@@ -58,7 +58,7 @@ def _check_labels(args):
     (the binary mask rule otherwise)."""
     from pathlib import Path
 
-    from nailseg.core.labels import LabelSpec, read_class_names
+    from nailseg.core.labels import LabelSpec, read_class_names, repeated_name
 
     if args.classes is None:
         found = Path(args.root) / "classes.txt"
@@ -70,7 +70,10 @@ def _check_labels(args):
     else:
         names = [n.strip() for n in args.classes.split(",") if n.strip()]
         if len(names) < 2:
-            raise NailsegError(f"--classes {args.classes!r}: a file of names or at least two names, comma-separated")
+            raise NailsegError(f"--classes {args.classes!r}: no such file, and not two or more names, comma-separated")
+        if repeated_name(names) is not None:
+            raise NailsegError(f"--classes: {repeated_name(names)!r} is named twice; each class index needs a name "
+                               "of its own")
     if not 0 <= args.ignore_index <= 255 or args.ignore_index < len(names):
         raise NailsegError(f"--ignore-index {args.ignore_index}: must be from {len(names)} to 255 (above the classes)")
     return LabelSpec(tuple(names), args.ignore_index)

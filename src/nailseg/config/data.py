@@ -128,7 +128,12 @@ class DataConfig(_Section):
             except DataError as err:
                 raise ValueError(f"data.classes: {err.lines[0]}") from None
         names = [str(n).strip() for n in names]
-        if len(names) < 2 or len(names) > 255 or any(not n for n in names) or len(set(names)) != len(names):
+        from nailseg.core.labels import repeated_name
+
+        if repeated_name(names) is not None:
+            raise ValueError(f"data.classes: {repeated_name(names)!r} is named twice; each class index needs a name "
+                             "of its own")
+        if len(names) < 2 or len(names) > 255 or any(not n for n in names):
             raise ValueError(f"data.classes: give 2 to 255 distinct, non-empty names (got {len(names)})")
         if self.ignore_index < len(names):
             raise ValueError(f"data.ignore_index: {self.ignore_index} is class {names[self.ignore_index]!r}; "

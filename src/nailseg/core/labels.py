@@ -56,10 +56,27 @@ def read_class_names(path: str | os.PathLike[str]) -> list[str]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise DataError(f"{quote_name(path)}: cannot read the class names ({err.strerror})") from err
-    names = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)
+             if line.strip() and not line.strip().startswith("#")]
+    names = [name for _, name in lines]
     if len(names) < 2:
         raise DataError(f"{quote_name(path)}: names {len(names)} class(es); a class file names at least 2, one a line")
+    dup = repeated_name(names)
+    if dup is not None:
+        at = [str(number) for number, name in lines if name == dup]
+        raise DataError(f"{quote_name(path)}: class {dup!r} is named twice (lines {' and '.join(at[:2])}); "
+                        "each class index needs a name of its own")
     return names
+
+
+def repeated_name(names: list[str]) -> str | None:
+    """The first class name given twice (two indices would share a name, and its counts), or ``None``."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
 
 
 def _rgb_to_index(rgb: np.ndarray, spec: LabelSpec, path) -> np.ndarray:

@@ -213,20 +213,16 @@ def run_compare(configs: list[str], overrides: list[str], out: Path, *, folds: i
 
     from nailseg.config import load_experiment
 
-    exps = []
-    for c in configs:  # validate every config first: a typo fails in seconds, not after an hour
+    exps, refused = [], []
+    for c in configs:  # validate every config first: a typo fails in seconds, not after an hour of the others
         try:
             exps.append(load_experiment(c, overrides))
         except ConfigError as err:
-            exps.append(err)
+            refused.append(err.lines[0] if err.lines[0].startswith(str(c)) else f"{c}: {err.lines[0]}")
+    if refused:  # nothing trained, nothing written: fix the config (or leave it out) and run again
+        raise ConfigError(refused)
     names = unique_names(configs)
-    first = next((e for e in exps if not isinstance(e, ConfigError)), None)
-    if first is None:  # nothing can train: every row says why
-        rows = [{"config": n, "error": e.lines[0]} for n, e in zip(names, exps)]
-        for r in rows:
-            say(f"{r['config']}: failed: {r['error']}")
-        write_outputs(rows, out, title="no config could be loaded", command=_command(configs, overrides, out, folds))
-        return rows
+    first = exps[0]
     split = first.data.split
     shared = [f"data.seed={first.data.seed}"]
     if folds:
@@ -251,8 +247,7 @@ def run_compare(configs: list[str], overrides: list[str], out: Path, *, folds: i
         from nailseg.workflows.cluster import submit_trainings
 
         pending = {run_name_of(j): (train_args_of(j), runs_dir / run_name_of(j), {}) for j in jobs_list
-                   if not isinstance(exps[configs.index(j.config)], ConfigError)
-                   and not finished_run(runs_dir / run_name_of(j), j.config, train_args_of(j)[1:-2])}
+                   if not finished_run(runs_dir / run_name_of(j), j.config, train_args_of(j)[1:-2])}
         if pending:
             submitted = submit_trainings(cluster, pending)
             say(f"submitted {len(submitted)} training{'s' * (len(submitted) != 1)} to submitit ({cluster.executor}), "
@@ -262,12 +257,9 @@ def run_compare(configs: list[str], overrides: list[str], out: Path, *, folds: i
         i, job = numbered
         exp = exps[configs.index(job.config)]
         label = job.name + (f" fold {job.fold + 1}/{folds}" if folds else "")
-        trainable = [j.name for j in jobs_list[i:] if not isinstance(exps[configs.index(j.config)], ConfigError)]
+        trainable = [j.name for j in jobs_list[i:]]
         say(f"[{i + 1}/{len(jobs_list)}] {label}{eta_text(durations, trainable) if jobs == 1 else ''}")
         started = time.monotonic()
-        if isinstance(exp, ConfigError):
-            say(f"  failed: {exp.lines[0]}")
-            return job, {"config": job.name, "error": exp.lines[0]}
         run_name = run_name_of(job)
         if run_name in submitted:
             from nailseg.workflows.cluster import wait_training

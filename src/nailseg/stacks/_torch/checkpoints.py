@@ -31,6 +31,9 @@ def safe_load(path: str | Path, what: str = "checkpoint", map_location="cpu", lo
         raise ConfigError(f"{path}: {what} not found") from None
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        if "Unsupported operand" in str(err) or "String is too long" in str(err):
+            # bytes that are no pickle opcode at all: a text file or garbage, not a pickled object
+            raise ConfigError(f"{path}: not a {what}: neither a torch archive nor a pickle of tensors") from None
         if "weights_only" in str(err) or "Unsupported global" in str(err) or "GLOBAL" in str(err) or "refused" in str(err):
             raise ConfigError(f"{path}: refused to load this {what}: it holds Python objects that could run code, "
                               "not only tensors (loaded with weights_only=True)") from None

@@ -44,7 +44,7 @@ def check_model_exists(cfg: ModelConfig) -> None:
 
         if not timm.is_model(cfg.encoder[3:]):
             raise ConfigError(f"model.encoder={cfg.encoder!r}: timm has no model {cfg.encoder[3:]!r}")
-        encoder_weights_source(cfg)
+        _verify_weights_file(cfg, encoder_weights_source(cfg))
         return
     if cfg.family != "smp":
         return
@@ -65,7 +65,14 @@ def check_model_exists(cfg: ModelConfig) -> None:
         hint = difflib.get_close_matches(cfg.encoder, encoders, n=3)
         raise ConfigError(f"model.encoder={cfg.encoder!r}: not an smp encoder"
                           + (f" (did you mean {', '.join(hint)}?)" if hint else ""))
-    encoder_weights_source(cfg)
+    _verify_weights_file(cfg, encoder_weights_source(cfg))
+
+
+def _verify_weights_file(cfg: ModelConfig, source) -> None:
+    """A local ``model.encoder_weights`` file is loaded into the model once before the run folder
+    exists, so a corrupt file, or one whose keys or shapes do not fit, is refused with nothing written."""
+    if source.kind == "file":
+        build_model(cfg)
 
 
 def encoder_weights_source(cfg: SmpModel):
