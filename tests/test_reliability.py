@@ -158,6 +158,25 @@ def test_table_of_bad_input_exits_2_with_one_line(tmp_path, monkeypatch):
     assert not (tmp_path / "s32").exists() and not (tmp_path / "s40k").exists() and not (tmp_path / "cmp").exists()
 
 
+def test_a_weights_file_is_told_from_a_pickle_that_could_run_code(tmp_path):
+    """Garbage is 'not a weights file'; a pickle of an object whose loading calls a function (any
+    pickle protocol) is refused as one that could run code, and runs nothing."""
+    import pickle
+
+    from nailseg.errors import ConfigError
+    from nailseg.stacks._torch.checkpoints import safe_load
+
+    (tmp_path / "text.pth").write_text("garbage")
+    with pytest.raises(ConfigError, match=r"text\.pth: not a weights file: neither a torch archive nor a pickle"):
+        safe_load(tmp_path / "text.pth", "weights file")
+    marker = tmp_path / "ran"
+    for protocol in (2, 5):
+        (tmp_path / f"p{protocol}.pth").write_bytes(pickle.dumps(Pwn(str(marker)), protocol=protocol))
+        with pytest.raises(ConfigError, match="refused to load this weights file: it holds Python objects"):
+            safe_load(tmp_path / f"p{protocol}.pth", "weights file")
+    assert not marker.exists()
+
+
 def test_decompression_bomb_is_a_data_error_everywhere(tmp_path):
     data = make_pair_folder(tmp_path / "data", n=3)
     _bomb_png(data / "images" / "img0.png")

@@ -227,7 +227,15 @@ print("the ejected script's policy on this machine:", ejected.POLICY)
 # The learning rate warms up, then follows a cosine per epoch (a `PiecewiseConstantDecay` over the
 # epochs' steps), with sm's Dice + BCE loss and sm's IoU metric; `main` seeds, sets the policy,
 # and calls `model.fit` with the `keras.callbacks.TensorBoard` callback, then `evaluate` scores each
-# validation and test photo at its own size (the probability resized back, then cut at 0.5):
+# validation and test photo at its own size (the probability resized back, then cut at 0.5).
+#
+# A Keras optimiser has one learning rate for all its variables; torch's parameter groups have no
+# Keras twin. When a config gives the encoder a rate of its own (`optim.encoder_lr_scale`, e.g. 0.5
+# so that a random decoder's first steps do not wreck the ImageNet features), `compile_model` wraps
+# the model in `TwoRateModel`: its `train_step` overrides the one `fit` calls, as in Keras' guide
+# "Customizing what happens in fit()", and hands one backward pass's gradients to two optimisers
+# (the encoder's layers listed in `encoder_layers.json`). This experiment keeps one rate
+# (`ENCODER_LR_SCALE = 1.0`), so `fit` runs Keras' own step:
 
 # %%
 part("def lr_factor", "# ---- evaluation")

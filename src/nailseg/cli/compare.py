@@ -60,8 +60,9 @@ and the same split, with the KEY=VALUE overrides applied to all, and score each 
 evaluation at original resolution on the same held-out images. --folds K runs K-fold
 cross-validation over the whole folder (seeded, the same folds for every config). --runs collects
 finished runs instead (their splits must match). Writes OUT/compare.json, compare.png, curves.png
-and report.md (with each config's worst images). A config that fails is reported in its row; the
-others still run.
+and report.md (with each config's worst images). Every config is loaded first: one that does not
+load (a typo, a bad value) stops the comparison before anything trains. A training that fails is
+reported in its row; the others still run.
 """
 
 

@@ -35,7 +35,8 @@ class OptimConfig(_Section):
     poly_power: float = Field(1.0, gt=0, description="poly: lr * (1 - progress) ** power (SegFormer's schedule)")
     warmup_epochs: int = Field(0, ge=0)
     encoder_lr_scale: float | None = Field(
-        None, gt=0, description="encoder lr = lr * scale; default 0.1 for segformer, 1.0 for smp")
+        None, gt=0, description="encoder lr = lr * scale; default 0.1 for segformer, 0.5 for upernet, "
+                             "1.0 for smp, sm (Keras: a second optimiser) and maskrcnn")
     freeze_encoder_bn: bool = Field(
         False, description="keep the encoder's BatchNorm running statistics at their pretrained values while "
                            "training (its affine weights still learn), as when fine-tuning an ImageNet encoder "

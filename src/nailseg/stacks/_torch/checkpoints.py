@@ -31,8 +31,8 @@ def safe_load(path: str | Path, what: str = "checkpoint", map_location="cpu", lo
         raise ConfigError(f"{path}: {what} not found") from None
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        if "Unsupported operand" in str(err) or "String is too long" in str(err):
-            # bytes that are no pickle opcode at all: a text file or garbage, not a pickled object
+        if ("Unsupported operand" in str(err) or "String is too long" in str(err)) and not _looks_pickled(path):
+            # neither a zip archive nor a pickle (whose protocol 2+ header is 0x80): a text file or garbage
             raise ConfigError(f"{path}: not a {what}: neither a torch archive nor a pickle of tensors") from None
         if "weights_only" in str(err) or "Unsupported global" in str(err) or "GLOBAL" in str(err) or "refused" in str(err):
             raise ConfigError(f"{path}: refused to load this {what}: it holds Python objects that could run code, "
@@ -42,3 +42,12 @@ def safe_load(path: str | Path, what: str = "checkpoint", map_location="cpu", lo
             IndexError, TypeError) as err:
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise ConfigError(f"{path}: corrupt or truncated {what} ({first})") from None
+
+
+def _looks_pickled(path: Path) -> bool:
+    """A torch zip archive (``PK``) or a pickle of protocol 2 or later (``0x80``), by its first bytes."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(2).startswith((b"PK", b"\x80"))
+    except OSError:
+        return False

@@ -48,7 +48,7 @@ def write_script(exp: Experiment, pairs: dict[str, list[Pair]], out: Path, confi
     """Write ``train.py``, ``initial_model.keras``, ``split.json`` and ``README.md`` into ``out``."""
     from nailseg.core.augment import to_albumentations
     from nailseg.stacks.keras.models import build_sm_model
-    from nailseg.stacks.keras.optim import encoder_layer_names, encoder_scale
+    from nailseg.stacks.keras.optim import encoder_scale
     from nailseg.stacks.keras.stack import resolve_policy
 
     problems = refusals(exp)
@@ -59,9 +59,8 @@ def write_script(exp: Experiment, pairs: dict[str, list[Pair]], out: Path, confi
     # offline ImageNet tensors, a file, or sm's download; any input size when training on windows
     model = build_sm_model(m, exp.data.size_hw if crop is None else (None, None))
     model.save(out / "initial_model.keras")
-    if encoder_scale(exp) != 1.0:  # the script's second optimiser steps these layers
-        names = sorted(encoder_layer_names(m.encoder)[0])
-        (out / "encoder_layers.json").write_text(json.dumps(names, indent=0), encoding="utf-8")
+    # the layers the script's second optimiser steps when ENCODER_LR_SCALE is not 1 (caught when sm built the model)
+    (out / "encoder_layers.json").write_text(json.dumps(model.nailseg_encoder_layers, indent=0), encoding="utf-8")
     loss = (f"{exp.loss.dice_weight!r} * sm.losses.DiceLoss() + {exp.loss.bce_weight!r} * sm.losses.BinaryCELoss()"
             if exp.loss.name == "dice_bce" else LOSSES[exp.loss.name])
     weights = str(m.encoder_weights)
@@ -101,6 +100,6 @@ tensorboard --logdir out/tb
 - `initial_model.keras`: the segmentation_models model and its starting weights, as nailseg built it
   (plain tf-keras loads it: `keras.models.load_model(..., compile=False)`)
 - `split.json`: the image and mask files of the train, val and test parts, as `nailseg train` splits them
-- `encoder_layers.json` (with `optim.encoder_lr_scale`): the encoder's layer names, which the second
-  optimiser steps at `ENCODER_LR_SCALE` times the learning rate
+- `encoder_layers.json`: the encoder's layer names in `initial_model.keras`; with `ENCODER_LR_SCALE`
+  other than 1 a second optimiser steps them at that times the learning rate
 """

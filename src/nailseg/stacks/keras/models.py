@@ -7,6 +7,7 @@ which TensorFlow 2.21 provides through the tf-keras package.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from nailseg.config import LossConfig, SmModel
@@ -58,6 +59,37 @@ def check_sm_model(cfg: SmModel) -> None:
     resolve_weights(cfg.encoder_weights, "model.encoder_weights", check_online=SM_HOSTS)
 
 
+@contextmanager
+def _catching_backbones(caught: list):
+    """sm builds an encoder with ``Backbones.get_backbone`` and its decoder on that model's layers:
+    keep the backbone it returns, so the encoder's layers are known by identity (sm's own names,
+    Keras' numbered ones and PSPNet's truncated encoder alike)."""
+    from segmentation_models.backbones.backbones_factory import Backbones
+
+    build = Backbones.get_backbone
+
+    def catching(*args, **kwargs):
+        caught.append(build(*args, **kwargs))
+        return caught[-1]
+
+    Backbones.get_backbone = catching  # an instance attribute over the factory's method, for this build only
+    try:
+        yield
+    finally:
+        del Backbones.get_backbone
+
+
+def _build_arch(arch, cfg: SmModel, size: tuple[int, int], classes: int, weights):
+    """``arch(...)`` and the names of its encoder's layers that hold weights (``optim.encoder_lr_scale``)."""
+    caught: list = []
+    with _catching_backbones(caught):
+        base = arch(cfg.encoder, input_shape=(size[0], size[1], 3), classes=classes, activation="linear",
+                    encoder_weights=weights)
+    encoder = {id(layer) for backbone in caught for layer in backbone.layers}
+    names = sorted(layer.name for layer in base.layers if id(layer) in encoder and layer.trainable_weights)
+    return base, names
+
+
 def build_sm_model(cfg: SmModel, size: tuple[int, int]):
     """An sm model (Unet, FPN, Linknet, PSPNet) with a float32 head (safe under mixed precision): a
     sigmoid over one channel, or with ``data.classes`` (``cfg.classes`` > 1) a softmax over one
@@ -68,17 +100,15 @@ def build_sm_model(cfg: SmModel, size: tuple[int, int]):
     if _offline_lite(cfg):
         from nailseg.stacks.keras.lite import assign_arrays, imagenet_arrays
 
-        base = arch(cfg.encoder, input_shape=(size[0], size[1], 3), classes=classes, activation="linear",
-                    encoder_weights=None)
+        base, encoder = _build_arch(arch, cfg, size, classes, None)
         arrays, record = imagenet_arrays(SM_LITE_ENCODERS[cfg.encoder])
         assign_arrays(base, arrays)
-        return _with_head(base, cfg, record)
+        return _with_head(base, cfg, record, encoder)
     source = resolve_weights(cfg.encoder_weights, "model.encoder_weights", check_online=SM_HOSTS)
     local = source.kind == "file"
     weights = source.value
-    base = arch(cfg.encoder, input_shape=(size[0], size[1], 3), classes=classes, activation="linear",
-                encoder_weights=weights if source.kind == "hub" else None)
-    model = _with_head(base, cfg, {"source": source.kind, "value": source.value})
+    base, encoder = _build_arch(arch, cfg, size, classes, weights if source.kind == "hub" else None)
+    model = _with_head(base, cfg, {"source": source.kind, "value": source.value}, encoder)
     if local:
         try:
             model.load_weights(str(Path(weights).expanduser()), by_name=True, skip_mismatch=True)
@@ -97,10 +127,11 @@ def head_classes(cfg: SmModel) -> int:
     return int(getattr(cfg, "classes", 1) or 1)
 
 
-def _with_head(base, cfg: SmModel, record: dict):
+def _with_head(base, cfg: SmModel, record: dict, encoder_layers: list[str]):
     """A float32 sigmoid (or softmax over the classes) on sm's linear output. The head's activation follows the mixed-precision
     policy unless forced to float32: without this the loss goes NaN under mixed_float16.
-    ``model.nailseg_weights`` records where the encoder's weights came from (``summary.json``)."""
+    ``model.nailseg_weights`` records where the encoder's weights came from (``summary.json``);
+    ``model.nailseg_encoder_layers`` names the encoder's layers with weights."""
     import tf_keras as keras
 
     for layer in base.layers:
@@ -110,6 +141,7 @@ def _with_head(base, cfg: SmModel, record: dict):
     out = keras.layers.Activation(activation, dtype="float32", name="probability")(base.output)
     model = keras.Model(base.input, out, name=f"{cfg.arch}_{cfg.encoder}")
     object.__setattr__(model, "nailseg_weights", record)  # a plain dict, untracked by Keras (json-safe)
+    object.__setattr__(model, "nailseg_encoder_layers", encoder_layers)
     return model
 
 

@@ -25,6 +25,7 @@ import tf_keras as keras  # noqa: E402
 
 from nailseg.config import Experiment  # noqa: E402
 from nailseg.core.runtime import encoder_lr_scale, lr_factor  # noqa: E402
+from nailseg.errors import ConfigError  # noqa: E402
 
 
 def epoch_factors(exp: Experiment, epochs: int) -> list[float]:
@@ -83,34 +84,33 @@ def encoder_scale(exp: Experiment) -> float:
     return encoder_lr_scale(exp.optim.encoder_lr_scale, exp.model.default_encoder_lr_scale)
 
 
-def encoder_layer_names(encoder: str) -> tuple[set[str], int]:
-    """The names of the layers with weights of sm's backbone ``encoder`` (built alone, without
-    weights), and its number of trainable variables: in an sm model the encoder's layers keep the
-    names they have in the backbone (sm builds the decoder on it)."""
-    import segmentation_models as sm
-
-    from nailseg.stacks.keras.lite import register
-
-    register()
-    backbone = sm.inject_global_submodules(sm.Backbones.get_backbone)(
-        encoder, input_shape=(None, None, 3), weights=None, include_top=False)
-    return {layer.name for layer in backbone.layers if layer.trainable_weights}, len(backbone.trainable_weights)
-
-
 class TwoRateModel(keras.Model):
     """An sm model whose encoder learns at its own rate: ``optimizer`` (from ``compile``) steps the
     decoder and head, ``encoder_optimizer`` the encoder, both from one backward pass. Build it on
-    the model's graph: ``TwoRateModel(model.input, model.output)``, then :meth:`set_encoder`."""
+    the model's graph, ``TwoRateModel(model.input, model.output)``, then :meth:`set_encoder`
+    before ``compile``."""
 
-    def set_encoder(self, encoder: str, optimizer) -> None:
-        names, expected = encoder_layer_names(encoder)
-        mask = [any(v is w for layer in self.layers if layer.name in names for w in layer.trainable_weights)
-                for v in self.trainable_variables]
-        if sum(mask) != expected:  # a backbone whose layers sm renamed: refuse rather than mis-split
-            raise RuntimeError(f"optim.encoder_lr_scale: found {sum(mask)} of the {expected} trainable variables of "
-                               f"{encoder} in the model by layer name")
-        self._encoder_mask = mask
+    def set_encoder(self, layer_names: list[str], optimizer) -> None:
+        """``layer_names``: the encoder's layers (``model.nailseg_encoder_layers``, caught when sm built it)."""
+        names = set(layer_names)
+        mine = {id(w) for layer in self.layers if layer.name in names for w in layer.trainable_weights}
+        self._encoder_mask = [id(v) in mine for v in self.trainable_variables]
+        if not any(self._encoder_mask) or all(self._encoder_mask):
+            raise ConfigError("optim.encoder_lr_scale: this model's encoder and decoder could not be told apart; "
+                              "remove the key")
         self.encoder_optimizer = optimizer  # an attribute, so BackupAndRestore's checkpoint holds its state
+
+    def _split(self, items):
+        encoder = [x for x, e in zip(items, self._encoder_mask) if e]
+        return encoder, [x for x, e in zip(items, self._encoder_mask) if not e]
+
+    def compile(self, *args, **kwargs):
+        """Keras' compile, then each optimiser built on its own variables: the decoder's holds no
+        moments for the encoder, and the encoder's slots exist before BackupAndRestore restores them."""
+        super().compile(*args, **kwargs)
+        encoder, rest = self._split(self.trainable_variables)
+        self.optimizer.build(rest)
+        self.encoder_optimizer.build(encoder)
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -119,21 +119,26 @@ class TwoRateModel(keras.Model):
             y_pred = self(x, training=True)
             loss = self.compute_loss(x, y, y_pred, sample_weight)
             scaled = self.optimizer.get_scaled_loss(loss) if scaling else loss
-        variables = self.trainable_variables
-        grads = tape.gradient(scaled, variables)
-        if scaling:  # mixed_float16 on a GPU: unscale, and skip the encoder's step when the decoder's is skipped
-            grads = self.optimizer.get_unscaled_gradients(grads)
-        encoder = [(g, v) for g, v, e in zip(grads, variables, self._encoder_mask) if e and g is not None]
-        rest = [(g, v) for g, v, e in zip(grads, variables, self._encoder_mask) if not e and g is not None]
+        grads = tape.gradient(scaled, self.trainable_variables)
         if scaling:
-            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g, _ in encoder + rest])
-            self.optimizer.apply_gradients(rest)
-            tf.cond(finite, lambda: self.encoder_optimizer.apply_gradients(encoder),
-                    lambda: self.encoder_optimizer.iterations.assign_add(1))
-        else:
-            self.optimizer.apply_gradients(rest)
-            self.encoder_optimizer.apply_gradients(encoder)
+            grads = self.optimizer.get_unscaled_gradients(grads)
+        encoder, rest = self._split([(g, v) for g, v in zip(grads, self.trainable_variables)])
+        encoder, rest = [(g, v) for g, v in encoder if g is not None], [(g, v) for g, v in rest if g is not None]
+        if scaling:
+            # mixed_float16: both optimisers are LossScaleOptimizers, and each skips its step (and the
+            # decoder's halves the loss scale) when either half overflowed, as Keras' single step would.
+            # A NaN added to the other half's gradients carries the decision across replicas too.
+            encoder, rest = _poisoned(encoder, rest), _poisoned(rest, encoder)
+        self.optimizer.apply_gradients(rest)
+        self.encoder_optimizer.apply_gradients(encoder)
         return self.compute_metrics(x, y, y_pred, sample_weight)
+
+
+def _poisoned(pairs, other):
+    """``pairs`` with NaN added to every gradient when a gradient of ``other`` is not finite."""
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g, _ in other]) if other else tf.constant(True)
+    poison = tf.where(finite, 0.0, float("nan"))
+    return [(g + tf.cast(poison, g.dtype), v) for g, v in pairs]
 
 
 def with_encoder_rate(model, exp: Experiment, schedule: EpochSchedule, policy: str):
@@ -142,9 +147,12 @@ def with_encoder_rate(model, exp: Experiment, schedule: EpochSchedule, policy: s
     if scale == 1.0:
         return model
     two = TwoRateModel(model.input, model.output, name=model.name)
-    object.__setattr__(two, "nailseg_weights", getattr(model, "nailseg_weights", None))
+    for key in ("nailseg_weights", "nailseg_encoder_layers"):
+        object.__setattr__(two, key, getattr(model, key, None))
     encoder_opt = make_optimizer(exp, schedule.scaled(scale))
-    two.set_encoder(exp.model.encoder, encoder_opt)
+    if policy == "mixed_float16":  # its own loss-scale state only decides when to skip (see train_step)
+        encoder_opt = keras.mixed_precision.LossScaleOptimizer(encoder_opt)
+    two.set_encoder(model.nailseg_encoder_layers, encoder_opt)
     return two
 
 
@@ -156,13 +164,17 @@ class TimeBudgetCallback(keras.callbacks.Callback):
     def __init__(self, ctx, schedule: EpochSchedule):
         super().__init__()
         self.ctx, self.schedule = ctx, schedule
-        self._t0 = 0.0
+        self._since = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._t0 = time.perf_counter()
+        if self._since is None:
+            self._since = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        planned = self.ctx.budget_epoch(epoch + 1, time.perf_counter() - self._t0)
+        # from the previous epoch's end: the pace includes the backup written after each epoch
+        now = time.perf_counter()
+        planned = self.ctx.budget_epoch(epoch + 1, now - self._since)
+        self._since = now
         if planned is not None:
             self.schedule.replan(self.ctx.exp, planned)
         budget = self.ctx.budget
