@@ -128,6 +128,7 @@ def test_the_pretrained_keras_recipe_trains_on_real_nails_and_records_its_weight
     assert summary["encoder_weights"]["sha256"] == provider.sha256
     assert summary["encoder_weights"]["normalization"]["name"].startswith("inception")
     assert summary["val_iou"] > 0.3, summary["val_iou"]
+    assert summary["budget"]["planned_epochs"] == 8  # the recipe's trainer.max_time: 8 epochs fit in 20 minutes
     scored = run_cli("eval", str(lite_run), "--split", "val", "--out", str(tmp_path / "val.json"))
     assert scored.returncode == 0, scored.stderr[-2000:]
     assert json.loads((tmp_path / "val.json").read_text())["iou"] == pytest.approx(summary["val_iou"], abs=1e-3)
