@@ -99,37 +99,42 @@ def test_the_encoder_is_found_by_identity_whatever_its_layers_are_called(tf, arc
 def test_mixed_float16_unscales_the_gradients_for_both_optimisers(tf):
     """The GPU policy, run on the CPU: the decoder's LossScaleOptimizer scales the loss once (here by
     a fixed 8) and both optimisers step on the unscaled gradients. Against Keras' own step (one
-    optimiser, its LossScaleOptimizer at a scale of 1) from the same weights on the same batch, SGD's
-    first step (lr x gradient) is the same for the decoder and a quarter of it for the encoder; a
-    gradient left scaled would be 8x."""
+    LossScaleOptimizer at the same scale, so the same float16 arithmetic) from the same weights on
+    the same batch, SGD's first step (lr x gradient) is the same for the decoder and a quarter of it
+    for the encoder; a gradient left scaled would be 8x. One model takes both steps (the two-rate
+    one wraps its layers), so each variable is compared with itself."""
     import tf_keras as keras
 
     from nailseg.stacks.keras.models import build_sm_model
     from nailseg.stacks.keras.optim import EpochSchedule, make_optimizer, with_encoder_rate
 
     x, y = _one_batch()
+    keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        steps, mask, weights = [], None, None
-        for scale, loss_scale in ((1.0, 1.0), (0.25, 8.0)):
+        steps = []
+        for scale, loss_scale in ((1.0, 8.0), (0.25, 8.0)):
             exp = load_experiment(CONFIG, ["optim.name=sgd", "optim.weight_decay=0", "optim.lr=0.01",
                                            "optim.scheduler=none", f"optim.encoder_lr_scale={scale}"])
             schedule = EpochSchedule.build(exp, steps_per_epoch=1)
-            model = with_encoder_rate(build_sm_model(exp.model, (None, None)), exp, schedule, "mixed_float16")
-            if weights is None:  # the second model starts from the first one's weights
-                weights = model.get_weights()
+            if not steps:
+                plain = build_sm_model(exp.model, (None, None))
+                start = plain.get_weights()
+                model = plain
             else:
-                model.set_weights(weights)
+                plain.set_weights(start)  # the same model, back at its starting weights
+                model = with_encoder_rate(plain, exp, schedule, "mixed_float16")
             model.compile(loss="binary_crossentropy", optimizer=keras.mixed_precision.LossScaleOptimizer(
                 make_optimizer(exp, schedule), dynamic=False, initial_scale=loss_scale))
-            before = [v.numpy().copy() for v in model.trainable_variables]
+            before = {v.ref(): v.numpy().copy() for v in model.trainable_variables}
             model.fit(x, y, batch_size=2, epochs=1, verbose=0)
-            steps.append([b - v.numpy() for b, v in zip(before, model.trainable_variables)])
-            mask = getattr(model, "_encoder_mask", mask)
+            steps.append({v.ref(): before[v.ref()] - v.numpy() for v in model.trainable_variables})
     finally:
         keras.mixed_precision.set_global_policy("float32")
+    is_encoder = {v.ref(): e for v, e in zip(model.trainable_variables, model._encoder_mask)}
     for part, ratio in ((True, 0.25), (False, 1.0)):
-        keras_own, two_rate = (np.concatenate([s[i].ravel() for i, e in enumerate(mask) if e == part]) for s in steps)
+        chosen = [ref for ref, e in is_encoder.items() if e == part]
+        keras_own, two_rate = (np.concatenate([s[ref].ravel() for ref in chosen]) for s in steps)
         assert np.linalg.norm(keras_own) > 0
         assert np.linalg.norm(two_rate - ratio * keras_own) < 0.02 * np.linalg.norm(ratio * keras_own), part
 
