@@ -71,9 +71,9 @@ def _check_labels(args):
         names = [n.strip() for n in args.classes.split(",") if n.strip()]
         if len(names) < 2:
             raise NailsegError(f"--classes {args.classes!r}: no such file, and not two or more names, comma-separated")
-        if repeated_name(names) is not None:
-            raise NailsegError(f"--classes: {repeated_name(names)!r} is named twice; each class index needs a name "
-                               "of its own")
+        twice = repeated_name(names)
+        if twice is not None:
+            raise NailsegError(f"--classes: {twice!r} is named twice; each class index needs a name of its own")
     if not 0 <= args.ignore_index <= 255 or args.ignore_index < len(names):
         raise NailsegError(f"--ignore-index {args.ignore_index}: must be from {len(names)} to 255 (above the classes)")
     return LabelSpec(tuple(names), args.ignore_index)

@@ -130,9 +130,9 @@ class DataConfig(_Section):
         names = [str(n).strip() for n in names]
         from nailseg.core.labels import repeated_name
 
-        if repeated_name(names) is not None:
-            raise ValueError(f"data.classes: {repeated_name(names)!r} is named twice; each class index needs a name "
-                             "of its own")
+        twice = repeated_name(names)
+        if twice is not None:
+            raise ValueError(f"data.classes: {twice!r} is named twice; each class index needs a name of its own")
         if len(names) < 2 or len(names) > 255 or any(not n for n in names):
             raise ValueError(f"data.classes: give 2 to 255 distinct, non-empty names (got {len(names)})")
         if self.ignore_index < len(names):

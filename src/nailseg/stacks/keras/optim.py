@@ -122,8 +122,8 @@ class TwoRateModel(keras.Model):
         grads = tape.gradient(scaled, self.trainable_variables)
         if scaling:
             grads = self.optimizer.get_unscaled_gradients(grads)
-        encoder, rest = self._split([(g, v) for g, v in zip(grads, self.trainable_variables)])
-        encoder, rest = [(g, v) for g, v in encoder if g is not None], [(g, v) for g, v in rest if g is not None]
+        encoder, rest = ([(g, v) for g, v in part if g is not None]
+                         for part in self._split(list(zip(grads, self.trainable_variables))))
         if scaling:
             # mixed_float16: both optimisers are LossScaleOptimizers, and each skips its step (and the
             # decoder's halves the loss scale) when either half overflowed, as Keras' single step would.
