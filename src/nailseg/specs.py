@@ -111,7 +111,7 @@ STACKS: dict[str, StackSpec] = {spec.name: spec for spec in (
               folder_exports=("savedmodel",),
               purpose="The Keras stack (model.family: sm)"),
     StackSpec("mmdet", ("maskrcnn",), ("mmdet",), "mmdet", ("torch", "mmengine", "mmcv", "mmdet", "pycocotools"),
-              ("state_dict",), capabilities=frozenset({"instances", "multiclass", "eject"}),
+              ("state_dict",), capabilities=frozenset({"instances", "multiclass", "eject", "budget"}),
               folder_exports=("state_dict",),  # the weights and the mmdet config they need, side by side
               purpose="The MMDetection stack (model.family: maskrcnn)"),
 )}

@@ -183,6 +183,27 @@ def test_resume_extends_the_run(mmdet_run):
 
 
 @pytest.mark.slow
+def test_a_time_budget_trims_the_epochs_and_ends_the_cosine_on_the_last(synth_data, tmp_path):
+    """trainer.max_time far below what 100 epochs take: the run trains fewer, says so in one line,
+    and its last epoch ends the cosine at its bottom (1% of the rate), where the 100-epoch schedule
+    would still be near its top; the summary and budget.json keep the plan."""
+    proc = run_cli("train", CONFIG, f"data.root={synth_data}", f"run.dir={tmp_path}", "run.name=budget",
+                   "trainer.max_epochs=100", "trainer.max_time=20s", "trainer.limit_train_batches=2",
+                   "optim.warmup_epochs=1", "logging.predictions=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "budget"
+    assert "trainer.max_time 0m20s: 100 epochs do not fit" in proc.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    planned = summary["budget"]["planned_epochs"]
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert 2 <= planned < 100 and summary["epochs"] == planned == len(records)  # planned after the second epoch
+    assert json.loads((run / "budget.json").read_text())["planned_epochs"] == planned
+    lr = 0.005  # mmdet-cpu.yaml's; the cosine ends at 1% of it
+    assert records[-1]["lr"] == pytest.approx(0.01 * lr, rel=1e-6)
+    assert records[0]["lr"] > 0.9 * lr  # the 100-epoch cosine it started on
+
+
+@pytest.mark.slow
 @pytest.mark.ddp
 def test_torchrun_two_processes_on_cpu(synth_data, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")

@@ -106,15 +106,18 @@ def _optimizer(exp: Experiment) -> dict:
     return dict(type="AdamW" if o.name == "adamw" else "Adam", lr=o.lr, weight_decay=o.weight_decay)
 
 
-def param_schedulers(exp: Experiment, iters_per_epoch: int) -> list[dict]:
+def param_schedulers(exp: Experiment, iters_per_epoch: int, epochs: int | None = None) -> list[dict]:
     """The shared schedule (``core.runtime.lr_factor``) with mmengine's own schedulers, per iteration:
-    a linear warm-up over ``optim.warmup_epochs``, then cosine (to 1%), poly or constant.
+    a linear warm-up over ``optim.warmup_epochs``, then cosine (to 1%), poly or constant, over
+    ``epochs`` (default ``trainer.max_epochs``; fewer where a time budget planned them).
 
     Mask R-CNN from scratch diverged to NaN within a few iterations without any warm-up, so with
     ``warmup_epochs: 0`` a short warm-up (a fifth of the run, at most 100 iterations) is kept.
+    The decay's ``end`` is one past the last iteration: mmengine steps a scheduler at global step
+    ``i + 1`` after iteration ``i``, so the last iteration's step reaches the bottom only there.
     """
     o = exp.optim
-    max_iters = max(1, exp.trainer.max_epochs * iters_per_epoch)
+    max_iters = max(1, (epochs or exp.trainer.max_epochs) * iters_per_epoch)
     if o.warmup_epochs:
         warmup, start = min(max_iters, o.warmup_epochs * iters_per_epoch), 1.0 / (o.warmup_epochs + 1)
     else:
@@ -125,10 +128,10 @@ def param_schedulers(exp: Experiment, iters_per_epoch: int) -> list[dict]:
         schedulers.append(dict(type="ConstantLR", factor=1.0, by_epoch=False, begin=warmup, end=max_iters + 1))
     elif o.scheduler == "cosine":
         schedulers.append(dict(type="CosineAnnealingLR", T_max=rest, eta_min=o.lr * 0.01, by_epoch=False,
-                               begin=warmup, end=max_iters))
+                               begin=warmup, end=max_iters + 1))
     else:
         schedulers.append(dict(type="PolyLR", power=o.poly_power, eta_min=0.0, by_epoch=False,
-                               begin=warmup, end=max_iters))
+                               begin=warmup, end=max_iters + 1))
     return schedulers
 
 
@@ -140,7 +143,9 @@ MMDET_OPS = {
 }
 
 def build_mmdet_config(exp: Experiment, *, work_dir: Path, images_dir: Path, ann_files: dict[str, Path],
-                       iters_per_epoch: int, on_gpu: bool, launcher: str) -> dict:
+                       iters_per_epoch: int, on_gpu: bool, launcher: str, epochs: int | None = None) -> dict:
+    """The whole mmdet config; ``epochs``: the loop's length (default ``trainer.max_epochs``; a
+    resumed run under ``trainer.max_time`` passes the epochs its budget planned)."""
     h, w = exp.data.size_hw
     scale = (max(h, w), min(h, w))
     train_pipeline = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
@@ -163,7 +168,7 @@ def build_mmdet_config(exp: Experiment, *, work_dir: Path, images_dir: Path, ann
 
     t, o = exp.trainer, exp.optim
     workers = resolve_workers(exp.data.num_workers)
-    max_iters = max(1, t.max_epochs * iters_per_epoch)
+    max_iters = max(1, (epochs or t.max_epochs) * iters_per_epoch)
     evaluator = lambda split: dict(type="CocoMetric", ann_file=str(ann_files[split]), metric=["bbox", "segm"],  # noqa: E731
                                    format_only=False, backend_args=None)
     load_from = None if exp.model.load_from in ("", "none") else exp.model.load_from
@@ -195,7 +200,7 @@ def build_mmdet_config(exp: Experiment, *, work_dir: Path, images_dir: Path, ann
                            paramwise_cfg=dict(custom_keys={"backbone": dict(lr_mult=encoder_lr_scale(
                                o.encoder_lr_scale, exp.model.default_encoder_lr_scale))}),
                            clip_grad=dict(max_norm=t.gradient_clip_val or 10.0, norm_type=2)),
-        param_scheduler=param_schedulers(exp, iters_per_epoch),
+        param_scheduler=param_schedulers(exp, iters_per_epoch, epochs),
         default_hooks=dict(
             timer=dict(type="IterTimerHook"),
             logger=dict(type="LoggerHook", interval=max(1, min(50, iters_per_epoch))),

@@ -98,6 +98,58 @@ def _recorder_hook(log_epoch, iters_per_epoch: int, batch_size: int):
     return RunRecorder()
 
 
+def _budget_hook(ctx: TrainContext, iters_per_epoch: int):
+    from mmengine.hooks import Hook
+
+    class TimeBudgetHook(Hook):
+        """``trainer.max_time`` on mmengine's iteration loop: each finished epoch's time (from the
+        previous one's end, so its validation and checkpoint count) goes to the engine's plan
+        (``TrainContext.budget_epoch``); when it trims, the loop's ``max_iters`` and the cosine's (or
+        poly's) span shrink to the planned epochs, so the run still ends its schedule at the bottom.
+        Before the scheduler and checkpoint hooks: the checkpoint of the epoch that planned keeps the
+        new span, and a resume restores it. Every rank takes rank 0's plan."""
+
+        priority = "NORMAL"
+
+        def before_train(self, runner) -> None:
+            self._since = time.perf_counter()
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+            if (runner.iter + 1) % iters_per_epoch:
+                return
+            now = time.perf_counter()
+            planned = ctx.budget_epoch((runner.iter + 1) // iters_per_epoch, now - self._since)
+            self._since = now
+            if runner.world_size > 1:
+                from mmengine.dist import broadcast_object_list
+
+                shared = [planned]
+                broadcast_object_list(shared, src=0)
+                planned = shared[0]
+            if planned is not None:
+                resize_schedule(runner, planned * iters_per_epoch)
+
+    return TimeBudgetHook()
+
+
+def resize_schedule(runner, max_iters: int) -> None:
+    """End mmengine's loop at ``max_iters`` and fit the decaying scheduler (cosine or poly) to it.
+    mmengine's cosine is chainable (each step scales the current lr by the ratio of two points of
+    its curve), so a new ``T_max`` bends the remaining steps onto a curve that reaches ``eta_min`` at
+    the new end; the warm-up before it is left as it is."""
+    from mmengine.optim.scheduler import CosineAnnealingParamScheduler, PolyParamScheduler
+
+    runner.train_loop._max_iters = max_iters
+    for scheduler in runner.param_schedulers:
+        if max_iters <= scheduler.begin:
+            continue
+        # one past the last iteration, as config.param_schedulers builds it
+        if isinstance(scheduler, CosineAnnealingParamScheduler):
+            scheduler.end, scheduler.T_max = max_iters + 1, max_iters - scheduler.begin
+        elif isinstance(scheduler, PolyParamScheduler):
+            scheduler.end, scheduler.total_iters = max_iters + 1, max_iters - scheduler.begin
+
+
 class MmdetStack:
     spec = STACKS["mmdet"]
 
@@ -144,7 +196,7 @@ class MmdetStack:
         images_dir = Path(str(first.image)[: -len(first.key)]).resolve()  # keys are relative to images/
         cfg_dict = build_mmdet_config(exp, work_dir=(run.path / "mmdet").resolve(), images_dir=images_dir,
                                       ann_files=ann_files, iters_per_epoch=iters_per_epoch, on_gpu=on_gpu,
-                                      launcher=_launcher())
+                                      launcher=_launcher(), epochs=ctx.max_epochs)  # a resume keeps its budget's plan
         if ctx.resume:
             cfg_dict["resume"] = True
         if cfg_dict["launcher"] == "pytorch" and not on_gpu:
@@ -160,6 +212,8 @@ class MmdetStack:
             write_json(run.path / "mmdet_config.json", cfg_dict)
         runner = Runner.from_cfg(cfg)
         runner.register_hook(_recorder_hook(ctx.log_epoch, iters_per_epoch, exp.trainer.batch_size), priority="LOW")
+        if ctx.budget is not None:
+            runner.register_hook(_budget_hook(ctx, iters_per_epoch), priority="NORMAL")
         fit_started = time.perf_counter()
         with mmengine_safe_loading():
             runner.train()
