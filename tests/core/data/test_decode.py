@@ -25,6 +25,26 @@ def test_mask_zero_255_png_and_rgb(tmp_path, square):
     assert np.array_equal(read_mask(write_image(tmp_path / "b.png", rgb)), square.astype(bool))
 
 
+def test_a_mask_drawn_only_in_its_alpha_channel_is_refused_by_name(tmp_path, square):
+    """One colour everywhere, the shape in the transparency: read by colour it would be an empty
+    mask (black) or a full one (white), so it is refused with the fix; an RGBA mask whose colour
+    carries the shape still reads."""
+    for colour in (0, 255):
+        rgba = np.dstack([np.full((*square.shape, 3), colour, np.uint8), square * 255])
+        path = tmp_path / f"alpha{colour}.png"
+        Image.fromarray(rgba, "RGBA").save(path)
+        with pytest.raises(DataError, match=rf"alpha{colour}.png: the mask is one colour \({colour}\) with its shape "
+                                            r"in the alpha channel.*getchannel\('A'\)"):
+            read_mask(path)
+    la = np.dstack([np.zeros_like(square), square * 255])
+    Image.fromarray(la, "LA").save(tmp_path / "la.png")
+    with pytest.raises(DataError, match="la.png: the mask is one colour"):
+        read_mask(tmp_path / "la.png")
+    drawn = np.dstack([np.repeat(square[..., None] * 255, 3, axis=2), np.full(square.shape, 255, np.uint8)])
+    Image.fromarray(drawn, "RGBA").save(tmp_path / "drawn.png")
+    assert np.array_equal(read_mask(tmp_path / "drawn.png"), square.astype(bool))
+
+
 def test_mask_lossy_jpeg_is_thresholded(tmp_path, square):
     yy, xx = np.mgrid[:150, :230]
     big = (((yy - 70) / 45.0) ** 2 + ((xx - 101) / 63.0) ** 2 < 1).astype(np.uint8) * 255

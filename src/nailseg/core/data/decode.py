@@ -139,6 +139,18 @@ def mask_to_binary(arr: np.ndarray, max_value: float) -> np.ndarray:
     return arr > max_value / 2
 
 
+def _refuse_a_mask_drawn_in_alpha(img: Image.Image, path: Path) -> None:
+    """A mask of one colour whose shape is only in its transparency (a layer exported from an image
+    editor): the mask rule reads colour, so it would train on an empty (or full) mask without a word.
+    Every pipeline (tf.io, DALI) decodes a mask's colour the same way, so it is refused, never guessed."""
+    bands = np.asarray(img)
+    colour, alpha = bands[..., :-1], bands[..., -1]
+    if colour.min() == colour.max() and alpha.min() != alpha.max():
+        raise DataError(f"{quote_name(path)}: the mask is one colour ({int(colour.min())}) with its shape in the alpha "
+                        "channel (transparency); nailseg reads a mask's colour, not its transparency: save the alpha "
+                        "channel as a grayscale mask (e.g. PIL: Image.open(f).getchannel('A').save(f))")
+
+
 def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
     """Return the mask as a ``bool`` array (H, W) following :data:`MASK_RULE`."""
     return read_mask_checked(path)[0]
@@ -165,6 +177,7 @@ def read_mask_checked(path: str | os.PathLike[str],
         max_value = 1.0
     else:
         if img.mode in ("RGBA", "LA"):
+            _refuse_a_mask_drawn_in_alpha(img, path)
             img = img.convert("RGB" if img.mode == "RGBA" else "L")
         elif img.mode not in ("L", "RGB"):
             img = img.convert("RGB")
