@@ -151,12 +151,20 @@ def test_keras_refuses_the_optim_keys_it_cannot_honour():
     assert load_experiment(REPO / "configs" / "keras-cpu.yaml", ["optim.encoder_lr_scale=0.5"]).optim.encoder_lr_scale == 0.5
 
 
-def test_max_time_needs_a_unit_and_a_stack_that_budgets():
+def test_max_time_needs_a_unit_and_a_stack_that_budgets(monkeypatch):
+    import dataclasses
+
+    from nailseg.specs import STACKS
+
     exp = load_experiment(REPO / "configs" / "demo-cpu.yaml", ["trainer.max_time=20m"])
     assert exp.trainer.max_time_s == 1200
     with pytest.raises(ConfigError, match="trainer.max_time"):
         load_experiment(REPO / "configs" / "demo-cpu.yaml", ["trainer.max_time=20"])
-    assert load_experiment(REPO / "configs" / "keras-cpu.yaml", ["trainer.max_time=20m"]).trainer.max_time_s == 1200
+    for config in ("keras-cpu.yaml", "mmdet-cpu.yaml"):
+        assert load_experiment(REPO / "configs" / config, ["trainer.max_time=20m"]).trainer.max_time_s == 1200
+    # a stack without the capability (a plugin's, say) is refused in one line naming those that have it
+    spec = STACKS["mmdet"]
+    monkeypatch.setitem(STACKS, "mmdet", dataclasses.replace(spec, capabilities=spec.capabilities - {"budget"}))
     with pytest.raises(ConfigError, match=r"trainer.max_time: the mmdet stack cannot size its epochs to a time budget "
                                           r"yet \(the lightning and keras stacks can\)"):
         load_experiment(REPO / "configs" / "mmdet-cpu.yaml", ["trainer.max_time=20m"])
@@ -183,3 +191,22 @@ def test_many_classes_size_the_model_and_read_a_names_file(tmp_path):
     assert exp.to_dict()["data"]["classes"] == ["background", "nail", "skin"]  # the run keeps the names
     with pytest.raises(ConfigError, match=r"data\.classes: .*missing\.txt: cannot read the class names"):
         load_experiment(None, [f"data.root={tmp_path}", "data.classes=missing.txt"])
+
+
+def test_an_error_in_an_override_names_the_override_not_the_file(tmp_path):
+    """A bad value typed on the command line is reported as that override (with the file it
+    overrides), never as if the YAML file held it; a bad key in the file still names the file."""
+    demo = REPO / "configs" / "demo-cpu.yaml"
+    cases = {"optim.lr=abc": "optim.lr: 'Input should be a valid number",
+             "optim.lrr=1": "unknown key 'optim.lrr' (did you mean 'optim.lr'?)",
+             "model.family=xx": "model.family: must be one of",
+             "optim=3": "optim: 'Input should be a valid dictionary"}
+    for override, message in cases.items():
+        with pytest.raises(ConfigError) as err:
+            load_experiment(demo, ["trainer.max_epochs=2", override])
+        assert str(err.value).startswith(f"{override} (override of {demo}): {message}"), str(err.value)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer: {max_epochs: 0}\n")
+    with pytest.raises(ConfigError) as err:
+        load_experiment(bad, ["optim.lr=0.01"])
+    assert str(err.value).startswith(f"{bad}: trainer.max_epochs:"), str(err.value)

@@ -15,7 +15,10 @@ from nailseg.config.yaml_io import check_expansion, read_config_file
 from nailseg.errors import ConfigError
 
 
-def experiment_from_dict(raw: dict[str, Any], source: str = "config") -> Experiment:
+def experiment_from_dict(raw: dict[str, Any], source: str = "config",
+                         overrides: dict[str, str] | None = None) -> Experiment:
+    """Validate ``raw``; every bad key is one line naming where it came from: ``source`` (the file),
+    or the override that set it (``overrides``: dotted key -> the ``key=value`` as typed)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections (data:, model:, ...)")
     check_expansion(raw, source)
@@ -27,10 +30,10 @@ def experiment_from_dict(raw: dict[str, Any], source: str = "config") -> Experim
                 Experiment.model_validate({k: v for k, v in raw.items() if k != "model"})
             except ValidationError as err:
                 errors += [e for e in err.errors() if e["loc"]]  # not the stack checks of a default model
-            raise ConfigError(format_errors(errors, source))
+            raise ConfigError(format_errors(errors, source, overrides))
         return Experiment.model_validate({**raw, "model": model})
     except ValidationError as err:
-        raise ConfigError(format_errors(err.errors(), source)) from None
+        raise ConfigError(format_errors(err.errors(), source, overrides)) from None
     except RecursionError:
         raise ConfigError(f"{source}: nested too deep to validate") from None
 
@@ -39,6 +42,8 @@ def load_experiment(path: str | os.PathLike[str] | None, overrides: list[str] | 
     """Read a YAML config (or the defaults when ``path`` is None) and apply overrides."""
     raw: dict[str, Any] = read_config_file(path) if path is not None else {}
     source = str(path) if path is not None else "defaults"
-    for key, value in parse_overrides(overrides or []):
+    typed: dict[str, str] = {}
+    for item, (key, value) in zip(overrides or [], parse_overrides(overrides or [])):
         set_dotted(raw, key, value)
-    return experiment_from_dict(raw, source)
+        typed[key] = item.strip()  # the last one of a key wins, as in raw
+    return experiment_from_dict(raw, source, typed)

@@ -34,8 +34,17 @@ def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
-def format_errors(errors: list[dict[str, Any]], source: str) -> list[str]:
+def _source_of(key: str, source: str, overrides: dict[str, str] | None) -> str:
+    """Where ``key``'s value came from: the override that set it (or a section above it), else the file."""
+    for given, text in (overrides or {}).items():
+        if key == given or key.startswith(given + "."):
+            return f"{clip(text)} (override of {source})"
+    return source
+
+
+def format_errors(errors: list[dict[str, Any]], source: str, overrides: dict[str, str] | None = None) -> list[str]:
     valid = _valid_keys(Experiment)
+    file_source = source
     tags = _UNION_TAGS | set(MODEL_CLASSES)
     lines, seen = [], set()
     for e in errors:
@@ -47,6 +56,7 @@ def format_errors(errors: list[dict[str, Any]], source: str) -> list[str]:
             seen.add(key)
         family = next((p for p in e["loc"] if isinstance(p, str) and p in MODEL_CLASSES), None)
         loc = ".".join(str(p) for p in parts)
+        source = _source_of(loc, file_source, overrides)
         if e["type"] == "extra_forbidden":
             if family is not None and loc.startswith("model."):
                 keys = ", ".join(MODEL_CLASSES[family].model_fields)
@@ -57,6 +67,7 @@ def format_errors(errors: list[dict[str, Any]], source: str) -> list[str]:
         elif e["type"] == "value_error" and _NAMED_REFUSAL.match(_refusal(e)):
             msg = f"{source}: {clip(_refusal(e), 500)}"  # a cross-key refusal names its own key
         elif e["type"] == "union_tag_invalid" and loc == "model":
+            source = _source_of("model.family", file_source, overrides)
             msg = f"{source}: model.family: must be one of {', '.join(MODEL_CLASSES)} (got {preview(e.get('input'))})"
         else:
             msg = f"{source}: {loc or 'config'}: {preview(e['msg'], 200)} (got {preview(e.get('input'))})"
