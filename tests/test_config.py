@@ -205,6 +205,12 @@ def test_an_error_in_an_override_names_the_override_not_the_file(tmp_path):
         with pytest.raises(ConfigError) as err:
             load_experiment(demo, ["trainer.max_epochs=2", override])
         assert str(err.value).startswith(f"{override} (override of {demo}): {message}"), str(err.value)
+    with pytest.raises(ConfigError) as err:  # the latest override of a key is the one blamed
+        load_experiment(demo, ["optim={lr: 0.1, name: adam}", "optim.lr=abc"])
+    assert str(err.value).startswith(f"optim.lr=abc (override of {demo}): optim.lr:"), str(err.value)
+    with pytest.raises(ConfigError) as err:  # a cross-key refusal names the override of its key
+        load_experiment(REPO / "configs" / "mmdet-cpu.yaml", ["trainer.max_time=20"])
+    assert str(err.value).startswith("trainer.max_time=20 (override of "), str(err.value)
     bad = tmp_path / "bad.yaml"
     bad.write_text("trainer: {max_epochs: 0}\n")
     with pytest.raises(ConfigError) as err:

@@ -45,5 +45,6 @@ def load_experiment(path: str | os.PathLike[str] | None, overrides: list[str] | 
     typed: dict[str, str] = {}
     for item, (key, value) in zip(overrides or [], parse_overrides(overrides or [])):
         set_dotted(raw, key, value)
-        typed[key] = item.strip()  # the last one of a key wins, as in raw
+        typed.pop(key, None)  # the last one of a key wins, as in raw, and is searched first
+        typed[key] = item.strip()
     return experiment_from_dict(raw, source, typed)

@@ -36,7 +36,7 @@ def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
 
 def _source_of(key: str, source: str, overrides: dict[str, str] | None) -> str:
     """Where ``key``'s value came from: the override that set it (or a section above it), else the file."""
-    for given, text in (overrides or {}).items():
+    for given, text in reversed((overrides or {}).items()):  # the latest override that set it
         if key == given or key.startswith(given + "."):
             return f"{clip(text)} (override of {source})"
     return source
@@ -65,7 +65,8 @@ def format_errors(errors: list[dict[str, Any]], source: str, overrides: dict[str
                 hint = difflib.get_close_matches(loc, valid, n=1)
                 msg = f"{source}: unknown key '{clip(loc)}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
         elif e["type"] == "value_error" and _NAMED_REFUSAL.match(_refusal(e)):
-            msg = f"{source}: {clip(_refusal(e), 500)}"  # a cross-key refusal names its own key
+            refusal = _refusal(e)  # a cross-key refusal names its own key: blamed on what set that key
+            msg = f"{_source_of(refusal.split(':', 1)[0], file_source, overrides)}: {clip(refusal, 500)}"
         elif e["type"] == "union_tag_invalid" and loc == "model":
             source = _source_of("model.family", file_source, overrides)
             msg = f"{source}: model.family: must be one of {', '.join(MODEL_CLASSES)} (got {preview(e.get('input'))})"

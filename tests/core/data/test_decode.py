@@ -29,9 +29,9 @@ def test_a_mask_drawn_only_in_its_alpha_channel_is_refused_by_name(tmp_path, squ
     """One colour everywhere, the shape in the transparency: read by colour it would be an empty
     mask (black) or a full one (white), so it is refused with the fix; an RGBA mask whose colour
     carries the shape still reads."""
-    for colour in (0, 255):
-        rgba = np.dstack([np.full((*square.shape, 3), colour, np.uint8), square * 255])
-        path = tmp_path / f"alpha{colour}.png"
+    for colour, rgb in ((0, (0, 0, 0)), (255, (255, 255, 255)), (255, (255, 0, 0))):  # black, white, red layers
+        rgba = np.dstack([np.broadcast_to(np.array(rgb, np.uint8), (*square.shape, 3)), square * 255])
+        path = tmp_path / f"alpha{colour}.png"  # the brightest channel is what the mask rule reads
         Image.fromarray(rgba, "RGBA").save(path)
         with pytest.raises(DataError, match=rf"alpha{colour}.png: the mask is one colour \({colour}\) with its shape "
                                             r"in the alpha channel.*getchannel\('A'\)"):

@@ -186,7 +186,8 @@ def test_resume_extends_the_run(mmdet_run):
 def test_a_time_budget_trims_the_epochs_and_ends_the_cosine_on_the_last(synth_data, tmp_path):
     """trainer.max_time far below what 100 epochs take: the run trains fewer, says so in one line,
     and its last epoch ends the cosine at its bottom (1% of the rate), where the 100-epoch schedule
-    would still be near its top; the summary and budget.json keep the plan."""
+    would still be near its top; the summary and budget.json keep the plan, and a longer resume
+    runs on the longer schedule."""
     proc = run_cli("train", CONFIG, f"data.root={synth_data}", f"run.dir={tmp_path}", "run.name=budget",
                    "trainer.max_epochs=100", "trainer.max_time=20s", "trainer.limit_train_batches=2",
                    "optim.warmup_epochs=1", "logging.predictions=0")
@@ -201,6 +202,14 @@ def test_a_time_budget_trims_the_epochs_and_ends_the_cosine_on_the_last(synth_da
     lr = 0.005  # mmdet-cpu.yaml's; the cosine ends at 1% of it
     assert records[-1]["lr"] == pytest.approx(0.01 * lr, rel=1e-6)
     assert records[0]["lr"] > 0.9 * lr  # the 100-epoch cosine it started on
+    # a resume that asks for two more epochs: the checkpoint's scheduler (already at its bottom) is
+    # fitted to the new plan, so the rate climbs back onto the longer cosine and ends at its bottom
+    more = run_cli("train", "--resume", str(run), f"trainer.max_epochs={planned + 2}")
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert f"asks for trainer.max_epochs={planned + 2}" in more.stdout
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == list(range(planned + 2))
+    assert records[planned]["lr"] > 0.1 * lr and records[-1]["lr"] == pytest.approx(0.01 * lr, rel=1e-6)
 
 
 @pytest.mark.slow

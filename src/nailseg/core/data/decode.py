@@ -144,9 +144,9 @@ def _refuse_a_mask_drawn_in_alpha(img: Image.Image, path: Path) -> None:
     editor): the mask rule reads colour, so it would train on an empty (or full) mask without a word.
     Every pipeline (tf.io, DALI) decodes a mask's colour the same way, so it is refused, never guessed."""
     bands = np.asarray(img)
-    colour, alpha = bands[..., :-1], bands[..., -1]
-    if colour.min() == colour.max() and alpha.min() != alpha.max():
-        raise DataError(f"{quote_name(path)}: the mask is one colour ({int(colour.min())}) with its shape in the alpha "
+    brightest, alpha = bands[..., :-1].max(axis=-1), bands[..., -1]  # the channel the mask rule reads
+    if brightest.min() == brightest.max() and alpha.min() != alpha.max():
+        raise DataError(f"{quote_name(path)}: the mask is one colour ({int(brightest.min())}) with its shape in the alpha "
                         "channel (transparency); nailseg reads a mask's colour, not its transparency: save the alpha "
                         "channel as a grayscale mask (e.g. PIL: Image.open(f).getchannel('A').save(f))")
 

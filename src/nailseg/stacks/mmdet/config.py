@@ -127,7 +127,8 @@ def param_schedulers(exp: Experiment, iters_per_epoch: int, epochs: int | None =
     if rest <= 0 or o.scheduler == "none":
         schedulers.append(dict(type="ConstantLR", factor=1.0, by_epoch=False, begin=warmup, end=max_iters + 1))
     elif o.scheduler == "cosine":
-        schedulers.append(dict(type="CosineAnnealingLR", T_max=rest, eta_min=o.lr * 0.01, by_epoch=False,
+        # to 1% of each group's own rate (the encoder's is scaled by optim.encoder_lr_scale)
+        schedulers.append(dict(type="CosineAnnealingLR", T_max=rest, eta_min_ratio=0.01, by_epoch=False,
                                begin=warmup, end=max_iters + 1))
     else:
         schedulers.append(dict(type="PolyLR", power=o.poly_power, eta_min=0.0, by_epoch=False,

@@ -106,13 +106,16 @@ def _budget_hook(ctx: TrainContext, iters_per_epoch: int):
         previous one's end, so its validation and checkpoint count) goes to the engine's plan
         (``TrainContext.budget_epoch``); when it trims, the loop's ``max_iters`` and the cosine's (or
         poly's) span shrink to the planned epochs, so the run still ends its schedule at the bottom.
-        Before the scheduler and checkpoint hooks: the checkpoint of the epoch that planned keeps the
-        new span, and a resume restores it. Every rank takes rank 0's plan."""
+        Before the scheduler and checkpoint hooks, so the epoch's checkpoint holds the new span; a
+        resume (whose scheduler comes from the checkpoint, maybe saved before a plan or for another
+        ``trainer.max_epochs``) is fitted again to the plan the engine kept. Every rank takes rank 0's plan."""
 
         priority = "NORMAL"
 
         def before_train(self, runner) -> None:
             self._since = time.perf_counter()
+            if ctx.resume:  # the resumed scheduler is the checkpoint's: fit it to this attempt's plan
+                resize_schedule(runner, runner.max_iters)
 
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
             if (runner.iter + 1) % iters_per_epoch:
@@ -133,21 +136,33 @@ def _budget_hook(ctx: TrainContext, iters_per_epoch: int):
 
 
 def resize_schedule(runner, max_iters: int) -> None:
-    """End mmengine's loop at ``max_iters`` and fit the decaying scheduler (cosine or poly) to it.
-    mmengine's cosine is chainable (each step scales the current lr by the ratio of two points of
-    its curve), so a new ``T_max`` bends the remaining steps onto a curve that reaches ``eta_min`` at
-    the new end; the warm-up before it is left as it is."""
+    """End mmengine's loop at ``max_iters`` and fit the decaying scheduler (cosine or poly) to it, its
+    ``end`` one past the last iteration as ``config.param_schedulers`` builds it. mmengine's
+    schedulers are chainable (each step scales the current lr), so the current lr is first set to
+    the new curve's value at the step reached, as Lightning's closed-form schedule does: later steps
+    then follow the new curve to its bottom, and a longer resumed run climbs back onto it. A
+    scheduler that has not started (the warm-up runs) starts on the new curve by itself."""
     from mmengine.optim.scheduler import CosineAnnealingParamScheduler, PolyParamScheduler
 
     runner.train_loop._max_iters = max_iters
     for scheduler in runner.param_schedulers:
         if max_iters <= scheduler.begin:
             continue
-        # one past the last iteration, as config.param_schedulers builds it
+        span = max_iters - scheduler.begin
         if isinstance(scheduler, CosineAnnealingParamScheduler):
-            scheduler.end, scheduler.T_max = max_iters + 1, max_iters - scheduler.begin
+            scheduler.end, scheduler.T_max = max_iters + 1, span
+            share = (1 + math.cos(math.pi * scheduler.last_step / span)) / 2
         elif isinstance(scheduler, PolyParamScheduler):
-            scheduler.end, scheduler.total_iters = max_iters + 1, max_iters - scheduler.begin
+            scheduler.end, scheduler.total_iters = max_iters + 1, span
+            share = max(0.0, 1 - scheduler.last_step / span) ** scheduler.power
+        else:
+            continue
+        if scheduler.last_step < 0:
+            continue
+        ratio = getattr(scheduler, "eta_min_ratio", None)
+        for base, group in zip(scheduler.base_values, scheduler.optimizer.param_groups):
+            bottom = base * ratio if ratio is not None else scheduler.eta_min
+            group[scheduler.param_name] = bottom + (base - bottom) * share
 
 
 class MmdetStack:
