@@ -176,11 +176,18 @@ def test_eval_and_predict(mmdet_run, synth_data, tmp_path):
 
 @pytest.mark.slow
 def test_resume_extends_the_run(mmdet_run):
+    """A resume that asks for a second epoch trains it on the two-epoch schedule: the scheduler the
+    checkpoint holds (sized to one epoch, already at its bottom) is fitted to the longer loop."""
+    from nailseg.stacks.mmdet.checkpoints import load_mmengine_checkpoint
+
     proc = run_cli("train", "--resume", str(mmdet_run), "trainer.max_epochs=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed" in proc.stderr.lower() + proc.stdout.lower()
     epochs = [json.loads(x)["epoch"] for x in (mmdet_run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [0, 1]
+    last = Path((mmdet_run / "mmdet" / "last_checkpoint").read_text().strip())
+    cosine = load_mmengine_checkpoint(last)["param_schedulers"][-1]
+    assert (cosine["T_max"], cosine["end"]) == (4 - cosine["begin"], 5)  # 2 epochs of 2 iterations, end one past
 
 
 @pytest.mark.slow

@@ -106,16 +106,13 @@ def _budget_hook(ctx: TrainContext, iters_per_epoch: int):
         previous one's end, so its validation and checkpoint count) goes to the engine's plan
         (``TrainContext.budget_epoch``); when it trims, the loop's ``max_iters`` and the cosine's (or
         poly's) span shrink to the planned epochs, so the run still ends its schedule at the bottom.
-        Before the scheduler and checkpoint hooks, so the epoch's checkpoint holds the new span; a
-        resume (whose scheduler comes from the checkpoint, maybe saved before a plan or for another
-        ``trainer.max_epochs``) is fitted again to the plan the engine kept. Every rank takes rank 0's plan."""
+        Before the scheduler and checkpoint hooks, so the epoch's checkpoint holds the new span.
+        Every rank takes rank 0's plan."""
 
         priority = "NORMAL"
 
         def before_train(self, runner) -> None:
             self._since = time.perf_counter()
-            if ctx.resume:  # the resumed scheduler is the checkpoint's: fit it to this attempt's plan
-                resize_schedule(runner, runner.max_iters)
 
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
             if (runner.iter + 1) % iters_per_epoch:
@@ -133,6 +130,22 @@ def _budget_hook(ctx: TrainContext, iters_per_epoch: int):
                 resize_schedule(runner, planned * iters_per_epoch)
 
     return TimeBudgetHook()
+
+
+def _resume_hook():
+    from mmengine.hooks import Hook
+
+    class ResumedScheduleHook(Hook):
+        """A resume's schedulers are the checkpoint's, sized to the first attempt's epochs (or to a
+        plan made after that checkpoint was saved): fitted to this attempt's loop, so a resume that
+        asks for more epochs (or keeps ``budget.json``'s plan) runs them on their own schedule."""
+
+        priority = "NORMAL"
+
+        def before_train(self, runner) -> None:  # after mmengine has loaded the checkpoint
+            resize_schedule(runner, runner.max_iters)
+
+    return ResumedScheduleHook()
 
 
 def resize_schedule(runner, max_iters: int) -> None:
@@ -229,6 +242,8 @@ class MmdetStack:
         runner.register_hook(_recorder_hook(ctx.log_epoch, iters_per_epoch, exp.trainer.batch_size), priority="LOW")
         if ctx.budget is not None:
             runner.register_hook(_budget_hook(ctx, iters_per_epoch), priority="NORMAL")
+        if ctx.resume:
+            runner.register_hook(_resume_hook(), priority="NORMAL")
         fit_started = time.perf_counter()
         with mmengine_safe_loading():
             runner.train()
