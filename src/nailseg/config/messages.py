@@ -44,7 +44,6 @@ def _source_of(key: str, source: str, overrides: dict[str, str] | None) -> str:
 
 def format_errors(errors: list[dict[str, Any]], source: str, overrides: dict[str, str] | None = None) -> list[str]:
     valid = _valid_keys(Experiment)
-    file_source = source
     tags = _UNION_TAGS | set(MODEL_CLASSES)
     lines, seen = [], set()
     for e in errors:
@@ -55,23 +54,23 @@ def format_errors(errors: list[dict[str, Any]], source: str, overrides: dict[str
                 continue
             seen.add(key)
         family = next((p for p in e["loc"] if isinstance(p, str) and p in MODEL_CLASSES), None)
-        loc = ".".join(str(p) for p in parts)
-        source = _source_of(loc, file_source, overrides)
+        loc = key
+        where = _source_of(loc, source, overrides)  # the file, or the override that set the key
         if e["type"] == "extra_forbidden":
             if family is not None and loc.startswith("model."):
                 keys = ", ".join(MODEL_CLASSES[family].model_fields)
-                msg = f"{source}: unknown key '{clip(loc)}' for model.family {family} (its keys: {keys})"
+                msg = f"{where}: unknown key '{clip(loc)}' for model.family {family} (its keys: {keys})"
             else:
                 hint = difflib.get_close_matches(loc, valid, n=1)
-                msg = f"{source}: unknown key '{clip(loc)}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                msg = f"{where}: unknown key '{clip(loc)}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
         elif e["type"] == "value_error" and _NAMED_REFUSAL.match(_refusal(e)):
             refusal = _refusal(e)  # a cross-key refusal names its own key: blamed on what set that key
-            msg = f"{_source_of(refusal.split(':', 1)[0], file_source, overrides)}: {clip(refusal, 500)}"
+            msg = f"{_source_of(refusal.split(':', 1)[0], source, overrides)}: {clip(refusal, 500)}"
         elif e["type"] == "union_tag_invalid" and loc == "model":
-            source = _source_of("model.family", file_source, overrides)
-            msg = f"{source}: model.family: must be one of {', '.join(MODEL_CLASSES)} (got {preview(e.get('input'))})"
+            where = _source_of("model.family", source, overrides)
+            msg = f"{where}: model.family: must be one of {', '.join(MODEL_CLASSES)} (got {preview(e.get('input'))})"
         else:
-            msg = f"{source}: {loc or 'config'}: {preview(e['msg'], 200)} (got {preview(e.get('input'))})"
+            msg = f"{where}: {loc or 'config'}: {preview(e['msg'], 200)} (got {preview(e.get('input'))})"
         lines.append(msg)
     return lines
 
