@@ -193,7 +193,8 @@ part(script, "def set_epochs", 'if __name__')
 # per epoch, curves, the best checkpoint as plain weights), so `eval`, `predict` and `compare`
 # treat a Mask R-CNN run like any other. The recipe resizes each photo to fit 384 px, where a nail
 # is 10-40 px (at 128 px most are a few pixels), and trains 16 epochs of AdamW from the ImageNet
-# encoder: about 20 minutes on 2 CPU cores. From scratch, the same 40 photos give a Mask R-CNN that
+# encoder within `trainer.max_time: 20m` on 2 CPU cores (a slower CPU trains the epochs that fit, the
+# cosine sized to them: 13 with AVX2 only). From scratch, the same 40 photos give a Mask R-CNN that
 # barely starts to learn (segm mAP 0.02 in 30 epochs, on the results page).
 
 # %%
@@ -246,7 +247,7 @@ grid(sorted((run / "instances").glob("*_overlay.png")), ["predicted instances (o
 # ## Where to go next
 #
 # - The full recipe: `nailseg train configs/maskrcnn-pretrained-cpu.yaml data.root=../shared/data/nails_segmentation`
-#   (384 px, 16 epochs: about 20 minutes on 2 CPU cores; its 5-fold figures are on the results page).
+#   (384 px, 16 epochs within a 20-minute budget on 2 CPU cores; its 5-fold figures are on the results page).
 # - Many classes: with `data.classes`, each class but the first (the background) is one COCO
 #   category, and `nailseg data coco --classes` writes them ([classes](../classes.md)).
 # - MMDetection's own tools take the ejected config: `tools/train.py` of MMDetection's source
