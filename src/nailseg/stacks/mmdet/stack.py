@@ -28,13 +28,14 @@ from nailseg.core.evaluate import Predictor
 from nailseg.core.io import atomic_path, read_jsonl, write_json, write_text
 from nailseg.runs import RunDir, load_with_fallback
 from nailseg.core.runtime import global_rank, resolve_accelerator, world_size
-from nailseg.contract import EpochRecord, FitResult, TrainContext
+from nailseg.contract import FitResult, TrainContext
 from nailseg.errors import ConfigError
 from nailseg.specs import STACKS
 from nailseg.stacks._torch.tensorboard import use_tensorboard_without_tensorflow
 from nailseg.stacks._torch.checkpoints import safe_load
 from nailseg.stacks.mmdet.checkpoints import load_mmengine_checkpoint, mmengine_safe_loading
 from nailseg.stacks.mmdet.config import build_mmdet_config, instance_classes, model_config
+from nailseg.stacks.mmdet.hooks import budget_hook, recorder_hook, resume_hook
 
 use_tensorboard_without_tensorflow()
 
@@ -53,129 +54,6 @@ def _write_coco_splits(exp: Experiment, run: RunDir, split_pairs: dict[str, list
         if global_rank() == 0:
             write_coco(files[name], coco)
     return files
-
-
-def _recorder_hook(log_epoch, iters_per_epoch: int, batch_size: int):
-    from mmengine.hooks import Hook
-
-    class RunRecorder(Hook):
-        """One ``metrics.jsonl`` line per validation round (an 'epoch' of the iteration loop)."""
-
-        priority = "LOW"
-
-        def __init__(self):
-            self.losses: list[float] = []
-            self.t0 = time.perf_counter()
-            self.train_time = 0.0
-
-        def before_train_iter(self, runner, batch_idx, data_batch=None):
-            self._iter_start = time.perf_counter()
-
-        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-            self.train_time += time.perf_counter() - self._iter_start
-            if outputs and "loss" in outputs:
-                self.losses.append(float(outputs["loss"]))
-
-        def after_val_epoch(self, runner, metrics=None):
-            if runner.rank != 0:
-                return
-            metrics = metrics or {}
-            now = time.perf_counter()
-            iters = max(1, len(self.losses))
-            log_epoch(EpochRecord(
-                epoch=runner.iter // iters_per_epoch - 1, step=runner.iter,
-                train_loss=float(np.mean(self.losses)) if self.losses else None,
-                val_loss=None, val_iou=None, val_dice=None,  # scored by COCO mAP per epoch; IoU once, at the end
-                lr=max(float(x) for x in runner.optim_wrapper.get_lr()["lr"]),  # the head's (unscaled) lr
-                images_per_s=iters * batch_size * runner.world_size / self.train_time if self.train_time else None,
-                epoch_time_s=now - self.t0,
-                extras={"val_segm_map": metrics.get("coco/segm_mAP"), "val_bbox_map": metrics.get("coco/bbox_mAP"),
-                        "val_segm_map_50": metrics.get("coco/segm_mAP_50"),
-                        "val_bbox_map_50": metrics.get("coco/bbox_mAP_50")},
-            ))
-            self.losses, self.t0, self.train_time = [], now, 0.0
-
-    return RunRecorder()
-
-
-def _budget_hook(ctx: TrainContext, iters_per_epoch: int):
-    from mmengine.hooks import Hook
-
-    class TimeBudgetHook(Hook):
-        """``trainer.max_time`` on mmengine's iteration loop: each finished epoch's time (from the
-        previous one's end, so its validation and checkpoint count) goes to the engine's plan
-        (``TrainContext.budget_epoch``); when it trims, the loop's ``max_iters`` and the cosine's (or
-        poly's) span shrink to the planned epochs, so the run still ends its schedule at the bottom.
-        Before the scheduler and checkpoint hooks, so the epoch's checkpoint holds the new span.
-        Every rank takes rank 0's plan."""
-
-        priority = "NORMAL"
-
-        def before_train(self, runner) -> None:
-            self._since = time.perf_counter()
-
-        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-            if (runner.iter + 1) % iters_per_epoch:
-                return
-            now = time.perf_counter()
-            planned = ctx.budget_epoch((runner.iter + 1) // iters_per_epoch, now - self._since)
-            self._since = now
-            if runner.world_size > 1:
-                from mmengine.dist import broadcast_object_list
-
-                shared = [planned]
-                broadcast_object_list(shared, src=0)
-                planned = shared[0]
-            if planned is not None:
-                resize_schedule(runner, planned * iters_per_epoch)
-
-    return TimeBudgetHook()
-
-
-def _resume_hook():
-    from mmengine.hooks import Hook
-
-    class ResumedScheduleHook(Hook):
-        """A resume's schedulers are the checkpoint's, sized to the first attempt's epochs (or to a
-        plan made after that checkpoint was saved): fitted to this attempt's loop, so a resume that
-        asks for more epochs (or keeps ``budget.json``'s plan) runs them on their own schedule."""
-
-        priority = "NORMAL"
-
-        def before_train(self, runner) -> None:  # after mmengine has loaded the checkpoint
-            resize_schedule(runner, runner.max_iters)
-
-    return ResumedScheduleHook()
-
-
-def resize_schedule(runner, max_iters: int) -> None:
-    """End mmengine's loop at ``max_iters`` and fit the decaying scheduler (cosine or poly) to it, its
-    ``end`` one past the last iteration as ``config.param_schedulers`` builds it. mmengine's
-    schedulers are chainable (each step scales the current lr), so the current lr is first set to
-    the new curve's value at the step reached, as Lightning's closed-form schedule does: later steps
-    then follow the new curve to its bottom, and a longer resumed run climbs back onto it. A
-    scheduler that has not started (the warm-up runs) starts on the new curve by itself."""
-    from mmengine.optim.scheduler import CosineAnnealingParamScheduler, PolyParamScheduler
-
-    runner.train_loop._max_iters = max_iters
-    for scheduler in runner.param_schedulers:
-        if max_iters <= scheduler.begin:
-            continue
-        span = max_iters - scheduler.begin
-        if isinstance(scheduler, CosineAnnealingParamScheduler):
-            scheduler.end, scheduler.T_max = max_iters + 1, span
-            share = (1 + math.cos(math.pi * scheduler.last_step / span)) / 2
-        elif isinstance(scheduler, PolyParamScheduler):
-            scheduler.end, scheduler.total_iters = max_iters + 1, span
-            share = max(0.0, 1 - scheduler.last_step / span) ** scheduler.power
-        else:
-            continue
-        if scheduler.last_step < 0:
-            continue
-        ratio = getattr(scheduler, "eta_min_ratio", None)
-        for base, group in zip(scheduler.base_values, scheduler.optimizer.param_groups):
-            bottom = base * ratio if ratio is not None else scheduler.eta_min
-            group[scheduler.param_name] = bottom + (base - bottom) * share
 
 
 class MmdetStack:
@@ -239,11 +117,11 @@ class MmdetStack:
             write_text(run.path / "mmdet_config.py", cfg.pretty_text)
             write_json(run.path / "mmdet_config.json", cfg_dict)
         runner = Runner.from_cfg(cfg)
-        runner.register_hook(_recorder_hook(ctx.log_epoch, iters_per_epoch, exp.trainer.batch_size), priority="LOW")
+        runner.register_hook(recorder_hook(ctx.log_epoch, iters_per_epoch, exp.trainer.batch_size), priority="LOW")
         if ctx.budget is not None:
-            runner.register_hook(_budget_hook(ctx, iters_per_epoch), priority="NORMAL")
+            runner.register_hook(budget_hook(ctx, iters_per_epoch), priority="NORMAL")
         if ctx.resume:
-            runner.register_hook(_resume_hook(), priority="NORMAL")
+            runner.register_hook(resume_hook(), priority="NORMAL")
         fit_started = time.perf_counter()
         with mmengine_safe_loading():
             runner.train()
