@@ -114,7 +114,8 @@ def test_model_keys_belong_to_their_family():
 @pytest.mark.parametrize("overrides,fragment", [
     (["data.pipeline=tf"], "data.pipeline: tf is not a pipeline of the lightning stack"),
     (["model.family=sm", "data.pipeline=kornia"], "it supports auto, albumentations, tf"),
-    (["model.family=maskrcnn", "augment.train=[{name: affine}]"], "affine cannot run on the mmdet pipeline"),
+    (["model.family=maskrcnn", "augment.train=[{name: random_resized_crop}]"],
+     "random_resized_crop cannot run on the mmdet pipeline"),
     (["data.pipeline=dali", "data.balance={by: fg_bins}"], "cannot draw weighted samples"),
     (["model.family=sm", "optim.freeze_encoder_bn=true"], "optim.freeze_encoder_bn: the keras stack cannot honour it"),
     (["model.family=maskrcnn", "augment.train=[]", "data.classes=[a, b, c]", "loss.class_weights=median_frequency"],

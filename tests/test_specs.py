@@ -96,14 +96,30 @@ def test_every_claimed_pair_translates_and_runs(pipeline, op, tmp_path):
 
 
 def test_mmdet_translations_are_registered_transforms():
-    from nailseg.stacks.mmdet.config import MMDET_OPS
+    """Each op of the mmdet row is a step MMDetection builds: the flips its RandomFlip, the others its
+    Albu (seeded) over the same albumentations transform, with the same arguments, the Lightning path
+    builds (tests/stacks/mmdet/test_transforms.py runs them)."""
+    import albumentations as A
+
+    from nailseg.core.augment import GEOMETRIC, to_albumentations
+    from nailseg.stacks.mmdet.config import MMDET_FLIPS, train_augmentation
 
     for name in sorted(PIPELINE_SPECS["mmdet"].ops):
-        step = MMDET_OPS[name](op_of(name))
-        assert step["type"] == "RandomFlip" and step["prob"] == 1.0
+        steps = train_augmentation([op_of(name)])
+        if name in MMDET_FLIPS:
+            assert steps == [dict(type="RandomFlip", prob=1.0, direction=MMDET_FLIPS[name])]
+            continue
+        albu, *rest = steps
+        built = to_albumentations([op_of(name)], (64, 64), normalize=False).transforms[1]  # after the resize
+        spec = A.to_dict(built)["transform"]
+        assert albu["type"] == "SeededAlbu"
+        assert albu["transforms"] == [{"type": spec.pop("__class_fullname__"), **spec}]
+        assert rest == ([dict(type="BoxesFromMasks")] if name in GEOMETRIC else [])
     if importlib.util.find_spec("mmdet") is not None:
         from mmdet.registry import TRANSFORMS
         from mmdet.utils import register_all_modules
 
+        import nailseg.stacks.mmdet.templates.augmentation  # noqa: F401 - registers SeededAlbu, BoxesFromMasks
+
         register_all_modules()
-        assert TRANSFORMS.get("RandomFlip") is not None
+        assert all(TRANSFORMS.get(name) is not None for name in ("RandomFlip", "SeededAlbu", "BoxesFromMasks"))

@@ -151,7 +151,7 @@ config_text = (folder / "mask_rcnn.py").read_text()
 part(config_text, "default_scope", "    train_cfg=dict(")
 
 # %% [markdown]
-# The dataset and its pipeline (load, resize keeping the aspect ratio, flips, pack), the
+# The dataset and its pipeline (load, resize keeping the aspect ratio, the config's augmentation, pack), the
 # iteration loop with a validation round every epoch, and the schedule as mmengine parameter
 # schedulers (a linear warm-up, then cosine), per iteration:
 

@@ -60,10 +60,11 @@ PIPELINE_SPECS: dict[str, PipelineSpec] = {p.name: p for p in (
                  purpose="NVIDIA DALI reads, decodes and augments (on the GPU when there is one)"),
     PipelineSpec("tf", ALL_OPS, reads_cache=True, can_balance=True, device="cpu", can_crop=True,
                  purpose="tf.data with tf.image ops, traced into the graph"),
-    PipelineSpec("mmdet", frozenset({"hflip", "vflip"}), reads_cache=False, can_balance=False, device="cpu",
-                 keeps_labels=True,  # its instances carry their category through the flips
+    # random_resized_crop: its window is the picture at the training size, which Mask R-CNN does not need
+    PipelineSpec("mmdet", ALL_OPS - {"random_resized_crop"}, reads_cache=False, can_balance=False, device="cpu",
+                 keeps_labels=True,  # its instances carry their category through every op
                  why_no_cache="MMDetection's pipeline reads the files itself",
-                 purpose="MMDetection's own data pipeline (RandomFlip only)"),
+                 purpose="MMDetection's own data pipeline (RandomFlip, and Albu for the other ops)"),
 )}
 PIPELINES: tuple[str, ...] = ("auto", *PIPELINE_SPECS)
 

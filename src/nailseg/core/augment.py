@@ -140,7 +140,7 @@ def to_albumentations(
     if not any(op.name == "random_resized_crop" for op in ops):
         steps += [A.Resize(h, w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST), *window]
     for op in ops:
-        steps.append(_albu_op(A, cv2, op, h, w, mask_fill))
+        steps.append(albumentations_op(A, cv2, op, h, w, mask_fill))
         if op.name == "random_resized_crop":
             steps += window
     if normalize:
@@ -180,6 +180,8 @@ ALBUMENTATIONS_OPS = {
 FILLING_OPS = frozenset({"affine"})
 
 
-def _albu_op(A, cv2, op: AugmentOp, h: int, w: int, mask_fill: int = 0):
+def albumentations_op(A, cv2, op: AugmentOp, h: int = 0, w: int = 0, mask_fill: int = 0):
+    """One op's albumentations transform (``h``, ``w``: the output size, for ``random_resized_crop``
+    only; ``mask_fill``: the mask value where a geometric op uncovers the picture)."""
     make = ALBUMENTATIONS_OPS[op.name]
     return make(A, cv2, op, h, w, mask_fill) if op.name in FILLING_OPS else make(A, cv2, op, h, w)

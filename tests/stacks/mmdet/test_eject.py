@@ -22,8 +22,10 @@ pytestmark = pytest.mark.slow
 RECIPE = REPO / "configs" / "maskrcnn-pretrained-cpu.yaml"
 # A few iterations at a small size: the test checks the folder builds and trains, not its mAP. The
 # sampler's size is not the default, so the config comparison shows the key reaches the ejected file.
+# The rotation and colour ops run in MMDetection's Albu (seeded), so the folder carries augmentation.py too.
 BUDGET = ["data.image_size=96", "trainer.max_epochs=2", "trainer.limit_train_batches=3", "data.num_workers=0",
-          "data.split.val=0.1", "model.rois_per_image=128"]
+          "data.split.val=0.1", "model.rois_per_image=128",
+          "augment.train=[{name: hflip}, {name: affine, rotate: 25, p: 0.7}, {name: brightness_contrast}]"]
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +51,10 @@ def test_the_folder_imports_no_nailseg_and_holds_nailsegs_config(ejected: Path, 
     from nailseg.stacks.mmdet.config import model_config
 
     assert sorted(p.name for p in ejected.iterdir()) == [
-        "README.md", "encoder_weights.pt", "mask_rcnn.py", "split.json", "timm_backbone.py", "train.py"]
-    assert "nailseg" not in _imports(ejected / "train.py") | _imports(ejected / "timm_backbone.py")
+        "README.md", "augmentation.py", "encoder_weights.pt", "mask_rcnn.py", "split.json", "timm_backbone.py",
+        "train.py"]
+    assert "nailseg" not in _imports(ejected / "train.py") | _imports(ejected / "timm_backbone.py") | _imports(
+        ejected / "augmentation.py")
     assert {"mmengine", "mmdet", "pycocotools"} <= _imports(ejected / "train.py")
     assigned = {t.id for n in ast.parse((ejected / "mask_rcnn.py").read_text()).body if isinstance(n, ast.Assign)
                 for t in n.targets}
@@ -66,7 +70,9 @@ def test_the_folder_imports_no_nailseg_and_holds_nailsegs_config(ejected: Path, 
     ours.pop("backbone")
     assert json.loads(json.dumps(theirs)) == json.loads(json.dumps(ours))  # tuples and lists alike
     assert cfg["val_evaluator"]["ann_file"] == str(ejected / "coco" / "val.json")  # {{fileDirname}}, resolved
-    assert cfg["train_cfg"]["max_iters"] == 2 * 3 and cfg["custom_imports"]["imports"] == ["timm_backbone"]
+    assert cfg["train_cfg"]["max_iters"] == 2 * 3 and cfg["custom_imports"]["imports"] == ["timm_backbone", "augmentation"]
+    steps = [step["type"] for step in cfg["train_dataloader"]["dataset"]["pipeline"]]
+    assert steps[3:] == ["RandomFlip", "SeededAlbu", "BoxesFromMasks", "PackDetInputs"]  # after load and resize
 
 
 def test_the_backbone_starts_from_nailsegs_imagenet_tensors(ejected: Path, monkeypatch):

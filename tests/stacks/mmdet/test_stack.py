@@ -30,12 +30,14 @@ def _lite0_weights_installed() -> bool:
 @pytest.fixture(scope="module")
 def mmdet_run(synth_data, tmp_path_factory):
     """The module's one trained run (1 epoch of 2 batches), on the recipe's backbone: the timm Lite0
-    encoder registered in MMDetection, from the offline ImageNet tensors when they are installed."""
+    encoder registered in MMDetection, from the offline ImageNet tensors when they are installed, with
+    a rotation and a colour op (MMDetection's Albu, then BoxesFromMasks)."""
     weights = "imagenet" if _lite0_weights_installed() else "none"
     with scratch(tmp_path_factory, "mruns") as runs:
         proc = run_cli("train", CONFIG, f"data.root={synth_data}", f"run.dir={runs}", "run.name=m",
                        f"model.encoder={LITE0}", f"model.encoder_weights={weights}",
-                       "trainer.max_epochs=1", "trainer.limit_train_batches=2", "logging.predictions=1")
+                       "trainer.max_epochs=1", "trainer.limit_train_batches=2", "logging.predictions=1",
+                       "augment.train=[{name: hflip}, {name: affine, rotate: 25, p: 0.7}, {name: brightness_contrast}]")
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert Path(proc.stdout.strip().splitlines()[-1]) == runs / "m"
         yield runs / "m"
@@ -115,6 +117,8 @@ def test_run_folder(mmdet_run):
     mmdet_config = (mmdet_run / "mmdet_config.py").read_text().replace(" ", "")
     assert "num_classes=1" in mmdet_config and "max_per_img=30," in mmdet_config  # model.max_instances
     assert "norm_eval=False" in mmdet_config  # optim.freeze_encoder_bn is off
+    pipeline = json.loads((mmdet_run / "mmdet_config.json").read_text())["train_dataloader"]["dataset"]["pipeline"]
+    assert [step["type"] for step in pipeline][3:-1] == ["RandomFlip", "SeededAlbu", "BoxesFromMasks"]  # trained with them
     assert list((mmdet_run / "mmdet").rglob("events.out.tfevents.*"))  # TensorBoard through mmengine
     summary = json.loads((mmdet_run / "summary.json").read_text())
     for key in ("val_segm_map", "val_bbox_map", "val_iou", "val_dice"):

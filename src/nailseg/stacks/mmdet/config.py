@@ -14,8 +14,10 @@ from nailseg.core.runtime import encoder_lr_scale, resolve_precision, resolve_wo
 from nailseg.config import Experiment
 
 DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
-# Loaded by MMDetection's own tools too (``mmdet_config.py``), which then find the timm backbone.
-CUSTOM_IMPORTS = dict(imports=["nailseg.stacks.mmdet.backbone"], allow_failed_imports=False)
+# Loaded by MMDetection's own tools too (``mmdet_config.py``), which then find the timm backbone and
+# the augmentation steps (SeededAlbu, BoxesFromMasks).
+AUGMENTATION_STEPS = "nailseg.stacks.mmdet.templates.augmentation"
+CUSTOM_IMPORTS = dict(imports=["nailseg.stacks.mmdet.backbone", AUGMENTATION_STEPS], allow_failed_imports=False)
 
 
 def backbone_config(encoder: str, weights: str = "none", freeze_bn: bool = False) -> tuple[dict, list[int]]:
@@ -136,12 +138,59 @@ def param_schedulers(exp: Experiment, iters_per_epoch: int, epochs: int | None =
     return schedulers
 
 
-# One MMDetection transform per op it translates; its keys are the mmdet row's ``ops`` in
-# nailseg.specs (tests/test_specs.py).
+def albu_transform(op) -> dict:
+    """One op as MMDetection's ``Albu`` builds it: albumentations' own serialisation of the transform
+    ``core.augment`` makes for the Lightning path (``type`` + its arguments). Albu hands it the BGR
+    picture MMDetection loads; the colour ops' ranges are symmetric, so swapping red and blue draws
+    the same shifts."""
+    import albumentations as A
+    import cv2
+
+    from nailseg.core.augment import albumentations_op
+
+    spec = A.to_dict(albumentations_op(A, cv2, op))["transform"]
+    return {"type": spec.pop("__class_fullname__"), **spec}
+
+
+# One MMDetection step per op it translates: the flips are MMDetection's own RandomFlip, every other
+# op an albumentations transform that runs in MMDetection's ``Albu``, so the stacks augment alike. Its
+# keys are the mmdet row's ``ops`` in nailseg.specs (tests/test_specs.py).
+MMDET_FLIPS = {"hflip": "horizontal", "vflip": "vertical"}
 MMDET_OPS = {
     "hflip": lambda op: dict(type="RandomFlip", prob=op.p, direction="horizontal"),
     "vflip": lambda op: dict(type="RandomFlip", prob=op.p, direction="vertical"),
+    **{name: albu_transform for name in ("affine", "brightness_contrast", "hue_saturation", "gauss_noise", "blur")},
 }
+
+
+def train_augmentation(ops: list) -> list[dict]:
+    """The spec's ops in order: each flip a ``RandomFlip``, each run of the other ops one ``SeededAlbu``
+    (MMDetection's ``Albu``, seeded) over the picture, and over its instance masks too when one of them
+    moves pixels, followed then by ``BoxesFromMasks``: boxes tight around the moved masks, instances
+    that left dropped (both in ``templates/augmentation.py``)."""
+    from nailseg.core.augment import GEOMETRIC
+
+    steps: list[dict] = []
+    run: list = []
+
+    def close_run() -> None:
+        if run:
+            moves = any(op.name in GEOMETRIC for op in run)  # then the masks go through Albu too
+            steps.append(dict(type="SeededAlbu", transforms=[MMDET_OPS[op.name](op) for op in run],
+                              keymap={"img": "image", "gt_masks": "masks"} if moves else {"img": "image"}))
+            if moves:
+                steps.append(dict(type="BoxesFromMasks"))
+            run.clear()
+
+    for op in ops:
+        if op.name in MMDET_FLIPS:
+            close_run()
+            steps.append(MMDET_OPS[op.name](op))
+        else:
+            run.append(op)
+    close_run()
+    return steps
+
 
 def build_mmdet_config(exp: Experiment, *, work_dir: Path, images_dir: Path, ann_files: dict[str, Path],
                        iters_per_epoch: int, on_gpu: bool, launcher: str, epochs: int | None = None) -> dict:
@@ -151,7 +200,7 @@ def build_mmdet_config(exp: Experiment, *, work_dir: Path, images_dir: Path, ann
     scale = (max(h, w), min(h, w))
     train_pipeline = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
                       dict(type="Resize", scale=scale, keep_ratio=True)]
-    train_pipeline += [MMDET_OPS[op.name](op) for op in exp.augment.train]  # the config refused any other op
+    train_pipeline += train_augmentation(exp.augment.train)  # the config refused any op not in the mmdet row
     train_pipeline.append(dict(type="PackDetInputs"))
     meta = ("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")
     # The test pipeline needs the Resize, or the mask head fails on a missing scale_factor.

@@ -4,6 +4,8 @@ imports nothing of nailseg.
 - ``mask_rcnn.py``: the MMDetection config nailseg trains with (``config.build_mmdet_config``),
   written whole (no ``_base_``) as Python, in its keys' own order; only its paths and the
   backbone's registry name change, so what the script trains is what nailseg trains.
+- ``augmentation.py`` (an augmentation beyond flips): ``SeededAlbu`` and ``BoxesFromMasks``, registered
+  in MMDetection's ``TRANSFORMS``.
 - ``timm_backbone.py`` (timm encoders): the backbone registered in MMDetection's ``MODELS`` (the very
   class nailseg's own backbone extends with its weights provider), with the encoder's starting
   weights as nailseg loaded them in ``encoder_weights.pt``.
@@ -71,9 +73,14 @@ def _plain_config(exp: Experiment, pairs: dict[str, list[Pair]], iters_per_epoch
     cfg = build_mmdet_config(exp, work_dir=Path("work_dir"), images_dir=data_root, ann_files=ann,
                              iters_per_epoch=iters_per_epoch, on_gpu=False, launcher="none")
     backbone = cfg["model"]["backbone"]
+    imports = []  # the template modules the config imports (custom_imports), copied beside it
     if backbone["type"] == "NailsegTimmBackbone":
         backbone.update(type="TimmBackbone", encoder=exp.model.encoder[3:], weights=weights)
-        cfg["custom_imports"] = dict(imports=["timm_backbone"], allow_failed_imports=False)
+        imports.append("timm_backbone")
+    if any(step["type"] == "SeededAlbu" for step in cfg["train_dataloader"]["dataset"]["pipeline"]):
+        imports.append("augmentation")
+    if imports:
+        cfg["custom_imports"] = dict(imports=imports, allow_failed_imports=False)
     else:
         cfg.pop("custom_imports")
     if not pairs.get("test"):
@@ -120,8 +127,9 @@ def _inline(value) -> str:
 
 
 def write_folder(exp: Experiment, pairs: dict[str, list[Pair]], out: Path, config_name: str) -> list[Path]:
-    """Write ``mask_rcnn.py``, ``train.py``, ``split.json``, ``README.md`` (and, for a timm encoder,
-    ``timm_backbone.py`` with its starting weights) into ``out``."""
+    """Write ``mask_rcnn.py``, ``train.py``, ``split.json``, ``README.md`` (and the template modules the
+    config imports: ``timm_backbone.py`` with its starting weights for a timm encoder, ``augmentation.py``
+    for an augmentation beyond flips) into ``out``."""
     from nailseg.core.eject import write_split
 
     problems = refusals(exp)
@@ -136,8 +144,9 @@ def write_folder(exp: Experiment, pairs: dict[str, list[Pair]], out: Path, confi
     header = HEADER.format(config=config_name, size=max(exp.data.size_hw), iters=iters_per_epoch, epochs=t.max_epochs)
     body = "\n".join(f"{key} = {python_literal(value, 0, len(key) + 3)}" for key, value in cfg.items())
     (out / "mask_rcnn.py").write_text(header + body + "\n", encoding="utf-8")
-    if cfg.get("custom_imports"):
-        shutil.copy(TEMPLATES / "timm_backbone.py", out / "timm_backbone.py")
+    imports = cfg.get("custom_imports", {}).get("imports", [])
+    for module in imports:
+        shutil.copy(TEMPLATES / f"{module}.py", out / f"{module}.py")
     encoder = exp.model.encoder
     script = Template((TEMPLATES / "train.py.tmpl").read_text(encoding="utf-8")).substitute(
         title=f"Train {config_name}: MMDetection Mask R-CNN on {encoder[3:] if encoder.startswith('tu-') else encoder}.",
@@ -145,9 +154,11 @@ def write_folder(exp: Experiment, pairs: dict[str, list[Pair]], out: Path, confi
     (out / "train.py").write_text(script, encoding="utf-8")
     write_split(pairs, out)
     (out / "README.md").write_text(README.format(
-        config=config_name, epochs=t.max_epochs,
-        backbone="- `timm_backbone.py`: the timm encoder registered in MMDetection's `MODELS` (the config's "
-                 "`custom_imports`)\n" if cfg.get("custom_imports") else "",
+        config=config_name, epochs=t.max_epochs, albumentations=" 'albumentations>=2.0'" if "augmentation" in imports else "",
+        backbone=("- `timm_backbone.py`: the timm encoder registered in MMDetection's `MODELS` (the config's "
+                  "`custom_imports`)\n" if "timm_backbone" in imports else "")
+        + ("- `augmentation.py`: `SeededAlbu` (MMDetection's albumentations step, seeded) and `BoxesFromMasks` "
+           "(boxes set from the moved masks), in the config's `custom_imports`\n" if "augmentation" in imports else ""),
         weights=f"- `{WEIGHTS_FILE}`: the encoder's starting weights ({exp.model.encoder_weights}), as nailseg "
                 "loaded them\n" if weights != "none" else ""), encoding="utf-8")
     return sorted(out.iterdir())
@@ -158,7 +169,7 @@ README = """# {config}, as a plain MMDetection folder
 Written by `nailseg eject`. Nothing here imports nailseg.
 
 ```console
-pip install torch mmengine mmcv mmdet pycocotools timm opencv-python-headless pillow
+pip install torch mmengine mmcv mmdet pycocotools timm opencv-python-headless pillow{albumentations}
 python train.py                 # {epochs} epochs; OUT/metrics.json holds COCO bbox and segm mAP on val (and test)
 python train.py --epochs 2 --out work_dirs/quick
 ```

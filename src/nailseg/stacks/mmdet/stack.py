@@ -89,6 +89,7 @@ class MmdetStack:
         from mmdet.utils import register_all_modules
         from mmengine.config import Config
         from mmengine.runner import Runner
+        from mmengine.utils import import_modules_from_strings
 
         register_all_modules(init_default_scope=True)
         exp, run = ctx.exp, ctx.run
@@ -112,6 +113,7 @@ class MmdetStack:
                 torch.distributed.init_process_group("gloo")
             cfg_dict["model_wrapper_cfg"] = dict(type="MMDistributedDataParallel", device_ids=None,
                                                  broadcast_buffers=False)
+        import_modules_from_strings(**cfg_dict["custom_imports"])  # as Config.fromfile does for a file
         cfg = Config(cfg_dict)
         if ctx.rank == 0:
             write_text(run.path / "mmdet_config.py", cfg.pretty_text)
