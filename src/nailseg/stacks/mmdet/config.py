@@ -155,10 +155,15 @@ def albu_transform(op) -> dict:
 # One MMDetection step per op it translates: the flips are MMDetection's own RandomFlip, every other
 # op an albumentations transform that runs in MMDetection's ``Albu``, so the stacks augment alike. Its
 # keys are the mmdet row's ``ops`` in nailseg.specs (tests/test_specs.py).
-MMDET_FLIPS = {"hflip": "horizontal", "vflip": "vertical"}
+MMDET_FLIPS = {"hflip": "horizontal", "vflip": "vertical"}  # RandomFlip's directions
+
+
+def _flip(op) -> dict:
+    return dict(type="RandomFlip", prob=op.p, direction=MMDET_FLIPS[op.name])
+
+
 MMDET_OPS = {
-    "hflip": lambda op: dict(type="RandomFlip", prob=op.p, direction="horizontal"),
-    "vflip": lambda op: dict(type="RandomFlip", prob=op.p, direction="vertical"),
+    **{name: _flip for name in MMDET_FLIPS},
     **{name: albu_transform for name in ("affine", "brightness_contrast", "hue_saturation", "gauss_noise", "blur")},
 }
 
