@@ -54,23 +54,22 @@ def format_errors(errors: list[dict[str, Any]], source: str, overrides: dict[str
                 continue
             seen.add(key)
         family = next((p for p in e["loc"] if isinstance(p, str) and p in MODEL_CLASSES), None)
-        loc = key
-        where = _source_of(loc, source, overrides)  # the file, or the override that set the key
+        where = _source_of(key, source, overrides)  # the file, or the override that set the key
         if e["type"] == "extra_forbidden":
-            if family is not None and loc.startswith("model."):
+            if family is not None and key.startswith("model."):
                 keys = ", ".join(MODEL_CLASSES[family].model_fields)
-                msg = f"{where}: unknown key '{clip(loc)}' for model.family {family} (its keys: {keys})"
+                msg = f"{where}: unknown key '{clip(key)}' for model.family {family} (its keys: {keys})"
             else:
-                hint = difflib.get_close_matches(loc, valid, n=1)
-                msg = f"{where}: unknown key '{clip(loc)}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                hint = difflib.get_close_matches(key, valid, n=1)
+                msg = f"{where}: unknown key '{clip(key)}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
         elif e["type"] == "value_error" and _NAMED_REFUSAL.match(_refusal(e)):
             refusal = _refusal(e)  # a cross-key refusal names its own key: blamed on what set that key
             msg = f"{_source_of(refusal.split(':', 1)[0], source, overrides)}: {clip(refusal, 500)}"
-        elif e["type"] == "union_tag_invalid" and loc == "model":
+        elif e["type"] == "union_tag_invalid" and key == "model":
             where = _source_of("model.family", source, overrides)
             msg = f"{where}: model.family: must be one of {', '.join(MODEL_CLASSES)} (got {preview(e.get('input'))})"
         else:
-            msg = f"{where}: {loc or 'config'}: {preview(e['msg'], 200)} (got {preview(e.get('input'))})"
+            msg = f"{where}: {key or 'config'}: {preview(e['msg'], 200)} (got {preview(e.get('input'))})"
         lines.append(msg)
     return lines
 
